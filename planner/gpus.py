@@ -1,0 +1,437 @@
+"""GPU catalog and the parser for the ``--gpu`` argument.
+
+Standard library only: this module must import without torch, numpy or pandas,
+so the planner can answer "does it fit on a 24 GB card?" on a laptop.
+
+Memory sizes
+------------
+Vendors label GPU memory in "GB", but the memory itself is built from DRAM
+chips whose capacities are powers of two, so a card sold as "24 GB" has
+24 GiB = 24 * 2**30 bytes. The catalog therefore stores ``memory_bytes`` as
+``N * GIB`` for a card labelled "N GB". This is the physical capacity; what
+PyTorch can allocate is smaller (the driver reserves a few hundred MiB and the
+CUDA context takes more), and that margin is the planner's business, not the
+catalog's. Evidence for the binary reading: nvidia-smi reports an "80GB" H100
+as 81559 MiB (80 GiB = 81920 MiB, minus 361 MiB reserved) and an "141GB" H200
+as 143771 MiB (141 GiB = 144384 MiB, minus 613 MiB reserved); the decimal
+reading (141 * 10**9 bytes = 134466 MiB) would be smaller than what the
+driver actually reports.
+
+A *generic* card given by size is different: ``"24GB"`` means exactly
+24 * 10**9 bytes and ``"24GiB"`` means 24 * 2**30 bytes. Users who want the
+catalog value for a real card should name the card.
+
+Throughput figures
+------------------
+``fp16_tflops`` is the dense (no 2:4 sparsity) FP16 tensor-core peak with FP32
+accumulate where the vendor distinguishes (GeForce cards run FP32 accumulate
+at half the FP16-accumulate rate); ``fp32_tflops`` is the non-tensor FP32 peak;
+``bandwidth_gbs`` is in GB/s (10**9 bytes per second). All are vendor peaks at
+the reference boost clock, not measured rates. Where the vendor quotes only a
+with-sparsity tensor figure, the dense figure is half of it; where a number is
+derived (SM count x boost clock x per-SM rate) or taken from a secondary
+source, the entry's ``source`` says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Optional
+
+from planner.errors import PlannerError
+
+GIB = 2**30
+"""Bytes in a gibibyte (binary gigabyte)."""
+
+GB = 10**9
+"""Bytes in a (decimal) gigabyte."""
+
+MIB = 2**20
+MB = 10**6
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One GPU model: memory, precision support and vendor peak throughput."""
+
+    key: str
+    """Catalog id, e.g. "rtx4090"; for a card given by size, the size as typed, e.g. "24GB"."""
+    name: str
+    """Marketing name, e.g. "NVIDIA GeForce RTX 4090"."""
+    memory_bytes: int
+    """Physical memory in bytes; a card labelled "N GB" has N GiB (see module docstring)."""
+    bf16: bool
+    """Native bf16 support (compute capability >= 8.0); False when unknown."""
+    fp16_tflops: Optional[float]
+    """Dense FP16 tensor-core peak, FP32 accumulate, no sparsity; None if unknown or no tensor cores."""
+    fp32_tflops: Optional[float]
+    """Non-tensor FP32 peak in TFLOPS; None if unknown."""
+    bandwidth_gbs: Optional[float]
+    """Memory bandwidth in GB/s (10**9 bytes per second); None if unknown."""
+    compute_capability: Optional[str]
+    """CUDA compute capability, e.g. "8.9"; None for a card given only by size."""
+    aliases: tuple[str, ...] = ()
+    """Extra names that select this card (matched ignoring case, spaces, dashes and underscores)."""
+    source: str = ""
+    """Where the numbers come from: spec sheet, whitepaper or secondary source."""
+
+    @property
+    def memory_gib(self) -> float:
+        """Memory in GiB (2**30 bytes)."""
+        return self.memory_bytes / GIB
+
+    @property
+    def is_generic(self) -> bool:
+        """True for a card given only by its memory size (no catalog entry)."""
+        return self.compute_capability is None
+
+
+def cc_tuple(compute_capability: str) -> tuple[int, int]:
+    """``"8.9"`` -> ``(8, 9)``, for comparing compute capabilities."""
+    major, minor = compute_capability.split(".")
+    return int(major), int(minor)
+
+
+def _card(
+    key: str,
+    name: str,
+    gib: int,
+    cc: str,
+    fp16: Optional[float],
+    fp32: float,
+    bw: float,
+    source: str,
+    aliases: tuple[str, ...] = (),
+) -> GPU:
+    return GPU(
+        key=key,
+        name=name,
+        memory_bytes=gib * GIB,
+        bf16=cc_tuple(cc) >= (8, 0),
+        fp16_tflops=fp16,
+        fp32_tflops=fp32,
+        bandwidth_gbs=bw,
+        compute_capability=cc,
+        aliases=aliases,
+        source=source,
+    )
+
+
+_TURING_WP = "NVIDIA Turing GPU Architecture whitepaper (WP-09183-001)"
+_GA102_WP = "NVIDIA Ampere GA102 GPU Architecture whitepaper v2.0"
+_ADA_WP = "NVIDIA Ada GPU Architecture whitepaper v2.01"
+_A100_DS = (
+    "NVIDIA A100 Tensor Core GPU datasheet "
+    "(https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
+    "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf)"
+)
+_H100_DS = (
+    "NVIDIA H100 Tensor Core GPU datasheet (FP16 tensor 1,979 | 1,513 TFLOPS with sparsity "
+    "for SXM | PCIe; dense = half, as in the NVIDIA Hopper architecture whitepaper)"
+)
+_DERIVED = "dense FP32-accumulate tensor rate derived as SMs x boost clock x per-SM rate of the architecture"
+
+# Grouped by architecture, oldest first. Memory is N * GIB for a card labelled
+# "N GB" (see the module docstring for why).
+CATALOG: tuple[GPU, ...] = (
+    # --- Pascal (no tensor cores, no bf16) -----------------------------------
+    _card(
+        "gtx1080ti", "NVIDIA GeForce GTX 1080 Ti", 11, "6.1", None, 11.3, 484.0,
+        "NVIDIA GeForce GTX 1080 Ti product specs (11 GB GDDR5X, 11 Gbps, 352-bit = 484 GB/s; "
+        "11.3 TFLOPS FP32 at 1582 MHz boost); fp16_tflops None: GP102 has no tensor cores",
+        aliases=("1080ti",),
+    ),
+    # --- Turing (tensor cores, no bf16) --------------------------------------
+    _card(
+        "rtx2080ti", "NVIDIA GeForce RTX 2080 Ti", 11, "7.5", 53.8, 13.4, 616.0,
+        f"{_TURING_WP}, reference-clock RTX 2080 Ti (Founders Edition: 14.2 FP32 / 56.9 tensor); "
+        "616 GB/s and FE figures cross-checked with Tom's Hardware spec table",
+        aliases=("2080ti",),
+    ),
+    _card(
+        "titanrtx", "NVIDIA TITAN RTX", 24, "7.5", 130.0, 16.3, 672.0,
+        "NVIDIA TITAN RTX launch specs (130 Tensor TFLOPS, 24 GB GDDR6, 672 GB/s); "
+        "FP32 16.3 TFLOPS (4608 cores x 1770 MHz) from Tom's Hardware spec table",
+        aliases=("titan-rtx-24gb",),
+    ),
+    _card(
+        "t4", "NVIDIA Tesla T4", 16, "7.5", 65.0, 8.1, 320.0,
+        "NVIDIA T4 Tensor Core GPU datasheet (8.1 TFLOPS FP32, 65 TFLOPS FP16/FP32 mixed "
+        "precision, 16 GB GDDR6, 320+ GB/s)",
+        aliases=("t4-16gb",),
+    ),
+    # --- Volta (tensor cores, no bf16) ---------------------------------------
+    _card(
+        "v100-16gb", "NVIDIA Tesla V100 SXM2 16GB", 16, "7.0", 125.0, 15.7, 900.0,
+        "NVIDIA Tesla V100 datasheet, SXM2 column (15.7 TFLOPS FP32, 125 TFLOPS tensor, 900 GB/s)",
+        aliases=("v100-sxm2-16gb-hbm2",),
+    ),
+    _card(
+        "v100-32gb", "NVIDIA Tesla V100 SXM2 32GB", 32, "7.0", 125.0, 15.7, 900.0,
+        "NVIDIA Tesla V100 datasheet, SXM2 column (15.7 TFLOPS FP32, 125 TFLOPS tensor, 900 GB/s)",
+        aliases=("v100-sxm2-32gb-hbm2",),
+    ),
+    # --- Ampere GA10x (bf16) -------------------------------------------------
+    _card(
+        "rtx3060", "NVIDIA GeForce RTX 3060 (12 GB)", 12, "8.6", 25.5, 12.7, 360.0,
+        "NVIDIA GeForce RTX 3060 specs (3584 cores, 1.78 GHz boost, 12 GB GDDR6 192-bit; "
+        "13 shader-TFLOPS, 101 tensor-TFLOPS sparse FP16-acc); bandwidth 15 Gbps x 192 bit / 8; "
+        f"{_DERIVED} (28 x 1.777 GHz x 512); not from a datasheet table",
+        aliases=("3060", "rtx3060-12gb"),
+    ),
+    _card(
+        "rtx3080", "NVIDIA GeForce RTX 3080 (10 GB)", 10, "8.6", 59.5, 29.8, 760.0,
+        f"{_GA102_WP}, Table 1 (GeForce RTX 3080 10 GB)",
+        aliases=("3080", "rtx3080-10gb"),
+    ),
+    _card(
+        "rtx3090", "NVIDIA GeForce RTX 3090", 24, "8.6", 71.0, 35.6, 936.0,
+        f"{_GA102_WP}, Appendix A (GeForce RTX 3090)",
+        aliases=("3090",),
+    ),
+    _card(
+        "rtx3090ti", "NVIDIA GeForce RTX 3090 Ti", 24, "8.6", 80.0, 40.0, 1008.0,
+        "NVIDIA GeForce RTX 3090 Ti launch specs (10752 cores, 1.86 GHz boost, 40 shader-TFLOPS, "
+        "24 GB GDDR6X 21 Gbps 384-bit = 1008 GB/s); "
+        f"{_DERIVED} (84 x 1.86 GHz x 512); not from a datasheet table",
+        aliases=("3090ti",),
+    ),
+    _card(
+        "rtxa4000", "NVIDIA RTX A4000", 16, "8.6", 76.7, 19.2, 448.0,
+        "NVIDIA RTX A4000 datasheet (19.2 TFLOPS FP32, 153.4 tensor TFLOPS with sparsity, "
+        "16 GB GDDR6, 448 GB/s)",
+        aliases=("a4000",),
+    ),
+    _card(
+        "rtxa5000", "NVIDIA RTX A5000", 24, "8.6", 111.1, 27.8, 768.0,
+        "NVIDIA RTX A5000 datasheet (27.8 TFLOPS FP32, 222.2 tensor TFLOPS with sparsity, "
+        "24 GB GDDR6, 768 GB/s)",
+        aliases=("a5000",),
+    ),
+    _card(
+        "rtxa6000", "NVIDIA RTX A6000", 48, "8.6", 154.8, 38.7, 768.0,
+        f"{_GA102_WP}, Appendix C (RTX A6000: 38.7 FP32, 154.8 | 309.7 FP16 tensor FP32-acc); "
+        "NVIDIA RTX A6000 datasheet (48 GB GDDR6, 768 GB/s)",
+        aliases=("a6000",),
+    ),
+    _card(
+        "a10", "NVIDIA A10", 24, "8.6", 125.0, 31.2, 600.0,
+        "NVIDIA A10 Tensor Core GPU datasheet (31.2 TFLOPS FP32, FP16 tensor 125 | 250 TFLOPS "
+        "with sparsity, 24 GB GDDR6, 600 GB/s)",
+        aliases=("a10-24gb",),
+    ),
+    # --- Ampere GA100 (bf16) -------------------------------------------------
+    _card(
+        "a100-40gb", "NVIDIA A100 SXM4 40GB", 40, "8.0", 312.0, 19.5, 1555.0,
+        f"{_A100_DS}, SXM 40GB column",
+        aliases=("a100-40g",),
+    ),
+    _card(
+        "a100-80gb", "NVIDIA A100 SXM4 80GB", 80, "8.0", 312.0, 19.5, 2039.0,
+        f"{_A100_DS}, SXM 80GB column",
+        aliases=("a100-80g",),
+    ),
+    # --- Ada Lovelace (bf16, fp8) --------------------------------------------
+    _card(
+        "rtx4060ti-16gb", "NVIDIA GeForce RTX 4060 Ti 16GB", 16, "8.9", 44.1, 22.1, 288.0,
+        "NVIDIA GeForce RTX 4060 Ti specs (4352 cores, 2.535 GHz boost, 22 shader-TFLOPS, "
+        "16 GB GDDR6 18 Gbps 128-bit = 288 GB/s); "
+        f"{_DERIVED} (34 x 2.535 GHz x 512); not from a datasheet table",
+        aliases=("4060ti-16gb",),
+    ),
+    _card(
+        "rtx4070ti", "NVIDIA GeForce RTX 4070 Ti", 12, "8.9", 80.2, 40.1, 504.0,
+        "NVIDIA GeForce RTX 4070 Ti specs (7680 cores, 2.61 GHz boost, 40 shader-TFLOPS, "
+        "12 GB GDDR6X 21 Gbps 192-bit = 504 GB/s); "
+        f"{_DERIVED} (60 x 2.61 GHz x 512); not from a datasheet table",
+        aliases=("4070ti",),
+    ),
+    _card(
+        "rtx4080", "NVIDIA GeForce RTX 4080", 16, "8.9", 97.5, 48.7, 716.8,
+        f"{_ADA_WP}, Appendix A (GeForce RTX 4080, 16 GB GDDR6X 22.4 Gbps 256-bit)",
+        aliases=("4080", "rtx4080-16gb"),
+    ),
+    _card(
+        "rtx4090", "NVIDIA GeForce RTX 4090", 24, "8.9", 165.2, 82.6, 1008.0,
+        f"{_ADA_WP}, Table 1 / Appendix A (GeForce RTX 4090)",
+        aliases=("4090",),
+    ),
+    _card(
+        "rtx6000ada", "NVIDIA RTX 6000 Ada Generation", 48, "8.9", 364.2, 91.1, 960.0,
+        f"{_ADA_WP}, Appendix A (RTX 6000 Ada: 91.1 FP32, 364.2 FP16 tensor FP32-acc); "
+        "NVIDIA RTX 6000 Ada datasheet (48 GB GDDR6, 960 GB/s)",
+        aliases=("6000ada", "rtx6000-ada-48gb"),
+    ),
+    _card(
+        "l4", "NVIDIA L4", 24, "8.9", 121.0, 30.3, 300.0,
+        "NVIDIA L4 Tensor Core GPU datasheet (30.3 TFLOPS FP32, FP16 tensor 242 TFLOPS with "
+        "sparsity, 24 GB GDDR6, 300 GB/s)",
+        aliases=("l4-24gb",),
+    ),
+    _card(
+        "l40s", "NVIDIA L40S", 48, "8.9", 362.05, 91.6, 864.0,
+        "NVIDIA L40S datasheet (91.6 TFLOPS FP32, FP16 tensor 362.05 | 733 TFLOPS with "
+        "sparsity, 48 GB GDDR6, 864 GB/s)",
+        aliases=("l40s-48gb",),
+    ),
+    # --- Hopper (bf16, fp8) --------------------------------------------------
+    _card(
+        # nvidia-smi calls this card "NVIDIA H100 80GB HBM3"; plain "h100"
+        # selects it because it is the common H100 (both H100s have 80 GB).
+        "h100-sxm", "NVIDIA H100 SXM5 80GB", 80, "9.0", 989.4, 67.0, 3350.0,
+        f"{_H100_DS}, SXM column (67 TFLOPS FP32, 3.35 TB/s HBM3)",
+        aliases=("h100", "h100-sxm5", "h100-80gb", "h100-80gb-hbm3"),
+    ),
+    _card(
+        "h100-pcie", "NVIDIA H100 PCIe 80GB", 80, "9.0", 756.0, 51.0, 2000.0,
+        f"{_H100_DS}, PCIe column (51 TFLOPS FP32, 2 TB/s HBM2e); "
+        "H100 PCIe product brief PB-11133-001 (>2,000 GB/s)",
+        aliases=("h100-pcie-80gb-hbm2e",),
+    ),
+    _card(
+        # "141GB" taken as 141 GiB = 151397597184 bytes: nvidia-smi reports
+        # 143771 MiB (= 141 GiB less 613 MiB reserved), more than the
+        # 134466 MiB that 141 * 10**9 bytes would be.
+        "h200", "NVIDIA H200 SXM 141GB", 141, "9.0", 989.4, 67.0, 4800.0,
+        "NVIDIA H200 Tensor Core GPU datasheet, SXM column (141 GB HBM3e, 4.8 TB/s, 67 TFLOPS "
+        "FP32, FP16 tensor 1,979 TFLOPS with sparsity; dense = half)",
+        aliases=("h200-sxm", "h200-141gb"),
+    ),
+)
+
+_SIZE_UNITS = {"gb": (GB, "GB"), "gib": (GIB, "GiB"), "mb": (MB, "MB"), "mib": (MIB, "MiB")}
+_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(gib|gb|mib|mb)\s*$", re.IGNORECASE)
+_VENDOR_PREFIXES = ("nvidia", "geforce", "tesla", "quadro")
+
+
+def _norm(text: str) -> str:
+    """Lower-case, keep only letters and digits, drop leading vendor/brand words."""
+    s = re.sub(r"[^a-z0-9]", "", text.lower())
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _VENDOR_PREFIXES:
+            if s.startswith(prefix) and len(s) > len(prefix):
+                s = s[len(prefix):]
+                changed = True
+    return s
+
+
+def _forms(gpu: GPU) -> set[str]:
+    """Every normalised string that selects ``gpu``."""
+    return {_norm(gpu.key), _norm(gpu.name), *(_norm(a) for a in gpu.aliases)}
+
+
+def _build_index() -> dict[str, GPU]:
+    index: dict[str, GPU] = {}
+    for gpu in CATALOG:
+        for form in _forms(gpu):
+            other = index.get(form)
+            if other is not None and other.key != gpu.key:
+                raise AssertionError(f"GPU catalog: {form!r} names both {other.key} and {gpu.key}")
+            index[form] = gpu
+    return index
+
+
+_INDEX = _build_index()
+
+
+def _valid_forms() -> str:
+    keys = ", ".join(g.key for g in CATALOG)
+    return f"give a size like 24GB or 24GiB, or one of: {keys}"
+
+
+def _parse_size(text: str, number: str, unit: str) -> GPU:
+    try:
+        amount = Decimal(number)
+    except InvalidOperation:  # pragma: no cover - the regex admits only decimals
+        raise PlannerError(f"bad GPU size {text!r}: {_valid_forms()}") from None
+    scale, unit_label = _SIZE_UNITS[unit.lower()]
+    # Round to the nearest byte; fractional sizes such as "23.55GiB" are
+    # rarely a whole number of bytes.
+    nbytes = int((amount * scale).to_integral_value(rounding=ROUND_HALF_EVEN))
+    if amount <= 0 or nbytes <= 0:
+        raise PlannerError(
+            f"bad GPU size {text!r}: the size must be greater than zero; give a size like 24GB or 24GiB"
+        )
+    shown = format(amount.normalize(), "f")
+    key = f"{shown}{unit_label}"
+    return GPU(
+        key=key,
+        name=f"generic {shown} {unit_label} GPU",
+        memory_bytes=nbytes,
+        bf16=False,
+        fp16_tflops=None,
+        fp32_tflops=None,
+        bandwidth_gbs=None,
+        compute_capability=None,
+        aliases=(),
+        source="user-given memory size; no catalog entry",
+    )
+
+
+def parse_gpu(text: str) -> GPU:
+    """Turn a ``--gpu`` argument into a :class:`GPU`.
+
+    Accepted forms:
+
+    * a size: ``"24GB"``/``"24 gb"`` (24 * 10**9 bytes), ``"24GiB"``
+      (24 * 2**30 bytes), fractions such as ``"23.55GiB"`` (rounded to the
+      nearest byte), and ``MB``/``MiB`` (handy for nvidia-smi's totals). The
+      result is a generic card: bf16 False, throughput and bandwidth None.
+    * a catalog key, marketing name or alias, ignoring case, spaces, dashes,
+      underscores and a leading "NVIDIA"/"GeForce"/"Tesla"/"Quadro":
+      ``"RTX 4090"``, ``"rtx-4090"``, ``"4090"``, ``"a100-80gb"``, ``"h100"``.
+
+    Raises :class:`PlannerError` with a one-line message for an unknown or
+    ambiguous name (``"a100"``: 40 or 80 GB?) and for a size that is not
+    greater than zero.
+    """
+    if not isinstance(text, str):
+        raise PlannerError(f"unknown GPU {text!r}: {_valid_forms()}")
+
+    m = _SIZE_RE.match(text)
+    if m:
+        return _parse_size(text, m.group(1), m.group(2))
+
+    form = _norm(text)
+    if form in _INDEX:
+        return _INDEX[form]
+
+    # Not an exact name: a prefix shared by several cards is ambiguous; a
+    # prefix of exactly one card is still refused (e.g. "l40" is a different
+    # card from the L40S) but suggested.
+    candidates = [g for g in CATALOG if form and any(f.startswith(form) for f in _forms(g))]
+    if len(candidates) > 1:
+        which = ", ".join(g.key for g in candidates)
+        raise PlannerError(f"ambiguous GPU {text!r}: it matches {which}; {_valid_forms()}")
+    if len(candidates) == 1:
+        raise PlannerError(
+            f"unknown GPU {text!r} (did you mean {candidates[0].key}?): {_valid_forms()}"
+        )
+    raise PlannerError(f"unknown GPU {text!r}: {_valid_forms()}")
+
+
+def catalog_rows() -> list[dict]:
+    """The catalog as plain dicts (one per card, catalog order) for tables and JSON."""
+    return [
+        {
+            "key": g.key,
+            "name": g.name,
+            "memory_bytes": g.memory_bytes,
+            "memory_gib": round(g.memory_gib, 2),
+            "bf16": g.bf16,
+            "fp16_tflops": g.fp16_tflops,
+            "fp32_tflops": g.fp32_tflops,
+            "bandwidth_gbs": g.bandwidth_gbs,
+            "compute_capability": g.compute_capability,
+            "aliases": ", ".join(g.aliases),
+            "source": g.source,
+        }
+        for g in CATALOG
+    ]
+
+
+__all__ = ["GB", "GIB", "GPU", "CATALOG", "catalog_rows", "cc_tuple", "parse_gpu"]

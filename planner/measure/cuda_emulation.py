@@ -1,0 +1,367 @@
+"""Make a CPU (or fake-CPU) training step allocate what it would on CUDA.
+
+A CPU-only torch build cannot run ops on fake CUDA tensors, so the profiler
+traces on CPU tensors and emulates, at the dispatcher level, the places where
+CUDA differs:
+
+1. **Autocast op lists.** CPU autocast is not CUDA autocast (CPU keeps
+   group_norm/softmax in low precision and promotes cat/stack; CUDA runs
+   group_norm, softmax, upsample and the losses in fp32 and does not promote
+   cat). While :class:`CudaEmulation` is active, every op that has an
+   ``AutocastCPU`` or ``AutocastCUDA`` kernel in this build gets a Python kernel
+   on the ``AutocastCPU`` key that applies the *CUDA* policy (or passes through
+   when CUDA has none). Casting at the dispatcher's autocast level (above
+   autograd) means the casts are recorded by autograd and the low-precision
+   copies are what backward saves, exactly as real autocast; it also works when
+   ``torch.utils.checkpoint`` recomputes in backward, where Python function
+   modes are not active.
+   Source of the lists: ``aten/src/ATen/autocast_mode.h`` (AT_FORALL_LOWER_PRECISION_FP,
+   AT_FORALL_FP32, AT_FORALL_FP32_SET_OPT_DTYPE, AT_FORALL_DIFFERENT_REDISPATCH_SIGNATURE,
+   AT_FORALL_PROMOTE) and ``autocast_mode.cpp`` (cudnn_convolution[_transpose]
+   lower precision, binary_cross_entropy banned). ``tests/test_cuda_emulation.py``
+   checks the transcription against the AutocastCUDA registrations of this build.
+2. **The weight-cast cache.** ``cached_cast`` in ``autocast_mode.cpp`` keeps the
+   low-precision copy of an fp32 leaf that requires grad (a weight) for the
+   whole autocast region and clears it when the outermost region exits.
+3. **CUDA-only branches of composite ops** (``CompositeImplicitAutograd``
+   overrides): softmax/log_softmax of fp16 input to fp32 output is one fused
+   kernel on CUDA (``aten/src/ATen/native/SoftMax.cpp``: ``_softmax(input, dim,
+   half_to_float=true)``, no fp32 copy of the input); dropout uses the fused
+   ``native_dropout`` (``Dropout.cpp``: ``is_fused_kernel_acceptable``);
+   max_pool2d always produces indices off the CPU; scaled_dot_product_attention
+   picks the backend CUDA would (``sdp_utils.cpp``): flash for fp16/bf16 with
+   head_dim <= 256 and no mask, else memory-efficient, else math.
+
+Torch is imported here: this is the measuring side only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from typing import Any, Callable
+
+import torch
+
+# --- transcription of aten/src/ATen/autocast_mode.h ---------------------------------
+
+LOWER_PRECISION_FP = (
+    "_convolution.deprecated", "_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc",
+    "conv_transpose1d", "conv_transpose2d.input", "conv_transpose3d.input", "convolution",
+    "prelu", "addmm", "addmv", "addr", "matmul", "einsum", "mm", "mv", "linalg_vecdot",
+    "linear", "addbmm", "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot",
+    "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell", "lstm_cell", "gru_cell",
+    "rnn_tanh_cell", "rnn_relu_cell", "_scaled_dot_product_flash_attention",
+    "scaled_dot_product_attention",
+    # autocast_mode.cpp registers these two beside the list:
+    "cudnn_convolution", "cudnn_convolution_transpose",
+)
+
+FP32 = (
+    "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p",
+    "reciprocal", "rsqrt", "sinh", "tan", "pow.Tensor_Scalar", "pow.Tensor_Tensor",
+    "pow.Scalar", "softplus", "layer_norm", "native_layer_norm", "rms_norm", "group_norm",
+    "frobenius_norm.dim", "nuclear_norm", "nuclear_norm.dim", "cosine_similarity",
+    "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "nll_loss2d",
+    "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss",
+    "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss",
+    "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist",
+    "renorm", "logsumexp", "upsample_nearest1d", "_upsample_nearest_exact1d",
+    "upsample_nearest2d", "_upsample_nearest_exact2d", "upsample_nearest3d",
+    "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
+    "_upsample_bilinear2d_aa", "upsample_trilinear3d", "upsample_bicubic2d",
+    "_upsample_bicubic2d_aa",
+)
+
+FP32_SET_OPT_DTYPE = (
+    "prod", "prod.dim_int", "prod.dim_Dimname", "softmax.int", "softmax.Dimname",
+    "log_softmax.int", "log_softmax.Dimname", "cumprod", "cumprod.dimname", "cumsum",
+    "cumsum.dimname", "linalg_vector_norm", "linalg_matrix_norm", "linalg_matrix_norm.str_ord",
+    "sum", "sum.dim_IntList", "sum.dim_DimnameList",
+)
+
+# registered overload -> the dtype-taking overload it redispatches to
+FP32_APPEND_DTYPE = {
+    "norm.Scalar": "norm.ScalarOpt_dtype",
+    "norm.ScalarOpt_dim": "norm.ScalarOpt_dim_dtype",
+    "norm.names_ScalarOpt_dim": "norm.names_ScalarOpt_dim_dtype",
+}
+
+PROMOTE = (
+    "addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler",
+    "index_put", "tensordot", "scatter_add",
+)
+
+BANNED = ("binary_cross_entropy",)
+
+
+def cuda_policy_table() -> dict[str, str]:
+    """'op.overload' (overload 'default' spelled without suffix) -> policy name."""
+    table: dict[str, str] = {}
+    for names, policy in (
+        (LOWER_PRECISION_FP, "lower_precision_fp"),
+        (FP32, "fp32"),
+        (FP32_SET_OPT_DTYPE, "fp32_set_opt_dtype"),
+        (tuple(FP32_APPEND_DTYPE), "fp32_append_dtype"),
+        (PROMOTE, "promote"),
+        (BANNED, "banned"),
+    ):
+        for n in names:
+            if n in table:
+                raise ValueError(f"autocast op {n} listed twice")
+            table[n] = policy
+    return table
+
+
+def _resolve(name: str) -> torch._ops.OpOverload | None:
+    base, _, overload = name.partition(".")
+    packet = getattr(torch.ops.aten, base, None)
+    if packet is None:
+        return None
+    return getattr(packet, overload or "default", None)
+
+
+def _registered(key: str) -> set[str]:
+    return {n.removeprefix("aten::") for n in torch._C._dispatch_get_registrations_for_dispatch_key(key)}
+
+
+# --- the kernels ---------------------------------------------------------------------
+
+_NO_AUTOCAST = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+
+def _eligible(t: Any) -> bool:
+    # is_eligible(): defined, autocast-eligible (every tensor here stands for a CUDA
+    # tensor), floating point, not double.
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+
+
+class _CastCache:
+    """``cached_cast``'s cache: lower-precision copies of fp32 leaf weights."""
+
+    def __init__(self) -> None:
+        self._store: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+    def cast(self, t: Any, to: torch.dtype, lower: torch.dtype) -> Any:
+        if not _eligible(t) or t.dtype == to:
+            return t
+        can_cache = (
+            to == lower
+            and t.dtype == torch.float32
+            and t.requires_grad
+            and t.is_leaf
+            and not t._is_view()
+            and torch.is_autocast_cache_enabled()
+        )
+        if not can_cache:
+            return t.to(to)
+        hit = self._store.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return hit[1]
+        out = t.to(to)
+        self._store[id(t)] = (weakref.ref(t), out)
+        return out
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def _map(fn: Callable[[Any], Any], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def one(a: Any) -> Any:
+        if isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+            return type(a)(one(x) for x in a)
+        return fn(a)
+
+    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+
+def _flat_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    out = []
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, torch.Tensor))
+    return out
+
+
+def _make_autocast_kernel(op: torch._ops.OpOverload, policy: str, cache: _CastCache) -> Callable:
+    schema_args = [a.name for a in op._schema.arguments]
+    dtype_pos = schema_args.index("dtype") if "dtype" in schema_args else None
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        with torch._C._ExcludeDispatchKeyGuard(_NO_AUTOCAST):
+            lower = torch.get_autocast_dtype("cpu")
+            if policy == "passthrough":
+                return op(*args, **kwargs)
+            if policy == "banned":
+                raise RuntimeError(
+                    f"{op} is unsafe to autocast (CUDA autocast bans it); use binary_cross_entropy_with_logits"
+                )
+            if policy == "lower_precision_fp":
+                args, kwargs = _map(lambda a: cache.cast(a, lower, lower), args, kwargs)
+                return op(*args, **kwargs)
+            if policy == "fp32":
+                args, kwargs = _map(lambda a: cache.cast(a, torch.float32, lower), args, kwargs)
+                return op(*args, **kwargs)
+            if policy == "fp32_set_opt_dtype":
+                if not (args and _eligible(args[0])):
+                    return op(*args, **kwargs)
+                if dtype_pos is not None and len(args) > dtype_pos:
+                    if args[dtype_pos] is None:
+                        args = (*args[:dtype_pos], torch.float32, *args[dtype_pos + 1 :])
+                elif kwargs.get("dtype") is None:
+                    kwargs = {**kwargs, "dtype": torch.float32}
+                return op(*args, **kwargs)
+            if policy == "fp32_append_dtype":
+                target = _resolve(FP32_APPEND_DTYPE[_name(op)])
+                out_type = torch.float32 if _eligible(args[0]) else args[0].dtype
+                return target(*args, dtype=out_type, **kwargs)
+            if policy == "promote":
+                to = lower
+                for t in _flat_tensors(args, kwargs):
+                    if _eligible(t) and t.dtype == torch.float32:
+                        to = torch.float32
+                args, kwargs = _map(lambda a: cache.cast(a, to, lower), args, kwargs)
+                return op(*args, **kwargs)
+            raise AssertionError(policy)
+
+    return kernel
+
+
+def _name(op: torch._ops.OpOverload) -> str:
+    base = op._schema.name.removeprefix("aten::")
+    return base if op._overloadname == "default" else f"{base}.{op._overloadname}"
+
+
+# --- CUDA-only branches of composite ops ---------------------------------------------
+
+aten = torch.ops.aten
+
+
+def _softmax_cuda(self: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    # SoftMax.cpp: if (input_.is_cuda() && input_.scalar_type() == Half && dtype == Float)
+    #   return at::_softmax(input_, dim_, true);   // fused, no fp32 copy of the input
+    if self.dtype == torch.float16 and dtype == torch.float32:
+        return aten._softmax(self, dim, True)
+    converted = self.to(dtype) if dtype is not None else self
+    return aten._softmax(converted, dim, False)
+
+
+def _log_softmax_cuda(self: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    if self.dtype == torch.float16 and dtype == torch.float32:
+        return aten._log_softmax(self, dim, True)
+    converted = self.to(dtype) if dtype is not None else self
+    return aten._log_softmax(converted, dim, False)
+
+
+def _dropout_cuda(input: torch.Tensor, p: float, train: bool) -> torch.Tensor:
+    # Dropout.cpp: fused native_dropout when (is_cuda && 0 < p < 1 && numel > 0), else
+    # _dropout_impl: p == 0 or !train -> input itself; p == 1 -> input * 0.
+    if not train or p == 0 or input.numel() == 0:
+        return input
+    if p == 1:
+        return input * torch.zeros((), dtype=input.dtype, device=input.device)
+    return aten.native_dropout(input, p, train)[0]
+
+
+def _max_pool2d_cuda(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    # Pooling.cpp: off the CPU max_pool2d is max_pool2d_with_indices (indices allocated).
+    return aten.max_pool2d_with_indices(self, kernel_size, stride, padding, dilation, ceil_mode)[0]
+
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any) -> str:
+    """The backend CUDA's ``select_sdp_backend`` picks on an sm80+ GPU (sdp_utils.cpp).
+
+    flash: fp16/bf16, equal head dims <= 256, no attention mask.
+    efficient (memory-efficient, xformers-style): fp16/bf16/fp32, head dim <= 512... we
+    only need: any floating dtype, equal q/k head dims.
+    math: otherwise (explicit O(n^2) scores).
+    """
+    hd = q.shape[-1]
+    same = k.shape[-1] == hd
+    if q.dtype in (torch.float16, torch.bfloat16) and same and hd <= 256 and attn_mask is None:
+        return "flash"
+    if q.dtype in (torch.float16, torch.bfloat16, torch.float32) and same:
+        return "efficient"
+    return "math"
+
+
+def _sdpa_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    backend = sdpa_backend(query, key, value, attn_mask)
+    if backend == "flash":
+        return aten._scaled_dot_product_flash_attention(
+            query, key, value, dropout_p, is_causal, False, scale=scale
+        )[0]
+    if backend == "efficient":
+        need_lse = query.requires_grad or key.requires_grad or value.requires_grad
+        return aten._scaled_dot_product_efficient_attention(
+            query, key, value, attn_mask, need_lse, dropout_p, is_causal, scale=scale
+        )[0]
+    return aten._scaled_dot_product_attention_math(
+        query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa
+    )[0]
+
+
+COMPOSITE_OVERRIDES: dict[str, Callable] = {
+    "softmax.int": _softmax_cuda,
+    "log_softmax.int": _log_softmax_cuda,
+    "dropout": _dropout_cuda,
+    "max_pool2d": _max_pool2d_cuda,
+}
+
+
+class CudaEmulation(contextlib.AbstractContextManager):
+    """Install the CUDA autocast policy and CUDA composite branches; undo on exit.
+
+    ``sdpa``: also route scaled_dot_product_attention to the backend CUDA would pick
+    (flash / memory-efficient kernels exist here only as fake-tensor meta kernels,
+    so leave it off when running on real CPU tensors).
+    """
+
+    def __init__(self, sdpa: bool = True) -> None:
+        self.sdpa = sdpa
+        self.cache = _CastCache()
+        self._lib: torch.library.Library | None = None
+        self._orig_clear: Callable | None = None
+
+    def __enter__(self) -> "CudaEmulation":
+        lib = torch.library.Library("aten", "IMPL")
+        table = cuda_policy_table()
+        names = (_registered("AutocastCPU") | _registered("AutocastCUDA") | set(table)) - set(
+            FP32_APPEND_DTYPE.values()
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
+            for name in sorted(names):
+                op = _resolve(name)
+                if op is None:
+                    continue  # an overload this build does not have (Dimname variants)
+                lib.impl(name, _make_autocast_kernel(op, table.get(name, "passthrough"), self.cache), "AutocastCPU")
+            overrides = dict(COMPOSITE_OVERRIDES)
+            if self.sdpa:
+                overrides["scaled_dot_product_attention"] = _sdpa_cuda
+            for name, fn in overrides.items():
+                lib.impl(name, fn, "CompositeImplicitAutograd")
+        self._lib = lib
+        # autocast.__exit__ calls torch.clear_autocast_cache() when the outermost region
+        # ends (torch/amp/autocast_mode.py); clear the emulated cache at the same moment.
+        self._orig_clear = torch.clear_autocast_cache
+
+        def clear() -> None:
+            self.cache.clear()
+            self._orig_clear()
+
+        torch.clear_autocast_cache = clear
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.clear_autocast_cache = self._orig_clear
+        self.cache.clear()
+        if self._lib is not None:
+            self._lib._destroy()
+            self._lib = None

@@ -1,0 +1,590 @@
+"""The reference training steps, run under the live-storage tracker.
+
+Stage 1 (``ldm-stage1``) is MONAI's ``generation/3d_autoencoderkl`` tutorial loop
+after the adversarial warm-up, transcribed literally (see ``shared/design.md``):
+generator half (autoencoder, discriminator on the reconstruction, L1, 2.5D
+perceptual, least-squares adversarial, KL) with its GradScaler and optimizer,
+then the discriminator half. Stage 2 (``ldm-stage2``) is the ``generation/3d_ddpm``
+step: ``DiffusionInferer(DDPMScheduler)`` noise prediction and an MSE loss.
+A user module (``--model pkg.mod:factory``) gets a plain MSE step.
+
+Every variable lives in one function scope, as in a training script, so the
+previous iteration's ``reconstruction`` and losses stay alive until reassigned.
+Two iterations run; the peak is taken over the second (optimizer state exists).
+
+Backends: ``fake`` (FakeTensorMode on the CPU with CUDA emulation: nothing is
+allocated), ``cpu`` (real CPU tensors, the same emulation minus the SDPA kernels;
+used to check the fake backend), ``cuda`` (see :mod:`planner.measure.cuda_backend`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from planner.errors import PlannerError
+from planner.measure.cuda_emulation import CudaEmulation
+from planner.measure.tracker import Category, LiveStorageTracker, ModuleContext, Phase, TrackerResult
+from planner.spec import TrainingSetup
+
+# Loss weights of the 3d_autoencoderkl tutorial.
+ADV_WEIGHT = 0.01
+PERCEPTUAL_WEIGHT = 0.001
+KL_WEIGHT = 1e-6
+LR = 1e-4
+
+
+# --- models --------------------------------------------------------------------------
+
+
+def build_autoencoder(setup: TrainingSetup) -> torch.nn.Module:
+    from monai.networks.nets import AutoencoderKL
+
+    ae = setup.autoencoder
+    return AutoencoderKL(
+        spatial_dims=setup.data.spatial_dims,
+        in_channels=setup.data.in_channels,
+        out_channels=setup.data.in_channels,
+        channels=ae.num_channels,
+        latent_channels=ae.latent_channels,
+        num_res_blocks=ae.num_res_blocks,
+        norm_num_groups=ae.norm_num_groups,
+        attention_levels=ae.attention_levels,
+        with_encoder_nonlocal_attn=ae.with_encoder_nonlocal_attn,
+        with_decoder_nonlocal_attn=ae.with_decoder_nonlocal_attn,
+        use_checkpoint=ae.training.use_gradient_checkpointing,
+        use_flash_attention=ae.use_flash_attention,
+    )
+
+
+def build_discriminator(setup: TrainingSetup) -> torch.nn.Module:
+    from monai.networks.nets import PatchDiscriminator
+
+    d = setup.autoencoder.training.discriminator
+    return PatchDiscriminator(
+        spatial_dims=setup.data.spatial_dims,
+        num_layers_d=d.num_layers_d,
+        channels=d.num_channels,
+        in_channels=setup.data.in_channels,
+        out_channels=1,
+        norm=d.norm.upper(),
+    )
+
+
+def build_perceptual(setup: TrainingSetup) -> torch.nn.Module:
+    from planner.measure.perceptual import PerceptualLoss
+
+    p = setup.autoencoder.training.perceptual
+    return PerceptualLoss(
+        spatial_dims=setup.data.spatial_dims,
+        network_type=p.network_type,
+        is_fake_3d=setup.data.spatial_dims == 3,
+        fake_3d_ratio=p.fake_3d_ratio,
+    )
+
+
+def build_unet(setup: TrainingSetup) -> torch.nn.Module:
+    from monai.networks.nets import DiffusionModelUNet
+
+    d = setup.diffusion
+    ch = setup.unet_input_shape[1]
+    return DiffusionModelUNet(
+        spatial_dims=setup.data.spatial_dims,
+        in_channels=ch,
+        out_channels=ch,
+        channels=d.num_channels,
+        attention_levels=d.attention_levels,
+        num_head_channels=d.num_head_channels,
+        num_res_blocks=d.num_res_blocks,
+        norm_num_groups=d.norm_num_groups,
+        use_flash_attention=d.use_flash_attention,
+    )
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    # On CUDA torch.optim resolves foreach=None to True (torch/optim/optimizer.py
+    # _default_to_fused_or_foreach: all params on CUDA) and its temporaries count.
+    if name == "adam":
+        return torch.optim.Adam(params, lr=LR, foreach=True)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=LR, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=LR, momentum=0.9, foreach=True)
+    raise PlannerError(f"optimizer: got {name!r}, valid: adam, adamw, sgd")
+
+
+class EmulatedGradScaler:
+    """torch.amp.GradScaler's device-tensor ops, without its host syncs.
+
+    GradScaler disables itself without CUDA, and its ``step`` calls ``.item()``
+    (impossible on fake tensors), so its allocations are replayed here as in
+    ``torch/amp/grad_scaler.py``: the lazily created ``_scale`` (fp32) and
+    ``_growth_tracker`` (int32); per ``unscale_``: ``_scale.double().reciprocal().float()``,
+    a ``found_inf`` zero, and ``_MultiDeviceReplicator.get`` copies of both (copy=True);
+    ``_amp_foreach_non_finite_check_and_unscale_`` in place on the grads; ``update``
+    with ``_amp_update_scale_``. Grads are assumed finite (the step is taken).
+    """
+
+    def __init__(self, init_scale: float = 2.0**16) -> None:
+        self.init_scale = init_scale
+        self._scale: torch.Tensor | None = None
+        self._growth_tracker: torch.Tensor | None = None
+        self._found_inf_per_device: list[torch.Tensor] = []
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        if self._scale is None:
+            self._scale = torch.full((), self.init_scale, dtype=torch.float32, device=loss.device)
+            self._growth_tracker = torch.full((), 0, dtype=torch.int32, device=loss.device)
+        return loss * self._scale.to(device=loss.device, non_blocking=True)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self._scale, self._growth_tracker) if t is not None]
+
+    def unscale_and_step(self, optimizer: torch.optim.Optimizer, on_step: Callable[[], None]) -> None:
+        assert self._scale is not None
+        inv_scale = self._scale.double().reciprocal().float()
+        found_inf = torch.full((), 0.0, dtype=torch.float32, device=self._scale.device)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            dev_found_inf = found_inf.to(device=grads[0].device, non_blocking=True, copy=True)
+            dev_inv_scale = inv_scale.to(device=grads[0].device, non_blocking=True, copy=True)
+            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+            for g in grads:
+                by_dtype.setdefault(g.dtype, []).append(g)
+            with torch.no_grad():
+                for group in by_dtype.values():
+                    torch._amp_foreach_non_finite_check_and_unscale_(group, dev_found_inf, dev_inv_scale)
+            self._found_inf_per_device = [dev_found_inf]
+            del dev_inv_scale
+        del inv_scale, found_inf
+        on_step()
+
+    def update(self) -> None:
+        if self._scale is None or not self._found_inf_per_device:
+            return
+        found_inf_combined = self._found_inf_per_device[0]
+        torch._amp_update_scale_(self._scale, self._growth_tracker, found_inf_combined, 2.0, 0.5, 2000)
+        self._found_inf_per_device = []
+
+
+# --- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What the tracker saw: the peak over iteration 2 and the event stream."""
+
+    tracker: TrackerResult
+    events: list[tuple[int, int]]  # (uid, +bytes alloc / -bytes free), iteration 2 included
+    networks: tuple[str, ...]
+    iteration2_start: int  # index into events where iteration 2 begins
+    params: dict[str, int]  # network -> parameter count
+
+
+# --- the runner ----------------------------------------------------------------------
+
+
+class _Runner:
+    def __init__(self, setup: TrainingSetup | None, backend: str, custom: tuple[str, tuple[int, ...]] | None = None):
+        self.setup = setup
+        self.backend = backend
+        self.custom = custom
+        self.amp = bool(setup.device.mixed_precision) if setup else False
+        self.amp_dtype = torch.float16
+        if setup and setup.device.amp_dtype == "bfloat16":
+            self.amp_dtype = torch.bfloat16
+        self.use_scaler = self.amp and self.amp_dtype == torch.float16
+
+    # autocast region: CUDA's on a GPU, CPU's key (carrying the CUDA policy) otherwise
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        dev = "cuda" if self.backend == "cuda" else "cpu"
+        return torch.autocast(dev, dtype=self.amp_dtype)
+
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.backend == "cuda" else "cpu")
+
+
+def _attention_types() -> tuple[type, ...]:
+    from monai.networks.blocks import SABlock, SpatialAttentionBlock
+
+    types: list[type] = [SABlock, SpatialAttentionBlock]
+    try:
+        from monai.networks.nets import diffusion_model_unet as dm
+
+        for name in ("SpatialTransformer", "AttentionBlock", "DiffusionUNetTransformerBlock"):
+            if hasattr(dm, name):
+                types.append(getattr(dm, name))
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _load_factory(spec: str) -> Callable[[], torch.nn.Module]:
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise PlannerError(f"--model: '{spec}' must look like package.module:factory")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise PlannerError(f"--model: cannot import '{mod_name}' ({exc})") from None
+    fn = getattr(mod, attr, None)
+    if fn is None or not callable(fn):
+        raise PlannerError(f"--model: '{mod_name}' has no callable '{attr}'")
+    return fn
+
+
+def run_step(
+    setup: TrainingSetup | None,
+    backend: str = "fake",
+    *,
+    custom_model: str | None = None,
+    custom_input: tuple[int, ...] | None = None,
+    progress: Callable[[str], None] | None = None,
+    keep_timeline: bool = True,
+) -> StepRecord:
+    """Run two iterations of the reference step; return what the tracker saw."""
+    if backend not in ("fake", "cpu"):
+        raise PlannerError(f"--backend: got {backend!r}, valid here: fake, cpu (cuda goes through cuda_backend)")
+    note = progress or (lambda _msg: None)
+    fake_mode = None
+    if backend == "fake":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    outer = fake_mode if fake_mode is not None else contextlib.nullcontext()
+    runner = _Runner(setup, backend)
+    if custom_model is not None and setup is not None:
+        runner.amp = bool(setup.device.mixed_precision)
+    with outer, CudaEmulation(sdpa=backend == "fake"):
+        note("building models")
+        torch.manual_seed(0)
+        if custom_model is not None:
+            model = _load_factory(custom_model)()
+            if not isinstance(model, torch.nn.Module):
+                raise PlannerError(f"--model: '{custom_model}' returned {type(model).__name__}, not an nn.Module")
+            model.train()
+            roots = {"model": model}
+            return _run_custom(runner, roots, custom_input, note, keep_timeline)
+        assert setup is not None
+        if setup.kind == "ldm-stage1":
+            roots = {"autoencoder": build_autoencoder(setup)}
+            if setup.autoencoder.training.discriminator.enabled:
+                roots["discriminator"] = build_discriminator(setup)
+            if setup.autoencoder.training.use_perceptual_loss:
+                roots["perceptual"] = build_perceptual(setup)
+            # The tutorial calls autoencoder.train() and discriminator.train(); the
+            # perceptual loss keeps LPIPS in the eval mode its constructor sets.
+            for name in ("autoencoder", "discriminator"):
+                if name in roots:
+                    roots[name].train()
+            return _run_stage1(runner, roots, note, keep_timeline)
+        roots = {"unet": build_unet(setup)}
+        roots["unet"].train()
+        return _run_stage2(runner, roots, note, keep_timeline)
+
+
+class _EventLog:
+    """Alloc/free stream for the caching-allocator model."""
+
+    def __init__(self, tracker: LiveStorageTracker) -> None:
+        self.events: list[tuple[int, int]] = []
+        orig_register, orig_release = tracker._register, tracker._release
+
+        def register(st: Any, op: str) -> int:
+            before = tracker._by_obj.get(id(st))
+            uid = orig_register(st, op)
+            if before is None:
+                self.events.append((uid, tracker.info[uid].nbytes))
+            return uid
+
+        def release(key: int, uid: int) -> None:
+            if uid in tracker.live:
+                self.events.append((uid, -tracker.live[uid]))
+            orig_release(key, uid)
+
+        tracker._register = register  # type: ignore[method-assign]
+        tracker._release = release  # type: ignore[method-assign]
+
+        orig_untrack = tracker.untrack_host
+
+        def untrack(tensors: Any) -> None:
+            tensors = [t for t in tensors if t is not None]
+            for t in tensors:
+                uid = tracker._by_obj.get(id(t.untyped_storage()))
+                if uid is not None and uid in tracker.live:
+                    self.events.append((uid, -tracker.live[uid]))
+            orig_untrack(tensors)
+
+        tracker.untrack_host = untrack  # type: ignore[method-assign]
+
+
+def _prepare(roots: dict[str, torch.nn.Module], keep_timeline: bool) -> tuple[LiveStorageTracker, ModuleContext, _EventLog]:
+    modules = ModuleContext(roots, _attention_types())
+    tracker = LiveStorageTracker(modules, keep_timeline=keep_timeline)
+    log = _EventLog(tracker)
+    for name, m in roots.items():
+        tracker.track(list(m.parameters()) + list(m.buffers()), Category.PARAMETERS, network=name)
+        for p in m.parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(
+                    lambda param, _n=name: tracker.tag([param.grad], Category.GRADIENTS) or _set_network(tracker, param.grad, _n)
+                )
+    return tracker, modules, log
+
+
+def _set_network(tracker: LiveStorageTracker, t: torch.Tensor | None, network: str) -> None:
+    if t is None:
+        return
+    uid = tracker._by_obj.get(id(t.untyped_storage()))
+    if uid is not None:
+        tracker.info[uid].network = network
+
+
+def _optimizer_step(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, scaler: EmulatedGradScaler | None, network: str) -> None:
+    tracker.phase = Phase.OPTIMIZER
+
+    def step() -> None:
+        tracker.host_scalars = True
+        try:
+            opt.step()
+        finally:
+            tracker.host_scalars = False
+
+    if scaler is not None:
+        scaler.unscale_and_step(opt, step)
+        scaler.update()
+        tracker.tag(scaler.state_tensors(), Category.OPTIMIZER_STATE)
+        for t in scaler.state_tensors():
+            _set_network(tracker, t, network)
+    else:
+        step()
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                if k == "step":
+                    tracker.untrack_host([v])
+                else:
+                    tracker.tag([v], Category.OPTIMIZER_STATE)
+                    _set_network(tracker, v, network)
+
+
+def _record(tracker: LiveStorageTracker, log: _EventLog, roots: dict[str, torch.nn.Module], it2: int) -> StepRecord:
+    return StepRecord(
+        tracker=tracker.result(),
+        events=list(log.events),
+        networks=tuple(roots),
+        iteration2_start=it2,
+        params={n: sum(p.numel() for p in m.parameters()) for n, m in roots.items()},
+    )
+
+
+def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callable[[str], None], keep_timeline: bool) -> StepRecord:
+    from monai.losses import PatchAdversarialLoss
+
+    setup = runner.setup
+    assert setup is not None
+    autoencoder = roots["autoencoder"]
+    discriminator = roots.get("discriminator")
+    perceptual = roots.get("perceptual")
+    tr = setup.autoencoder.training
+    optimizer_g = make_optimizer(tr.optimizer, list(autoencoder.parameters()))
+    optimizer_d = make_optimizer(tr.optimizer, list(discriminator.parameters())) if discriminator is not None else None
+    scaler_g = EmulatedGradScaler() if runner.use_scaler else None
+    scaler_d = EmulatedGradScaler() if runner.use_scaler and discriminator is not None else None
+    adv_loss = PatchAdversarialLoss(criterion="least_squares")
+    accum = tr.gradient_accumulation_steps
+    shape = setup.image_shape
+    spatial_axes = list(range(1, len(shape)))
+    dev = runner.device()
+
+    tracker, modules, log = _prepare(roots, keep_timeline)
+    it2 = 0
+    images = reconstruction = z_mu = z_sigma = None  # noqa: F841 - script-like liveness
+    logits_fake = logits_real = recons_loss = p_loss = generator_loss = kl_loss = loss_g = None  # noqa: F841
+    loss_d_fake = loss_d_real = discriminator_loss = loss_d = None  # noqa: F841
+    with modules, tracker:
+        for iteration in (1, 2):
+            note(f"iteration {iteration}/2")
+            if iteration == 2:
+                tracker.reset_peak()
+                it2 = len(log.events)
+            for micro in range(accum):
+                tracker.step = f"it{iteration}"
+                tracker.phase = Phase.DATA
+                tracker.network_hint = "data"
+                batch = torch.randn(shape, device=dev)
+                images = batch
+                del batch
+                # ---- generator half
+                tracker.step = f"it{iteration}.generator"
+                if micro == 0:
+                    optimizer_g.zero_grad(set_to_none=True)
+                tracker.phase = Phase.FORWARD
+                tracker.network_hint = "losses"
+                with runner.autocast():
+                    reconstruction, z_mu, z_sigma = autoencoder(images)
+                    if discriminator is not None:
+                        logits_fake = discriminator(reconstruction.contiguous().float())[-1]
+                    recons_loss = F.l1_loss(reconstruction.float(), images.float())
+                    if perceptual is not None:
+                        p_loss = perceptual(reconstruction.float(), images.float())
+                    if discriminator is not None:
+                        generator_loss = adv_loss(logits_fake, target_is_real=True, for_discriminator=False)
+                    kl_loss = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2)) - 1, dim=spatial_axes)
+                    kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
+                    loss_g = recons_loss + KL_WEIGHT * kl_loss
+                    if perceptual is not None:
+                        loss_g = loss_g + PERCEPTUAL_WEIGHT * p_loss
+                    if discriminator is not None:
+                        loss_g = loss_g + ADV_WEIGHT * generator_loss
+                    if accum > 1:
+                        loss_g = loss_g / accum
+                tracker.phase = Phase.BACKWARD
+                tracker.network_hint = "backward"
+                (scaler_g.scale(loss_g) if scaler_g else loss_g).backward()
+                if micro == accum - 1:
+                    _optimizer_step(tracker, optimizer_g, scaler_g, "autoencoder")
+                if discriminator is None:
+                    continue
+                # ---- discriminator half
+                tracker.step = f"it{iteration}.discriminator"
+                if micro == 0:
+                    optimizer_d.zero_grad(set_to_none=True)
+                tracker.phase = Phase.FORWARD
+                tracker.network_hint = "losses"
+                with runner.autocast():
+                    logits_fake = discriminator(reconstruction.contiguous().detach())[-1]
+                    loss_d_fake = adv_loss(logits_fake, target_is_real=False, for_discriminator=True)
+                    logits_real = discriminator(images.contiguous().detach())[-1]
+                    loss_d_real = adv_loss(logits_real, target_is_real=True, for_discriminator=True)
+                    discriminator_loss = (loss_d_fake + loss_d_real) * 0.5
+                    loss_d = ADV_WEIGHT * discriminator_loss
+                    if accum > 1:
+                        loss_d = loss_d / accum
+                tracker.phase = Phase.BACKWARD
+                tracker.network_hint = "backward"
+                (scaler_d.scale(loss_d) if scaler_d else loss_d).backward()
+                if micro == accum - 1:
+                    _optimizer_step(tracker, optimizer_d, scaler_d, "discriminator")
+        tracker.phase = Phase.SETUP
+        return _record(tracker, log, roots, it2)
+
+
+def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callable[[str], None], keep_timeline: bool) -> StepRecord:
+    from monai.inferers import DiffusionInferer
+    from monai.networks.schedulers import DDPMScheduler
+
+    setup = runner.setup
+    assert setup is not None
+    model = roots["unet"]
+    optimizer = make_optimizer(setup.diffusion.training.optimizer, list(model.parameters()))
+    scaler = EmulatedGradScaler() if runner.use_scaler else None
+    scheduler = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
+    inferer = DiffusionInferer(scheduler)
+    accum = setup.diffusion.training.gradient_accumulation_steps
+    shape = setup.unet_input_shape
+    dev = runner.device()
+    tracker, modules, log = _prepare(roots, keep_timeline)
+    # The scheduler's alphas_cumprod is moved to the device by add_noise; count it.
+    tracker.track([scheduler.alphas_cumprod], Category.PARAMETERS, network="unet")
+    it2 = 0
+    images = noise = timesteps = noise_pred = loss = None  # noqa: F841
+    with modules, tracker:
+        for iteration in (1, 2):
+            note(f"iteration {iteration}/2")
+            if iteration == 2:
+                tracker.reset_peak()
+                it2 = len(log.events)
+            for micro in range(accum):
+                tracker.step = f"it{iteration}"
+                tracker.phase = Phase.DATA
+                tracker.network_hint = "data"
+                batch = torch.randn(shape, device=dev)
+                images = batch
+                del batch
+                if micro == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                tracker.phase = Phase.FORWARD
+                tracker.network_hint = "losses"
+                with runner.autocast():
+                    noise = torch.randn_like(images)
+                    timesteps = torch.randint(0, scheduler.num_train_timesteps, (images.shape[0],), device=dev).long()
+                    noise_pred = inferer(inputs=images, diffusion_model=model, noise=noise, timesteps=timesteps)
+                    loss = F.mse_loss(noise_pred.float(), noise.float())
+                    if accum > 1:
+                        loss = loss / accum
+                tracker.phase = Phase.BACKWARD
+                tracker.network_hint = "backward"
+                (scaler.scale(loss) if scaler else loss).backward()
+                if micro == accum - 1:
+                    _optimizer_step(tracker, optimizer, scaler, "unet")
+        tracker.phase = Phase.SETUP
+        return _record(tracker, log, roots, it2)
+
+
+def _run_custom(
+    runner: _Runner,
+    roots: dict[str, torch.nn.Module],
+    input_shape: tuple[int, ...] | None,
+    note: Callable[[str], None],
+    keep_timeline: bool,
+) -> StepRecord:
+    if not input_shape:
+        raise PlannerError("--input: give the batch shape with --model, e.g. --input 2x1x96x96x64")
+    model = roots["model"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise PlannerError("--model: the module has no trainable parameters")
+    optimizer = make_optimizer(runner.setup.autoencoder.training.optimizer if runner.setup else "adam", params)
+    scaler = EmulatedGradScaler() if runner.use_scaler else None
+    dev = runner.device()
+    tracker, modules, log = _prepare(roots, keep_timeline)
+    it2 = 0
+    x = out = target = loss = None  # noqa: F841
+    with modules, tracker:
+        for iteration in (1, 2):
+            note(f"iteration {iteration}/2")
+            if iteration == 2:
+                tracker.reset_peak()
+                it2 = len(log.events)
+            tracker.step = f"it{iteration}"
+            tracker.phase = Phase.DATA
+            tracker.network_hint = "data"
+            batch = torch.randn(input_shape, device=dev)
+            x = batch
+            del batch
+            optimizer.zero_grad(set_to_none=True)
+            tracker.phase = Phase.FORWARD
+            tracker.network_hint = "losses"
+            with runner.autocast():
+                try:
+                    out = model(x)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise PlannerError(f"--input: the model rejects shape {list(input_shape)}: {msg}") from None
+                if not isinstance(out, torch.Tensor):
+                    raise PlannerError("--model: the module must return one tensor for the MSE step")
+                tracker.phase = Phase.DATA
+                target = torch.randn(out.shape, device=dev)
+                tracker.phase = Phase.FORWARD
+                loss = F.mse_loss(out.float(), target.float())
+            tracker.phase = Phase.BACKWARD
+            tracker.network_hint = "backward"
+            (scaler.scale(loss) if scaler else loss).backward()
+            _optimizer_step(tracker, optimizer, scaler, "model")
+        tracker.phase = Phase.SETUP
+        return _record(tracker, log, roots, it2)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0

@@ -1,0 +1,270 @@
+"""Live-storage tracker: the peak of what ``torch.cuda.max_memory_allocated`` would report.
+
+A ``TorchDispatchMode`` sees every aten op below autograd, including the ops the
+autograd engine runs in backward and those ``torch.utils.checkpoint`` recomputes.
+Each new storage an op returns is registered with its size rounded up to the
+CUDA caching allocator's 512-byte block (``kMinBlockSize = 512`` and
+``round_size()`` in ``c10/cuda/CUDACachingAllocator.cpp``; the same constant as
+``_PYTORCH_MIN_ALLOCATE`` in ``torch/distributed/_tools/mem_tracker.py``), and a
+weakref finalizer releases it when the storage dies. The peak is taken after
+every op, not per module.
+
+It works the same on fake tensors (FakeTensorMode: nothing is allocated) and on
+real CPU tensors, which is how the fake backend is checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+# c10/cuda/CUDACachingAllocator.cpp: constexpr size_t kMinBlockSize = 512; every
+# allocation is rounded up to a multiple of it (round_size).
+CUDA_BLOCK_BYTES = 512
+
+
+def round_alloc(nbytes: int) -> int:
+    """Bytes the caching allocator accounts for one storage of ``nbytes``."""
+    if nbytes <= 0:
+        return 0
+    return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
+
+
+class Category(str, Enum):
+    """What a live storage is, at the peak."""
+
+    PARAMETERS = "parameters"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATE = "optimizer_state"
+    ACTIVATIONS = "activations"
+    TEMPORARIES = "temporaries"
+
+
+class Phase(str, Enum):
+    SETUP = "setup"
+    DATA = "data"
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
+@dataclass
+class StorageInfo:
+    uid: int
+    nbytes: int
+    phase: Phase
+    network: str
+    module: str
+    op: str
+    step: str
+    category: Category | None = None  # explicit tag; else derived from phase/module
+
+
+@dataclass
+class TimelinePoint:
+    op_index: int
+    live_bytes: int
+    phase: str
+    step: str
+
+
+@dataclass
+class TrackerResult:
+    peak_bytes: int
+    peak_op: str
+    peak_phase: str
+    peak_step: str
+    peak_module: str
+    live_at_peak: list[StorageInfo] = field(default_factory=list)
+    timeline: list[TimelinePoint] = field(default_factory=list)
+    untracked_host_bytes: int = 0
+
+
+class ModuleContext:
+    """Which module is running: global forward hooks push/pop a stack of names."""
+
+    def __init__(self, roots: dict[str, torch.nn.Module], attention_types: tuple[type, ...] = ()) -> None:
+        self.names: dict[int, tuple[str, str, bool]] = {}
+        for root_name, root in roots.items():
+            for name, mod in root.named_modules():
+                path = f"{root_name}.{name}" if name else root_name
+                is_att = bool(attention_types) and isinstance(mod, attention_types)
+                self.names[id(mod)] = (root_name, path, is_att)
+        self.stack: list[tuple[str, str, bool]] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "ModuleContext":
+        from torch.nn.modules import module as m
+
+        def pre(mod: torch.nn.Module, *_: Any) -> None:
+            info = self.names.get(id(mod))
+            if info is not None:
+                self.stack.append(info)
+
+        def post(mod: torch.nn.Module, *_: Any) -> None:
+            if id(mod) in self.names and self.stack:
+                self.stack.pop()
+
+        self._handles = [m.register_module_forward_pre_hook(pre), m.register_module_forward_hook(post, always_call=True)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def current(self) -> tuple[str, str]:
+        """(network, module path) of the innermost running module."""
+        if not self.stack:
+            return "", ""
+        root, path, _ = self.stack[-1]
+        network = "attention" if any(s[2] for s in self.stack) else root
+        return network, path
+
+
+class LiveStorageTracker(TorchDispatchMode):
+    """Counts live storages (512-byte rounded) after every op; keeps the peak's contents."""
+
+    def __init__(self, modules: ModuleContext | None = None, keep_timeline: bool = True) -> None:
+        super().__init__()
+        self.modules = modules
+        self.keep_timeline = keep_timeline
+        self.phase = Phase.SETUP
+        self.step = ""
+        self.network_hint = ""  # e.g. "losses" for ops outside any module
+        self._uids = itertools.count(1)
+        self._by_obj: dict[int, int] = {}  # id(untyped storage) -> uid
+        self.info: dict[int, StorageInfo] = {}  # every storage ever seen (uid -> info)
+        self.live: dict[int, int] = {}  # uid -> rounded bytes
+        self.current = 0
+        self.peak = 0
+        self._peak_live: dict[int, int] = {}
+        self._peak_where = ("", "", "", "")
+        self.timeline: list[TimelinePoint] = []
+        self._op_index = 0
+        self.host_bytes = 0
+        self.host_scalars = False  # inside optimizer.step(): 0-dim outputs live on the host
+
+    # -- registration ------------------------------------------------------------
+    def _register(self, st: torch.UntypedStorage, op: str) -> int:
+        key = id(st)
+        uid = self._by_obj.get(key)
+        if uid is not None:
+            return uid
+        uid = next(self._uids)
+        nbytes = round_alloc(st.nbytes())
+        network, module = self.modules.current() if self.modules else ("", "")
+        if not network:
+            network = self.network_hint
+        self.info[uid] = StorageInfo(uid, nbytes, self.phase, network, module, op, self.step)
+        self._by_obj[key] = uid
+        self.live[uid] = nbytes
+        self.current += nbytes
+        weakref.finalize(st, self._release, key, uid)
+        return uid
+
+    def _release(self, key: int, uid: int) -> None:
+        self._by_obj.pop(key, None)
+        nbytes = self.live.pop(uid, None)
+        if nbytes is not None:
+            self.current -= nbytes
+
+    def track(self, tensors: Iterable[torch.Tensor], category: Category, network: str = "") -> None:
+        """Register tensors made outside the mode (parameters, buffers) and tag them."""
+        for t in tensors:
+            if t is None:
+                continue
+            uid = self._register(t.untyped_storage(), "external")
+            info = self.info[uid]
+            info.category = category
+            if network:
+                info.network = network
+        self._note_peak("external")
+
+    def tag(self, tensors: Iterable[torch.Tensor | None], category: Category) -> None:
+        for t in tensors:
+            if t is None:
+                continue
+            uid = self._by_obj.get(id(t.untyped_storage()))
+            if uid is not None:
+                self.info[uid].category = category
+
+    def untrack_host(self, tensors: Iterable[torch.Tensor | None]) -> None:
+        """Storages that live in host memory on a real CUDA run (Adam's ``step`` counters)."""
+        for t in tensors:
+            if t is None:
+                continue
+            key = id(t.untyped_storage())
+            uid = self._by_obj.get(key)
+            if uid is not None and uid in self.live:
+                nbytes = self.live.pop(uid)
+                self.current -= nbytes
+                self.host_bytes += nbytes
+
+    # -- peak --------------------------------------------------------------------
+    def reset_peak(self) -> None:
+        self.peak = self.current
+        self._peak_live = dict(self.live)
+        self._peak_where = ("reset", self.phase.value, self.step, "")
+
+    def _note_peak(self, op: str) -> None:
+        if self.current > self.peak:
+            self.peak = self.current
+            self._peak_live = dict(self.live)
+            module = self.modules.current()[1] if self.modules else ""
+            self._peak_where = (op, self.phase.value, self.step, module)
+        if self.keep_timeline:
+            self.timeline.append(TimelinePoint(self._op_index, self.current, self.phase.value, self.step))
+        self._op_index += 1
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+        in_optimizer_scalar = self.host_scalars
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                if id(st) in self._by_obj:
+                    continue
+                if in_optimizer_scalar and t.dim() == 0:
+                    # torch/optim/adam.py (_multi_tensor_adam, capturable=False): the 'step'
+                    # counters and the `torch.tensor(1.0, device="cpu")` added to them are
+                    # host tensors on a CUDA run; the only 0-dim tensors an optimizer step makes.
+                    continue
+                self._register(st, name)
+        self._note_peak(name)
+        return out
+
+    # -- result ------------------------------------------------------------------
+    def result(self) -> TrackerResult:
+        live = [self.info[uid] for uid in self._peak_live]
+        op, phase, step, module = self._peak_where
+        return TrackerResult(
+            peak_bytes=self.peak,
+            peak_op=op,
+            peak_phase=phase,
+            peak_step=step,
+            peak_module=module,
+            live_at_peak=live,
+            timeline=list(self.timeline),
+            untracked_host_bytes=self.host_bytes,
+        )
+
+
+def category_of(info: StorageInfo) -> Category:
+    """Explicit tag, else: allocated in forward (or recomputed by a checkpoint in
+    backward, i.e. inside a module) -> activations; anything else -> temporaries."""
+    if info.category is not None:
+        return info.category
+    if info.phase in (Phase.FORWARD, Phase.DATA, Phase.SETUP):
+        return Category.ACTIVATIONS
+    if info.phase == Phase.BACKWARD and info.module:
+        return Category.ACTIVATIONS
+    return Category.TEMPORARIES

@@ -1,0 +1,332 @@
+"""Tests for planner.gpus: the --gpu parser and the GPU catalog."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.errors import PlannerError
+from planner.gpus import CATALOG, GB, GIB, GPU, catalog_rows, cc_tuple, parse_gpu
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- constants ----------------------------------------------------------------
+
+
+def test_constants():
+    assert GIB == 1073741824  # 2**30
+    assert GB == 1000000000  # 10**9
+
+
+# --- sizes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["24GB", "24 GB", "24gb", "24Gb", " 24GB "])
+def test_decimal_gb(text):
+    gpu = parse_gpu(text)
+    assert gpu.memory_bytes == 24000000000  # 24 * 10**9 = 24000000000
+    assert gpu.key == "24GB"
+    assert gpu.bf16 is False
+    assert gpu.fp16_tflops is None
+    assert gpu.fp32_tflops is None
+    assert gpu.bandwidth_gbs is None
+    assert gpu.compute_capability is None
+    assert gpu.is_generic
+
+
+@pytest.mark.parametrize("text", ["24GiB", "24 GiB", "24gib", "24GIB"])
+def test_binary_gib(text):
+    gpu = parse_gpu(text)
+    assert gpu.memory_bytes == 25769803776  # 24 * 2**30 = 25769803776
+    assert gpu.key == "24GiB"
+    assert gpu.bf16 is False
+
+
+def test_fractional_gib_rounds_to_nearest_byte():
+    gpu = parse_gpu("23.55GiB")
+    # 23.55 * 2**30 = 25286619955.2 -> nearest byte 25286619955
+    assert gpu.memory_bytes == 25286619955
+    assert gpu.key == "23.55GiB"
+
+
+def test_fractional_gb():
+    # 0.5 * 10**9 = 500000000
+    assert parse_gpu("0.5GB").memory_bytes == 500000000
+    # 10.75 * 10**9 = 10750000000
+    assert parse_gpu("10.75 GB").memory_bytes == 10750000000
+
+
+def test_trailing_zeros_normalised_in_key():
+    # 24.0 * 10**9 = 24000000000
+    gpu = parse_gpu("24.0GB")
+    assert gpu.memory_bytes == 24000000000
+    assert gpu.key == "24GB"
+    assert parse_gpu("100GiB").key == "100GiB"  # not "1E+2GiB"
+
+
+def test_mib_and_mb():
+    # nvidia-smi total of an H200: 143771 * 2**20 = 150754820096
+    assert parse_gpu("143771MiB").memory_bytes == 150754820096
+    # 24000 * 10**6 = 24000000000
+    assert parse_gpu("24000MB").memory_bytes == 24000000000
+
+
+@pytest.mark.parametrize("text", ["0GB", "0 GiB", "0.0GiB", "-24GB", "-1 GiB", "0.0000000001GB"])
+def test_non_positive_sizes_rejected(text):
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(text)
+    msg = str(err.value)
+    assert repr(text) in msg
+    assert "\n" not in msg
+    assert "24GB" in msg and "24GiB" in msg
+
+
+# --- catalog lookups ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("rtx4090", "rtx4090"),
+        ("RTX 4090", "rtx4090"),
+        ("rtx-4090", "rtx4090"),
+        ("rtx_4090", "rtx4090"),
+        ("4090", "rtx4090"),
+        ("NVIDIA GeForce RTX 4090", "rtx4090"),
+        ("GeForce RTX 4090", "rtx4090"),
+        ("a100-80gb", "a100-80gb"),
+        ("A100 80GB", "a100-80gb"),
+        ("NVIDIA A100-SXM4-80GB", "a100-80gb"),  # nvidia-smi's name
+        ("a100-40gb", "a100-40gb"),
+        ("h100", "h100-sxm"),
+        ("H100", "h100-sxm"),
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),  # nvidia-smi's name
+        ("h100-pcie", "h100-pcie"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),  # nvidia-smi's name
+        ("h200", "h200"),
+        ("Tesla T4", "t4"),
+        ("T4", "t4"),
+        ("Tesla V100-SXM2-32GB", "v100-32gb"),  # nvidia-smi's name
+        ("v100 16gb", "v100-16gb"),
+        ("RTX A6000", "rtxa6000"),
+        ("a6000", "rtxa6000"),
+        ("RTX 6000 Ada Generation", "rtx6000ada"),
+        ("L40S", "l40s"),
+        ("l4", "l4"),
+        ("A10", "a10"),
+        ("GTX 1080 Ti", "gtx1080ti"),
+        ("1080ti", "gtx1080ti"),
+        ("Titan RTX", "titanrtx"),
+        ("RTX 3060", "rtx3060"),
+        ("rtx 3080", "rtx3080"),
+        ("3090", "rtx3090"),
+        ("3090 Ti", "rtx3090ti"),
+        ("RTX 4060 Ti 16GB", "rtx4060ti-16gb"),
+        ("4070 Ti", "rtx4070ti"),
+    ],
+)
+def test_catalog_lookup(text, key):
+    assert parse_gpu(text).key == key
+
+
+def test_catalog_entry_is_the_catalog_object():
+    gpu = parse_gpu("RTX 4090")
+    assert gpu is next(g for g in CATALOG if g.key == "rtx4090")
+    assert gpu.memory_bytes == 25769803776  # 24 * 2**30 = 25769803776 (card sold as "24 GB")
+    assert gpu.bf16 is True
+
+
+def test_selected_memory_sizes():
+    # 80 * 2**30 = 85899345920
+    assert parse_gpu("a100-80gb").memory_bytes == 85899345920
+    # 40 * 2**30 = 42949672960
+    assert parse_gpu("a100-40gb").memory_bytes == 42949672960
+    # 141 * 2**30 = 151397597184 (nvidia-smi shows 143771 MiB = 150754820096 bytes, just below)
+    assert parse_gpu("h200").memory_bytes == 151397597184
+    # 11 * 2**30 = 11811160064
+    assert parse_gpu("2080ti").memory_bytes == 11811160064
+    # 10 * 2**30 = 10737418240
+    assert parse_gpu("rtx3080").memory_bytes == 10737418240
+
+
+def test_every_key_name_and_alias_resolves_to_its_card():
+    for gpu in CATALOG:
+        for text in (gpu.key, gpu.name, *gpu.aliases):
+            assert parse_gpu(text) is gpu, text
+            assert parse_gpu(text.upper()) is gpu, text
+
+
+# --- errors ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["rtx9999", "", "   ", "banana", "24", "24 G", "1e3GB", "nvidia"])
+def test_unknown_gpu(text):
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(text)
+    msg = str(err.value)
+    assert msg.startswith(f"unknown GPU {text!r}")
+    assert "\n" not in msg
+    assert "24GB" in msg and "24GiB" in msg
+    assert "rtx4090" in msg and "h100-sxm" in msg  # lists the catalog keys
+
+
+def test_unknown_message_exact_start():
+    with pytest.raises(PlannerError) as err:
+        parse_gpu("rtx9999")
+    assert str(err.value).startswith(
+        "unknown GPU 'rtx9999': give a size like 24GB or 24GiB, or one of: gtx1080ti, rtx2080ti,"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, keys",
+    [
+        ("a100", ["a100-40gb", "a100-80gb"]),
+        ("A100", ["a100-40gb", "a100-80gb"]),
+        ("v100", ["v100-16gb", "v100-32gb"]),
+        ("rtx30", ["rtx3060", "rtx3080", "rtx3090", "rtx3090ti"]),
+    ],
+)
+def test_ambiguous_gpu(text, keys):
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(text)
+    msg = str(err.value)
+    assert msg.startswith(f"ambiguous GPU {text!r}")
+    assert "\n" not in msg
+    for key in keys:
+        assert key in msg
+
+
+@pytest.mark.parametrize("text, suggestion", [("l40", "l40s"), ("rtx 6000", "rtx6000ada"), ("4060ti", "rtx4060ti-16gb")])
+def test_unique_prefix_is_suggested_not_guessed(text, suggestion):
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(text)
+    msg = str(err.value)
+    assert msg.startswith(f"unknown GPU {text!r} (did you mean {suggestion}?)")
+
+
+def test_non_string_input():
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(None)  # type: ignore[arg-type]
+    assert "None" in str(err.value)
+
+
+def test_planner_error_is_value_error():
+    with pytest.raises(ValueError):
+        parse_gpu("rtx9999")
+
+
+# --- catalog integrity ------------------------------------------------------------
+
+
+def _norm(text):
+    # Mirrors planner.gpus._norm: only letters and digits, lower case, and a
+    # leading vendor/brand word dropped.
+    import re
+
+    s = re.sub(r"[^a-z0-9]", "", text.lower())
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("nvidia", "geforce", "tesla", "quadro"):
+            if s.startswith(prefix) and len(s) > len(prefix):
+                s = s[len(prefix):]
+                changed = True
+    return s
+
+
+def test_catalog_size():
+    assert 20 <= len(CATALOG) <= 40
+
+
+def test_keys_unique():
+    keys = [g.key for g in CATALOG]
+    assert len(keys) == len(set(keys))
+    assert len({_norm(k) for k in keys}) == len(keys)
+
+
+def test_no_name_or_alias_selects_two_cards():
+    owner = {}
+    for gpu in CATALOG:
+        for text in (gpu.key, gpu.name, *gpu.aliases):
+            form = _norm(text)
+            assert owner.setdefault(form, gpu.key) == gpu.key, (
+                f"{text!r} names both {owner[form]} and {gpu.key}"
+            )
+
+
+def test_no_alias_looks_like_a_size():
+    for gpu in CATALOG:
+        for text in (gpu.key, gpu.name, *gpu.aliases):
+            # a catalog name must never be read as a generic size
+            assert not parse_gpu(text).is_generic, text
+
+
+@pytest.mark.parametrize("gpu", CATALOG, ids=lambda g: g.key)
+def test_entry_is_well_formed(gpu):
+    assert isinstance(gpu, GPU)
+    assert gpu.source.strip()
+    assert gpu.name.strip()
+    assert gpu.compute_capability is not None
+    assert gpu.bf16 == (cc_tuple(gpu.compute_capability) >= (8, 0))
+    assert isinstance(gpu.memory_bytes, int)
+    assert gpu.memory_bytes > 0
+    assert gpu.memory_bytes % GIB == 0  # catalog cards have whole GiB
+    assert gpu.fp32_tflops is not None and gpu.fp32_tflops > 0
+    assert gpu.bandwidth_gbs is not None and gpu.bandwidth_gbs > 0
+    # only Pascal (no tensor cores) lacks an fp16 tensor figure
+    if cc_tuple(gpu.compute_capability) >= (7, 0):
+        assert gpu.fp16_tflops is not None and gpu.fp16_tflops > gpu.fp32_tflops
+    else:
+        assert gpu.fp16_tflops is None
+    assert isinstance(gpu.aliases, tuple)
+
+
+def test_required_cards_present():
+    keys = {g.key for g in CATALOG}
+    for key in [
+        "gtx1080ti", "rtx2080ti", "titanrtx", "rtx3060", "rtx3080", "rtx3090", "rtx3090ti",
+        "rtx4060ti-16gb", "rtx4070ti", "rtx4080", "rtx4090", "rtxa4000", "rtxa5000", "rtxa6000",
+        "rtx6000ada", "t4", "v100-16gb", "v100-32gb", "a10", "a100-40gb", "a100-80gb", "l4",
+        "l40s", "h100-sxm", "h100-pcie", "h200",
+    ]:
+        assert key in keys
+
+
+def test_gpu_is_frozen():
+    gpu = parse_gpu("rtx4090")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        gpu.memory_bytes = 1  # type: ignore[misc]
+
+
+def test_catalog_rows():
+    rows = catalog_rows()
+    assert len(rows) == len(CATALOG)
+    assert [r["key"] for r in rows] == [g.key for g in CATALOG]
+    row = next(r for r in rows if r["key"] == "rtx4090")
+    assert row["memory_bytes"] == 25769803776  # 24 * 2**30
+    assert row["memory_gib"] == 24.0
+    assert row["bf16"] is True
+    assert row["compute_capability"] == "8.9"
+    assert isinstance(row["aliases"], str)
+    assert row["source"]
+    for r in rows:
+        assert set(r) == set(rows[0])
+
+
+# --- import hygiene ---------------------------------------------------------------
+
+
+def test_import_does_not_pull_heavy_modules():
+    code = (
+        "import planner.gpus, sys; "
+        "heavy = [m for m in ('torch', 'numpy', 'pandas') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
