@@ -191,10 +191,9 @@ class StepRecord:
 
 
 class _Runner:
-    def __init__(self, setup: TrainingSetup | None, backend: str, custom: tuple[str, tuple[int, ...]] | None = None):
+    def __init__(self, setup: TrainingSetup | None, backend: str):
         self.setup = setup
         self.backend = backend
-        self.custom = custom
         self.amp = bool(setup.device.mixed_precision) if setup else False
         self.amp_dtype = torch.float16
         if setup and setup.device.amp_dtype == "bfloat16":
@@ -210,6 +209,51 @@ class _Runner:
 
     def device(self) -> torch.device:
         return torch.device("cuda" if self.backend == "cuda" else "cpu")
+
+    def scaler(self) -> "EmulatedGradScaler | CudaGradScaler | None":
+        if not self.use_scaler:
+            return None
+        return CudaGradScaler() if self.backend == "cuda" else EmulatedGradScaler()
+
+    def start_iteration2(self, tracker: LiveStorageTracker) -> None:
+        tracker.reset_peak()
+        if self.backend == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+
+class CudaGradScaler:
+    """The real torch.amp.GradScaler behind EmulatedGradScaler's interface (cuda backend)."""
+
+    def __init__(self) -> None:
+        self._inner = torch.amp.GradScaler("cuda")
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self._inner.scale(loss)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self._inner._scale, self._inner._growth_tracker) if t is not None]
+
+    def unscale_and_step(self, optimizer: torch.optim.Optimizer, on_step: Callable[[], None]) -> None:
+        self._inner.step(_StepProxy(optimizer, on_step))
+
+    def update(self) -> None:
+        self._inner.update()
+
+
+class _StepProxy:
+    """Lets GradScaler.step call our tracked step function."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, on_step: Callable[[], None]) -> None:
+        self._opt, self._on_step = optimizer, on_step
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        self._on_step()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._opt, name)
 
 
 def _attention_types() -> tuple[type, ...]:
@@ -251,19 +295,22 @@ def run_step(
     keep_timeline: bool = True,
 ) -> StepRecord:
     """Run two iterations of the reference step; return what the tracker saw."""
-    if backend not in ("fake", "cpu"):
-        raise PlannerError(f"--backend: got {backend!r}, valid here: fake, cpu (cuda goes through cuda_backend)")
+    if backend not in ("fake", "cpu", "cuda"):
+        raise PlannerError(f"--backend: got {backend!r}, valid: fake, cpu, cuda")
     note = progress or (lambda _msg: None)
-    fake_mode = None
+    runner = _Runner(setup, backend)
     if backend == "fake":
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    outer = fake_mode if fake_mode is not None else contextlib.nullcontext()
-    runner = _Runner(setup, backend)
-    if custom_model is not None and setup is not None:
-        runner.amp = bool(setup.device.mixed_precision)
-    with outer, CudaEmulation(sdpa=backend == "fake"):
+        outer: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        emulation: Any = CudaEmulation(sdpa=True)
+    elif backend == "cpu":
+        outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False)
+    else:  # real CUDA: real autocast, real GradScaler, models built on the device
+        if not torch.cuda.is_available():
+            raise PlannerError("--backend cuda: no CUDA device is visible to this torch build (use --backend fake)")
+        outer, emulation = torch.device("cuda"), contextlib.nullcontext()
+    with outer, emulation:
         note("building models")
         torch.manual_seed(0)
         if custom_model is not None:
@@ -326,9 +373,13 @@ class _EventLog:
         tracker.untrack_host = untrack  # type: ignore[method-assign]
 
 
-def _prepare(roots: dict[str, torch.nn.Module], keep_timeline: bool) -> tuple[LiveStorageTracker, ModuleContext, _EventLog]:
+def _prepare(
+    runner: _Runner, roots: dict[str, torch.nn.Module], keep_timeline: bool
+) -> tuple[LiveStorageTracker, ModuleContext, _EventLog]:
     modules = ModuleContext(roots, _attention_types())
     tracker = LiveStorageTracker(modules, keep_timeline=keep_timeline)
+    if runner.backend == "cuda":
+        tracker.device_type = "cuda"  # host tensors (Adam's step counters) are not GPU memory
     log = _EventLog(tracker)
     for name, m in roots.items():
         tracker.track(list(m.parameters()) + list(m.buffers()), Category.PARAMETERS, network=name)
@@ -397,15 +448,15 @@ def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
     tr = setup.autoencoder.training
     optimizer_g = make_optimizer(tr.optimizer, list(autoencoder.parameters()))
     optimizer_d = make_optimizer(tr.optimizer, list(discriminator.parameters())) if discriminator is not None else None
-    scaler_g = EmulatedGradScaler() if runner.use_scaler else None
-    scaler_d = EmulatedGradScaler() if runner.use_scaler and discriminator is not None else None
+    scaler_g = runner.scaler()
+    scaler_d = runner.scaler() if discriminator is not None else None
     adv_loss = PatchAdversarialLoss(criterion="least_squares")
     accum = tr.gradient_accumulation_steps
     shape = setup.image_shape
     spatial_axes = list(range(1, len(shape)))
     dev = runner.device()
 
-    tracker, modules, log = _prepare(roots, keep_timeline)
+    tracker, modules, log = _prepare(runner, roots, keep_timeline)
     it2 = 0
     images = reconstruction = z_mu = z_sigma = None  # noqa: F841 - script-like liveness
     logits_fake = logits_real = recons_loss = p_loss = generator_loss = kl_loss = loss_g = None  # noqa: F841
@@ -414,7 +465,7 @@ def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
         for iteration in (1, 2):
             note(f"iteration {iteration}/2")
             if iteration == 2:
-                tracker.reset_peak()
+                runner.start_iteration2(tracker)
                 it2 = len(log.events)
             for micro in range(accum):
                 tracker.step = f"it{iteration}"
@@ -486,13 +537,13 @@ def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
     assert setup is not None
     model = roots["unet"]
     optimizer = make_optimizer(setup.diffusion.training.optimizer, list(model.parameters()))
-    scaler = EmulatedGradScaler() if runner.use_scaler else None
+    scaler = runner.scaler()
     scheduler = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
     inferer = DiffusionInferer(scheduler)
     accum = setup.diffusion.training.gradient_accumulation_steps
     shape = setup.unet_input_shape
     dev = runner.device()
-    tracker, modules, log = _prepare(roots, keep_timeline)
+    tracker, modules, log = _prepare(runner, roots, keep_timeline)
     # The scheduler's alphas_cumprod is moved to the device by add_noise; count it.
     tracker.track([scheduler.alphas_cumprod], Category.PARAMETERS, network="unet")
     it2 = 0
@@ -501,7 +552,7 @@ def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
         for iteration in (1, 2):
             note(f"iteration {iteration}/2")
             if iteration == 2:
-                tracker.reset_peak()
+                runner.start_iteration2(tracker)
                 it2 = len(log.events)
             for micro in range(accum):
                 tracker.step = f"it{iteration}"
@@ -544,16 +595,16 @@ def _run_custom(
     if not params:
         raise PlannerError("--model: the module has no trainable parameters")
     optimizer = make_optimizer(runner.setup.autoencoder.training.optimizer if runner.setup else "adam", params)
-    scaler = EmulatedGradScaler() if runner.use_scaler else None
+    scaler = runner.scaler()
     dev = runner.device()
-    tracker, modules, log = _prepare(roots, keep_timeline)
+    tracker, modules, log = _prepare(runner, roots, keep_timeline)
     it2 = 0
     x = out = target = loss = None  # noqa: F841
     with modules, tracker:
         for iteration in (1, 2):
             note(f"iteration {iteration}/2")
             if iteration == 2:
-                tracker.reset_peak()
+                runner.start_iteration2(tracker)
                 it2 = len(log.events)
             tracker.step = f"it{iteration}"
             tracker.phase = Phase.DATA

@@ -151,6 +151,7 @@ class LiveStorageTracker(TorchDispatchMode):
         self._op_index = 0
         self.host_bytes = 0
         self.host_scalars = False  # inside optimizer.step(): 0-dim outputs live on the host
+        self.device_type: str | None = None  # on a real GPU: count only storages on this device
 
     # -- registration ------------------------------------------------------------
     def _register(self, st: torch.UntypedStorage, op: str) -> int:
@@ -232,6 +233,8 @@ class LiveStorageTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 st = t.untyped_storage()
                 if id(st) in self._by_obj:
+                    continue
+                if self.device_type is not None and t.device.type != self.device_type:
                     continue
                 if in_optimizer_scalar and t.dim() == 0:
                     # torch/optim/adam.py (_multi_tensor_adam, capturable=False): the 'step'

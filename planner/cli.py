@@ -1,0 +1,204 @@
+"""The ``vramplan`` command line. Thin: parse, call the library, render.
+
+Torch is imported only inside the commands that measure (``profile``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from planner.config import Overrides, parse_shape, resolve_setup
+from planner.errors import PlannerError
+
+try:  # typer >= 0.16 vendors click; older ones depend on it
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as _UsageError
+
+app = typer.Typer(
+    name="vramplan",
+    help="VRAM budget planner and profiler for PyTorch training of 3D generative models.\n\n"
+    "Example: vramplan profile --voxel 256x256x64",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out = Console(highlight=False, soft_wrap=False, width=140)
+err = Console(stderr=True, highlight=False)
+
+
+class Backend(str, Enum):
+    fake = "fake"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Kind(str, Enum):
+    stage1 = "ldm-stage1"
+    stage2 = "ldm-stage2"
+
+
+class Optim(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """PlannerError -> one line on stderr, exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PlannerError as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+# --- the options every setup-taking command shares -----------------------------------------
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML training setup (seed-004 layout).")]
+KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="Which reference step.")]
+VoxelOpt = Annotated[Optional[str], typer.Option("--voxel", help="Volume size HxWxD, e.g. 256x256x64.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Micro-batch size.")]
+ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Channels per level, e.g. 32,64,64.")]
+AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="Attention per level, e.g. F,F,T.")]
+AmpOpt = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="CUDA autocast fp16 + GradScaler.")]
+CkptOpt = Annotated[Optional[bool], typer.Option("--checkpointing/--no-checkpointing", help="Gradient checkpointing (stage 1).")]
+FlashOpt = Annotated[Optional[bool], typer.Option("--flash-attention/--no-flash-attention", help="SDPA instead of explicit scores.")]
+PercOpt = Annotated[Optional[bool], typer.Option("--perceptual/--no-perceptual", help="2.5D LPIPS perceptual loss.")]
+DiscLayersOpt = Annotated[Optional[int], typer.Option("--disc-layers", min=1, help="PatchDiscriminator layers.")]
+DiscChOpt = Annotated[Optional[int], typer.Option("--disc-channels", min=1, help="PatchDiscriminator first-layer channels.")]
+NoDiscOpt = Annotated[bool, typer.Option("--no-discriminator", help="Train without the adversarial discriminator.")]
+AccumOpt = Annotated[Optional[int], typer.Option("--accum", min=1, help="Gradient accumulation steps.")]
+OptimOpt = Annotated[Optional[Optim], typer.Option("--optimizer", help="Optimizer for every network.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _overrides(**kw: Any) -> Overrides:
+    kind = kw.pop("kind", None)
+    opt = kw.pop("optimizer", None)
+    return Overrides(kind=kind.value if kind else None, optimizer=opt.value if opt else None, **kw)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.command()
+@fail_cleanly
+def profile(
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    perceptual: PercOpt = None,
+    disc_layers: DiscLayersOpt = None,
+    disc_channels: DiscChOpt = None,
+    no_discriminator: NoDiscOpt = False,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    backend: Annotated[
+        Optional[Backend],
+        typer.Option("--backend", help="fake: FakeTensorMode on the CPU (default without CUDA); cpu: real CPU tensors; cuda: a GPU."),
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Profile your own nn.Module: package.module:factory (plain MSE step).")
+    ] = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the peak memory of two iterations of the reference training step.
+
+    Example: vramplan profile --voxel 256x256x64 --no-perceptual --json
+    """
+    setup = resolve_setup(
+        config,
+        _overrides(
+            kind=kind, voxel=voxel, batch=batch, channels=channels, attention=attention, amp=amp,
+            checkpointing=checkpointing, flash_attention=flash_attention, perceptual=perceptual,
+            disc_layers=disc_layers, disc_channels=disc_channels, no_discriminator=no_discriminator,
+            accum=accum, optimizer=optimizer,
+        ),
+    )
+    shape = parse_shape(input_shape, "--input", 2, 6) if input_shape else None
+    if input_shape and not model:
+        raise PlannerError("--input: only used with --model package.module:factory")
+    try:
+        from planner.measure.profile import profile as run_profile
+    except ImportError as exc:
+        raise PlannerError(
+            f"profile needs the measuring extra ({exc.name} is missing): pip install torch==2.13.0 'vramplan[profile]'"
+        ) from None
+    chosen = backend.value if backend else _default_backend()
+    with err.status(f"profiling on the {chosen} backend") as status:
+        report = run_profile(
+            setup,
+            chosen,
+            custom_model=model,
+            custom_input=shape,
+            progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"),
+        )
+    if as_json:
+        _print_json(report.to_json())
+        return
+    from planner.report.terminal import render_report
+
+    render_report(report, None if model else setup, out, title=f"vramplan profile ({chosen} backend)")
+    out.print(f"[dim]{report.wall_seconds:.1f} s[/dim]")
+
+
+def _default_backend() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "fake"
+
+
+@app.command()
+@fail_cleanly
+def gpus(as_json: JsonOpt = False) -> None:
+    """List the GPU catalog that --gpu names come from (memory, bf16, peak TFLOP/s, bandwidth, source).
+
+    Example: vramplan gpus --json
+    """
+    from planner.gpus import catalog_rows
+
+    rows = catalog_rows()
+    if as_json:
+        _print_json(rows)
+        return
+    from planner.report.terminal import render_gpus
+
+    render_gpus(rows, out)
+
+
+def main() -> None:
+    """Console-script entry: usage errors become one line and exit code 2."""
+    try:
+        rv = app(standalone_mode=False)
+    except _UsageError as exc:
+        err.print(f"error: {exc.format_message()}", markup=False)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

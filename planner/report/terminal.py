@@ -1,0 +1,119 @@
+"""rich rendering of reports and catalogs. Numbers come in; text goes out."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from planner.result import GIB, MemoryReport
+from planner.spec import TrainingSetup
+
+
+def fmt_gib(nbytes: int | float) -> str:
+    return f"{nbytes / GIB:,.3f}"
+
+
+def setup_line(setup: TrainingSetup | None) -> str:
+    if setup is None:
+        return ""
+    amp = f"AMP {setup.device.amp_dtype}" if setup.device.mixed_precision else "fp32"
+    if setup.kind == "ldm-stage1":
+        ae = setup.autoencoder
+        tr = ae.training
+        d = tr.discriminator
+        parts = [
+            "ldm-stage1",
+            f"voxel {'x'.join(map(str, setup.data.voxel_size))}",
+            f"batch {tr.batch_size}" + (f" x accum {tr.gradient_accumulation_steps}" if tr.gradient_accumulation_steps > 1 else ""),
+            f"channels {list(ae.num_channels)}",
+            f"attention {''.join('T' if a else 'F' for a in ae.attention_levels)}",
+            "flash" if ae.use_flash_attention else "explicit attention",
+            "checkpointing" if tr.use_gradient_checkpointing else "no checkpointing",
+            f"perceptual {tr.perceptual.network_type} {tr.perceptual.fake_3d_ratio}" if tr.use_perceptual_loss else "no perceptual",
+            f"disc {d.num_layers_d}x{d.num_channels}" if d.enabled else "no discriminator",
+            tr.optimizer,
+            amp,
+        ]
+    else:
+        df = setup.diffusion
+        parts = [
+            "ldm-stage2",
+            f"input {'x'.join(map(str, setup.unet_input_shape))}",
+            f"channels {list(df.num_channels)}",
+            f"attention {''.join('T' if a else 'F' for a in df.attention_levels)}",
+            "flash" if df.use_flash_attention else "explicit attention",
+            df.training.optimizer,
+            amp,
+        ]
+    return ", ".join(parts)
+
+
+def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Console, title: str = "") -> None:
+    head = title or f"vramplan {report.source}"
+    console.print(f"[bold]{head}[/bold] on {report.device}")
+    line = setup_line(setup)
+    if line:
+        console.print(line)
+    if report.params:
+        console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in report.params.items()))
+
+    peak = Table(title="Peak memory (GiB = 2**30 bytes)", title_justify="left")
+    peak.add_column("figure")
+    peak.add_column("GiB", justify="right")
+    peak.add_column("bytes", justify="right")
+    peak.add_column("basis")
+    peak.add_row("peak_allocated", fmt_gib(report.peak_allocated_bytes), f"{report.peak_allocated_bytes:,}", "live storages at the peak")
+    peak.add_row("peak_reserved", fmt_gib(report.peak_reserved_bytes), f"{report.peak_reserved_bytes:,}", report.reserved_basis)
+    peak.add_row("  + context", fmt_gib(report.context_bytes), f"{report.context_bytes:,}", report.context_basis)
+    peak.add_row("device_total", fmt_gib(report.device_total_bytes), f"{report.device_total_bytes:,}", "what must fit on the card")
+    console.print(peak)
+    if report.peak_at:
+        console.print(f"peak at: {report.peak_at}")
+
+    total = max(1, report.breakdown.total)
+    cat = Table(title="At the peak, by category", title_justify="left")
+    cat.add_column("category")
+    cat.add_column("GiB", justify="right")
+    cat.add_column("share", justify="right")
+    for k, v in report.breakdown.by_category.items():
+        cat.add_row(k, fmt_gib(v), f"{100 * v / total:.1f}%")
+    console.print(cat)
+
+    net = Table(title="At the peak, by network", title_justify="left")
+    net.add_column("network")
+    net.add_column("GiB", justify="right")
+    net.add_column("share", justify="right")
+    for k, v in report.breakdown.by_network.items():
+        net.add_row(k, fmt_gib(v), f"{100 * v / total:.1f}%")
+    console.print(net)
+
+    if report.breakdown.top_modules:
+        mods = Table(title="Modules holding the most activation bytes at the peak", title_justify="left")
+        mods.add_column("module")
+        mods.add_column("GiB", justify="right")
+        for m, b in report.breakdown.top_modules:
+            mods.add_row(m, fmt_gib(b))
+        console.print(mods)
+    for n in report.notes:
+        console.print(f"[dim]note: {n}[/dim]")
+
+
+def render_gpus(rows: Iterable[dict], console: Console) -> None:
+    t = Table(title="GPU catalog (memory: a card sold as N GB has N GiB)", title_justify="left")
+    for col in ("key", "name", "GiB", "bf16", "fp16 TFLOP/s", "fp32 TFLOP/s", "GB/s", "cc"):
+        t.add_column(col, justify="right" if col not in ("key", "name") else "left")
+    for r in rows:
+        t.add_row(
+            r["key"],
+            r["name"],
+            f"{r['memory_gib']:g}",
+            "yes" if r["bf16"] else "no",
+            "-" if r["fp16_tflops"] is None else f"{r['fp16_tflops']:g}",
+            "-" if r["fp32_tflops"] is None else f"{r['fp32_tflops']:g}",
+            "-" if r["bandwidth_gbs"] is None else f"{r['bandwidth_gbs']:g}",
+            r["compute_capability"] or "-",
+        )
+    console.print(t)
+    console.print("[dim]sources: vramplan gpus --json lists the spec sheet behind each row[/dim]")

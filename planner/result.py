@@ -1,0 +1,109 @@
+"""What a measurement or an estimate says about one training step. Torch-free.
+
+Numbers mean one thing each (``shared/design.md``):
+
+* ``peak_allocated_bytes`` — what ``torch.cuda.max_memory_allocated()`` reports for
+  the step: live tensor storages, each rounded up to 512 B, peak over iteration 2.
+* ``peak_reserved_bytes`` — the caching allocator's reserved peak.
+* ``device_total_bytes`` — reserved + CUDA context + library workspaces: what
+  nvidia-smi shows and what must fit on the card.
+
+Bytes are integers; GiB = 2**30, GB = 10**9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+GIB = 2**30
+GB = 10**9
+
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
+
+# CUDA context (driver, lazily loaded kernels) when no device profile is calibrated:
+# 426 MiB measured with nvidia-smi after torch.cuda.mem_get_info() on an RTX 6000 Ada,
+# torch 2.10 + CUDA 13.0, lazy module loading (unslothai/unsloth-zoo pull request #1053);
+# PyTorch's maintainers quote "around 400MB if CUDA >= 11.7 is used and lazy module
+# loading enabled" (pytorch/pytorch issue #109888). Not measured by this project.
+DEFAULT_CONTEXT_BYTES = 426 * 2**20
+DEFAULT_CONTEXT_SOURCE = (
+    "uncalibrated default: 426 MiB CUDA context (public nvidia-smi reading, RTX 6000 Ada, "
+    "torch 2.10+cu130; see planner/result.py)"
+)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Bytes live at the peak, split three ways."""
+
+    by_category: dict[str, int]
+    """parameters / gradients / optimizer_state / activations / temporaries -> bytes."""
+    by_network: dict[str, int]
+    """autoencoder / attention / perceptual / discriminator / unet / losses / data / ... -> bytes."""
+    top_modules: tuple[tuple[str, int], ...] = ()
+    """Modules whose saved activations hold the most bytes at the peak, largest first."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_category.values())
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """One training step's memory: measured (profile) or derived (estimate)."""
+
+    source: str
+    """'profile:fake', 'profile:cpu', 'profile:cuda' or 'estimate'."""
+    peak_allocated_bytes: int
+    """max_memory_allocated() over iteration 2."""
+    peak_reserved_bytes: int
+    """max_memory_reserved() over the step."""
+    device_total_bytes: int
+    """Reserved + context + workspaces: what must fit on the card."""
+    breakdown: Breakdown
+    """Where the allocated peak goes."""
+    reserved_basis: str
+    """How the reserved figure was obtained (measured, or modelled and how)."""
+    context_bytes: int
+    """CUDA context + library share of the device total."""
+    context_basis: str
+    """Measured on which GPU, or the uncalibrated default and its source."""
+    peak_at: str = ""
+    """Where in the step the peak happens (op, phase, module)."""
+    params: dict[str, int] = field(default_factory=dict)
+    """Parameter count per network."""
+    wall_seconds: float = 0.0
+    """How long producing this report took."""
+    device: str = ""
+    """The device measured on ('CPU (FakeTensorMode, CUDA emulated)', 'NVIDIA H100 80GB HBM3', ...)."""
+    notes: tuple[str, ...] = ()
+    """Caveats the reader must see (uncalibrated terms, assumptions)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific raw figures (e.g. the tracker's peak on a CUDA run)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "device": self.device,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_total_bytes": self.device_total_bytes,
+            "context_bytes": self.context_bytes,
+            "breakdown": {
+                "by_category": dict(self.breakdown.by_category),
+                "by_network": dict(self.breakdown.by_network),
+                "top_modules": [{"module": m, "bytes": b} for m, b in self.breakdown.top_modules],
+            },
+            "peak_at": self.peak_at,
+            "params": dict(self.params),
+            "reserved_basis": self.reserved_basis,
+            "context_basis": self.context_basis,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "notes": list(self.notes),
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def gib(nbytes: int | float) -> float:
+    return nbytes / GIB
