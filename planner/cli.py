@@ -61,7 +61,7 @@ def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except PlannerError as exc:
-            err.print(f"error: {exc}", markup=False)
+            sys.stderr.write(f"error: {exc}\n")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -193,7 +193,7 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False)
     except _UsageError as exc:
-        err.print(f"error: {exc.format_message()}", markup=False)
+        sys.stderr.write(f"error: {exc.format_message()}\n")
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)

@@ -26,7 +26,6 @@ import yaml
 from planner import spec as S
 from planner.errors import PlannerError
 
-_TUPLE_FIELDS = {"voxel_size", "num_channels", "num_res_blocks", "attention_levels", "num_head_channels"}
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -44,7 +43,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, full)
-        elif key in _TUPLE_FIELDS:
+        elif typing.get_origin(hint) is tuple:
             if key == "num_res_blocks" and isinstance(value, int) and not isinstance(value, bool):
                 levels = data.get("num_channels")
                 n = len(levels) if isinstance(levels, (list, tuple)) else len(getattr(cls(), "num_channels"))
