@@ -24,11 +24,14 @@ CUDA differs:
    low-precision copy of an fp32 leaf that requires grad (a weight) for the
    whole autocast region and clears it when the outermost region exits.
 3. **CUDA-only branches of composite ops** (``CompositeImplicitAutograd``
-   overrides): softmax/log_softmax of fp16 input to fp32 output is one fused
+   overrides): group_norm makes its input contiguous off the CPU (the CPU keeps a
+   channels-last input as it is; ``group_norm.cpp``); softmax/log_softmax of fp16 input to fp32 output is one fused
    kernel on CUDA (``aten/src/ATen/native/SoftMax.cpp``: ``_softmax(input, dim,
    half_to_float=true)``, no fp32 copy of the input); dropout uses the fused
    ``native_dropout`` (``Dropout.cpp``: ``is_fused_kernel_acceptable``);
-   max_pool2d always produces indices off the CPU; scaled_dot_product_attention
+   max_pool2d always produces indices off the CPU; linear adds its bias in place (the
+   branch a plain tensor takes; FakeTensor would take the out-of-place one for
+   tensor subclasses); scaled_dot_product_attention
    picks the backend CUDA would (``sdp_utils.cpp``): flash for fp16/bf16 with
    head_dim <= 256 and no mask, else memory-efficient, else math.
 
@@ -307,7 +310,40 @@ def _sdpa_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     )[0]
 
 
+def _linear_plain(input, weight, bias=None):
+    # Linear.cpp at::linear, taking the branches a plain CUDA tensor takes. FakeTensor is
+    # a tensor subclass, for which at::linear adds the bias out of place ("composite
+    # compliance"); a real tensor adds it in place (output.add_(bias)).
+    if input.dim() == 2 and bias is not None:
+        return aten.addmm(bias, input, weight.t())
+    fusable = bias is not None and (bias.dim() == 1 or bias.squeeze().dim() == 1) and bias.is_contiguous()
+    if fusable and input.is_contiguous():  # _flatten_nd_linear
+        sizes = input.shape
+        out = aten.addmm(bias, input.view(-1, sizes[-1]), weight.t())
+        return out.view(*sizes[:-1], out.shape[-1])
+    output = aten.matmul(input, weight.t())
+    if bias is not None:
+        output.add_(bias)
+    return output
+
+
+def _group_norm_cuda(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    # group_norm.cpp: X = input.device().is_cpu() ? input.contiguous(suggest_memory_format())
+    #                                             : input.contiguous();
+    # off the CPU a channels-last input (e.g. the sum after an attention block) is copied.
+    n, c = input.shape[0], input.shape[1]
+    hxw = 1
+    for s in input.shape[2:]:
+        hxw *= s
+    x = input.contiguous()
+    gamma = weight.contiguous() if weight is not None else None
+    beta = bias.contiguous() if bias is not None else None
+    return aten.native_group_norm(x, gamma, beta, n, c, hxw, num_groups, eps)[0]
+
+
 COMPOSITE_OVERRIDES: dict[str, Callable] = {
+    "linear": _linear_plain,
+    "group_norm": _group_norm_cuda,
     "softmax.int": _softmax_cuda,
     "log_softmax.int": _log_softmax_cuda,
     "dropout": _dropout_cuda,
