@@ -131,7 +131,7 @@ class Storage:
 class T:
     """A symbolic tensor: shape, dtype, storage, autograd links."""
 
-    __slots__ = ("shape", "dtype", "st", "requires_grad", "grad_fn", "out_nr", "grad", "dense", "contig", "is_param", "name", "__weakref__")
+    __slots__ = ("shape", "dtype", "st", "requires_grad", "grad_fn", "out_nr", "grad", "dense", "contig", "cl", "is_param", "name", "__weakref__")
 
     def __init__(self, shape: Sequence[int], dtype: str, st: Storage | None, requires_grad: bool = False, dense: bool = True):
         self.shape = tuple(int(s) for s in shape)
@@ -143,6 +143,7 @@ class T:
         self.grad: T | None = None
         self.dense = dense  # False for expanded (stride-0) views
         self.contig = dense  # False for permuted/transposed views
+        self.cl = False  # channels-last layout (what cuDNN, TensorIterator and pad propagate)
         self.is_param = False
         self.name = ""
 

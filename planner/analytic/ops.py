@@ -53,6 +53,13 @@ def _new(shape: Sequence[int], dtype: str, op: str) -> T:
     return S.new(shape, dtype, op)
 
 
+def _like(src: T, shape: Sequence[int], dtype: str, op: str) -> T:
+    """An op output that takes its layout (channels-last or not) from ``src``."""
+    t = S.new(shape, dtype, op)
+    t.cl = src.cl
+    return t
+
+
 def promote(*dtypes: str) -> str:
     order = {"b8": 0, "u8": 1, "i32": 2, "i64": 3, "bf16": 4, "f16": 4, "f32": 5, "f64": 6}
     best = max(dtypes, key=lambda d: order[d])
@@ -68,7 +75,7 @@ def _grad_like(x_shape: tuple, dtype: str, op: str) -> T:
 
 def to_copy(x: T, dtype: str) -> T:
     """aten._to_copy: a new tensor; backward casts the gradient back (ToCopyBackward0)."""
-    out = _new(x.shape, dtype, "_to_copy")
+    out = _like(x, x.shape, dtype, "_to_copy")
     src = x.dtype
 
     def bwd(sim: Sim, g: list, saved: tuple) -> list:
@@ -123,11 +130,11 @@ def _sum_to(g: T, shape: tuple, dtype: str, op: str) -> T:
 def add(a: T, b: T | float, alpha: float = 1.0, op: str = "add") -> T:
     """a + b (Tensor + Tensor, or + Python scalar). Saves nothing."""
     if not isinstance(b, T):
-        out = _new(a.shape, a.dtype, op)
+        out = _like(a, a.shape, a.dtype, op)
         S.record("AddBackward1", [a], [out], lambda sim, g, s: [g[0]])
         return out
     shape = _broadcast(a.shape, b.shape)
-    out = _new(shape, promote(a.dtype, b.dtype), op)
+    out = _like(a, shape, promote(a.dtype, b.dtype), op)
     ash, bsh = a.shape, b.shape
 
     def bwd(sim: Sim, g: list, saved: tuple) -> list:
@@ -142,10 +149,10 @@ def add(a: T, b: T | float, alpha: float = 1.0, op: str = "add") -> T:
 
 def sub(a: T, b: T | float) -> T:
     if not isinstance(b, T):
-        out = _new(a.shape, a.dtype, "sub")
+        out = _like(a, a.shape, a.dtype, "sub")
         S.record("SubBackward1", [a], [out], lambda sim, g, s: [g[0]])
         return out
-    out = _new(_broadcast(a.shape, b.shape), promote(a.dtype, b.dtype), "sub")
+    out = _like(a, _broadcast(a.shape, b.shape), promote(a.dtype, b.dtype), "sub")
     need_b = b.requires_grad
 
     def bwd(sim: Sim, g: list, saved: tuple) -> list:
@@ -161,17 +168,17 @@ def sub(a: T, b: T | float) -> T:
 
 def rsub(a: T, s: float) -> T:
     """s - a (torch: rsub.Scalar)."""
-    out = _new(a.shape, a.dtype, "rsub")
+    out = _like(a, a.shape, a.dtype, "rsub")
     S.record("RsubBackward1", [a], [out], lambda sim, g, sv: [_new(g[0].shape, g[0].dtype, "neg")])
     return out
 
 
 def mul(a: T, b: T | float) -> T:
     if not isinstance(b, T):
-        out = _new(a.shape, a.dtype, "mul")
+        out = _like(a, a.shape, a.dtype, "mul")
         S.record("MulBackward1", [a], [out], lambda sim, g, s: [_new(g[0].shape, g[0].dtype, "mul")])
         return out
-    out = _new(_broadcast(a.shape, b.shape), promote(a.dtype, b.dtype), "mul")
+    out = _like(a, _broadcast(a.shape, b.shape), promote(a.dtype, b.dtype), "mul")
     ash, bsh = a.shape, b.shape
     saved = (b if a.requires_grad else None, a if b.requires_grad else None)
 
@@ -186,7 +193,7 @@ def mul(a: T, b: T | float) -> T:
 
 
 def div(a: T, s: float) -> T:
-    out = _new(a.shape, a.dtype, "div")
+    out = _like(a, a.shape, a.dtype, "div")
     S.record("DivBackward1", [a], [out], lambda sim, g, sv: [_new(g[0].shape, g[0].dtype, "div")])
     return out
 
@@ -212,13 +219,13 @@ def _unary_saving_self(name: str, node: str, a: T, bwd_ops: int = 1, out_dtype: 
 
 
 def silu(a: T) -> T:
-    out = _new(a.shape, a.dtype, "silu")
+    out = _like(a, a.shape, a.dtype, "silu")
     S.record("SiluBackward0", [a], [out], lambda sim, g, sv: [_new(sv[0].shape, g[0].dtype, "silu_backward")], (a,))
     return out
 
 
 def leaky_relu(a: T, slope: float) -> T:
-    out = _new(a.shape, a.dtype, "leaky_relu")
+    out = _like(a, a.shape, a.dtype, "leaky_relu")
     S.record(
         "LeakyReluBackward0", [a], [out], lambda sim, g, sv: [_new(sv[0].shape, g[0].dtype, "leaky_relu_backward")], (a,)
     )
@@ -236,7 +243,7 @@ def relu_(a: T) -> T:
 
 def pow2(a: T) -> T:
     """a.pow(2): saves self; pow_backward = grad * (2 * self.pow(1))."""
-    out = _new(a.shape, a.dtype, "pow")
+    out = _like(a, a.shape, a.dtype, "pow")
 
     def bwd(sim: Sim, g: list, sv: tuple) -> list:
         p1 = _new(sv[0].shape, sv[0].dtype, "pow")
@@ -251,20 +258,20 @@ def pow2(a: T) -> T:
 
 def exp(a: T) -> T:
     (a,) = ac_fp32(a)
-    out = _new(a.shape, a.dtype, "exp")
+    out = _like(a, a.shape, a.dtype, "exp")
     S.record("ExpBackward0", [a], [out], lambda sim, g, sv: [_new(g[0].shape, g[0].dtype, "mul")], (), (0,))
     return out
 
 
 def log(a: T) -> T:
     (a,) = ac_fp32(a)
-    out = _new(a.shape, a.dtype, "log")
+    out = _like(a, a.shape, a.dtype, "log")
     S.record("LogBackward0", [a], [out], lambda sim, g, sv: [_new(g[0].shape, g[0].dtype, "div")], (a,))
     return out
 
 
 def clamp(a: T, lo: float, hi: float) -> T:
-    out = _new(a.shape, a.dtype, "clamp")
+    out = _like(a, a.shape, a.dtype, "clamp")
 
     def bwd(sim: Sim, g: list, sv: tuple) -> list:
         # clamp_backward: where((self >= min).logical_and_(self <= max), grad, zeros({}))
@@ -281,7 +288,7 @@ def clamp(a: T, lo: float, hi: float) -> T:
 
 
 def abs_(a: T) -> T:
-    out = _new(a.shape, a.dtype, "abs")
+    out = _like(a, a.shape, a.dtype, "abs")
 
     def bwd(sim: Sim, g: list, sv: tuple) -> list:
         sg = _new(sv[0].shape, sv[0].dtype, "sgn")
@@ -344,6 +351,7 @@ def view(a: T, shape: Sequence[int], dense: bool = True, permuted: bool = False)
     out = S.view(a, shape, dense)
     if permuted:
         out.contig = False
+        out.cl = len(out.shape) >= 4
     a_shape = a.shape
 
     def bwd(sim: Sim, g: list, sv: tuple) -> list:
@@ -375,7 +383,7 @@ def pad(a: T, pads: Sequence[int]) -> T:
     for i in range(len(pads) // 2):
         dim = nd - 1 - i
         shape[dim] += pads[2 * i] + pads[2 * i + 1]
-    out = _new(shape, a.dtype, "constant_pad_nd")
+    out = _like(a, shape, a.dtype, "constant_pad_nd")
     a_shape = a.shape
     S.record("ConstantPadNdBackward0", [a], [out], lambda sim, g, sv: [_new(a_shape, g[0].dtype, "constant_pad_nd")])
     return out
@@ -422,7 +430,7 @@ def conv(x: T, w: T, b: T | None, stride: int, padding: int, dilation: int = 1) 
     x, w, b = ac_lower(x, w, b)
     k = w.shape[2:]
     spatial = [conv_out(s, kk, stride, padding, dilation) for s, kk in zip(x.shape[2:], k)]
-    out = _new((x.shape[0], w.shape[0], *spatial), x.dtype, "convolution")
+    out = _like(x, (x.shape[0], w.shape[0], *spatial), x.dtype, "convolution")
     xs, ws, xdt, wdt = x.shape, w.shape, x.dtype, w.dtype
     need = (x.requires_grad, w.requires_grad, b is not None and b.requires_grad)
     bshape = b.shape if b is not None else None
@@ -443,6 +451,10 @@ def conv(x: T, w: T, b: T | None, stride: int, padding: int, dilation: int = 1) 
 def group_norm(x: T, groups: int, w: T | None, b: T | None) -> T:
     """group_norm (autocast fp32) -> native_group_norm: out, mean (N, G), rstd (N, G)."""
     x, w, b = ac_fp32(x, w, b)
+    inp = x  # alive until native_group_norm returns, as the C++ argument is
+    if x.cl:
+        # group_norm.cpp off the CPU: X = input.contiguous() -> a copy of a channels-last input
+        x = contiguous_copy(x)
     out = _new(x.shape, x.dtype, "native_group_norm")
     mean = _new((x.shape[0], groups), x.dtype, "native_group_norm")
     rstd = _new((x.shape[0], groups), x.dtype, "native_group_norm")
@@ -459,7 +471,7 @@ def group_norm(x: T, groups: int, w: T | None, b: T | None) -> T:
         return [gi, gw, gb]
 
     S.record("NativeGroupNormBackward0", [x, w, b], [out, mean, rstd], bwd, (x, w), (1, 2))
-    del mean, rstd
+    del mean, rstd, inp
     return out
 
 
@@ -673,7 +685,7 @@ ITEMSIZE = ITEMSIZE  # re-export for model code
 def upsample_nearest(x: T, scale: int) -> T:
     """F.interpolate(nearest) -> upsample_nearest{2,3}d (autocast fp32); saves only sizes."""
     (x,) = ac_fp32(x)
-    out = _new((*x.shape[:2], *[s * scale for s in x.shape[2:]]), x.dtype, "upsample_nearest3d")
+    out = _like(x, (*x.shape[:2], *[s * scale for s in x.shape[2:]]), x.dtype, "upsample_nearest3d")
     xs = x.shape
     S.record("UpsampleNearest3DBackward0", [x], [out], lambda sim, g, sv: [_new(xs, g[0].dtype, "upsample_nearest3d_backward")])
     return out

@@ -24,7 +24,8 @@ CUDA differs:
    low-precision copy of an fp32 leaf that requires grad (a weight) for the
    whole autocast region and clears it when the outermost region exits.
 3. **CUDA-only branches of composite ops** (``CompositeImplicitAutograd``
-   overrides): group_norm makes its input contiguous off the CPU (the CPU keeps a
+   overrides, and FakeTensor's conv layout hook): convolutions keep a channels-last
+   input channels-last as cuDNN does; group_norm makes its input contiguous off the CPU (the CPU keeps a
    channels-last input as it is; ``group_norm.cpp``); softmax/log_softmax of fp16 input to fp32 output is one fused
    kernel on CUDA (``aten/src/ATen/native/SoftMax.cpp``: ``_softmax(input, dim,
    half_to_float=true)``, no fp32 copy of the input); dropout uses the fused
@@ -351,16 +352,37 @@ COMPOSITE_OVERRIDES: dict[str, Callable] = {
 }
 
 
+def _is_cl(t: torch.Tensor, fmt: torch.memory_format) -> bool:
+    return t.is_contiguous(memory_format=fmt) and not t.is_contiguous()
+
+
+def _cudnn_memory_format(input: torch.Tensor, weight: torch.Tensor, backend: Any = None) -> torch.memory_format:
+    """ConvUtils.h ``cudnn_conv_suggest_memory_format`` (cuDNN >= 8.0.5): a conv's output
+    (and its gradients) are channels-last when the input or the weight is, else
+    contiguous; never for float64. FakeTensor asks the CPU backend instead, which keeps
+    fp32 3-D convs contiguous (slow_conv3d) and only fp16/bf16 ones channels-last."""
+    if input.dtype == torch.float64 or weight.dtype == torch.float64:
+        return torch.contiguous_format
+    if weight.dim() == 5 and (_is_cl(input, torch.channels_last_3d) or _is_cl(weight, torch.channels_last_3d)):
+        return torch.channels_last_3d
+    if weight.dim() == 4 and (_is_cl(input, torch.channels_last) or _is_cl(weight, torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class CudaEmulation(contextlib.AbstractContextManager):
     """Install the CUDA autocast policy and CUDA composite branches; undo on exit.
 
     ``sdpa``: also route scaled_dot_product_attention to the backend CUDA would pick
     (flash / memory-efficient kernels exist here only as fake-tensor meta kernels,
-    so leave it off when running on real CPU tensors).
+    so leave it off when running on real CPU tensors). ``cudnn_layout``: give fake
+    convolutions cuDNN's output layout (real CPU kernels cannot follow it, so the
+    fake-versus-real check turns it off on both sides).
     """
 
-    def __init__(self, sdpa: bool = True) -> None:
+    def __init__(self, sdpa: bool = True, cudnn_layout: bool = True) -> None:
         self.sdpa = sdpa
+        self.cudnn_layout = cudnn_layout
         self.cache = _CastCache()
         self._lib: torch.library.Library | None = None
         self._orig_clear: Callable | None = None
@@ -393,10 +415,16 @@ class CudaEmulation(contextlib.AbstractContextManager):
             self._orig_clear()
 
         torch.clear_autocast_cache = clear
+        # FakeTensor's convolution picks its output layout through this hook
+        # (torch/_subclasses/fake_impls.py); give it cuDNN's rule.
+        self._orig_fmt = torch._C._conv_determine_backend_memory_format
+        if self.cudnn_layout:
+            torch._C._conv_determine_backend_memory_format = _cudnn_memory_format
         return self
 
     def __exit__(self, *exc: Any) -> None:
         torch.clear_autocast_cache = self._orig_clear
+        torch._C._conv_determine_backend_memory_format = self._orig_fmt
         self.cache.clear()
         if self._lib is not None:
             self._lib._destroy()

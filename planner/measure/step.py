@@ -294,8 +294,12 @@ def run_step(
     custom_input: tuple[int, ...] | None = None,
     progress: Callable[[str], None] | None = None,
     keep_timeline: bool = True,
+    cudnn_layout: bool = True,
 ) -> StepRecord:
-    """Run two iterations of the reference step; return what the tracker saw."""
+    """Run two iterations of the reference step; return what the tracker saw.
+
+    ``cudnn_layout=False`` keeps the CPU backend's conv output layouts (only for
+    comparing the fake backend against real CPU tensors)."""
     if backend not in ("fake", "cpu", "cuda"):
         raise PlannerError(f"--backend: got {backend!r}, valid: fake, cpu, cuda")
     note = progress or (lambda _msg: None)
@@ -304,9 +308,9 @@ def run_step(
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         outer: Any = FakeTensorMode(allow_non_fake_inputs=True)
-        emulation: Any = CudaEmulation(sdpa=True)
+        emulation: Any = CudaEmulation(sdpa=True, cudnn_layout=cudnn_layout)
     elif backend == "cpu":
-        outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False)
+        outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False, cudnn_layout=False)
     else:  # real CUDA: real autocast, real GradScaler, models built on the device
         if not torch.cuda.is_available():
             raise PlannerError("--backend cuda: no CUDA device is visible to this torch build (use --backend fake)")
