@@ -164,6 +164,80 @@ def profile(
     out.print(f"[dim]{report.wall_seconds:.1f} s[/dim]")
 
 
+@app.command()
+@fail_cleanly
+def estimate(
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    perceptual: PercOpt = None,
+    disc_layers: DiscLayersOpt = None,
+    disc_channels: DiscChOpt = None,
+    no_discriminator: NoDiscOpt = False,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    gpu: Annotated[
+        Optional[str], typer.Option("--gpu", help="Card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Also run the profiler (fake backend) and show the error per category.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Estimate where every byte of the reference training step goes, and whether it fits. No GPU, no torch.
+
+    Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
+    """
+    from planner.analytic.estimate import estimate as run_estimate
+    from planner.analytic.estimate import verdict
+    from planner.gpus import parse_gpu
+
+    setup = resolve_setup(
+        config,
+        _overrides(
+            kind=kind, voxel=voxel, batch=batch, channels=channels, attention=attention, amp=amp,
+            checkpointing=checkpointing, flash_attention=flash_attention, perceptual=perceptual,
+            disc_layers=disc_layers, disc_channels=disc_channels, no_discriminator=no_discriminator,
+            accum=accum, optimizer=optimizer,
+        ),
+    )
+    card = parse_gpu(gpu) if gpu else None
+    report = run_estimate(setup)
+    v = verdict(report, card) if card else None
+    measured = None
+    if compare:
+        try:
+            from planner.measure.profile import profile as run_profile
+        except ImportError as exc:
+            raise PlannerError(f"--compare needs the measuring extra ({exc.name} is missing): pip install 'vramplan[profile]'") from None
+        with err.status("profiling (fake backend) for --compare"):
+            measured = run_profile(setup, "fake")
+    if as_json:
+        data = report.to_json()
+        data["fits"] = v.fits if v else None
+        data["gpu"] = v.to_json() if v else None
+        data["profile"] = {"name": "default", "calibrated": False, "context_bytes": report.context_bytes,
+                           "source": report.context_basis}
+        if measured is not None:
+            data["compare"] = measured.to_json()
+        _print_json(data)
+        return
+    from planner.report.terminal import render_comparison, render_report
+
+    render_report(report, setup, out, title="vramplan estimate")
+    if v is not None:
+        style = "bold green" if v.fits else "bold red"
+        out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB; profile: default, uncalibrated)")
+    if measured is not None:
+        render_comparison(report, measured, out)
+
+
 def _default_backend() -> str:
     import torch
 

@@ -105,5 +105,18 @@ class MemoryReport:
         }
 
 
+def category_for(explicit: str | None, phase: str, module: str) -> str:
+    """Category of a live storage: its explicit tag (parameters, gradients,
+    optimizer_state), else allocated in forward (or recomputed by a checkpoint in
+    backward, i.e. inside a module) -> activations; anything else -> temporaries."""
+    if explicit:
+        return explicit
+    if phase in ("forward", "data", "setup"):
+        return "activations"
+    if phase == "backward" and module:
+        return "activations"
+    return "temporaries"
+
+
 def gib(nbytes: int | float) -> float:
     return nbytes / GIB

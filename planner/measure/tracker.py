@@ -262,12 +262,8 @@ class LiveStorageTracker(TorchDispatchMode):
 
 
 def category_of(info: StorageInfo) -> Category:
-    """Explicit tag, else: allocated in forward (or recomputed by a checkpoint in
-    backward, i.e. inside a module) -> activations; anything else -> temporaries."""
-    if info.category is not None:
-        return info.category
-    if info.phase in (Phase.FORWARD, Phase.DATA, Phase.SETUP):
-        return Category.ACTIVATIONS
-    if info.phase == Phase.BACKWARD and info.module:
-        return Category.ACTIVATIONS
-    return Category.TEMPORARIES
+    """See :func:`planner.result.category_for`."""
+    from planner.result import category_for
+
+    explicit = info.category.value if info.category is not None else None
+    return Category(category_for(explicit, info.phase.value, info.module))

@@ -65,6 +65,8 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
     peak.add_column("bytes", justify="right")
     peak.add_column("basis")
     peak.add_row("peak_allocated", fmt_gib(report.peak_allocated_bytes), f"{report.peak_allocated_bytes:,}", "live storages at the peak")
+    overhead = report.peak_reserved_bytes - report.peak_allocated_bytes
+    peak.add_row("  + allocator overhead", fmt_gib(overhead), f"{overhead:,}", "segment rounding and fragmentation")
     peak.add_row("peak_reserved", fmt_gib(report.peak_reserved_bytes), f"{report.peak_reserved_bytes:,}", report.reserved_basis)
     peak.add_row("  + context", fmt_gib(report.context_bytes), f"{report.context_bytes:,}", report.context_basis)
     peak.add_row("device_total", fmt_gib(report.device_total_bytes), f"{report.device_total_bytes:,}", "what must fit on the card")
@@ -117,3 +119,20 @@ def render_gpus(rows: Iterable[dict], console: Console) -> None:
         )
     console.print(t)
     console.print("[dim]sources: vramplan gpus --json lists the spec sheet behind each row[/dim]")
+
+
+def render_comparison(est: MemoryReport, meas: MemoryReport, console: Console) -> None:
+    t = Table(title=f"estimate vs {meas.source} (GiB = 2**30 bytes)", title_justify="left")
+    for col in ("figure", "estimate GiB", "measured GiB", "error"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+
+    def row(name: str, e: int, m: int) -> None:
+        err = "-" if m == 0 else f"{100 * (e - m) / m:+.2f}%"
+        t.add_row(name, fmt_gib(e), fmt_gib(m), err)
+
+    row("peak_allocated", est.peak_allocated_bytes, meas.peak_allocated_bytes)
+    row("peak_reserved", est.peak_reserved_bytes, meas.peak_reserved_bytes)
+    row("device_total", est.device_total_bytes, meas.device_total_bytes)
+    for k in est.breakdown.by_category:
+        row(f"  {k}", est.breakdown.by_category.get(k, 0), meas.breakdown.by_category.get(k, 0))
+    console.print(t)
