@@ -188,6 +188,9 @@ def estimate(
     compare: Annotated[
         bool, typer.Option("--compare", help="Also run the profiler (fake backend) and show the error per category.")
     ] = False,
+    profile_name: Annotated[
+        Optional[str], typer.Option("--profile", help="Device profile from profiles/ (see `vramplan profiles`).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Estimate where every byte of the reference training step goes, and whether it fits. No GPU, no torch.
@@ -207,8 +210,13 @@ def estimate(
             accum=accum, optimizer=optimizer,
         ),
     )
+    from planner import profiles
+
     card = parse_gpu(gpu) if gpu else None
+    prof = profiles.load(profile_name) if profile_name else (profiles.for_gpu(card.key) if card else None)
     report = run_estimate(setup)
+    if prof is not None:
+        report = prof.apply(report)
     v = verdict(report, card) if card else None
     measured = None
     if compare:
@@ -222,8 +230,13 @@ def estimate(
         data = report.to_json()
         data["fits"] = v.fits if v else None
         data["gpu"] = v.to_json() if v else None
-        data["profile"] = {"name": "default", "calibrated": False, "context_bytes": report.context_bytes,
-                           "source": report.context_basis}
+        data["profile"] = (
+            {"name": prof.name, "calibrated": prof.hardware, "device": prof.device.get("name", ""),
+             "context_bytes": report.context_bytes, "source": report.context_basis}
+            if prof is not None
+            else {"name": "default", "calibrated": False, "context_bytes": report.context_bytes,
+                  "source": report.context_basis}
+        )
         if measured is not None:
             data["compare"] = measured.to_json()
         _print_json(data)
@@ -233,9 +246,90 @@ def estimate(
     render_report(report, setup, out, title="vramplan estimate")
     if v is not None:
         style = "bold green" if v.fits else "bold red"
-        out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB; profile: default, uncalibrated)")
+        plabel = prof.label if prof is not None else "default, uncalibrated"
+        out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB; profile: {plabel})")
     if measured is not None:
         render_comparison(report, measured, out)
+
+
+@app.command()
+@fail_cleanly
+def calibrate(
+    name: Annotated[str, typer.Option("--name", help="Profile name: writes profiles/<name>.json.")] = "fake",
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML list of configurations (default: benchmarks/grid.py).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="fake (anywhere) or cuda (a real GPU).")] = Backend.fake,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog card this profile is for (cuda backend).")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a grid of configurations and fit a device profile's residual terms by least squares.
+
+    Example: vramplan calibrate --name fake --backend fake
+    """
+    from rich.progress import Progress
+
+    from planner import profiles
+    from planner.calibrate import calibrate as run_calibrate
+    from planner.calibrate import load_grid
+    from planner.gpus import parse_gpu
+
+    if backend == Backend.cpu:
+        raise PlannerError("--backend: calibrate takes fake or cuda")
+    card = parse_gpu(gpu) if gpu else None
+    entries = load_grid(grid)
+    if only:
+        entries = [e for e in entries if only in e[0]]
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("calibrating", total=len(entries))
+
+        def tick(i: int, n: int, label: str) -> None:
+            bar.update(task, completed=i, description=f"calibrating: {label}")
+
+        try:
+            prof = run_calibrate(name, entries, backend.value, card.key if card else None, tick)
+        except ImportError as exc:
+            raise PlannerError(f"calibrate needs the measuring extra ({exc.name} is missing)") from None
+    path = profiles.save(prof)
+    if as_json:
+        _print_json({"path": str(path), **prof.to_json()})
+        return
+    out.print(f"wrote {path}: {len(prof.measurements)} measurements on {prof.device.get('name', backend.value)}")
+    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + {prof.reserved_offset_bytes:,} B; "
+              f"context {prof.context_bytes:,} B ({prof.context_source})")
+    r = prof.residuals
+    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
+              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
+
+
+@app.command(name="profiles")
+@fail_cleanly
+def list_profiles(as_json: JsonOpt = False) -> None:
+    """List the device profiles and what each was measured on.
+
+    Example: vramplan profiles
+    """
+    from rich.table import Table
+
+    from planner import profiles
+
+    rows = []
+    for n in profiles.available():
+        p = profiles.load(n)
+        rows.append({"name": p.name, "device": p.device.get("name", ""), "hardware": p.hardware,
+                     "gpu_key": p.gpu_key, "measurements": len(p.measurements),
+                     "torch": p.device.get("torch", ""), "residuals": p.residuals})
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title="Device profiles (profiles/*.json)", title_justify="left")
+    for col in ("name", "measured on", "real GPU", "points", "torch", "allocated residual (max %)"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["device"], "yes" if r["hardware"] else "no", str(r["measurements"]), r["torch"],
+                  f"{r['residuals'].get('allocated', {}).get('max_abs_pct', '-')}")
+    out.print(t)
+    if not any(r["hardware"] for r in rows):
+        out.print("[dim]no profile was measured on a real GPU yet: estimates use the uncalibrated defaults[/dim]")
 
 
 def _default_backend() -> str:

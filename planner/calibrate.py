@@ -1,0 +1,143 @@
+"""``vramplan calibrate``: measure a grid, fit a device profile's residual terms.
+
+For every configuration it runs the analytic estimate and a measuring backend
+(``fake``: FakeTensorMode with CUDA emulation, reproducible anywhere; ``cuda``: a
+real GPU), then fits by ordinary least squares:
+
+* workspace: measured_allocated - estimated_allocated = w (an intercept);
+* reserved:  measured_reserved = a * modelled_reserved + b;
+* context:   the mean of the measured context shares (real GPU only; the fake
+  backend cannot measure one and keeps the documented default).
+
+The fits are closed-form (no numpy needed); residuals are reported per point and
+summarised (max and RMS, bytes and percent).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from planner.config import setup_from_dict
+from planner.errors import PlannerError
+from planner.profiles import DeviceProfile
+from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE
+from planner.spec import spec_to_dict
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares y = a x + b; a single point or constant x fits slope 1."""
+    n = len(xs)
+    if n == 0:
+        return 1.0, 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if n < 2 or sxx == 0:
+        return 1.0, my - mx
+    a = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return a, my - a * mx
+
+
+def load_grid(path: str | Path | None) -> list[tuple[str, dict]]:
+    if path is None:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+        try:
+            from grid import GRID  # type: ignore[import-not-found]
+        except ImportError:
+            raise PlannerError("--grid: the built-in grid (benchmarks/grid.py) is not available; give a YAML file") from None
+        return list(GRID)
+    p = Path(path)
+    if not p.is_file():
+        raise PlannerError(f"--grid: no such file '{path}'")
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise PlannerError(f"--grid: '{path}' must be a YAML list of configurations (mappings)")
+    return [(str(d.pop("name", f"config {i + 1}")), d) for i, d in enumerate(data)]
+
+
+def calibrate(
+    name: str,
+    grid: list[tuple[str, dict]],
+    backend: str = "fake",
+    gpu_key: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> DeviceProfile:
+    from planner.analytic.estimate import estimate
+    from planner.measure.profile import profile
+
+    points: list[dict[str, Any]] = []
+    device: dict[str, Any] = {"backend": backend}
+    for i, (label, cfg) in enumerate(grid):
+        if progress:
+            progress(i, len(grid), label)
+        setup = setup_from_dict(cfg)
+        est = estimate(setup)
+        meas = profile(setup, backend)
+        if backend == "cuda":
+            device.update(meas.extra.get("device", {}))
+        points.append({
+            "name": label,
+            "config": spec_to_dict(setup),
+            "estimated_allocated_bytes": est.peak_allocated_bytes,
+            "modelled_reserved_bytes": est.peak_reserved_bytes,
+            "measured_allocated_bytes": meas.peak_allocated_bytes,
+            "measured_reserved_bytes": meas.peak_reserved_bytes,
+            "measured_context_bytes": meas.context_bytes if backend == "cuda" else None,
+        })
+    if progress:
+        progress(len(grid), len(grid), "fitting")
+    if backend != "cuda":
+        import platform
+
+        import torch
+
+        device.update({"name": "CPU, FakeTensorMode (CUDA emulated)", "torch": torch.__version__,
+                       "machine": platform.machine()})
+    return fit(name, device, points, hardware=backend == "cuda", gpu_key=gpu_key)
+
+
+def fit(name: str, device: dict, points: list[dict], hardware: bool, gpu_key: str | None = None) -> DeviceProfile:
+    if not points:
+        raise PlannerError("calibrate: the grid is empty")
+    diffs = [p["measured_allocated_bytes"] - p["estimated_allocated_bytes"] for p in points]
+    workspace = int(round(sum(diffs) / len(diffs)))
+    a, b = fit_line([p["modelled_reserved_bytes"] for p in points], [p["measured_reserved_bytes"] for p in points])
+    ctx_pts = [p["measured_context_bytes"] for p in points if p.get("measured_context_bytes") is not None]
+    if hardware and ctx_pts:
+        context = int(round(sum(ctx_pts) / len(ctx_pts)))
+        context_source = f"measured: mean of {len(ctx_pts)} mem_get_info readings on {device.get('name', 'the GPU')}"
+    else:
+        context, context_source = DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE
+    res_alloc, res_res = [], []
+    for p in points:
+        pa = p["estimated_allocated_bytes"] + workspace
+        pr = a * p["modelled_reserved_bytes"] + b
+        p["residual_allocated_bytes"] = p["measured_allocated_bytes"] - pa
+        p["residual_reserved_bytes"] = int(round(p["measured_reserved_bytes"] - pr))
+        res_alloc.append(p["residual_allocated_bytes"] / max(1, p["measured_allocated_bytes"]))
+        res_res.append(p["residual_reserved_bytes"] / max(1, p["measured_reserved_bytes"]))
+
+    def summary(rs: list[float]) -> dict[str, float]:
+        return {
+            "max_abs_pct": round(100 * max(abs(r) for r in rs), 4),
+            "rms_pct": round(100 * math.sqrt(sum(r * r for r in rs) / len(rs)), 4),
+        }
+
+    return DeviceProfile(
+        name=name,
+        device=device,
+        hardware=hardware,
+        workspace_bytes=workspace,
+        reserved_scale=round(a, 6),
+        reserved_offset_bytes=int(round(b)),
+        context_bytes=context,
+        context_source=context_source,
+        gpu_key=gpu_key,
+        measurements=points,
+        residuals={"allocated": summary(res_alloc), "reserved": summary(res_res), "points": len(points)},
+    )

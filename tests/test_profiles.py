@@ -1,0 +1,59 @@
+"""Device profiles: least-squares fit, application to an estimate, loading errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.calibrate import fit, fit_line
+from planner.errors import PlannerError
+from planner.profiles import DeviceProfile, load, save
+from planner.result import Breakdown, MemoryReport
+
+
+def test_fit_line_is_least_squares():
+    # y = 2x + 1 exactly
+    assert fit_line([1, 2, 3], [3, 5, 7]) == pytest.approx((2.0, 1.0))
+    # single point: slope 1, intercept y - x
+    assert fit_line([10], [12]) == (1.0, 2.0)
+    # noisy: points (0,0), (1,1), (2,3): slope = sum((x-1)(y-4/3))/sum((x-1)^2) = (4/3 + 5/3)/2 = 1.5,
+    # intercept = 4/3 - 1.5 * 1 = -1/6
+    a, b = fit_line([0, 1, 2], [0, 1, 3])
+    assert a == pytest.approx(1.5) and b == pytest.approx(-1 / 6)
+
+
+def _point(est, meas, model_res, meas_res, ctx=None):
+    return {"name": "p", "config": {}, "estimated_allocated_bytes": est, "modelled_reserved_bytes": model_res,
+            "measured_allocated_bytes": meas, "measured_reserved_bytes": meas_res, "measured_context_bytes": ctx}
+
+
+def test_fit_recovers_known_terms():
+    # measured allocated = estimate + 64 MiB workspace; measured reserved = 1.1 * model + 32 MiB;
+    # context 500 MiB measured on each point
+    MiB = 2**20
+    pts = [_point(e, e + 64 * MiB, r, int(1.1 * r + 32 * MiB), 500 * MiB)
+           for e, r in [(1000 * MiB, 1200 * MiB), (4000 * MiB, 4600 * MiB), (9000 * MiB, 10000 * MiB)]]
+    prof = fit("gpu", {"name": "test GPU"}, pts, hardware=True)
+    assert prof.workspace_bytes == 64 * MiB
+    assert prof.reserved_scale == pytest.approx(1.1, rel=1e-6)
+    assert prof.reserved_offset_bytes == pytest.approx(32 * MiB, abs=2)
+    assert prof.context_bytes == 500 * MiB
+    assert prof.residuals["allocated"]["max_abs_pct"] == 0
+
+
+def test_apply_adds_the_terms_and_says_so():
+    rep = MemoryReport("estimate", 1000, 2000, 2000 + 7, Breakdown({"activations": 1000}, {}), "model", 7, "default")
+    prof = DeviceProfile("x", {"name": "G"}, hardware=True, workspace_bytes=100, reserved_scale=2.0,
+                         reserved_offset_bytes=10, context_bytes=300)
+    out = prof.apply(rep)
+    assert out.peak_allocated_bytes == 1100
+    assert out.peak_reserved_bytes == 2 * 2000 + 10
+    assert out.device_total_bytes == 4010 + 300
+    assert any("calibrated on real hardware" in n for n in out.notes)
+
+
+def test_save_load_roundtrip_and_unknown(tmp_path):
+    prof = DeviceProfile("rt", {"name": "CPU"}, hardware=False, workspace_bytes=5)
+    save(prof, tmp_path)
+    assert load("rt", tmp_path).workspace_bytes == 5
+    with pytest.raises(PlannerError, match="unknown profile 'nope'"):
+        load("nope", tmp_path)
