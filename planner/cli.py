@@ -332,6 +332,122 @@ def list_profiles(as_json: JsonOpt = False) -> None:
         out.print("[dim]no profile was measured on a real GPU yet: estimates use the uncalibrated defaults[/dim]")
 
 
+class Fmt(str, Enum):
+    markdown = "markdown"
+    csv = "csv"
+    html = "html"
+    latex = "latex"
+    json = "json"
+
+
+@app.command()
+@fail_cleanly
+def table(
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    sweep: Annotated[
+        Optional[list[str]],
+        typer.Option("--sweep", help="knob=v1,v2 (repeatable; list knobs channels/attention separate values with '/').\n"
+                     "Knobs: batch voxel amp checkpointing flash perceptual discriminator disc_layers disc_channels accum optimizer kind channels attention."),
+    ] = None,
+    configs: Annotated[Optional[list[Path]], typer.Option("--configs", help="One row per YAML file (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Add a 'fits' column per card (repeatable).")] = None,
+    measure: Annotated[Optional[Backend], typer.Option("--measure", help="Also profile each row (fake or cuda backend).")] = None,
+    seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file.")] = None,
+) -> None:
+    """Comparison table of configurations: peak memory, device total, fits per GPU, relative speed.
+
+    Example: vramplan table --sweep batch=1,2,4 --sweep amp=on,off --voxel 96x96x64 --gpu 24GB
+    """
+    from planner.gpus import parse_gpu
+    from planner.report import table as T
+
+    gpus = [parse_gpu(g) for g in (gpu or [])]
+    speed_gpu = gpus[0] if gpus else parse_gpu("rtx4090")
+    if seed004:
+        from planner.config import setup_from_dict
+        from planner.report.seed004 import seed004_configs
+
+        rows = [(meta, setup_from_dict(cfg)) for meta, cfg in seed004_configs()]
+    else:
+        if voxel and sweep and any(s.split("=")[0].strip() == "voxel" for s in sweep):
+            raise PlannerError("--voxel: also swept by --sweep voxel=...; give one of them")
+        rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch), list(sweep or []), list(configs or []))
+    if measure == Backend.cpu:
+        raise PlannerError("--measure: fake or cuda")
+    with err.status("estimating") as status:
+        evaluated = T.evaluate(rows, speed_gpu, measure.value if measure else None,
+                               lambda i, n: status.update(f"row {i}/{n}"))
+    df = T.frame(evaluated, gpus)
+    if seed004:
+        df.insert(df.columns.get_loc("device total (GiB)") + 1, "relative speed guessed",
+                  [m["seed 004 guessed speed"] for m, _ in rows])
+        df = df.drop(columns=["seed 004 guessed speed"])
+    text = T.render(df, fmt.value)
+    if out_file:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
+
+
+class PlotKind(str, Enum):
+    breakdown = "breakdown"
+    scaling = "scaling"
+    timeline = "timeline"
+
+
+@app.command()
+@fail_cleanly
+def plot(
+    what: Annotated[PlotKind, typer.Argument(help="breakdown, scaling or timeline.")],
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="knob=v1,v2 as for `vramplan table` (breakdown: one bar per row; scaling: one line per row).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
+    x: Annotated[str, typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect) or 'batch'.")] = "voxel",
+    out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
+) -> None:
+    """Figures: memory breakdown per configuration, scaling with size, or the live-memory timeline of a step.
+
+    Example: vramplan plot breakdown --sweep amp=on,off --voxel 128x128x64 --gpu 24GB --out breakdown.png
+    """
+    from planner.gpus import parse_gpu
+    from planner.report import plot as P
+    from planner.report import table as T
+
+    if out_file.suffix.lower() not in (".png", ".svg"):
+        raise PlannerError(f"--out: '{out_file}' must end in .png or .svg")
+    gpus = [parse_gpu(g) for g in (gpu or [])]
+    rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch), list(sweep or []), [])
+    from planner.analytic.estimate import estimate as run_estimate
+
+    if what == PlotKind.breakdown:
+        labels = [", ".join(f"{k}={v}" for k, v in lab.items()) or "config" for lab, _ in rows]
+        fig = P.breakdown_figure(labels, [run_estimate(s) for _, s in rows], gpus)
+    elif what == PlotKind.scaling:
+        from planner.report.scaling import scaling_series
+
+        series, xlabel = scaling_series(rows, x)
+        fig = P.scaling_figure(series, gpus, xlabel)
+    else:
+        if len(rows) != 1:
+            raise PlannerError("--sweep: the timeline shows one configuration")
+        from planner.report.scaling import timeline_data
+
+        with err.status("profiling the step (fake backend)"):
+            points, phases, peak_i = timeline_data(rows[0][1])
+        fig = P.timeline_figure(points, phases, peak_i)
+    fig.savefig(out_file, dpi=120)
+    err.print(f"wrote {out_file}")
+
+
 def _default_backend() -> str:
     import torch
 
