@@ -332,6 +332,151 @@ def list_profiles(as_json: JsonOpt = False) -> None:
         out.print("[dim]no profile was measured on a real GPU yet: estimates use the uncalibrated defaults[/dim]")
 
 
+class Prefer(str, Enum):
+    risk = "risk"
+    speed = "speed"
+    quality = "quality"
+
+
+@app.command()
+@fail_cleanly
+def recommend(
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    perceptual: PercOpt = None,
+    disc_layers: DiscLayersOpt = None,
+    disc_channels: DiscChOpt = None,
+    no_discriminator: NoDiscOpt = False,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")] = "24GB",
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
+    prefer: Annotated[Prefer, typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = Prefer.risk,
+    freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention.")] = None,
+    max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
+    max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
+    write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The cheapest configuration that fits a GPU, with what each change saves.
+
+    Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
+    """
+    from planner import recommend as R
+    from planner.gpus import parse_gpu
+
+    setup = resolve_setup(
+        config,
+        _overrides(
+            kind=kind, voxel=voxel, batch=batch, channels=channels, attention=attention, amp=amp,
+            checkpointing=checkpointing, flash_attention=flash_attention, perceptual=perceptual,
+            disc_layers=disc_layers, disc_channels=disc_channels, no_discriminator=no_discriminator,
+            accum=accum, optimizer=optimizer,
+        ),
+    )
+    card = parse_gpu(gpu)
+    if max_batch or max_voxel:
+        if max_batch:
+            b, rep = R.max_batch(setup, card, margin)
+            result = {"max_batch": b, "device_total_bytes": rep.device_total_bytes if rep else None}
+            line = (f"largest batch that fits {card.name}: {b} (device_total {rep.device_total_bytes / 2**30:.2f} GiB)"
+                    if rep else f"even batch 1 does not fit {card.name}")
+        else:
+            v, rep = R.max_voxel(setup, card, margin)
+            result = {"max_voxel": list(v) if v else None, "device_total_bytes": rep.device_total_bytes if rep else None}
+            line = (f"largest volume that fits {card.name}: {'x'.join(map(str, v))} (device_total {rep.device_total_bytes / 2**30:.2f} GiB)"
+                    if rep else f"even the smallest volume does not fit {card.name}")
+        if as_json:
+            _print_json(result)
+        else:
+            out.print(line)
+        return
+    frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
+    known = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer"}
+    bad = frozen - known
+    if bad:
+        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' (valid: {', '.join(sorted(known))})")
+    with err.status("searching"):
+        rec = R.recommend(setup, card, margin, prefer.value, frozen)
+    best = rec.best
+    if as_json:
+        def cand(c):
+            return {"changes": c.labels, "tier": R.TIER_NAMES[c.tier], "device_total_bytes": c.exact.device_total_bytes,
+                    "seconds_per_sample": c.seconds, "diff": R.yaml_diff(setup, c.setup)}
+        _print_json({
+            "gpu": {"key": card.key, "memory_bytes": card.memory_bytes}, "budget_bytes": rec.budget_bytes,
+            "input_device_total_bytes": rec.base.device_total_bytes,
+            "recommended": cand(best) if best else None,
+            "slowdown": (best.seconds / rec.base_seconds) if best and best.seconds and rec.base_seconds else None,
+            "savings_alone_bytes": rec.savings,
+            "alternatives": [cand(c) for c in rec.alternatives],
+            "considered": rec.considered, "verified": rec.verified, "seconds": round(rec.seconds, 3),
+            "nothing_fits": best is None,
+            "smallest_device_total_bytes": rec.smallest.exact.device_total_bytes if rec.smallest else None,
+            "card_needed": rec.needed_gpu.key if rec.needed_gpu else None,
+        })
+        if best and write:
+            import yaml
+
+            from planner.spec import spec_to_dict
+
+            write.write_text(yaml.safe_dump(spec_to_dict(best.setup), sort_keys=False))
+        return
+    from rich.table import Table
+
+    from planner.report.terminal import render_report
+
+    out.print(f"[bold]vramplan recommend[/bold] for {card.name} ({card.memory_bytes / 2**30:.2f} GiB, margin {margin:.0%}: "
+              f"budget {rec.budget_bytes / 2**30:.2f} GiB); input needs {rec.base.device_total_bytes / 2**30:.2f} GiB")
+    out.print(f"[dim]{rec.considered:,} candidates considered, {rec.verified} estimated exactly, {rec.seconds:.2f} s[/dim]")
+    if best is None:
+        s = rec.smallest
+        need = rec.needed_gpu
+        out.print(f"[bold red]Nothing fits.[/bold red] The smallest configuration ({', '.join(s.labels) or 'as is'}) needs "
+                  f"{s.exact.device_total_bytes / 2**30:.2f} GiB" + (f"; it would fit a {need.name} ({need.memory_bytes / 2**30:.0f} GiB)." if need else "; no catalog card is that large."))
+        return
+    if not best.labels:
+        out.print("[bold green]The input already fits; nothing to change.[/bold green]")
+    else:
+        out.print("[bold]Recommended changes[/bold] (YAML diff against the input):")
+        for line in R.yaml_diff(setup, best.setup):
+            out.print(f"  {line}")
+        why = Table(title="Why each change (device total saved by the change alone)", title_justify="left")
+        why.add_column("change")
+        why.add_column("risk")
+        why.add_column("saves GiB", justify="right")
+        for st in best.settings:
+            if st.label != "as is":
+                why.add_row(st.label, R.TIER_NAMES[st.tier], f"{rec.savings.get(st.label, 0) / 2**30:.2f}")
+        out.print(why)
+    if best.seconds and rec.base_seconds:
+        out.print(f"estimated time per effective sample: {best.seconds / rec.base_seconds:.2f}x the input's (roofline model, uncalibrated)")
+    render_report(best.exact, best.setup, out, title="recommended configuration")
+    out.print(f"[bold green]FITS[/bold green] {card.name}: {best.exact.device_total_bytes / 2**30:.2f} of {card.memory_bytes / 2**30:.2f} GiB")
+    if rec.alternatives:
+        alt = Table(title="Next alternatives", title_justify="left")
+        for col in ("changes", "risk", "device total GiB", "time/sample vs input"):
+            alt.add_column(col)
+        for c in rec.alternatives:
+            rel = f"{c.seconds / rec.base_seconds:.2f}x" if c.seconds and rec.base_seconds else "-"
+            alt.add_row(", ".join(c.labels) or "as is", R.TIER_NAMES[c.tier], f"{c.exact.device_total_bytes / 2**30:.2f}", rel)
+        out.print(alt)
+    if write:
+        import yaml
+
+        from planner.spec import spec_to_dict
+
+        write.write_text(yaml.safe_dump(spec_to_dict(best.setup), sort_keys=False))
+        out.print(f"wrote {write}")
+
+
 class Fmt(str, Enum):
     markdown = "markdown"
     csv = "csv"
