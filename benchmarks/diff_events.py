@@ -25,6 +25,7 @@ def stream_profile(setup):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--config", help="YAML config (flags override it), e.g. to pick the perceptual network")
     ap.add_argument("--voxel")
     ap.add_argument("--kind")
     ap.add_argument("--batch", type=int)
@@ -44,7 +45,7 @@ def main() -> int:
     ov = Overrides(kind=a.kind, voxel=a.voxel, batch=a.batch, channels=a.channels, attention=a.attention, amp=a.amp,
                    checkpointing=a.checkpointing, flash_attention=a.flash_attention, perceptual=a.perceptual,
                    no_discriminator=a.no_discriminator, accum=a.accum, optimizer=a.optimizer)
-    setup = resolve_setup(None, ov)
+    setup = resolve_setup(a.config, ov)
     from planner.measure.step import run_step
     from planner.analytic.step import simulate
 

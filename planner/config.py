@@ -65,7 +65,11 @@ def _build(cls: type, data: Any, path: str) -> Any:
             kwargs["attention_levels"] = (False,) * (n - 1) + (True,)
         if cls is S.DiffusionSpec and "num_head_channels" not in kwargs:
             att = kwargs.get("attention_levels", default.attention_levels)
-            kwargs["num_head_channels"] = tuple(c if a else 0 for c, a in zip(kwargs["num_channels"], att))
+            # the UNet's middle block always has attention with the last level's head size
+            last = len(kwargs["num_channels"]) - 1
+            kwargs["num_head_channels"] = tuple(
+                c if (a or i == last) else 0 for i, (c, a) in enumerate(zip(kwargs["num_channels"], att))
+            )
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a wrong type deep inside a comparison

@@ -255,6 +255,9 @@ class DiffusionSpec:
             _check_bool(f"{p}.attention_levels", att)
             if att and (not isinstance(h, int) or h < 1 or c % h):
                 raise _err(f"{p}.num_head_channels", f"level {lvl} has attention: {h!r} must divide its {c} channels")
+        h, c = self.num_head_channels[-1], self.num_channels[-1]
+        if not isinstance(h, int) or h < 1 or c % h:
+            raise _err(f"{p}.num_head_channels", f"the middle block always has attention: the last entry {h!r} must divide {c}")
         for r in self.num_res_blocks:
             _check_pos_int(f"{p}.num_res_blocks", r)
         _check_bool(f"{p}.use_flash_attention", self.use_flash_attention)

@@ -396,8 +396,13 @@ def engine_run(sim: Sim, root: T, seed: T) -> None:
             if want is not None and i < len(outputs) and outputs[i] is not None and outputs[i].dtype != want:
                 sim.mem.op = "_to_copy"
                 outputs[i] = sim.new(outputs[i].shape, want)
-        # release_variables(): saved tensors (or holders) go
+        # release_variables(): saved tensors (or holders) go, in the order the node
+        # declares them (a tuple would drop them last to first)
+        released = list(fn.saved)
         fn.saved = ()
+        for i in range(len(released)):
+            released[i] = None
+        del released
         if fn.holders is not None and fn.frame is not None:
             for h in fn.holders:
                 fn.frame.holders[h] = None

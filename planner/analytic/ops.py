@@ -242,7 +242,9 @@ def relu_(a: T) -> T:
 
 
 def pow2(a: T) -> T:
-    """a.pow(2): saves self; pow_backward = grad * (2 * self.pow(1))."""
+    """a.pow(2) (pow.Tensor_Scalar: CUDA autocast fp32 policy, so a low-precision input is
+    cast first and the fp32 copy is saved); pow_backward = grad * (2 * self.pow(1))."""
+    (a,) = ac_fp32(a)
     out = _like(a, a.shape, a.dtype, "pow")
 
     def bwd(sim: Sim, g: list, sv: tuple) -> list:
@@ -513,7 +515,8 @@ def mm_saving(
             gb = _new(b_shape, g[0].dtype, op) if need_b else None
         return [ga, gb]
 
-    S.record(name, inputs, [out], bwd, (a_saved if need_b else None, b_saved if need_a else None))
+    # saved as MmBackward0/BmmBackward0 declare them (mat2_, self_): released in that order
+    S.record(name, inputs, [out], bwd, (b_saved if need_a else None, a_saved if need_b else None))
 
 
 def linear(x: T, w: T, b: T | None, x_contiguous: bool) -> T:
@@ -537,22 +540,27 @@ def linear(x: T, w: T, b: T | None, x_contiguous: bool) -> T:
         bsh = b.shape if b is not None else None
 
         def bwd(sim: Sim, g: list, sv: tuple) -> list:
-            gb = _new(bsh, g[0].dtype, "sum") if need_b else None
+            # AddmmBackward0 computes mat1's and mat2's gradients; the bias's (grad
+            # itself) is summed to its 1-D shape afterwards (engine validate_outputs)
             gi = _new(fshape, g[0].dtype, "mm") if need_i else None
             gw = _new(wshape, g[0].dtype, "mm") if need_w else None
+            gb = _new(bsh, g[0].dtype, "sum") if need_b else None
             return [gb, gi, gw]
 
         S.record("AddmmBackward0", [b, flat, wt], [out2], bwd, (flat if wt.requires_grad else None, wt if flat.requires_grad else None))
         del flat, wt
-        return view(out2, oshape) if len(x.shape) != 2 else out2
+        return _unflatten(out2, oshape) if len(x.shape) != 2 else out2
     # matmul fold path: reshape(-1, C) of the transposed (B, N, C) input is a view when
     # B == 1 and a copy otherwise
     viewable = x_contiguous or prod(x.shape[:-2]) == 1
-    x2 = view(x, (rows, n_in)) if viewable else contiguous_copy(x, (rows, n_in))
+    # at::matmul(input, weight.t()): weight.t() is taken before matmul folds the input,
+    # so its backward node comes first (and runs after the input's in backward)
     wt = view(w, (w.shape[1], w.shape[0]))
+    x2 = view(x, (rows, n_in)) if viewable else contiguous_copy(x, (rows, n_in))
     out2 = _new((rows, w.shape[0]), x.dtype, "mm")
-    mm_saving(x2, wt, [x2, wt], out2, "MmBackward0", x2.shape, wt.shape)
-    out = view(out2, oshape)
+    # MmBackward0 computes mat2's gradient before self's (unlike AddmmBackward0)
+    mm_saving(x2, wt, [x2, wt], out2, "MmBackward0", x2.shape, wt.shape, b_first=True)
+    out = _unflatten(out2, oshape)  # _unsafe_view(mm, output_shape)
     del out2, x2, wt
     if b is not None:
         S.mem.op = "add_"
@@ -561,6 +569,28 @@ def linear(x: T, w: T, b: T | None, x_contiguous: bool) -> T:
         bsh = b.shape
         S.record("AddBackward0", [out, b], [res], lambda sim, g, sv: [g[0], _new(bsh, g[0].dtype, "sum")])
         return res
+    return out
+
+
+def _unflatten(out2: T, oshape: tuple) -> T:
+    """out.view(*sizes[:-1], N) after _flatten_nd_linear's addmm (or matmul's
+    _unsafe_view(mm)). The backward is grad.reshape(rows, N): a view, except for a
+    non-contiguous gradient (transposed by an attention block's transpose(1, 2), or a
+    cat slice) whose leading dims do not fold into one (batch > 1): then reshape copies
+    it (clone)."""
+    out = S.view(out2, oshape)
+    fold = prod(oshape[:-2]) == 1
+    a_shape = out2.shape
+
+    def bwd(sim: Sim, g: list, sv: tuple) -> list:
+        gg = g[0]
+        if not gg.contig and not fold:
+            return [_new(a_shape, gg.dtype, "clone")]
+        r = T(a_shape, gg.dtype, gg.st, dense=gg.dense)
+        r.contig = gg.contig
+        return [r]
+
+    S.record("ViewBackward0", [out2], [out], bwd)
     return out
 
 
@@ -602,7 +632,9 @@ def sdpa(q: T, k: T, v: T) -> T:
     flash = q.dtype in ("f16", "bf16") and d <= 256
     name = "_scaled_dot_product_flash_attention" if flash else "_scaled_dot_product_efficient_attention"
     out = _new((bsz, heads, L, v.shape[-1]), q.dtype, name)
-    lse = _new((bsz, heads, L), "f32", name)
+    # the memory-efficient kernel pads its logsumexp to a multiple of 32 queries
+    # (meta__scaled_dot_product_efficient_attention: ceil(M / 32) * 32)
+    lse = _new((bsz, heads, L if flash else -(-L // 32) * 32), "f32", name)
     extra = [_new((2,), "u64", name), _new((), "u64", name)] if flash else [_new((), "i64", name), _new((), "i64", name)]
     if flash:
         extra.append(_new((0,), q.dtype, name))  # debug attn mask (empty)
@@ -614,7 +646,10 @@ def sdpa(q: T, k: T, v: T) -> T:
 
     S.record(
         "ScaledDotProductFlashAttentionBackward0" if flash else "ScaledDotProductEfficientAttentionBackward0",
-        [q, k, v], [out, lse, *extra[:2]], bwd, (q, k, v), (0, 1, 2, 3),
+        # saved in the order the generated node releases them: key_, query_, value_,
+        # logsumexp_, output_, then rng_state_/unused_ (flash: seed, offset) or
+        # philox_offset_/philox_seed_ (efficient)
+        [q, k, v], [out, lse, *extra[:2]], bwd, (k, q, v), (1, 0, 2, 3) if flash else (1, 0, 3, 2),
     )
     del lse, extra
     return out

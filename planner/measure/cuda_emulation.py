@@ -370,6 +370,21 @@ def _cudnn_memory_format(input: torch.Tensor, weight: torch.Tensor, backend: Any
     return torch.contiguous_format
 
 
+def _clear_fake_dispatch_cache() -> None:
+    """Forget FakeTensorMode's op cache (a class-level dict shared by every fake mode in
+    the process). Its entries hold output metadata, strides included, but its key does not
+    include the conv layout hook above, so a fake conv cached under one layout rule would
+    be replayed under the other (a fake run with ``cudnn_layout=False`` after a default
+    one, or the reverse, got the other run's layouts and peak)."""
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+    except ImportError:  # pragma: no cover
+        return
+    clear = getattr(FakeTensorMode, "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
 class CudaEmulation(contextlib.AbstractContextManager):
     """Install the CUDA autocast policy and CUDA composite branches; undo on exit.
 
@@ -420,11 +435,13 @@ class CudaEmulation(contextlib.AbstractContextManager):
         self._orig_fmt = torch._C._conv_determine_backend_memory_format
         if self.cudnn_layout:
             torch._C._conv_determine_backend_memory_format = _cudnn_memory_format
+        _clear_fake_dispatch_cache()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         torch.clear_autocast_cache = self._orig_clear
         torch._C._conv_determine_backend_memory_format = self._orig_fmt
+        _clear_fake_dispatch_cache()
         self.cache.clear()
         if self._lib is not None:
             self._lib._destroy()
