@@ -64,6 +64,7 @@ class Memory:
         self.info: dict[int, AllocInfo] = {}
         self.peak_where = ("", "", "", "")
         self.measuring = False
+        self.written = 0  # every byte allocated (the roofline model's memory traffic)
         # context for tags
         self.phase = "setup"
         self.step = ""
@@ -84,6 +85,7 @@ class Memory:
         net, mod = self.where()
         self.info[uid] = AllocInfo(uid, b, self.op, self.phase, net, mod, self.step)
         if b:
+            self.written += b
             self.events.append((uid, b))
             self.current += b
             if self.current > self.peak:
@@ -213,6 +215,7 @@ class Sim:
 
     def __init__(self) -> None:
         self.mem = Memory()
+        self.flops = 0  # conv/matmul/attention floating-point operations, forward + backward
         self.seq = itertools.count()
         self.grad_enabled = True
         self.autocast = False

@@ -94,6 +94,7 @@ def estimate(setup: TrainingSetup) -> MemoryReport:
         params=dict(res.params),
         wall_seconds=time.perf_counter() - t0,
         device="analytic (no GPU, no torch)",
+        extra={"flops": res.flops, "bytes_written": res.bytes_written},
         notes=(
             "peak_allocated: simulated op by op (tensor shapes, what autograd saves, CUDA autocast), "
             "512-byte rounded; checked against the fake-backend profiler by benchmarks/accuracy.py",

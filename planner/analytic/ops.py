@@ -60,6 +60,14 @@ def _like(src: T, shape: Sequence[int], dtype: str, op: str) -> T:
     return t
 
 
+def count_flops(forward: int, backward_passes: int) -> None:
+    """Forward FLOPs of a conv/matmul, plus one forward's worth per gradient its
+    backward computes (grad_input, grad_weight), as the roofline model assumes."""
+    if S.recompute_frame is not None or not S.grad_enabled:
+        backward_passes = 0  # recomputation (its backward is counted already) or no graph
+    S.flops += forward * (1 + backward_passes)
+
+
 def promote(*dtypes: str) -> str:
     order = {"b8": 0, "u8": 1, "i32": 2, "i64": 3, "bf16": 4, "f16": 4, "f32": 5, "f64": 6}
     best = max(dtypes, key=lambda d: order[d])
@@ -444,6 +452,7 @@ def conv(x: T, w: T, b: T | None, stride: int, padding: int, dilation: int = 1) 
         return [gi, gw, gb]
 
     S.record("ConvolutionBackward0", [x, w, b], [out], bwd, (x, w))
+    count_flops(2 * out.numel * prod(ws[1:]), int(need[0]) + int(need[1]))
     return out
 
 
@@ -548,6 +557,7 @@ def linear(x: T, w: T, b: T | None, x_contiguous: bool) -> T:
             return [gb, gi, gw]
 
         S.record("AddmmBackward0", [b, flat, wt], [out2], bwd, (flat if wt.requires_grad else None, wt if flat.requires_grad else None))
+        count_flops(2 * rows * n_in * w.shape[0], int(need_i) + int(need_w))
         del flat, wt
         return _unflatten(out2, oshape) if len(x.shape) != 2 else out2
     # matmul fold path: reshape(-1, C) of the transposed (B, N, C) input is a view when
@@ -560,6 +570,7 @@ def linear(x: T, w: T, b: T | None, x_contiguous: bool) -> T:
     out2 = _new((rows, w.shape[0]), x.dtype, "mm")
     # MmBackward0 computes mat2's gradient before self's (unlike AddmmBackward0)
     mm_saving(x2, wt, [x2, wt], out2, "MmBackward0", x2.shape, wt.shape, b_first=True)
+    count_flops(2 * rows * n_in * w.shape[0], int(x2.requires_grad) + int(wt.requires_grad))
     out = _unflatten(out2, oshape)  # _unsafe_view(mm, output_shape)
     del out2, x2, wt
     if b is not None:
@@ -600,6 +611,7 @@ def bmm(a: T, b: T, out_shape: tuple, b_first: bool = False) -> T:
     a, b = ac_lower(a, b)
     out = _new(out_shape, a.dtype, "bmm")
     mm_saving(a, b, [a, b], out, "BmmBackward0", a.shape, b.shape, op="bmm", b_first=b_first)
+    count_flops(2 * prod(out_shape) * a.shape[-1], int(a.requires_grad) + int(b.requires_grad))
     return out
 
 
@@ -651,6 +663,10 @@ def sdpa(q: T, k: T, v: T) -> T:
         # philox_offset_/philox_seed_ (efficient)
         [q, k, v], [out, lse, *extra[:2]], bwd, (k, q, v), (1, 0, 2, 3) if flash else (1, 0, 3, 2),
     )
+    # QK^T and PV: 4 B H L S d; backward recomputes the scores and computes three
+    # gradients (flash/memory-efficient kernels: about 2.5 forwards)
+    fwd = 4 * bsz * heads * L * k.shape[-2] * d
+    S.flops += int(fwd * (3.5 if q.requires_grad and S.recompute_frame is None else 1))
     del lse, extra
     return out
 

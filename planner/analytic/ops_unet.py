@@ -11,6 +11,8 @@ grad, so most of these rules only allocate.
 
 from __future__ import annotations
 
+from math import prod
+
 from typing import Sequence
 
 from planner.analytic import ops as O
@@ -184,6 +186,7 @@ def _bmm(a: T, b: T, out_shape: tuple, grad_a_layout: str, grad_b_layout: str) -
 
     # saved as BmmBackward0 declares them (mat2_, self_): released in that order
     O.S.record("BmmBackward0", [a, b], [out], bwd, (b if need_a else None, a if need_b else None))
+    O.count_flops(2 * prod(out_shape) * a.shape[-1], int(need_a) + int(need_b))
     return out
 
 

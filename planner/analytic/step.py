@@ -31,6 +31,8 @@ class SimResult:
     iteration2_start: int
     params: dict[str, int]
     event_ops: list[str]
+    flops: int = 0
+    bytes_written: int = 0
 
 
 class _Ctx:
@@ -150,6 +152,8 @@ def _finish(ctx: _Ctx, it2: int, roots: dict[str, Mod]) -> SimResult:
         iteration2_start=it2,
         params={n: sum(p.numel for p in m.parameters()) for n, m in roots.items()},
         event_ops=[mem.info[u].op for u, _ in mem.events],
+        flops=ctx.sim.flops,
+        bytes_written=mem.written,
     )
     _ACC.clear()
     return res
