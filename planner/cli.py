@@ -448,7 +448,7 @@ def recommend(
         out.print("[bold]Recommended changes[/bold] (YAML diff against the input):")
         for line in R.yaml_diff(setup, best.setup):
             out.print(f"  {line}")
-        why = Table(title="Why each change (device total saved by the change alone)", title_justify="left")
+        why = Table(title="Why each change (allocated peak saved by the change alone)", title_justify="left")
         why.add_column("change")
         why.add_column("risk")
         why.add_column("saves GiB", justify="right")

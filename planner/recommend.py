@@ -179,6 +179,18 @@ def _evaluate(setup: TrainingSetup, gpu: GPU) -> tuple[MemoryReport, float | Non
     return rep, seconds_per_sample(setup, rep, gpu)
 
 
+def _quick(setup: TrainingSetup, gpu: GPU) -> tuple[float, float | None]:
+    """Peak allocated and time per sample without the allocator replay (for ratios)."""
+    from planner.analytic.cost import rates
+    from planner.analytic.step import simulate
+
+    res = simulate(setup)
+    g = rates(gpu)
+    tflops = g.fp16_tflops if setup.device.mixed_precision else g.fp32_tflops
+    step = 0.5 * (res.flops / (tflops * 1e12) + 2 * res.bytes_written / (g.bandwidth_gbs * 1e9))
+    return float(res.peak_bytes), step / (setup.batch_size * setup.accumulation_steps)
+
+
 def _order_key(prefer: str) -> Callable[[Candidate], tuple]:
     if prefer == "speed":
         return lambda c: (c.predicted_seconds, c.tier, c.changes)
@@ -204,21 +216,22 @@ def recommend(
     budget = int(gpu.memory_bytes * (1 - margin))
     base_rep, base_s = _evaluate(setup, gpu)
     base_s = base_s or 1.0
+    base_alloc = float(base_rep.peak_allocated_bytes)
     knobs = knob_settings(setup, gpu, freeze or set())
-    # exact effect of each setting alone
+    # exact effect of each setting alone (on the allocated peak; reserved follows it)
     alone: dict[int, tuple[float, float]] = {}
     savings: dict[str, int] = {}
     verified = 1
     for options in knobs:
         for st in options[1:]:
             try:
-                rep, sec = _evaluate(st.apply(setup), gpu)
+                alloc, sec = _quick(st.apply(setup), gpu)
             except PlannerError:
                 alone[id(st)] = (float("inf"), float("inf"))
                 continue
             verified += 1
-            alone[id(st)] = (rep.device_total_bytes / base_rep.device_total_bytes, (sec or base_s) / base_s)
-            savings[st.label] = base_rep.device_total_bytes - rep.device_total_bytes
+            alone[id(st)] = (alloc / base_alloc, (sec or base_s) / base_s)
+            savings[st.label] = int(base_alloc - alloc)
     cands: list[Candidate] = []
     for combo in itertools.product(*knobs):
         mem, tim = 1.0, 1.0

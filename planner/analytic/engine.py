@@ -75,9 +75,9 @@ class Memory:
     def where(self) -> tuple[str, str]:
         if not self.module_stack:
             return self.network_hint, ""
-        root, path, _ = self.module_stack[-1]
-        net = "attention" if any(m[2] for m in self.module_stack) else root
-        return net, path
+        # entries carry the flag "this module or one around it is attention" (nn.Mod.__call__)
+        root, path, att = self.module_stack[-1]
+        return ("attention" if att else root), path
 
     def alloc(self, nbytes: int) -> int:
         uid = next(self._uids)
@@ -136,7 +136,7 @@ class T:
     __slots__ = ("shape", "dtype", "st", "requires_grad", "grad_fn", "out_nr", "grad", "dense", "contig", "cl", "is_param", "name", "__weakref__")
 
     def __init__(self, shape: Sequence[int], dtype: str, st: Storage | None, requires_grad: bool = False, dense: bool = True):
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = shape if type(shape) is tuple else tuple(shape)
         self.dtype = dtype
         self.st = st
         self.requires_grad = requires_grad

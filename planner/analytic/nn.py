@@ -61,7 +61,7 @@ class Mod:
     # -- calling
     def __call__(self, *args: Any, **kw: Any) -> Any:
         stack = O.S.mem.module_stack
-        stack.append((self.root, self.path, self.attention))
+        stack.append((self.root, self.path, self.attention or (bool(stack) and stack[-1][2])))
         try:
             return self.forward(*args, **kw)
         finally:

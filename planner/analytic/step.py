@@ -94,6 +94,16 @@ class _Ctx:
             opt.step()
 
 
+def simulated_micro_steps(accum: int) -> int:
+    """Micro-batches the simulation runs per optimizer step.
+
+    With accumulation, every micro-batch after the second starts from the same state
+    as the second (gradients exist, the previous micro-batch's tensors are alive), so
+    its memory repeats the second one's exactly; simulating two (the last one followed
+    by the optimizer step) gives the same peak. FLOPs and traffic are scaled back up."""
+    return min(accum, 2)
+
+
 def _float(x: T) -> T:
     return O.to_copy(x, "f32") if x.dtype != "f32" else x
 
@@ -144,6 +154,8 @@ def simulate(setup: TrainingSetup) -> SimResult:
 
 def _finish(ctx: _Ctx, it2: int, roots: dict[str, Mod]) -> SimResult:
     mem = ctx.sim.mem
+    accum = ctx.setup.accumulation_steps
+    scale = accum / simulated_micro_steps(accum)
     res = SimResult(
         peak_bytes=mem.peak,
         peak_where=mem.peak_where,
@@ -152,8 +164,8 @@ def _finish(ctx: _Ctx, it2: int, roots: dict[str, Mod]) -> SimResult:
         iteration2_start=it2,
         params={n: sum(p.numel for p in m.parameters()) for n, m in roots.items()},
         event_ops=[mem.info[u].op for u, _ in mem.events],
-        flops=ctx.sim.flops,
-        bytes_written=mem.written,
+        flops=int(ctx.sim.flops * scale),
+        bytes_written=int(mem.written * scale),
     )
     _ACC.clear()
     return res
@@ -190,7 +202,7 @@ def _stage1(setup: TrainingSetup) -> SimResult:
         if iteration == 2:
             mem.reset_peak()
             it2 = len(mem.events)
-        for micro in range(accum):
+        for micro in range(simulated_micro_steps(accum)):
             mem.step = f"it{iteration}"
             mem.phase = "data"
             mem.network_hint = "data"
@@ -220,7 +232,7 @@ def _stage1(setup: TrainingSetup) -> SimResult:
                 if accum > 1:
                     loss_g = O.div(loss_g, accum)
             ctx.backward(loss_g, scaler_g)
-            if micro == accum - 1:
+            if micro == simulated_micro_steps(accum) - 1:
                 ctx.optimizer_step(optimizer_g, scaler_g)
             if discriminator is None:
                 continue
@@ -239,7 +251,7 @@ def _stage1(setup: TrainingSetup) -> SimResult:
                 if accum > 1:
                     loss_d = O.div(loss_d, accum)
             ctx.backward(loss_d, scaler_d)
-            if micro == accum - 1:
+            if micro == simulated_micro_steps(accum) - 1:
                 ctx.optimizer_step(optimizer_d, scaler_d)
     mem.phase = "setup"
     return _finish(ctx, it2, roots)

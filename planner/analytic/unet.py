@@ -24,7 +24,7 @@ from planner.analytic.engine import Sim, T
 from planner.analytic.models import Upsample
 from planner.analytic.nn import GroupNorm, Identity, Linear, Mod, MonaiConvolution
 from planner.analytic.optim import GradScaler, Optimizer
-from planner.analytic.step import SimResult, _Ctx, _finish, _float
+from planner.analytic.step import SimResult, _Ctx, _finish, _float, simulated_micro_steps
 from planner.spec import TrainingSetup
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -448,7 +448,7 @@ def simulate_stage2(setup: TrainingSetup) -> SimResult:
         if iteration == 2:
             mem.reset_peak()
             it2 = len(mem.events)
-        for micro in range(accum):
+        for micro in range(simulated_micro_steps(accum)):
             mem.step = f"it{iteration}"
             mem.phase = "data"
             mem.network_hint = "data"
@@ -467,7 +467,7 @@ def simulate_stage2(setup: TrainingSetup) -> SimResult:
                 if accum > 1:
                     loss = O.div(loss, accum)
             ctx.backward(loss, scaler)
-            if micro == accum - 1:
+            if micro == simulated_micro_steps(accum) - 1:
                 ctx.optimizer_step(optimizer, scaler)
     mem.phase = "setup"
     return _finish(ctx, it2, roots)
