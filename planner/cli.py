@@ -528,10 +528,12 @@ def table(
         evaluated = T.evaluate(rows, speed_gpu, measure.value if measure else None,
                                lambda i, n: status.update(f"row {i}/{n}"))
     df = T.frame(evaluated, gpus)
-    if seed004:
-        df.insert(df.columns.get_loc("device total (GiB)") + 1, "relative speed guessed",
-                  [m["seed 004 guessed speed"] for m, _ in rows])
-        df = df.drop(columns=["seed 004 guessed speed"])
+    if seed004:  # the users' guesses beside the figures they guessed
+        guessed_mem = df.pop("seed 004 guessed memory")
+        guessed_speed = df.pop("seed 004 guessed speed")
+        df.insert(df.columns.get_loc("device total (GiB)") + 1, "seed 004 guessed memory", guessed_mem)
+        if "relative speed (est.)" in df.columns:
+            df.insert(df.columns.get_loc("relative speed (est.)") + 1, "seed 004 guessed speed", guessed_speed)
     text = T.render(df, fmt.value)
     if out_file:
         out_file.write_text(text)
