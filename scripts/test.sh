@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up from nothing, run the tests, then the benchmarks' checks. Fails on either.
+# Set up from nothing, run the tests, then the benchmarks' regression checks. Fails on either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh profile,test
 .venv/bin/python -m pytest -q
-.venv/bin/python benchmarks/bench_profile.py --check
+.venv/bin/python benchmarks/run.py --check
+.venv/bin/python benchmarks/bench_recommend.py --check

@@ -53,7 +53,7 @@ def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GP
     ax.set_xticklabels(labels, rotation=20, ha="right")
     ax.set_ylabel("memory (GiB = 2^30 bytes)")
     ax.set_title(title or "Memory of one training step by category (device total)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -74,7 +74,7 @@ def crossings(xs: Sequence[float], ys: Sequence[float], level: float) -> list[fl
 def scaling_figure(series: dict[str, tuple[list[float], list[float]]], gpus: Sequence[GPU], xlabel: str, title: str = ""):
     """Peak (device total, GiB) against voxel count or batch, log axes; GPU lines and crossings."""
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name, (xs, ys) in series.items():
         gib = [y / GIB for y in ys]
         ax.plot(xs, gib, marker="o", label=name)
@@ -90,7 +90,7 @@ def scaling_figure(series: dict[str, tuple[list[float], list[float]]], gpus: Seq
     ax.set_xlabel(xlabel)
     ax.set_ylabel("device total (GiB = 2^30 bytes)")
     ax.set_title(title or "Peak memory against problem size")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     return fig
 
