@@ -92,6 +92,15 @@ def _overrides(**kw: Any) -> Overrides:
     return Overrides(kind=kind.value if kind else None, optimizer=opt.value if opt else None, **kw)
 
 
+_SETUP_FLAGS = ("kind", "voxel", "batch", "channels", "attention", "amp", "checkpointing", "flash_attention",
+                "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer")
+
+
+def _setup(params: dict[str, Any]):
+    """The setup a command runs on, from its --config and the shared setup flags."""
+    return resolve_setup(params.get("config"), _overrides(**{k: params[k] for k in _SETUP_FLAGS if k in params}))
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
@@ -128,15 +137,7 @@ def profile(
 
     Example: vramplan profile --voxel 256x256x64 --no-perceptual --json
     """
-    setup = resolve_setup(
-        config,
-        _overrides(
-            kind=kind, voxel=voxel, batch=batch, channels=channels, attention=attention, amp=amp,
-            checkpointing=checkpointing, flash_attention=flash_attention, perceptual=perceptual,
-            disc_layers=disc_layers, disc_channels=disc_channels, no_discriminator=no_discriminator,
-            accum=accum, optimizer=optimizer,
-        ),
-    )
+    setup = _setup(locals())
     shape = parse_shape(input_shape, "--input", 2, 6) if input_shape else None
     if input_shape and not model:
         raise PlannerError("--input: only used with --model package.module:factory")
@@ -201,15 +202,7 @@ def estimate(
     from planner.analytic.estimate import verdict
     from planner.gpus import parse_gpu
 
-    setup = resolve_setup(
-        config,
-        _overrides(
-            kind=kind, voxel=voxel, batch=batch, channels=channels, attention=attention, amp=amp,
-            checkpointing=checkpointing, flash_attention=flash_attention, perceptual=perceptual,
-            disc_layers=disc_layers, disc_channels=disc_channels, no_discriminator=no_discriminator,
-            accum=accum, optimizer=optimizer,
-        ),
-    )
+    setup = _setup(locals())
     from planner import profiles
 
     card = parse_gpu(gpu) if gpu else None
@@ -372,15 +365,7 @@ def recommend(
     from planner import recommend as R
     from planner.gpus import parse_gpu
 
-    setup = resolve_setup(
-        config,
-        _overrides(
-            kind=kind, voxel=voxel, batch=batch, channels=channels, attention=attention, amp=amp,
-            checkpointing=checkpointing, flash_attention=flash_attention, perceptual=perceptual,
-            disc_layers=disc_layers, disc_channels=disc_channels, no_discriminator=no_discriminator,
-            accum=accum, optimizer=optimizer,
-        ),
-    )
+    setup = _setup(locals())
     card = parse_gpu(gpu)
     if max_batch or max_voxel:
         if max_batch:

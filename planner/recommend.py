@@ -304,16 +304,8 @@ def yaml_diff(base: TrainingSetup, new: TrainingSetup) -> list[str]:
     return out
 
 
-def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int = 1024) -> tuple[int, MemoryReport | None]:
-    """Largest micro-batch whose device total fits (exact estimates, doubling then bisection)."""
-    from planner.analytic.estimate import estimate
-
-    budget = gpu.memory_bytes * (1 - margin)
-
-    def fits(b: int) -> MemoryReport | None:
-        rep = estimate(_tr(setup, batch_size=b))
-        return rep if rep.device_total_bytes <= budget else None
-
+def _largest(fits: Callable[[int], MemoryReport | None], limit: int) -> tuple[int, MemoryReport | None]:
+    """Largest k in [1, limit] with fits(k) (fits is monotone): doubling, then bisection."""
     if fits(1) is None:
         return 0, None
     lo, hi = 1, 2
@@ -326,6 +318,19 @@ def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int =
         else:
             hi = mid
     return lo, fits(lo)
+
+
+def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int = 1024) -> tuple[int, MemoryReport | None]:
+    """Largest micro-batch whose device total fits (exact estimates)."""
+    from planner.analytic.estimate import estimate
+
+    budget = gpu.memory_bytes * (1 - margin)
+
+    def fits(b: int) -> MemoryReport | None:
+        rep = estimate(_tr(setup, batch_size=b))
+        return rep if rep.device_total_bytes <= budget else None
+
+    return _largest(fits, limit)
 
 
 def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05) -> tuple[tuple[int, ...] | None, MemoryReport | None]:
@@ -349,18 +354,8 @@ def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05) -> tuple[tup
         rep = estimate(s)
         return rep if rep.device_total_bytes <= budget else None
 
-    if fits(1) is None:
-        return None, None
-    lo, hi = 1, 2
-    while hi <= 64 and fits(hi) is not None:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid) is not None:
-            lo = mid
-        else:
-            hi = mid
-    return at(lo), fits(lo)
+    k, rep = _largest(fits, 64)
+    return (at(k) if rep else None), rep
 
 
 def gib(n: float) -> str:
