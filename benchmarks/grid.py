@@ -72,6 +72,7 @@ GRID: list[tuple[str, dict]] = [
     ("s1 disc 2x16", _s1((96, 96, 64), discriminator={"num_layers_d": 2, "num_channels": 16})),
     ("s1 disc 4x64", _s1((128, 128, 64), discriminator={"num_layers_d": 4, "num_channels": 64})),
     ("s1 no discriminator", _s1((96, 96, 64), discriminator={"enabled": False})),
+    ("s1 disc instance norm", _s1((96, 96, 64), discriminator={"norm": "instance"})),
     ("s1 batch 2", _s1((96, 96, 64), batch_size=2)),
     ("s1 batch 4", _s1((64, 64, 32), batch_size=4)),
     ("s1 accum 4", _s1((96, 96, 64), gradient_accumulation_steps=4)),

@@ -159,3 +159,13 @@ def test_emulation_is_removed_on_exit():
         with torch.autocast("cpu", dtype=torch.float16):
             y = torch.nn.Conv3d(4, 8, 3, padding=1)(torch.randn(1, 4, 8, 8, 8))
             assert torch.nn.GroupNorm(2, 8)(y).dtype == torch.float16  # CPU policy again
+
+
+def test_batch_norm_statistics_stay_fp32_for_fp16_input(fake_autocast):
+    # CUDA keeps save_mean / save_invstd in the accumulation type; torch._decomp's CPU
+    # branch would make them fp16
+    x = torch.randn(2, 8, 4, 4, 4, dtype=torch.float16)
+    w, b = torch.ones(8), torch.zeros(8)
+    out, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, torch.zeros(8), torch.ones(8), True, 0.1, 1e-5)
+    assert out.dtype == torch.float16
+    assert mean.dtype == invstd.dtype == torch.float32

@@ -245,13 +245,32 @@ class AutoencoderKL(Mod):
         return reconstruction, z_mu, z_sigma
 
 
-class _DiscLayer(Mod):
-    """monai Convolution(conv -> [BatchNorm] -> Dropout(0) -> LeakyReLU(0.2))."""
+class InstanceNorm(Mod):
+    """nn.InstanceNorm3d(affine=False) -> aten instance_norm (Normalization.cpp): the input
+    made contiguous and viewed as (1, B*C, ...), batch_norm without weight or running
+    stats, the output viewed back."""
 
-    def __init__(self, sim: Sim, cin: int, cout: int, stride: int, bias: bool, norm: bool, dims: int):
+    def forward(self, x: T) -> T:
+        if x.cl:
+            x = O.contiguous_copy(x)
+        b, c = x.shape[0], x.shape[1]
+        flat = O.view(x, (1, b * c, *x.shape[2:]))
+        out = O.batch_norm(flat, None, None, [])
+        return O.view(out, x.shape)
+
+
+class _DiscLayer(Mod):
+    """monai Convolution(conv -> [BatchNorm | InstanceNorm] -> Dropout(0) -> LeakyReLU(0.2))."""
+
+    def __init__(self, sim: Sim, cin: int, cout: int, stride: int, bias: bool, norm: str | None, dims: int):
         super().__init__()
         self.conv = self.add("conv", ConvNd(sim, cin, cout, 4, stride, 1, bias, dims))
-        self.norm = self.add("adn.N", BatchNorm(sim, cout)) if norm else None
+        if norm == "batch":
+            self.norm = self.add("adn.N", BatchNorm(sim, cout))
+        elif norm == "instance":
+            self.norm = self.add("adn.N", InstanceNorm())
+        else:
+            self.norm = None
         self.act = self.add("adn.A", _Leaky())
 
     def forward(self, x: T) -> T:
@@ -270,11 +289,11 @@ class PatchDiscriminator(Mod):
     def __init__(self, sim: Sim, setup):
         super().__init__()
         d, dims, cin = setup.autoencoder.training.discriminator, setup.data.spatial_dims, setup.data.in_channels
-        layers: list[tuple[str, Mod]] = [("initial_conv", _DiscLayer(sim, cin, d.num_channels, 2, True, False, dims))]
+        layers: list[tuple[str, Mod]] = [("initial_conv", _DiscLayer(sim, cin, d.num_channels, 2, True, None, dims))]
         ic, oc = d.num_channels, d.num_channels * 2
         for i in range(d.num_layers_d):
             stride = 1 if i == d.num_layers_d - 1 else 2
-            layers.append((str(i), _DiscLayer(sim, ic, oc, stride, False, d.norm == "batch", dims)))
+            layers.append((str(i), _DiscLayer(sim, ic, oc, stride, False, d.norm, dims)))
             ic, oc = oc, oc * 2
         layers.append(("final_conv", MonaiConvolution(sim, ic, 1, 4, 1, 1, dims=dims)))
         for name, m in layers:

@@ -352,6 +352,21 @@ COMPOSITE_OVERRIDES: dict[str, Callable] = {
 }
 
 
+def _batch_norm_helper_cuda(orig: Callable) -> Callable:
+    """FakeTensor runs torch._decomp's native_batch_norm, whose helper casts the saved
+    mean and inverse std to the input dtype when the device is the CPU; CUDA's kernels
+    (Normalization.cu, cuDNN) keep them in fp32 for fp16/bf16 input."""
+
+    def helper(input, *args, **kwargs):
+        out = orig(input, *args, **kwargs)
+        if input.dtype in (torch.float16, torch.bfloat16):
+            output, save_mean, save_rstd, *rest = out
+            return (output, save_mean.to(torch.float32), save_rstd.to(torch.float32), *rest)
+        return out
+
+    return helper
+
+
 def _is_cl(t: torch.Tensor, fmt: torch.memory_format) -> bool:
     return t.is_contiguous(memory_format=fmt) and not t.is_contiguous()
 
@@ -433,14 +448,21 @@ class CudaEmulation(contextlib.AbstractContextManager):
         # FakeTensor's convolution picks its output layout through this hook
         # (torch/_subclasses/fake_impls.py); give it cuDNN's rule.
         self._orig_fmt = torch._C._conv_determine_backend_memory_format
+        from torch._decomp import decompositions as _dec
+
+        self._orig_bn = _dec.native_batch_norm_helper
         if self.cudnn_layout:
             torch._C._conv_determine_backend_memory_format = _cudnn_memory_format
+            _dec.native_batch_norm_helper = _batch_norm_helper_cuda(self._orig_bn)
         _clear_fake_dispatch_cache()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         torch.clear_autocast_cache = self._orig_clear
         torch._C._conv_determine_backend_memory_format = self._orig_fmt
+        from torch._decomp import decompositions as _dec
+
+        _dec.native_batch_norm_helper = self._orig_bn
         _clear_fake_dispatch_cache()
         self.cache.clear()
         if self._lib is not None:
