@@ -108,11 +108,16 @@ class DeviceProfile:
         )
 
 
-def available(directory: Path = PROFILE_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.json"))
+def _dir(directory: Path | None) -> Path:
+    return directory if directory is not None else PROFILE_DIR
 
 
-def load(name: str, directory: Path = PROFILE_DIR) -> DeviceProfile:
+def available(directory: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in _dir(directory).glob("*.json"))
+
+
+def load(name: str, directory: Path | None = None) -> DeviceProfile:
+    directory = _dir(directory)
     path = directory / f"{name}.json"
     if not path.is_file():
         names = available(directory)
@@ -123,7 +128,7 @@ def load(name: str, directory: Path = PROFILE_DIR) -> DeviceProfile:
         raise PlannerError(f"--profile: '{path}' is not a valid profile ({exc})") from None
 
 
-def for_gpu(gpu_key: str, directory: Path = PROFILE_DIR) -> DeviceProfile | None:
+def for_gpu(gpu_key: str, directory: Path | None = None) -> DeviceProfile | None:
     """The hardware profile measured on this catalog card, if one exists."""
     for name in available(directory):
         prof = load(name, directory)
@@ -132,7 +137,8 @@ def for_gpu(gpu_key: str, directory: Path = PROFILE_DIR) -> DeviceProfile | None
     return None
 
 
-def save(profile: DeviceProfile, directory: Path = PROFILE_DIR) -> Path:
+def save(profile: DeviceProfile, directory: Path | None = None) -> Path:
+    directory = _dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{profile.name}.json"
     path.write_text(json.dumps(profile.to_json(), indent=1) + "\n")
