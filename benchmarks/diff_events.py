@@ -14,15 +14,6 @@ import sys
 from planner.config import Overrides, resolve_setup
 
 
-def stream_profile(setup):
-    from planner.measure.step import run_step
-
-    rec = run_step(setup, "fake", keep_timeline=False)
-    info = {i.uid: i for i in rec.tracker.live_at_peak}
-    tr = rec.tracker
-    return rec, tr.peak_bytes, tr
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", help="YAML config (flags override it), e.g. to pick the perceptual network")
@@ -50,18 +41,12 @@ def main() -> int:
     from planner.analytic.step import simulate
 
     rec = run_step(setup, "fake", keep_timeline=False)
-    import planner.measure.tracker as _t  # noqa: F401
-
-    # tracker infos for every uid: rebuild from the tracker object kept on the record
     est = simulate(setup)
     print(f"profile peak  {rec.tracker.peak_bytes:>16,}  at {rec.tracker.peak_step} {rec.tracker.peak_phase} {rec.tracker.peak_op} {rec.tracker.peak_module}")
     print(f"estimate peak {est.peak_bytes:>16,}  at {est.peak_where}")
     err = (est.peak_bytes - rec.tracker.peak_bytes) / rec.tracker.peak_bytes
     print(f"error {100 * err:+.3f}%")
-    p_ops = rec.op_of  # uid -> op name
-    ps = [(d, p_ops.get(u, "?")) for u, d in rec.events]
-    from planner.analytic import engine  # noqa: F401
-
+    ps = [(d, rec.info[u].op if u in rec.info else "?") for u, d in rec.events]
     es = [(d, est_op) for (u, d), est_op in zip(est.events, est.event_ops)]
     start_p = rec.iteration2_start if a.iteration2 else 0
     start_e = est.iteration2_start if a.iteration2 else 0

@@ -14,7 +14,7 @@ Bytes are integers; GiB = 2**30, GB = 10**9.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 GIB = 2**30
 GB = 10**9
@@ -116,6 +116,34 @@ def category_for(explicit: str | None, phase: str, module: str) -> str:
     if phase == "backward" and module:
         return "activations"
     return "temporaries"
+
+
+TOP_MODULES = 10
+
+
+def breakdown(entries: "Iterable[tuple[int, str | None, str, str, str]]") -> Breakdown:
+    """The breakdown of the storages live at the peak, given as
+    (bytes, explicit category or None, network, phase, module) — the same for a
+    measurement (tracker) and an estimate (simulator)."""
+    from collections import Counter
+
+    by_cat: Counter[str] = Counter({c: 0 for c in CATEGORIES})
+    by_net: Counter[str] = Counter()
+    by_mod: Counter[str] = Counter()
+    for nbytes, explicit, network, phase, module in entries:
+        cat = category_for(explicit, phase, module)
+        by_cat[cat] += nbytes
+        net = network or "other"
+        if cat == "temporaries" and not module:
+            net = f"{phase} temporaries"
+        by_net[net] += nbytes
+        if cat == "activations" and module:
+            by_mod[module] += nbytes
+    return Breakdown(
+        by_category=dict(by_cat),
+        by_network=dict(sorted(by_net.items(), key=lambda kv: -kv[1])),
+        top_modules=tuple(by_mod.most_common(TOP_MODULES)),
+    )
 
 
 def gib(nbytes: int | float) -> float:

@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from planner.allocator import replay
 from planner.gpus import GPU
 from planner.result import (
-    CATEGORIES,
     DEFAULT_CONTEXT_BYTES,
     DEFAULT_CONTEXT_SOURCE,
     GIB,
     Breakdown,
     MemoryReport,
-    category_for,
+    breakdown,
 )
 from planner.spec import TrainingSetup
 
-TOP_MODULES = 10
-
-
 def breakdown_of(live) -> Breakdown:
-    by_cat: Counter[str] = Counter({c: 0 for c in CATEGORIES})
-    by_net: Counter[str] = Counter()
-    by_mod: Counter[str] = Counter()
-    for info in live:
-        cat = category_for(info.category, info.phase, info.module)
-        by_cat[cat] += info.nbytes
-        net = info.network or "other"
-        if cat == "temporaries" and not info.module:
-            net = f"{info.phase} temporaries"
-        by_net[net] += info.nbytes
-        if cat == "activations" and info.module:
-            by_mod[info.module] += info.nbytes
-    return Breakdown(
-        by_category=dict(by_cat),
-        by_network=dict(sorted(by_net.items(), key=lambda kv: -kv[1])),
-        top_modules=tuple(by_mod.most_common(TOP_MODULES)),
-    )
+    return breakdown((i.nbytes, i.category, i.network, i.phase, i.module) for i in live)
 
 
 @dataclass(frozen=True)

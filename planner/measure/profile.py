@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Callable
 
 from planner.allocator import replay
-from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, Breakdown, MemoryReport
+from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, Breakdown, MemoryReport, breakdown
 from planner.spec import TrainingSetup
 
-TOP_MODULES = 10
-
-
 def breakdown_of(record: "StepRecord") -> Breakdown:  # noqa: F821 - torch-side type
-    from planner.measure.tracker import Category, category_of
-
-    by_cat: Counter[str] = Counter({c.value: 0 for c in Category})
-    by_net: Counter[str] = Counter()
-    by_mod: Counter[str] = Counter()
-    for info in record.tracker.live_at_peak:
-        cat = category_of(info)
-        by_cat[cat.value] += info.nbytes
-        net = info.network or "other"
-        if cat == Category.TEMPORARIES and not info.module:
-            net = f"{info.phase.value} temporaries"
-        by_net[net] += info.nbytes
-        if cat == Category.ACTIVATIONS and info.module:
-            by_mod[info.module] += info.nbytes
-    return Breakdown(
-        by_category=dict(by_cat),
-        by_network=dict(sorted(by_net.items(), key=lambda kv: -kv[1])),
-        top_modules=tuple(by_mod.most_common(TOP_MODULES)),
+    return breakdown(
+        (i.nbytes, i.category.value if i.category is not None else None, i.network, i.phase.value, i.module)
+        for i in record.tracker.live_at_peak
     )
 
 

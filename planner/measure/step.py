@@ -185,8 +185,7 @@ class StepRecord:
     networks: tuple[str, ...]
     iteration2_start: int  # index into events where iteration 2 begins
     params: dict[str, int]  # network -> parameter count
-    op_of: dict[int, str]  # uid -> the op that allocated it (for diffing against the estimator)
-    info: dict  # uid -> StorageInfo (category, phase, step, module) for timelines
+    info: dict  # uid -> StorageInfo (op, category, phase, step, module): timelines, diffing
 
 
 # --- the runner ----------------------------------------------------------------------
@@ -440,7 +439,6 @@ def _record(tracker: LiveStorageTracker, log: _EventLog, roots: dict[str, torch.
         networks=tuple(roots),
         iteration2_start=it2,
         params={n: sum(p.numel() for p in m.parameters()) for n, m in roots.items()},
-        op_of={uid: info.op for uid, info in tracker.info.items()},
         info=dict(tracker.info),
     )
 
