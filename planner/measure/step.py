@@ -396,6 +396,24 @@ def _prepare(
     return tracker, modules, log
 
 
+def _start_iteration(runner: _Runner, tracker: LiveStorageTracker, log: _EventLog, iteration: int,
+                     note: Callable[[str], None], it2: int) -> int:
+    """Progress note; at iteration 2 the peak is reset. Returns where iteration 2's events start."""
+    note(f"iteration {iteration}/2")
+    if iteration == 2:
+        runner.start_iteration2(tracker)
+        return len(log.events)
+    return it2
+
+
+def _next_batch(tracker: LiveStorageTracker, iteration: int, shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
+    """The data loader's next batch on the device (`batch["image"].to(device)`)."""
+    tracker.step = f"it{iteration}"
+    tracker.phase = Phase.DATA
+    tracker.network_hint = "data"
+    return torch.randn(shape, device=dev)
+
+
 def _set_network(tracker: LiveStorageTracker, t: torch.Tensor | None, network: str) -> None:
     if t is None:
         return
@@ -469,17 +487,10 @@ def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
     loss_d_fake = loss_d_real = discriminator_loss = loss_d = None  # noqa: F841
     with modules, tracker:
         for iteration in (1, 2):
-            note(f"iteration {iteration}/2")
-            if iteration == 2:
-                runner.start_iteration2(tracker)
-                it2 = len(log.events)
+            it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
             for micro in range(accum):
-                tracker.step = f"it{iteration}"
-                tracker.phase = Phase.DATA
-                tracker.network_hint = "data"
-                batch = torch.randn(shape, device=dev)
-                images = batch
-                del batch
+                # the new batch is made while the previous one is still referenced
+                images = _next_batch(tracker, iteration, shape, dev)
                 # ---- generator half
                 tracker.step = f"it{iteration}.generator"
                 if micro == 0:
@@ -556,17 +567,10 @@ def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
     images = noise = timesteps = noise_pred = loss = None  # noqa: F841
     with modules, tracker:
         for iteration in (1, 2):
-            note(f"iteration {iteration}/2")
-            if iteration == 2:
-                runner.start_iteration2(tracker)
-                it2 = len(log.events)
+            it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
             for micro in range(accum):
-                tracker.step = f"it{iteration}"
-                tracker.phase = Phase.DATA
-                tracker.network_hint = "data"
-                batch = torch.randn(shape, device=dev)
-                images = batch
-                del batch
+                # the new batch is made while the previous one is still referenced
+                images = _next_batch(tracker, iteration, shape, dev)
                 if micro == 0:
                     optimizer.zero_grad(set_to_none=True)
                 tracker.phase = Phase.FORWARD
@@ -608,16 +612,8 @@ def _run_custom(
     x = out = target = loss = None  # noqa: F841
     with modules, tracker:
         for iteration in (1, 2):
-            note(f"iteration {iteration}/2")
-            if iteration == 2:
-                runner.start_iteration2(tracker)
-                it2 = len(log.events)
-            tracker.step = f"it{iteration}"
-            tracker.phase = Phase.DATA
-            tracker.network_hint = "data"
-            batch = torch.randn(input_shape, device=dev)
-            x = batch
-            del batch
+            it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
+            x = _next_batch(tracker, iteration, input_shape, dev)
             optimizer.zero_grad(set_to_none=True)
             tracker.phase = Phase.FORWARD
             tracker.network_hint = "losses"
