@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.analytic import ops as O
-from planner.analytic.engine import AllocInfo, Sim, T, _ACC
+from planner.analytic.engine import _ACC, AllocInfo, Memory, Sim, T
 from planner.analytic.models import AutoencoderKL, PatchDiscriminator
 from planner.analytic.nn import Mod
 from planner.analytic.optim import GradScaler, Optimizer
@@ -26,13 +26,24 @@ KL_WEIGHT = 1e-6
 class SimResult:
     peak_bytes: int
     peak_where: tuple[str, str, str, str]
-    live_at_peak: list[AllocInfo]
-    events: list[tuple[int, int]]
+    mem: Memory
+    """The simulation's accountant: the event log and what every allocation was."""
     iteration2_start: int
     params: dict[str, int]
-    event_ops: list[str]
     flops: int = 0
     bytes_written: int = 0
+
+    @property
+    def events(self) -> list[tuple[int, int]]:
+        return self.mem.events
+
+    @property
+    def live_at_peak(self) -> list[AllocInfo]:
+        return self.mem.live_at_peak()
+
+    @property
+    def event_ops(self) -> list[str]:
+        return [self.mem.info[u].op for u, _ in self.mem.events]
 
 
 class _Ctx:
@@ -159,11 +170,9 @@ def _finish(ctx: _Ctx, it2: int, roots: dict[str, Mod]) -> SimResult:
     res = SimResult(
         peak_bytes=mem.peak,
         peak_where=mem.peak_where,
-        live_at_peak=mem.live_at_peak(),
-        events=list(mem.events),
+        mem=mem,
         iteration2_start=it2,
         params={n: sum(p.numel for p in m.parameters()) for n, m in roots.items()},
-        event_ops=[mem.info[u].op for u, _ in mem.events],
         flops=int(ctx.sim.flops * scale),
         bytes_written=int(mem.written * scale),
     )
