@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
 app = typer.Typer(
     name="vramplan",
     help="VRAM budget planner and profiler for PyTorch training of 3D generative models.\n\n"
-    "Example: vramplan profile --voxel 256x256x64",
+    "Example: vramplan estimate --voxel 256x256x64 --gpu 24GB",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
