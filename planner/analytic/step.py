@@ -115,6 +115,22 @@ def simulated_micro_steps(accum: int) -> int:
     return min(accum, 2)
 
 
+def start_iteration(mem: Memory, iteration: int, it2: int) -> int:
+    """At iteration 2 the peak is reset. Returns where iteration 2's events start."""
+    if iteration == 2:
+        mem.reset_peak()
+        return len(mem.events)
+    return it2
+
+
+def next_batch(mem: Memory, iteration: int, shape: tuple[int, ...]) -> T:
+    """The data loader's next batch on the device."""
+    mem.step = f"it{iteration}"
+    mem.phase = "data"
+    mem.network_hint = "data"
+    return O.randn(shape)
+
+
 def _float(x: T) -> T:
     return O.to_copy(x, "f32") if x.dtype != "f32" else x
 
@@ -208,16 +224,10 @@ def _stage1(setup: TrainingSetup) -> SimResult:
     logits_fake = logits_real = recons_loss = p_loss = generator_loss = kl_loss = loss_g = None  # noqa: F841
     loss_d_fake = loss_d_real = discriminator_loss = loss_d = None  # noqa: F841
     for iteration in (1, 2):
-        if iteration == 2:
-            mem.reset_peak()
-            it2 = len(mem.events)
+        it2 = start_iteration(mem, iteration, it2)
         for micro in range(simulated_micro_steps(accum)):
-            mem.step = f"it{iteration}"
-            mem.phase = "data"
-            mem.network_hint = "data"
-            batch = O.randn(shape)
-            images = batch
-            del batch
+            # the new batch is made while the previous one is still referenced
+            images = next_batch(mem, iteration, shape)
             mem.step = f"it{iteration}.generator"
             if micro == 0:
                 optimizer_g.zero_grad()

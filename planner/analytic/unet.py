@@ -24,7 +24,7 @@ from planner.analytic.engine import Sim, T
 from planner.analytic.models import Upsample
 from planner.analytic.nn import GroupNorm, Identity, Linear, Mod, MonaiConvolution
 from planner.analytic.optim import GradScaler, Optimizer
-from planner.analytic.step import SimResult, _Ctx, _finish, _float, simulated_micro_steps
+from planner.analytic.step import SimResult, _Ctx, _finish, _float, next_batch, simulated_micro_steps, start_iteration
 from planner.spec import TrainingSetup
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -445,16 +445,10 @@ def simulate_stage2(setup: TrainingSetup) -> SimResult:
     it2 = 0
     images = noise = timesteps = noise_pred = loss = None  # noqa: F841
     for iteration in (1, 2):
-        if iteration == 2:
-            mem.reset_peak()
-            it2 = len(mem.events)
+        it2 = start_iteration(mem, iteration, it2)
         for micro in range(simulated_micro_steps(accum)):
-            mem.step = f"it{iteration}"
-            mem.phase = "data"
-            mem.network_hint = "data"
-            batch = O.randn(shape)
-            images = batch
-            del batch
+            # the new batch is made while the previous one is still referenced
+            images = next_batch(mem, iteration, shape)
             if micro == 0:
                 optimizer.zero_grad()
             mem.phase = "forward"

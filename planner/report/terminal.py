@@ -75,21 +75,14 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
         console.print(f"peak at: {report.peak_at}")
 
     total = max(1, report.breakdown.total)
-    cat = Table(title="At the peak, by category", title_justify="left")
-    cat.add_column("category")
-    cat.add_column("GiB", justify="right")
-    cat.add_column("share", justify="right")
-    for k, v in report.breakdown.by_category.items():
-        cat.add_row(k, fmt_gib(v), f"{100 * v / total:.1f}%")
-    console.print(cat)
-
-    net = Table(title="At the peak, by network", title_justify="left")
-    net.add_column("network")
-    net.add_column("GiB", justify="right")
-    net.add_column("share", justify="right")
-    for k, v in report.breakdown.by_network.items():
-        net.add_row(k, fmt_gib(v), f"{100 * v / total:.1f}%")
-    console.print(net)
+    for label, items in (("category", report.breakdown.by_category), ("network", report.breakdown.by_network)):
+        t = Table(title=f"At the peak, by {label}", title_justify="left")
+        t.add_column(label)
+        t.add_column("GiB", justify="right")
+        t.add_column("share", justify="right")
+        for k, v in items.items():
+            t.add_row(k, fmt_gib(v), f"{100 * v / total:.1f}%")
+        console.print(t)
 
     if report.breakdown.top_modules:
         mods = Table(title="Modules holding the most activation bytes at the peak", title_justify="left")
