@@ -1,87 +1,68 @@
 """All benchmarks, and the regression check CI holds the project to.
 
-    python benchmarks/run.py [--check] [--update-baseline] [--json out.json] [--skip-accuracy]
+    python benchmarks/run.py [--check] [--update-baseline] [--json out.json] [--skip-accuracy] [--runs N]
 
 Accuracy suite: estimate vs the fake-backend profiler over benchmarks/grid.py, and
 estimate (with the profile's terms) vs every raw point of each real-GPU profile in
-profiles/. Speed suite: `vramplan estimate --voxel 256x256x64 --gpu 24GB` wall time
-(fresh process), estimates per second in-process, and the in-process wall time of
-`profile --voxel 256x256x64` (stage-1 defaults, fake backend).
+profiles/. Accuracy gates are exact figures: the median and worst error.
 
-The in-process speed figures are also expressed as a ratio to a fixed reference
-computation timed in the same run, so a slower or busier machine does not flap.
+Speed suite: every figure is a ratio to a reference workload timed in the same run,
+interleaved with the measured work (benchmarks/speed.py), median of --runs (>= 5)
+each. Absolute seconds are printed for the reader and never gated: on a shared
+2-core machine the same command takes 0.40-0.70 s from one run to the next.
+  * cli_estimate: `vramplan estimate --voxel 256x256x64 --gpu 24GB`, fresh process,
+    over `python -c "sum(i*i for i in range(3_000_000))"`, fresh process (issue 9:
+    the main job answers no slower than that: ratio <= 1.0);
+  * cli_help, cli_estimate_help: `vramplan --help`, `vramplan estimate --help`;
+  * cli_recommend: `vramplan recommend` on seed 004's default at 256x256x64, 24GB;
+  * estimate_inproc: one estimate (256x256x64, stage 1 defaults) in this process,
+    over the same loop in this process;
+  * profile_inproc: `profile --voxel 256x256x64` (fake backend) in this process.
 
---check fails (exit 1) when, against benchmarks/baseline.json:
-  * the median or worst absolute accuracy error grows by more than 0.5 percentage points;
-  * an in-process speed ratio grows by more than 30 %;
-  * an absolute target is missed (CLI estimate <= 0.5 s, profile at 256x256x64 < 20 s,
-    median error <= 2 %, worst <= 5 %).
+--check fails (exit 1) when:
+  * the median or worst absolute accuracy error exceeds its target (2 % / 5 %) or
+    grows by more than 0.5 percentage points over benchmarks/baseline.json;
+  * a speed ratio exceeds its bound: a fixed target where the issue sets one
+    (cli_estimate <= 1.0), else the baseline ratio x SPEED_SLACK.
+SPEED_SLACK comes from the spread measured on the build machine (README, "Speed").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import accuracy  # noqa: E402
-import bench_estimate  # noqa: E402
+import speed  # noqa: E402
 
 BASELINE = HERE / "baseline.json"
 ACCURACY_SLACK_PP = 0.5
-SPEED_SLACK = 1.30
-TARGETS = {"cli_estimate_s": 0.5, "profile_256_s": 20.0,
-           "median_abs_error_pct": accuracy.TARGET_MEDIAN_PCT, "worst_abs_error_pct": accuracy.TARGET_WORST_PCT}
+# Ratios to the baseline may grow by this factor before --check fails. Set from the
+# spread measured in 10 runs of the whole check (5 in a row, 5 beside a CPU-bound
+# process): the largest ratio seen over its own median, with room to spare (README).
+SPEED_SLACK = 1.6
+ACCURACY_TARGETS = {"median_abs_error_pct": accuracy.TARGET_MEDIAN_PCT, "worst_abs_error_pct": accuracy.TARGET_WORST_PCT}
+# Fixed ratio targets (the issue's); other ratios are held to the baseline.
+RATIO_TARGETS = {"cli_estimate": 1.0}
+RECOMMEND_ARGS = ["recommend", "--voxel", "256x256x64", "--batch", "4", "--no-amp", "--gpu", "24GB", "--json"]
 
 
-def reference_seconds(repeats: int = 5) -> float:
-    """A fixed pure-Python workload (dict and list churn like the simulator's), median time."""
-
-    def work() -> int:
-        d: dict[int, tuple[int, int]] = {}
-        acc = 0
-        for i in range(300_000):
-            d[i] = (i, i * 3)
-            if i % 3 == 0:
-                acc += d.pop(i - 3, (0, 0))[1]
-        return acc + len(sorted(d, reverse=True))
-
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def seconds_per_estimate() -> float:
+def speed_suite(runs: int) -> list[speed.Ratio]:
     from planner.analytic.estimate import estimate
-    from planner.config import Overrides, resolve_setup
-
-    setup = resolve_setup(None, Overrides(voxel="256x256x64"))
-    estimate(setup)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        estimate(setup)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def profile_seconds() -> float:
     from planner.config import Overrides, resolve_setup
     from planner.measure.profile import profile
 
     setup = resolve_setup(None, Overrides(voxel="256x256x64"))
-    t0 = time.perf_counter()
-    profile(setup, "fake")
-    return time.perf_counter() - t0
+    out = [speed.interleaved(n, speed.vramplan_cmd(*speed.CLI_CHECKS[n][0]), runs) for n in speed.CLI_CHECKS]
+    out.append(speed.interleaved("cli_recommend", speed.vramplan_cmd(*RECOMMEND_ARGS), runs))
+    out.append(speed.interleaved_inprocess("estimate_inproc", lambda: estimate(setup), speed.reference_work, runs))
+    out.append(speed.interleaved_inprocess("profile_inproc", lambda: profile(setup, "fake"), speed.reference_work, runs))
+    return out
 
 
 def hardware_accuracy() -> list[dict]:
@@ -109,7 +90,10 @@ def main() -> int:
     ap.add_argument("--update-baseline", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--skip-accuracy", action="store_true", help="speed suite only (no regression check on accuracy)")
+    ap.add_argument("--runs", type=int, default=7, help="interleaved runs per speed figure (>= 5)")
     a = ap.parse_args()
+    if a.runs < 5:
+        ap.error("--runs: at least 5 (medians of fewer runs follow the machine's noise)")
 
     figures: dict = {}
     if not a.skip_accuracy:
@@ -125,53 +109,45 @@ def main() -> int:
         else:
             print("real-GPU profiles: none in profiles/ (no GPU was available to calibrate one)")
         figures["hardware_accuracy"] = hw
-    ref = reference_seconds()
-    spe = seconds_per_estimate()
-    prof_s = profile_seconds()
-    cli = bench_estimate.cli_wall()
-    speed = {
-        "reference_s": round(ref, 4),
-        "estimate_s": round(spe, 4),
-        "estimates_per_s": round(1 / spe, 2),
-        "estimate_ratio": round(spe / ref, 4),
-        "profile_256_s": round(prof_s, 3),
-        "profile_ratio": round(prof_s / ref, 3),
-        "cli_estimate_s": round(cli, 4),
-    }
-    figures["speed"] = speed
-    print(f"speed: reference {ref:.3f} s; estimate(256x256x64) {spe * 1000:.1f} ms ({1 / spe:.1f}/s, ratio {spe / ref:.3f}); "
-          f"profile 256x256x64 {prof_s:.2f} s (ratio {prof_s / ref:.2f}); CLI estimate {cli:.3f} s")
+    ratios = speed_suite(a.runs)
+    figures["speed"] = {r.name: r.to_json() for r in ratios}
+    print(f"speed (ratios to {speed.REFERENCE_LABEL} or the same loop in-process; absolute seconds are not gated):")
+    for r in ratios:
+        print(f"  {r.line()}")
 
     failures: list[str] = []
     base = json.loads(BASELINE.read_text()) if BASELINE.is_file() else None
     if "accuracy" in figures:
         s = figures["accuracy"]
         for k in ("median_abs_error_pct", "worst_abs_error_pct"):
-            if s[k] > TARGETS[k]:
-                failures.append(f"{k} {s[k]:.3f}% misses the target {TARGETS[k]}%")
+            if s[k] > ACCURACY_TARGETS[k]:
+                failures.append(f"{k} {s[k]:.3f}% misses the target {ACCURACY_TARGETS[k]}%")
             if base and s[k] > base["accuracy"][k] + ACCURACY_SLACK_PP:
                 failures.append(f"{k} {s[k]:.3f}% > baseline {base['accuracy'][k]:.3f}% + {ACCURACY_SLACK_PP} pp")
-    for k in ("cli_estimate_s", "profile_256_s"):
-        if speed[k] > TARGETS[k]:
-            failures.append(f"{k} {speed[k]:.3f} s misses the target {TARGETS[k]} s")
-    if base:
-        for k in ("estimate_ratio", "profile_ratio"):
-            if speed[k] > base["speed"][k] * SPEED_SLACK:
-                failures.append(f"{k} {speed[k]:.3f} > baseline {base['speed'][k]:.3f} x {SPEED_SLACK}")
-    summary = {"benchmark": "all", "accuracy": figures.get("accuracy"), "speed": speed, "failures": failures}
+    base_ratios = (base or {}).get("speed_ratios", {})
+    for r in ratios:
+        if r.name in RATIO_TARGETS:
+            bound, why = RATIO_TARGETS[r.name], "target"
+        elif r.name in base_ratios:
+            bound, why = base_ratios[r.name] * SPEED_SLACK, f"baseline {base_ratios[r.name]:.3f} x {SPEED_SLACK}"
+        else:
+            continue
+        if r.ratio > bound:
+            failures.append(f"{r.name} ratio {r.ratio:.3f} > {bound:.3f} ({why})")
+    summary = {"benchmark": "all", "accuracy": figures.get("accuracy"),
+               "speed_ratios": {r.name: round(r.ratio, 4) for r in ratios}, "failures": failures}
     print(json.dumps(summary))
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=2))
     if a.update_baseline:
         new = {"accuracy": {k: figures["accuracy"][k] for k in ("median_abs_error_pct", "worst_abs_error_pct")}
                if "accuracy" in figures else (base or {}).get("accuracy"),
-               "speed": {k: speed[k] for k in ("estimate_ratio", "profile_ratio")},
-               "measured": {"speed": speed, "accuracy": figures.get("accuracy")}}
+               "speed_ratios": {r.name: round(r.ratio, 4) for r in ratios},
+               "measured": {"speed": figures["speed"], "accuracy": figures.get("accuracy")}}
         BASELINE.write_text(json.dumps(new, indent=2) + "\n")
         print(f"wrote {BASELINE}")
-    if failures:
-        for f in failures:
-            print(f"REGRESSION: {f}")
+    for f in failures:
+        print(f"REGRESSION: {f}")
     return 1 if (failures and a.check) else 0
 
 

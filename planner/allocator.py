@@ -106,7 +106,8 @@ class CachingAllocatorModel:
             self._next_addr += seg
             self.reserved += seg
             self.segments += 1
-            self.peak_reserved = max(self.peak_reserved, self.reserved)
+            if self.reserved > self.peak_reserved:
+                self.peak_reserved = self.reserved
         remaining = block.size - size
         if (small and remaining >= K_MIN_BLOCK) or (not small and remaining > K_SMALL_SIZE):
             rest = _Block(block.addr + size, remaining, small)
@@ -119,7 +120,8 @@ class CachingAllocatorModel:
         block.free = False
         self._live[key] = block
         self.allocated += block.size
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
 
     def free(self, key: int) -> None:
         block = self._live.pop(key, None)
@@ -155,11 +157,14 @@ def replay(events: Iterable[tuple[int, int]], reset_peak_at: int = 0) -> Allocat
     allocated peak is affected.
     """
     model = CachingAllocatorModel()
-    for i, (key, delta) in enumerate(events):
-        if i == reset_peak_at:
+    events = events if isinstance(events, list) else list(events)
+    malloc, free = model.malloc, model.free
+    for part, tail in ((events[:reset_peak_at], False), (events[reset_peak_at:], True)):
+        if tail and part:  # as the event-by-event loop: reset only when that event exists
             model.peak_allocated = model.allocated
-        if delta > 0:
-            model.malloc(key, delta)
-        elif delta < 0:
-            model.free(key)
+        for key, delta in part:
+            if delta > 0:
+                malloc(key, delta)
+            elif delta < 0:
+                free(key)
     return model.stats()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from rich.console import Console
-from rich.table import Table
-
+from planner.report.text import TextTable
 from planner.result import GIB, MemoryReport
 from planner.spec import TrainingSetup
+
+if TYPE_CHECKING:
+    from rich.console import Console
+else:
+    Console = Any
+
+
+def Table(title: str = "", title_justify: str = "left") -> TextTable:  # noqa: N802 - rich's name
+    """The report tables are plain text (planner/report/text.py): no rich on the estimate path."""
+    return TextTable(title)
 
 
 def fmt_gib(nbytes: int | float) -> str:
@@ -96,6 +104,8 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
 
 
 def render_gpus(rows: Iterable[dict], console: Console) -> None:
+    from rich.table import Table
+
     t = Table(title="GPU catalog (memory: a card sold as N GB has N GiB)", title_justify="left")
     for col in ("key", "name", "GiB", "bf16", "fp16 TFLOP/s", "fp32 TFLOP/s", "GB/s", "cc"):
         t.add_column(col, justify="right" if col not in ("key", "name") else "left")
