@@ -17,6 +17,7 @@ from math import prod
 from typing import Callable, Sequence
 
 from planner.analytic.engine import ITEMSIZE, Sim, T, detached
+from planner.errors import PlannerError
 
 RULES: dict[str, Callable] = {}
 
@@ -635,18 +636,167 @@ def softmax_fp32(x: T) -> T:
     return out
 
 
+# CUDA's SDPA backend choice, torch-free: the same port as
+# planner.measure.cuda_emulation.sdpa_backend (aten/src/ATen/native/transformers/
+# cuda/sdp_utils.cpp can_use_flash_attention / can_use_mem_efficient_attention /
+# select_sdp_backend and sdp_utils_cpp.h's shared checks), on shapes, dtype names,
+# last-dimension strides and storage offsets, with the same messages;
+# tests/test_sdpa_eligibility.py checks the two agree case by case. Assumed: an sm80 GPU,
+# torch's default runtime switches and priority order (flash, efficient, math).
+
+SDPA_COMPUTE_CAPABILITY = (8, 0)
+_SDPA_DTYPE_NAMES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64"}
+
+
+def _sdpa_shapes_4d(qs: tuple, ks: tuple, vs: tuple) -> str | None:
+    if not (len(qs) == len(ks) == len(vs) == 4):  # check_tensor_shapes
+        return f"q/k/v must be 4-D, got {len(qs)}-D/{len(ks)}-D/{len(vs)}-D"
+    return None
+
+
+def _sdpa_batch_heads(qs: tuple, ks: tuple, vs: tuple, enable_gqa: bool) -> str | None:
+    # check_batch_size_and_num_heads_dense<supports_gqa=true>, check_grouped_query_attention
+    if not (qs[0] == ks[0] == vs[0]):
+        return f"q/k/v batch sizes differ ({qs[0]}/{ks[0]}/{vs[0]})"
+    qh, kh, vh = qs[-3], ks[-3], vs[-3]
+    if enable_gqa:
+        if kh != vh:
+            return f"key and value have different numbers of heads ({kh}/{vh})"
+        if kh == 0 or qh % kh != 0:
+            return f"key/value heads ({kh}) do not divide query heads ({qh})"
+        return None
+    if not (qh == kh == vh):
+        return f"q/k/v numbers of heads differ ({qh}/{kh}/{vh})"
+    return None
+
+
+def _sdpa_nonzero_lengths(qs: tuple, ks: tuple) -> str | None:
+    if qs[-2] == 0 or ks[-2] == 0:  # check_nonzero_sequence_lengths_dense
+        return f"zero sequence length (query {qs[-2]}, key {ks[-2]})"
+    return None
+
+
+def _sdpa_last_dim_strides(qs: tuple, strides: tuple, mask_stride: int | None, ignore_singleton: bool) -> str | None:
+    # check_last_dim_stride_equals_1_dense<ignore_singleton_dim>; the mask counts on a GPU
+    if not (ignore_singleton and qs[-1] == 1):
+        for name, st in zip(("q", "k", "v"), strides):
+            if st != 1:
+                return f"last dimension of {name} not contiguous: stride {st}"
+    if mask_stride is not None and mask_stride != 1:
+        return f"last dimension of attn_mask not contiguous: stride {mask_stride}"
+    return None
+
+
+def _sdpa_dtype(dtypes: tuple, allowed: tuple) -> str | None:
+    if dtypes[0] == dtypes[1] == dtypes[2] and dtypes[0] in allowed:  # check_tensor_dtype
+        return None
+    names = "/".join(_SDPA_DTYPE_NAMES.get(d, d) for d in allowed)
+    got = "/".join(_SDPA_DTYPE_NAMES.get(d, d) for d in dtypes)
+    return f"dtype {got} (needs {names})"
+
+
+def sdpa_choice(
+    qs: tuple, ks: tuple, vs: tuple, dtypes: tuple, *,
+    requires_grad: bool = False, mask_stride: int | None = None, dropout_p: float = 0.0,
+    is_causal: bool = False, enable_gqa: bool = False, strides: tuple = (1, 1, 1),
+    offsets: tuple = (0, 0, 0), cc: tuple = SDPA_COMPUTE_CAPABILITY,
+    flash_enabled: bool = True, efficient_enabled: bool = True, math_enabled: bool = True,
+) -> tuple[str, tuple[str, ...]]:
+    """(backend, reasons a fused kernel was rejected) for q/k/v of shapes ``qs``/``ks``/``vs``
+    and dtypes ``dtypes`` ('f16', ...); ``mask_stride``: the attn_mask's last stride, None
+    without a mask; ``requires_grad``: input_requires_grad (an input needs grad, grad mode on)."""
+    cc = tuple(cc)
+    reasons: list[str] = []
+    d_q, d_k, d_v = qs[-1], ks[-1], vs[-1]
+    # can_use_flash_attention
+    r = None
+    if not flash_enabled:
+        r = "disabled (torch.backends.cuda.enable_flash_sdp(False) or sdpa_kernel)"
+    r = r or _sdpa_shapes_4d(qs, ks, vs)
+    if r is None and mask_stride is not None:
+        r = "an attn_mask is given"
+    if r is None and not (d_q == d_k == d_v and d_q <= 256):
+        r = f"head dims {d_q}/{d_k}/{d_v} (needs equal and <= 256)"
+    if r is None and not ((8, 0) <= cc <= (12, 1)):
+        r = f"needs sm80..sm121, GPU is sm{cc[0]}{cc[1]}"
+    if r is None and requires_grad and ((8, 6) <= cc <= (8, 9) or (12, 0) <= cc <= (12, 1)):
+        if not (d_q <= 192 or (dropout_p <= 0.0 and d_q > 224)):
+            r = f"training with head dim {d_q} on sm{cc[0]}{cc[1]} (needs <= 192, or > 224 without dropout)"
+    if r is None and is_causal and qs[-2] != ks[-2]:
+        r = f"is_causal with query length {qs[-2]} != key length {ks[-2]}"
+    r = r or _sdpa_dtype(dtypes, ("f16", "bf16") if cc[0] >= 8 else ("f16",))
+    r = (
+        r or _sdpa_batch_heads(qs, ks, vs, enable_gqa) or _sdpa_nonzero_lengths(qs, ks)
+        or _sdpa_last_dim_strides(qs, strides, mask_stride, True)
+    )
+    if r is None:
+        return "flash", ()
+    reasons.append(f"flash: {r}")
+    # can_use_mem_efficient_attention
+    r = None
+    if not efficient_enabled:
+        r = "disabled (torch.backends.cuda.enable_mem_efficient_sdp(False) or sdpa_kernel)"
+    if r is None and not ((5, 0) <= cc <= (12, 1)):
+        r = f"needs sm50..sm121, GPU is sm{cc[0]}{cc[1]}"
+    r = r or _sdpa_shapes_4d(qs, ks, vs)
+    if r is None:
+        # minimum_gemm_alignment: sm80+ -> 8 for half/bfloat16, 4 for float
+        half = dtypes[0] in ("f16", "bf16")
+        align = 4 if cc[0] >= 8 else 1
+        if cc[0] >= 8 or (cc[0] >= 7 and half):
+            align = max(align, 128 // (16 if half else 32))
+        if not (d_q == d_k and d_q % align == 0 and d_q > 0 and d_v % align == 0 and d_v > 0):
+            r = f"head dims {d_q}/{d_k}/{d_v} (needs q == k and multiples of {align})"
+        elif cc[0] >= 8:  # check_data_ptr_alignment_mem_efficient
+            for name, shape, off in zip(("q", "k", "v"), (qs, ks, vs), offsets):
+                if prod(shape) != 0 and off % align != 0:
+                    r = f"{name} storage offset {off} not a multiple of {align} elements"
+                    break
+    r = (
+        r or _sdpa_nonzero_lengths(qs, ks) or _sdpa_last_dim_strides(qs, strides, mask_stride, False)
+        or _sdpa_batch_heads(qs, ks, vs, enable_gqa)
+        or _sdpa_dtype(dtypes, ("f16", "f32", "bf16") if cc[0] >= 8 else ("f16", "f32"))
+    )
+    if r is None:
+        return "efficient", tuple(reasons)
+    reasons.append(f"memory-efficient: {r}")
+    if not math_enabled:
+        raise RuntimeError("No available kernel. Aborting execution. (" + "; ".join(reasons) + ")")
+    return "math", tuple(reasons)
+
+
 def sdpa(q: T, k: T, v: T) -> T:
-    """F.scaled_dot_product_attention as CUDA dispatches it (sm80+):
-    flash for fp16/bf16 with head_dim <= 256, else memory-efficient. Both save q, k, v,
-    the output and a logsumexp (B, H, L) fp32: O(L) memory, no L x L scores."""
+    """F.scaled_dot_product_attention(q, k, v) (no mask, no dropout, not causal) as CUDA
+    dispatches it on sm80: the backend :func:`sdpa_choice` picks. Flash and
+    memory-efficient both save q, k, v, the output and a logsumexp (B, H, L) fp32: O(L)
+    memory, no L x L scores.
+
+    The symbolic tensors carry no strides: q/k/v are taken to have a contiguous last
+    dimension and storage offset 0, which holds for MONAI's SABlock (separate q/k/v
+    linears, ``Rearrange('b h (l d) -> b l h d')`` keeps d innermost). Not modelled (a
+    PlannerError, so the estimate never silently differs from ``vramplan profile``):
+    the math kernel (the fused kernels rejected, e.g. fp32 with a head dim not a
+    multiple of 4) and flash with a head dim that attention.cpp pads to a multiple of 8
+    (pad_last_dim<8>: padded copies of q/k/v, a sliced output)."""
     q, k, v = ac_lower(q, k, v)
     bsz, heads, L, d = q.shape
-    flash = q.dtype in ("f16", "bf16") and d <= 256
+    requires_grad = S.grad_enabled and any(x.requires_grad for x in (q, k, v))
+    backend, reasons = sdpa_choice(q.shape, k.shape, v.shape, (q.dtype, k.dtype, v.dtype), requires_grad=requires_grad)
+    if backend == "math" or (backend == "flash" and d % 8 != 0):
+        why = "; ".join(reasons) if backend == "math" else f"flash pads head dim {d} to a multiple of 8"
+        raise PlannerError(
+            f"estimate: attention with q/k/v {list(q.shape)} {q.dtype} runs "
+            f"{'the math kernel' if backend == 'math' else 'a padded flash kernel'} on CUDA ({why}), "
+            "which the estimate does not model; use `vramplan profile` for this setup"
+        )
+    flash = backend == "flash"
     name = "_scaled_dot_product_flash_attention" if flash else "_scaled_dot_product_efficient_attention"
     out = _new((bsz, heads, L, v.shape[-1]), q.dtype, name)
     # the memory-efficient kernel pads its logsumexp to a multiple of 32 queries
-    # (meta__scaled_dot_product_efficient_attention: ceil(M / 32) * 32)
-    lse = _new((bsz, heads, L if flash else -(-L // 32) * 32), "f32", name)
+    # (meta__scaled_dot_product_efficient_attention: ceil(M / 32) * 32), and computes it
+    # only when an input needs grad (attention.cpp should_compute_logsumexp)
+    lse_len = L if flash else (-(-L // 32) * 32 if requires_grad else 0)
+    lse = _new((bsz, heads, lse_len), "f32", name)
     extra = [_new((2,), "u64", name), _new((), "u64", name)] if flash else [_new((), "i64", name), _new((), "i64", name)]
     if flash:
         extra.append(_new((0,), q.dtype, name))  # debug attn mask (empty)

@@ -33,8 +33,11 @@ CUDA differs:
    max_pool2d always produces indices off the CPU; linear adds its bias in place (the
    branch a plain tensor takes; FakeTensor would take the out-of-place one for
    tensor subclasses); scaled_dot_product_attention
-   picks the backend CUDA would (``sdp_utils.cpp``): flash for fp16/bf16 with
-   head_dim <= 256 and no mask, else memory-efficient, else math.
+   picks the backend CUDA's ``select_sdp_backend`` would (a port of every dense check in
+   ``cuda/sdp_utils.cpp`` and ``sdp_utils_cpp.h``, sm80 assumed: dtype, 4-D inputs,
+   head dims and alignment, masks, contiguous last dimensions, batch/heads, empty
+   sequences, runtime switches) and runs what ``attention.cpp`` then runs; when a fused
+   kernel is rejected and the O(n^2) math kernel runs, a note says where and why.
 
 Torch is imported here: this is the measuring side only.
 """
@@ -42,8 +45,10 @@ Torch is imported here: this is the measuring side only.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -278,36 +283,379 @@ def _max_pool2d_cuda(self, kernel_size, stride=(), padding=0, dilation=1, ceil_m
     return aten.max_pool2d_with_indices(self, kernel_size, stride, padding, dilation, ceil_mode)[0]
 
 
-def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any) -> str:
-    """The backend CUDA's ``select_sdp_backend`` picks on an sm80+ GPU (sdp_utils.cpp).
+# --- scaled_dot_product_attention: select_sdp_backend for CUDA ---------------------------
+#
+# A port of the backend choice CUDA makes for F.scaled_dot_product_attention, for the
+# torch this project pins (2.13). Sources:
+# * aten/src/ATen/native/transformers/cuda/sdp_utils.cpp: select_sdp_backend,
+#   can_use_flash_attention, can_use_mem_efficient_attention, check_head_dim_size_flash,
+#   check_head_dim_size_mem_efficient, minimum_gemm_alignment,
+#   check_data_ptr_alignment_mem_efficient, check_flash_attention_hardware_support,
+#   check_mem_efficient_hardware_support,
+#   check_requires_grad_and_head_dim_gt192_constraints_on_sm86_89_or_120,
+#   check_flash_causal_non_square_seqlens, check_dtypes_flash_attention /
+#   check_dtypes_low_precision;
+# * aten/src/ATen/native/transformers/sdp_utils_cpp.h (this wheel ships it under
+#   torch/include): check_tensor_shapes, check_for_attn_mask, check_tensor_dtype,
+#   check_batch_size_and_num_heads_dense<supports_gqa, requires_same_num_heads=true>,
+#   check_grouped_query_attention, check_nonzero_sequence_lengths_dense,
+#   check_last_dim_stride_equals_1_dense<ignore_singleton_dim>,
+#   check_runtime_disabled_flash / _mem_efficient, input_requires_grad;
+# * aten/src/ATen/Context.h: the default priority order flash, efficient, math, cudnn;
+# * aten/src/ATen/native/transformers/attention.cpp: scaled_dot_product_attention
+#   (convert_boolean_attn_mask, pad_last_dim<8>, post_process_flash_output,
+#   preprocess_mask, should_compute_logsumexp, validate_sdpa_input).
+#
+# Assumed GPU: compute capability 8.0 (A100 class). The rules that depend on it are
+# ported with the capability as a parameter (sm86/89 and sm120/121 reject flash for
+# training with head_dim in (192, 224], or (224, 256] with dropout). Not emulated:
+# nested tensors (dense only), CUDA-less builds (USE_FLASH_ATTENTION is assumed), the
+# cuDNN backend (after math in the default order, so reached only when math is
+# disabled or the priority order is changed; on sm90/sm10x with cuDNN > 9.15 newer
+# torch puts it first: check_prefer_cudnn_attention), FlashAttention-3 dtypes
+# (torch.backends.cuda FA3 switch, off by default), ROCm.
 
-    flash: fp16/bf16, equal head dims <= 256, no attention mask.
-    efficient (memory-efficient, xformers-style): fp16/bf16/fp32, head dim <= 512... we
-    only need: any floating dtype, equal q/k head dims.
-    math: otherwise (explicit O(n^2) scores).
-    """
-    hd = q.shape[-1]
-    same = k.shape[-1] == hd
-    if q.dtype in (torch.float16, torch.bfloat16) and same and hd <= 256 and attn_mask is None:
-        return "flash"
-    if q.dtype in (torch.float16, torch.bfloat16, torch.float32) and same:
-        return "efficient"
-    return "math"
+ASSUMED_COMPUTE_CAPABILITY = (8, 0)
+
+# SDPBackend enum values (aten/src/ATen/SDPBackend.h)
+_SDP_MATH, _SDP_FLASH, _SDP_EFFICIENT, _SDP_CUDNN, _SDP_OVERRIDEABLE = 0, 1, 2, 3, 4
+
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}
+
+
+@dataclass(frozen=True, eq=False)
+class SdpaChoice:
+    """The backend CUDA's select_sdp_backend picks, and why the fused kernels it skipped
+    were rejected (one reason per kernel: its first failing check, as in sdp_utils.cpp).
+
+    Compares equal to the backend name (``choice == "flash"``)."""
+
+    backend: str
+    """'flash', 'efficient' or 'math'."""
+    reasons: tuple[str, ...] = ()
+    """'flash: ...' / 'memory-efficient: ...' for each fused kernel tried and rejected."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.backend == other
+        if isinstance(other, SdpaChoice):
+            return (self.backend, self.reasons) == (other.backend, other.reasons)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.backend, self.reasons))
+
+    def __str__(self) -> str:
+        return self.backend
+
+    @property
+    def why(self) -> str:
+        """The reasons in one phrase; a reason both kernels share is said once."""
+        msgs: dict[str, list[str]] = {}
+        for r in self.reasons:
+            kernel, _, msg = r.partition(": ")
+            msgs.setdefault(msg, []).append(kernel)
+        parts = []
+        for msg, kernels in msgs.items():
+            parts.append(msg if len(kernels) > 1 else f"{kernels[0]}: {msg}")
+        return "; ".join(parts)
+
+
+def _sm_in(cc: tuple[int, int], lo: tuple[int, int], hi: tuple[int, int]) -> bool:
+    # sdp_utils.cpp check_sm_version<lower_bound, upper_bound> (inclusive)
+    return lo <= tuple(cc) <= hi
+
+
+def _input_requires_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    # sdp_utils_cpp.h input_requires_grad
+    return (q.requires_grad or k.requires_grad or v.requires_grad) and torch.is_grad_enabled()
+
+
+def _minimum_gemm_alignment(q: torch.Tensor, cc: tuple[int, int]) -> int:
+    # sdp_utils.cpp minimum_gemm_alignment / use_tensor_cores
+    is_half = q.dtype in (torch.float16, torch.bfloat16)
+    use_tc = cc[0] >= 8 or (cc[0] >= 7 and is_half)
+    align = 4 if cc[0] >= 8 else 1
+    if use_tc:
+        align = max(align, 128 // (16 if is_half else 32))
+    return align
+
+
+def _check_tensor_shapes(q, k, v) -> str | None:
+    if not (q.dim() == k.dim() == v.dim() == 4):
+        return f"q/k/v must be 4-D, got {q.dim()}-D/{k.dim()}-D/{v.dim()}-D"
+    return None
+
+
+def _check_batch_size_and_num_heads_dense(q, k, v, enable_gqa: bool, supports_gqa: bool = True) -> str | None:
+    # sdp_utils_cpp.h check_batch_size_and_num_heads_dense<supports_gqa> (requires_same_num_heads
+    # defaults to true) and check_grouped_query_attention
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        return f"q/k/v batch sizes differ ({q.shape[0]}/{k.shape[0]}/{v.shape[0]})"
+    qh, kh, vh = q.shape[-3], k.shape[-3], v.shape[-3]
+    if enable_gqa and supports_gqa:
+        if kh != vh:
+            return f"key and value have different numbers of heads ({kh}/{vh})"
+        if kh == 0 or qh % kh != 0:
+            return f"key/value heads ({kh}) do not divide query heads ({qh})"
+        return None
+    if not (qh == kh == vh):
+        return f"q/k/v numbers of heads differ ({qh}/{kh}/{vh})"
+    return None
+
+
+def _check_nonzero_sequence_lengths_dense(q, k) -> str | None:
+    if q.shape[-2] == 0 or k.shape[-2] == 0:
+        return f"zero sequence length (query {q.shape[-2]}, key {k.shape[-2]})"
+    return None
+
+
+def _check_last_dim_stride_equals_1_dense(q, k, v, attn_mask, ignore_singleton_dim: bool) -> str | None:
+    if not (ignore_singleton_dim and q.shape[-1] == 1):  # a head dim of 1: its stride does not matter
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.stride(-1) != 1:
+                return f"last dimension of {name} not contiguous: stride {t.stride(-1)}"
+    # every tensor here stands for a CUDA tensor: the mask's last dimension must have stride 1 too
+    if attn_mask is not None and attn_mask.stride(-1) != 1:
+        return f"last dimension of attn_mask not contiguous: stride {attn_mask.stride(-1)}"
+    return None
+
+
+def _check_dtype(q, k, v, allowed: tuple[torch.dtype, ...]) -> str | None:
+    # sdp_utils_cpp.h check_tensor_dtype
+    if q.dtype == k.dtype == v.dtype and q.dtype in allowed:
+        return None
+    names = "/".join(_DTYPE_NAMES.get(d, str(d)) for d in allowed)
+    got = "/".join(_DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (q, k, v))
+    return f"dtype {got} (needs {names})"
+
+
+def _flash_rejection(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa, cc) -> str | None:
+    """sdp_utils.cpp can_use_flash_attention: the first failing check, or None."""
+    if not torch.backends.cuda.flash_sdp_enabled():  # check_runtime_disabled_flash
+        return "disabled (torch.backends.cuda.enable_flash_sdp(False) or sdpa_kernel)"
+    # check_all_tensors_on_device: every tensor here stands for a CUDA tensor
+    r = _check_tensor_shapes(q, k, v)
+    if r:
+        return r
+    if attn_mask is not None:  # check_for_attn_mask
+        return "an attn_mask is given"
+    d_q, d_k, d_v = q.shape[-1], k.shape[-1], v.shape[-1]
+    if not (d_q == d_k == d_v and d_q <= 256):  # check_head_dim_size_flash (CUDA: max 256)
+        return f"head dims {d_q}/{d_k}/{d_v} (needs equal and <= 256)"
+    if not _sm_in(cc, (8, 0), (12, 1)):  # check_flash_attention_hardware_support
+        return f"needs sm80..sm121, GPU is sm{cc[0]}{cc[1]}"
+    # check_requires_grad_and_head_dim_gt192_constraints_on_sm86_89_or_120
+    if _input_requires_grad(q, k, v) and (_sm_in(cc, (8, 6), (8, 9)) or _sm_in(cc, (12, 0), (12, 1))):
+        if not (d_q <= 192 or (dropout_p <= 0.0 and d_q > 224)):
+            return f"training with head dim {d_q} on sm{cc[0]}{cc[1]} (needs <= 192, or > 224 without dropout)"
+    if is_causal and q.shape[-2] != k.shape[-2]:  # check_flash_causal_non_square_seqlens
+        return f"is_causal with query length {q.shape[-2]} != key length {k.shape[-2]}"
+    # check_dtypes_flash_attention -> check_dtypes_low_precision (sm >= 8: half, bfloat16)
+    r = _check_dtype(q, k, v, (torch.float16, torch.bfloat16) if cc[0] >= 8 else (torch.float16,))
+    if r:
+        return r
+    # dense constraints
+    return (
+        _check_batch_size_and_num_heads_dense(q, k, v, enable_gqa)
+        or _check_nonzero_sequence_lengths_dense(q, k)
+        or _check_last_dim_stride_equals_1_dense(q, k, v, attn_mask, ignore_singleton_dim=True)
+    )
+
+
+def _efficient_rejection(q, k, v, attn_mask, enable_gqa, cc) -> str | None:
+    """sdp_utils.cpp can_use_mem_efficient_attention: the first failing check, or None."""
+    if not torch.backends.cuda.mem_efficient_sdp_enabled():  # check_runtime_disabled_mem_efficient
+        return "disabled (torch.backends.cuda.enable_mem_efficient_sdp(False) or sdpa_kernel)"
+    if not _sm_in(cc, (5, 0), (12, 1)):  # check_mem_efficient_hardware_support
+        return f"needs sm50..sm121, GPU is sm{cc[0]}{cc[1]}"
+    r = _check_tensor_shapes(q, k, v)
+    if r:
+        return r
+    # check_head_dim_size_mem_efficient: q/k head dims equal, q and v head dims multiples of
+    # minimum_gemm_alignment (sm80+: 8 for half/bfloat16, 4 for float) and > 0; no maximum
+    align = _minimum_gemm_alignment(q, cc)
+    d_q, d_k, d_v = q.shape[-1], k.shape[-1], v.shape[-1]
+    if not (d_q == d_k and d_q % align == 0 and d_q > 0 and d_v % align == 0 and d_v > 0):
+        return f"head dims {d_q}/{d_k}/{d_v} (needs q == k and multiples of {align})"
+    # check_data_ptr_alignment_mem_efficient (sm80+): storage offsets aligned to the gemm
+    # alignment (the caching allocator's base pointers are 256-byte aligned)
+    if cc[0] >= 8:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.numel() != 0 and t.storage_offset() % align != 0:
+                return f"{name} storage offset {t.storage_offset()} not a multiple of {align} elements"
+    r = (
+        _check_nonzero_sequence_lengths_dense(q, k)
+        or _check_last_dim_stride_equals_1_dense(q, k, v, attn_mask, ignore_singleton_dim=False)
+        or _check_batch_size_and_num_heads_dense(q, k, v, enable_gqa)
+    )
+    if r:
+        return r
+    allowed = (torch.float16, torch.float32, torch.bfloat16) if cc[0] >= 8 else (torch.float16, torch.float32)
+    return _check_dtype(q, k, v, allowed)
+
+
+def sdpa_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    enable_gqa: bool = False,
+    compute_capability: tuple[int, int] = ASSUMED_COMPUTE_CAPABILITY,
+) -> SdpaChoice:
+    """The backend CUDA's ``select_sdp_backend`` (sdp_utils.cpp) picks for these inputs on
+    a GPU of ``compute_capability`` (default sm80), honouring the runtime switches
+    (``torch.backends.cuda.enable_flash_sdp`` ..., ``torch.nn.attention.sdpa_kernel``)
+    and the priority order. Returns the backend and why the fused kernels were rejected."""
+    cc = tuple(compute_capability)
+    if not any(
+        (torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+         torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled())
+    ):
+        raise RuntimeError("No available kernel. Aborting execution. (every SDPA backend is disabled)")
+    reasons: list[str] = []
+    order = list(torch._C._get_sdp_priority_order()) if hasattr(torch._C, "_get_sdp_priority_order") else [1, 2, 0, 3, 4]
+    for backend in order:
+        if backend == _SDP_FLASH:
+            r = _flash_rejection(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa, cc)
+            if r is None:
+                return SdpaChoice("flash", tuple(reasons))
+            reasons.append(f"flash: {r}")
+        elif backend == _SDP_EFFICIENT:
+            r = _efficient_rejection(q, k, v, attn_mask, enable_gqa, cc)
+            if r is None:
+                return SdpaChoice("efficient", tuple(reasons))
+            reasons.append(f"memory-efficient: {r}")
+        elif backend == _SDP_MATH:
+            if torch.backends.cuda.math_sdp_enabled():
+                return SdpaChoice("math", tuple(reasons))
+        # cudnn_attention and overrideable: not emulated (see above)
+    raise RuntimeError(
+        "No available kernel. Aborting execution. (math disabled; fused kernels rejected: "
+        + "; ".join(reasons) + "; cuDNN attention is not emulated)"
+    )
+
+
+def math_scores_bytes(q: torch.Tensor, k: torch.Tensor, enable_gqa: bool = False) -> int:
+    """Bytes of the attention weights ``_scaled_dot_product_attention_math`` materialises:
+    (batch dims broadcast) x L x S elements, in fp32 for fp16/bf16 inputs (attention.cpp
+    upcasts q/k/v unless torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)),
+    else in the input dtype."""
+    batch = torch.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2])) if not enable_gqa else tuple(q.shape[:-2])
+    n = 1
+    for s in (*batch, q.shape[-2], k.shape[-2]):
+        n *= int(s)
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    upcast = low and not torch._C._get_math_sdp_allow_fp16_bf16_reduction()
+    return n * (4 if upcast else q.element_size())
+
+
+# Emulations in force (innermost last): where _sdpa_cuda files its notes.
+_ACTIVE: list["CudaEmulation"] = []
+
+
+def _current_module() -> str:
+    """The module path the live-storage tracker attributes ops to right now, if any."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    from planner.measure.tracker import LiveStorageTracker
+
+    for mode in reversed(_get_current_dispatch_mode_stack()):
+        if isinstance(mode, LiveStorageTracker) and mode.modules is not None:
+            return mode.modules.current()[1]
+    return ""
+
+
+def _note_math_fallback(choice: SdpaChoice, q: torch.Tensor, k: torch.Tensor, enable_gqa: bool) -> None:
+    """A fused kernel was rejected and the math kernel runs: tell the report."""
+    if not choice.reasons:
+        return
+    module = _current_module()
+    gib = math_scores_bytes(q, k, enable_gqa) / 2**30
+    where = f"attention in {module}" if module else "attention (outside any tracked module)"
+    note = f"{where} runs the math kernel ({choice.why}): its scores take {gib:.2f} GiB"
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    from planner.measure.tracker import LiveStorageTracker
+
+    for mode in _get_current_dispatch_mode_stack():
+        if isinstance(mode, LiveStorageTracker):
+            notes = getattr(mode, "notes", None)
+            if notes is not None and note not in notes:
+                notes.append(note)
+    for emu in _ACTIVE:
+        if note not in emu.notes:
+            emu.notes.append(note)
+
+
+def _validate_sdpa_input(q, k, v, attn_mask) -> None:
+    # attention.cpp validate_sdpa_input
+    if not (q.dtype == k.dtype == v.dtype):
+        raise RuntimeError(
+            f"Expected query, key, and value to have the same dtype, but got query.dtype: {q.dtype} "
+            f"key.dtype: {k.dtype} and value.dtype: {v.dtype} instead."
+        )
+    if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
+        raise RuntimeError("Expected query, key, and value to all be  at least 2 dimensional")
+    if attn_mask is not None and attn_mask.dtype not in (torch.bool, torch.float32, q.dtype):
+        raise RuntimeError("Expected attn_mask dtype to be bool or float or to match query dtype")
+
+
+def _convert_boolean_attn_mask(attn_mask, dtype):
+    # attention.cpp convert_boolean_attn_mask: bool -> additive mask in the query dtype. In
+    # this torch (traced on the CPU path, which shares it): two scalar_tensors and one
+    # where(mask, 0, -inf), no logical_not temporary.
+    if attn_mask is None or attn_mask.dtype != torch.bool:
+        return attn_mask
+    zero = torch.scalar_tensor(0.0, dtype=dtype, device=attn_mask.device)
+    neg_inf = torch.scalar_tensor(-float("inf"), dtype=dtype, device=attn_mask.device)
+    return torch.where(attn_mask, zero, neg_inf)
+
+
+def _pad_last_dim(t: torch.Tensor, alignment: int) -> torch.Tensor:
+    # attention.cpp pad_last_dim<alignment, slice=false>
+    rem = t.shape[-1] % alignment
+    return t if rem == 0 else _constant_pad(t, (0, alignment - rem))
+
+
+def _preprocess_mask(mask, q, k):
+    # attention.cpp preprocess_mask: pad_bias<8> unless aligned_tensor<8>, then expand
+    align = 8
+    aligned = all(mask.stride(i) % align == 0 for i in range(mask.dim() - 1)) and mask.stride(-1) == 1
+    if not aligned:
+        size = mask.shape[-1]
+        mask = _constant_pad(mask, (0, align - size % align))[..., :size]
+    return mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+
+
+def _constant_pad(t: torch.Tensor, pads: tuple[int, int]) -> torch.Tensor:
+    # at::pad(constant) -> constant_pad_nd
+    return aten.constant_pad_nd(t, list(pads), 0.0)
 
 
 def _sdpa_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    backend = sdpa_backend(query, key, value, attn_mask)
-    if backend == "flash":
-        return aten._scaled_dot_product_flash_attention(
-            query, key, value, dropout_p, is_causal, False, scale=scale
-        )[0]
-    if backend == "efficient":
-        need_lse = query.requires_grad or key.requires_grad or value.requires_grad
+    """attention.cpp scaled_dot_product_attention, as it runs on CUDA."""
+    _validate_sdpa_input(query, key, value, attn_mask)
+    choice = sdpa_backend(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    mask = _convert_boolean_attn_mask(attn_mask, query.dtype)
+    if choice == "flash":
+        og = query.shape[-1]
+        og_scale = scale if scale is not None else 1.0 / math.sqrt(og)
+        q, k, v = (_pad_last_dim(t, 8) for t in (query, key, value))
+        out = aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False, scale=og_scale)[0]
+        return out[..., :og] if out.shape[-1] != og else out  # post_process_flash_output
+    if choice == "efficient":
+        need_lse = _input_requires_grad(query, key, value)  # should_compute_logsumexp
+        if mask is not None:
+            mask = _preprocess_mask(mask, query, key)
         return aten._scaled_dot_product_efficient_attention(
-            query, key, value, attn_mask, need_lse, dropout_p, is_causal, scale=scale
+            query, key, value, mask, need_lse, dropout_p, is_causal, scale=scale
         )[0]
+    _note_math_fallback(choice, query, key, enable_gqa)
     return aten._scaled_dot_product_attention_math(
-        query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa
+        query, key, value, mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa
     )[0]
 
 
@@ -416,6 +764,8 @@ class CudaEmulation(contextlib.AbstractContextManager):
         self.cache = _CastCache()
         self._lib: torch.library.Library | None = None
         self._orig_clear: Callable | None = None
+        self.notes: list[str] = []
+        """What the emulation decided that the report must say (SDPA math fallbacks)."""
 
     def __enter__(self) -> "CudaEmulation":
         lib = torch.library.Library("aten", "IMPL")
@@ -455,9 +805,12 @@ class CudaEmulation(contextlib.AbstractContextManager):
             torch._C._conv_determine_backend_memory_format = _cudnn_memory_format
             _dec.native_batch_norm_helper = _batch_norm_helper_cuda(self._orig_bn)
         _clear_fake_dispatch_cache()
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         torch.clear_autocast_cache = self._orig_clear
         torch._C._conv_determine_backend_memory_format = self._orig_fmt
         from torch._decomp import decompositions as _dec

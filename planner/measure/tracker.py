@@ -85,6 +85,7 @@ class TrackerResult:
     live_at_peak: list[StorageInfo] = field(default_factory=list)
     timeline: list[TimelinePoint] = field(default_factory=list)
     untracked_host_bytes: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. SDPA math fallbacks (cuda_emulation)
 
 
 class ModuleContext:
@@ -152,6 +153,7 @@ class LiveStorageTracker(TorchDispatchMode):
         self.host_bytes = 0
         self.host_scalars = False  # inside optimizer.step(): 0-dim outputs live on the host
         self.device_type: str | None = None  # on a real GPU: count only storages on this device
+        self.notes: list[str] = []  # what the report must say (cuda_emulation files SDPA math fallbacks here)
 
     # -- registration ------------------------------------------------------------
     def _register(self, st: torch.UntypedStorage, op: str) -> int:
@@ -258,6 +260,7 @@ class LiveStorageTracker(TorchDispatchMode):
             live_at_peak=live,
             timeline=list(self.timeline),
             untracked_host_bytes=self.host_bytes,
+            notes=list(self.notes),
         )
 
 
