@@ -81,6 +81,9 @@ class MemoryReport:
     """Caveats the reader must see (uncalibrated terms, assumptions)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific raw figures (e.g. the tracker's peak on a CUDA run)."""
+    setup: dict[str, Any] = field(default_factory=dict)
+    """What ran (a profile): step, model, input_shape, input_dtype, precision, optimizer,
+    gradient_accumulation_steps, backend. Empty when the report does not say."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +105,7 @@ class MemoryReport:
             "wall_seconds": round(self.wall_seconds, 3),
             "notes": list(self.notes),
             **({"extra": self.extra} if self.extra else {}),
+            **({"setup": dict(self.setup)} if self.setup else {}),
         }
 
 

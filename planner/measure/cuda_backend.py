@@ -78,4 +78,5 @@ def profile_cuda(
         device=dev["name"],
         notes=("measured on a CUDA device; the breakdown comes from the live-storage tracker run alongside",),
         extra={"tracker_peak_allocated_bytes": tr.peak_bytes, "device": dev},
+        setup=dict(record.setup),
     )

@@ -42,7 +42,7 @@ def profile(
         "peak_reserved: modelled by replaying the step's allocations through a model of the CUDA caching "
         "allocator (planner/allocator.py), not measured",
         f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
-    )
+    ) + tuple(tr.notes)  # e.g. attention that runs the math kernel (cuda_emulation)
     return MemoryReport(
         source=f"profile:{backend}",
         peak_allocated_bytes=tr.peak_bytes,
@@ -58,4 +58,5 @@ def profile(
         device=device,
         notes=notes,
         extra={"allocator_model_peak_allocated_bytes": alloc.peak_allocated_bytes, "segments": alloc.segments},
+        setup=dict(record.setup),
     )

@@ -6,7 +6,9 @@ generator half (autoencoder, discriminator on the reconstruction, L1, 2.5D
 perceptual, least-squares adversarial, KL) with its GradScaler and optimizer,
 then the discriminator half. Stage 2 (``ldm-stage2``) is the ``generation/3d_ddpm``
 step: ``DiffusionInferer(DDPMScheduler)`` noise prediction and an MSE loss.
-A user module (``--model pkg.mod:factory``) gets a plain MSE step.
+A user module (``--model pkg.mod:factory`` or ``file.py:factory``) gets a plain MSE step;
+loading it and tracing its code (``.half()``, ``.cuda()``, its errors) is in
+:mod:`planner.measure.user_code`.
 
 Every variable lives in one function scope, as in a training script, so the
 previous iteration's ``reconstruction`` and losses stay alive until reassigned.
@@ -20,9 +22,8 @@ used to check the fake backend), ``cuda`` (see :mod:`planner.measure.cuda_backen
 from __future__ import annotations
 
 import contextlib
-import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -186,6 +187,7 @@ class StepRecord:
     iteration2_start: int  # index into events where iteration 2 begins
     params: dict[str, int]  # network -> parameter count
     info: dict  # uid -> StorageInfo (op, category, phase, step, module): timelines, diffing
+    setup: dict = field(default_factory=dict)  # what ran: step, input shape, precision, optimizer, backend
 
 
 # --- the runner ----------------------------------------------------------------------
@@ -273,17 +275,9 @@ def _attention_types() -> tuple[type, ...]:
 
 
 def _load_factory(spec: str) -> Callable[[], torch.nn.Module]:
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise PlannerError(f"--model: '{spec}' must look like package.module:factory")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise PlannerError(f"--model: cannot import '{mod_name}' ({exc})") from None
-    fn = getattr(mod, attr, None)
-    if fn is None or not callable(fn):
-        raise PlannerError(f"--model: '{mod_name}' has no callable '{attr}'")
-    return fn
+    from planner.measure.user_code import load_factory
+
+    return load_factory(spec)
 
 
 def run_step(
@@ -315,16 +309,29 @@ def run_step(
         if not torch.cuda.is_available():
             raise PlannerError("--backend cuda: no CUDA device is visible to this torch build (use --backend fake)")
         outer, emulation = torch.device("cuda"), contextlib.nullcontext()
-    with outer, emulation:
+    user_autocast = None
+    if custom_model is not None and backend != "cuda":
+        from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device
+
+        user_autocast = CudaAutocastAsTraced()  # the model's own autocast("cuda") regions
+        user_cuda: Any = cuda_as_traced_device(runner.device(), user_autocast)  # .cuda() / device="cuda" too
+    else:
+        user_cuda = contextlib.nullcontext()
+    with outer, emulation, user_cuda:
         note("building models")
         torch.manual_seed(0)
         if custom_model is not None:
-            model = _load_factory(custom_model)()
-            if not isinstance(model, torch.nn.Module):
-                raise PlannerError(f"--model: '{custom_model}' returned {type(model).__name__}, not an nn.Module")
+            from planner.measure.user_code import build
+
+            model = build(custom_model)
             model.train()
             roots = {"model": model}
-            return _run_custom(runner, roots, custom_input, note, keep_timeline)
+            record = _run_custom(runner, roots, custom_input, note, keep_timeline)
+            record = _with_setup(record, runner, custom_input, custom_model=custom_model, dtype=_param_dtype(model))
+            if user_autocast is not None and user_autocast.dtypes:
+                own = " and ".join(sorted(_DTYPE_NAMES.get(d, str(d)) for d in user_autocast.dtypes))
+                record.setup["precision"] += f"; the model's own autocast(cuda, {own}) regions"
+            return record
         assert setup is not None
         if setup.kind == "ldm-stage1":
             roots = {"autoencoder": build_autoencoder(setup)}
@@ -337,10 +344,56 @@ def run_step(
             for name in ("autoencoder", "discriminator"):
                 if name in roots:
                     roots[name].train()
-            return _run_stage1(runner, roots, note, keep_timeline)
+            return _with_setup(_run_stage1(runner, roots, note, keep_timeline), runner, setup.image_shape)
         roots = {"unet": build_unet(setup)}
         roots["unet"].train()
-        return _run_stage2(runner, roots, note, keep_timeline)
+        return _with_setup(_run_stage2(runner, roots, note, keep_timeline), runner, setup.unet_input_shape)
+
+
+def _param_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (fp32 when it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def precision(runner: "_Runner", param_dtype: torch.dtype = torch.float32) -> str:
+    """'fp32', 'autocast fp16 + GradScaler', 'autocast bf16', 'fp16 parameters and input (no autocast)'."""
+    if runner.amp:
+        return f"autocast {_DTYPE_NAMES[runner.amp_dtype]}" + (" + GradScaler" if runner.use_scaler else "")
+    name = _DTYPE_NAMES.get(param_dtype, str(param_dtype).replace("torch.", ""))
+    return name if param_dtype == torch.float32 else f"{name} parameters and input (no autocast)"
+
+
+def _with_setup(
+    record: StepRecord,
+    runner: "_Runner",
+    input_shape: tuple[int, ...] | None,
+    *,
+    custom_model: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> StepRecord:
+    """The record, stating what ran: step, model, input shape, precision, optimizer, backend."""
+    setup = runner.setup
+    if custom_model is not None:
+        info: dict[str, Any] = {"step": "custom MSE step (--model)", "model": custom_model}
+        optimizer = setup.autoencoder.training.optimizer if setup else "adam"
+        accum = 1
+    else:
+        assert setup is not None
+        info = {"step": setup.kind}
+        tr = setup.autoencoder.training if setup.kind == "ldm-stage1" else setup.diffusion.training
+        optimizer, accum = tr.optimizer, tr.gradient_accumulation_steps
+    info.update(
+        input_shape=list(input_shape or ()),
+        input_dtype=_DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", "")),
+        precision=precision(runner, dtype),
+        optimizer=optimizer,
+        gradient_accumulation_steps=accum,
+        backend=runner.backend,
+    )
+    return replace(record, setup=info)
 
 
 class _EventLog:
@@ -406,12 +459,13 @@ def _start_iteration(runner: _Runner, tracker: LiveStorageTracker, log: _EventLo
     return it2
 
 
-def _next_batch(tracker: LiveStorageTracker, iteration: int, shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
+def _next_batch(tracker: LiveStorageTracker, iteration: int, shape: tuple[int, ...], dev: torch.device,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The data loader's next batch on the device (`batch["image"].to(device)`)."""
     tracker.step = f"it{iteration}"
     tracker.phase = Phase.DATA
     tracker.network_hint = "data"
-    return torch.randn(shape, device=dev)
+    return torch.randn(shape, device=dev, dtype=dtype)
 
 
 def _set_network(tracker: LiveStorageTracker, t: torch.Tensor | None, network: str) -> None:
@@ -604,34 +658,48 @@ def _run_custom(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PlannerError("--model: the module has no trainable parameters")
-    optimizer = make_optimizer(runner.setup.autoencoder.training.optimizer if runner.setup else "adam", params)
+    from planner.measure.user_code import forward_error
+
+    dtype = _param_dtype(model)
     scaler = runner.scaler()
+    if scaler is not None and any(p.dtype == torch.float16 for p in params):
+        # torch.amp.GradScaler.unscale_ raises "Attempting to unscale FP16 gradients."
+        raise PlannerError(
+            "--amp: the model's parameters are fp16 (.half() or .to(torch.float16) in the factory) and "
+            "GradScaler cannot unscale fp16 gradients; use --no-amp for pure fp16, or keep fp32 parameters for AMP"
+        )
+    optimizer = make_optimizer(runner.setup.autoencoder.training.optimizer if runner.setup else "adam", params)
     dev = runner.device()
+    batch_dtype = dtype  # a model cast with .half()/.to(dtype) is fed batches of its own dtype
     tracker, modules, log = _prepare(runner, roots, keep_timeline)
     it2 = 0
     x = out = target = loss = None  # noqa: F841
     with modules, tracker:
         for iteration in (1, 2):
             it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
-            x = _next_batch(tracker, iteration, input_shape, dev)
+            x = _next_batch(tracker, iteration, input_shape, dev, batch_dtype)
             optimizer.zero_grad(set_to_none=True)
             tracker.phase = Phase.FORWARD
             tracker.network_hint = "losses"
-            with runner.autocast():
-                try:
+            try:
+                with runner.autocast():
                     out = model(x)
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    raise PlannerError(f"--input: the model rejects shape {list(input_shape)}: {msg}") from None
-                if not isinstance(out, torch.Tensor):
-                    raise PlannerError("--model: the module must return one tensor for the MSE step")
-                tracker.phase = Phase.DATA
-                target = torch.randn(out.shape, device=dev)
-                tracker.phase = Phase.FORWARD
-                loss = F.mse_loss(out.float(), target.float())
-            tracker.phase = Phase.BACKWARD
-            tracker.network_hint = "backward"
-            (scaler.scale(loss) if scaler else loss).backward()
+                    if not isinstance(out, torch.Tensor):
+                        raise PlannerError(
+                            f"--model: the module returned {type(out).__name__}; the MSE step needs one tensor"
+                        )
+                    tracker.phase = Phase.DATA
+                    target = torch.randn(out.shape, device=dev)
+                    tracker.phase = Phase.FORWARD
+                    loss = F.mse_loss(out.float(), target.float())
+                tracker.phase = Phase.BACKWARD
+                tracker.network_hint = "backward"
+                (scaler.scale(loss) if scaler else loss).backward()
+            except PlannerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's forward/backward: one line naming it
+                phase = "backward" if tracker.phase == Phase.BACKWARD else "forward"
+                raise forward_error(exc, input_shape, phase) from None
             _optimizer_step(tracker, optimizer, scaler, "model")
         tracker.phase = Phase.SETUP
         return _record(tracker, log, roots, it2)

@@ -58,12 +58,39 @@ def setup_line(setup: TrainingSetup | None) -> str:
     return ", ".join(parts)
 
 
+def _escape(text: str) -> str:
+    """rich.markup.escape without importing rich: only what would read as a tag."""
+    import re
+
+    return re.sub(r"(\\*)(\[[a-z#/@][^[]*?])", lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
+def run_line(info: dict) -> str:
+    """What a profile ran (``MemoryReport.setup``): step, input, precision, optimizer, backend."""
+    if not info:
+        return ""
+    shape = "x".join(map(str, info.get("input_shape", ())))
+    parts = [info.get("step", "")]
+    if info.get("model"):
+        parts[0] += f" {info['model']}"
+    parts.append(f"input {shape} {info.get('input_dtype', 'fp32')}")
+    parts.append(f"precision {info.get('precision', '')}")
+    parts.append(f"optimizer {info.get('optimizer', '')}")
+    if info.get("gradient_accumulation_steps", 1) > 1:
+        parts.append(f"accumulation {info['gradient_accumulation_steps']}")
+    parts.append(f"{info.get('backend', '')} backend")
+    return "ran: " + ", ".join(p for p in parts if p)
+
+
 def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Console, title: str = "") -> None:
     head = title or f"vramplan {report.source}"
     console.print(f"[bold]{head}[/bold] on {report.device}")
     line = setup_line(setup)
     if line:
         console.print(line)
+    ran = run_line(report.setup)
+    if ran:
+        console.print(_escape(ran))  # a --model path is not markup
     if report.params:
         console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in report.params.items()))
 
@@ -107,13 +134,14 @@ def render_gpus(rows: Iterable[dict], console: Console) -> None:
     from rich.table import Table
 
     t = Table(title="GPU catalog (memory: a card sold as N GB has N GiB)", title_justify="left")
-    for col in ("key", "name", "GiB", "bf16", "fp16 TFLOP/s", "fp32 TFLOP/s", "GB/s", "cc"):
+    for col in ("key", "name", "GiB", "CUDA total GiB", "bf16", "fp16 TFLOP/s", "fp32 TFLOP/s", "GB/s", "cc"):
         t.add_column(col, justify="right" if col not in ("key", "name") else "left")
     for r in rows:
         t.add_row(
             r["key"],
             r["name"],
             f"{r['memory_gib']:g}",
+            f"{r['cuda_total_gib']:.2f}" + ("*" if r["capacity_source"].startswith("estimate") else ""),
             "yes" if r["bf16"] else "no",
             "-" if r["fp16_tflops"] is None else f"{r['fp16_tflops']:g}",
             "-" if r["fp32_tflops"] is None else f"{r['fp32_tflops']:g}",
@@ -121,7 +149,9 @@ def render_gpus(rows: Iterable[dict], console: Console) -> None:
             r["compute_capability"] or "-",
         )
     console.print(t)
-    console.print("[dim]sources: vramplan gpus --json lists the spec sheet behind each row[/dim]")
+    console.print("[dim]CUDA total: what torch reports as total_memory (OOM 'total capacity'), what verdicts budget "
+                  "against; * = estimate, no public report found[/dim]")
+    console.print("[dim]sources: vramplan gpus --json lists the spec sheet and the capacity report behind each row[/dim]")
 
 
 def render_comparison(est: MemoryReport, meas: MemoryReport, console: Console) -> None:
