@@ -9,17 +9,38 @@ Vendors label GPU memory in "GB", but the memory itself is built from DRAM
 chips whose capacities are powers of two, so a card sold as "24 GB" has
 24 GiB = 24 * 2**30 bytes. The catalog therefore stores ``memory_bytes`` as
 ``N * GIB`` for a card labelled "N GB". This is the physical capacity; what
-PyTorch can allocate is smaller (the driver reserves a few hundred MiB and the
-CUDA context takes more), and that margin is the planner's business, not the
-catalog's. Evidence for the binary reading: nvidia-smi reports an "80GB" H100
+CUDA reports is smaller (next section), and the CUDA context then takes more
+out of that (the planner counts it in the device total). Evidence for the binary reading: nvidia-smi reports an "80GB" H100
 as 81559 MiB (80 GiB = 81920 MiB, minus 361 MiB reserved) and an "141GB" H200
 as 143771 MiB (141 GiB = 144384 MiB, minus 613 MiB reserved); the decimal
 reading (141 * 10**9 bytes = 134466 MiB) would be smaller than what the
 driver actually reports.
 
-A *generic* card given by size is different: ``"24GB"`` means exactly
-24 * 10**9 bytes and ``"24GiB"`` means 24 * 2**30 bytes. Users who want the
-catalog value for a real card should name the card.
+What the planner budgets against
+--------------------------------
+Not the physical size: CUDA reports less. ``torch.cuda.get_device_properties(i)
+.total_memory`` (the "total capacity" of an out-of-memory message) of an RTX
+4090 is 23.64 GiB, not 24. Every catalog entry therefore carries
+``cuda_total_bytes``, that reported figure, with ``capacity_source`` citing a
+public OOM message that shows it (the messages print GiB to two decimals, so a
+figure is good to +-5 MiB). Cards with ECC on GDDR memory (T4, A10, L4, L40S,
+RTX 6000 Ada with ECC on) lose 1/16 of it to ECC and report about 92 %. Where
+no public figure was found the entry says "estimate" and uses
+``ESTIMATE_RATIO`` (the median reported/physical ratio of the sourced entries,
+ECC-on cards and the others separately). ``GPU.capacity_bytes`` is what every
+verdict compares the device total with.
+
+``--gpu`` given as a size
+-------------------------
+* A whole number of GB or GiB (``"24GB"``, ``"24GiB"``) names a *marketed*
+  size class: a card sold as "24 GB". Its capacity is the median of the
+  sourced ``cuda_total_bytes`` of the catalog cards of that size (24 GB:
+  21.99, 23.64, 23.70 GiB -> 23.64 GiB); for a size no sourced card has, it is
+  N GiB x ``ESTIMATE_RATIO``, and the capacity source says it is an assumption.
+  "24GB" and "24GiB" are the same class: vendors' "GB" on a card is GiB.
+* Anything else is taken literally, as an exact capacity: a figure with a
+  decimal point (``"23.55GiB"``, ``"24.0GB"`` = 24 * 10**9 bytes), or one in
+  MB, MiB or bytes (``"24000MB"``, ``"143771MiB"``, ``"25769803776B"``).
 
 Throughput figures
 ------------------
@@ -36,7 +57,8 @@ source, the entry's ``source`` says so.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Optional
 
@@ -76,6 +98,30 @@ class GPU:
     """Extra names that select this card (matched ignoring case, spaces, dashes and underscores)."""
     source: str = ""
     """Where the numbers come from: spec sheet, whitepaper or secondary source."""
+    cuda_total_bytes: Optional[int] = None
+    """What CUDA reports as the card's total memory (``torch.cuda.get_device_properties(i).total_memory``,
+    the "total capacity" of an OOM message); None means "the same as memory_bytes"."""
+    capacity_source: str = ""
+    """Where ``cuda_total_bytes`` comes from: a public OOM report, an estimate, or the user's exact figure."""
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The capacity verdicts are budgeted against: the CUDA-reported total."""
+        return self.cuda_total_bytes if self.cuda_total_bytes is not None else self.memory_bytes
+
+    @property
+    def capacity_estimated(self) -> bool:
+        """True when the capacity is an estimate or an assumption, not a reported figure."""
+        return self.capacity_source.startswith(("estimate", "assumption"))
+
+    def capacity_note(self) -> str:
+        """One line for outputs: which capacity was used and where it came from."""
+        return (f"capacity used: {self.capacity_bytes / GIB:.2f} GiB ({self.capacity_bytes} B) "
+                f"CUDA-reported total of {self.name}; source: {self.capacity_source or 'as given'}")
+
+    def capacity_json(self) -> dict:
+        return {"capacity_bytes": self.capacity_bytes, "capacity_source": self.capacity_source,
+                "capacity_estimated": self.capacity_estimated}
 
     @property
     def memory_gib(self) -> float:
@@ -301,8 +347,87 @@ CATALOG: tuple[GPU, ...] = (
     ),
 )
 
-_SIZE_UNITS = {"gb": (GB, "GB"), "gib": (GIB, "GiB"), "mb": (MB, "MB"), "mib": (MIB, "MiB")}
-_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(gib|gb|mib|mb)\s*$", re.IGNORECASE)
+# What CUDA reports as total memory (torch total_memory / the OOM message's
+# "total capacity", printed in GiB to two decimals), per catalog key, with the
+# public reports it is read from. Linux figures; Windows (WDDM) prints the
+# physical size ("24.00 GiB") and is not used.
+_GH = "https://github.com/"
+_REPORTED: dict[str, tuple[str, str]] = {
+    "rtx2080ti": ("10.76", f"OOM messages '10.76 GiB total capacity' on RTX 2080 Ti: {_GH}JDAI-CV/image-captioning/issues/11, {_GH}ispc-lab/TMA/issues/5"),
+    "t4": ("14.75", f"OOM message 'total capacity of 14.75 GiB' on a Colab T4 (ECC on): {_GH}hpcaitech/Open-Sora/issues/697"),
+    "v100-32gb": ("31.74", f"OOM messages '31.74 GiB total capacity' on V100 32GB: {_GH}liucongg/ChatGLM-Finetuning/issues/73, {_GH}haotian-liu/LLaVA/issues/812"),
+    "rtx3060": ("11.76", f"OOM message '11.76 GiB total capacity' on RTX 3060 12GB: {_GH}TencentARC/PhotoMaker/issues/47 (11.75 in {_GH}Kunhao-Liu/StyleGaussian/issues/12)"),
+    "rtx3080": ("9.78", f"OOM message '9.78 GiB total capacity' on RTX 3080: {_GH}zai-org/CogVideo/issues/34"),
+    "rtx3090": ("23.70", f"OOM messages '23.70 GiB total capacity' on RTX 3090: {_GH}GaoLii/DSP/issues/10, {_GH}yandex/YaLM-100B/issues/9"),
+    "rtxa4000": ("15.61", f"OOM message 'total capacity of 15.61 GiB' on RTX A4000: {_GH}DengKaiCQ/VGGT-Long/issues/6"),
+    "a10": ("21.99", f"OOM message 'total capacty of 21.99 GiB' on a Lambda A10 (ECC on): {_GH}zai-org/CogVLM/issues/236; "
+                     f"23.70 GiB with ECC off in {_GH}tatsu-lab/stanford_alpaca/issues/76 (the smaller is kept)"),
+    "a100-40gb": ("39.50", f"OOM message 'total capacity of 39.50 GiB' on A100 40GB: {_GH}TianheWu/CoSeR/issues/10 "
+                           f"(39.59 in {_GH}raoyongming/DenseCLIP/issues/52; the smaller is kept)"),
+    "a100-80gb": ("79.25", f"OOM messages '79.25 GiB total capacity' on A100 80GB: {_GH}levihsu/OOTDiffusion/issues/235, {_GH}wbfwonderful/Vad-R1/issues/11"),
+    "rtx4070ti": ("11.70", f"OOM message '11.70 GiB total capacity' with nvidia-smi showing an RTX 4070 Ti: {_GH}Kwai-Kolors/Kolors/issues/11"),
+    "rtx4090": ("23.64", f"OOM messages 'total capacity of 23.64 GiB' on RTX 4090: {_GH}ali-vilab/VGen/issues/104, {_GH}3DTopia/Phidias-Diffusion/issues/8 "
+                         f"(23.65 in {_GH}TRI-ML/packnet-sfm/issues/250)"),
+    "rtx6000ada": ("44.43", f"OOM message 'total capacity of 44.43 GiB' with nvidia-smi showing an RTX 6000 Ada (ECC on): {_GH}DINGYANB/MTVCrafter/issues/21"),
+    "h100-sxm": ("79.11", f"OOM message 'total capacity of 79.11 GiB' on H100 80GB: {_GH}vllm-project/vllm/issues/27508"),
+}
+_ECC_ON = frozenset({"t4", "a10", "rtx6000ada", "l4", "l40s"})
+"""Cards whose reported (or, for L4/L40S, expected) capacity has GDDR ECC on (1/16 of the memory)."""
+
+
+def _gib_text_to_bytes(text: str) -> int:
+    return int((Decimal(text) * GIB).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def _ratio(ecc: bool) -> float:
+    vals = [_gib_text_to_bytes(v) / g.memory_bytes for g in CATALOG for k, (v, _) in _REPORTED.items()
+            if g.key == k and (k in _ECC_ON) == ecc]
+    return statistics.median(vals)
+
+
+ESTIMATE_RATIO = _ratio(False)
+"""Median reported/physical ratio of the sourced non-ECC entries (about 0.98); used for estimates."""
+ESTIMATE_RATIO_ECC = _ratio(True)
+"""The same over the sourced ECC-on entries (T4, A10, RTX 6000 Ada; about 0.92)."""
+
+
+def _with_capacity(gpu: GPU) -> GPU:
+    if gpu.key in _REPORTED:
+        text, src = _REPORTED[gpu.key]
+        return replace(gpu, cuda_total_bytes=_gib_text_to_bytes(text), capacity_source=src)
+    ecc = gpu.key in _ECC_ON
+    ratio = ESTIMATE_RATIO_ECC if ecc else ESTIMATE_RATIO
+    return replace(
+        gpu,
+        cuda_total_bytes=int(gpu.memory_bytes * ratio),
+        capacity_source=(f"estimate: no public report found; {gpu.memory_gib:g} GiB x {ratio:.4f}, the median "
+                         f"reported/physical ratio of the sourced {'ECC-on ' if ecc else ''}catalog cards"),
+    )
+
+
+CATALOG = tuple(_with_capacity(g) for g in CATALOG)
+
+
+def marketed_capacity(gib: int) -> tuple[int, str]:
+    """CUDA-reported capacity of a card sold as ``gib`` GB, and where the figure comes from.
+
+    The median of the sourced catalog figures for cards of that size; for a size no
+    sourced card has, ``gib`` GiB x ESTIMATE_RATIO, labelled as an assumption.
+    """
+    sized = sorted((g.cuda_total_bytes, g.key) for g in CATALOG
+                   if g.memory_bytes == gib * GIB and g.key in _REPORTED)
+    if sized:
+        value = int(statistics.median(v for v, _ in sized))
+        listed = ", ".join(f"{k} {v / GIB:.2f}" for v, k in sized)
+        return value, (f"median of the CUDA-reported totals of catalog cards sold as {gib} GB "
+                       f"({listed} GiB; see `vramplan gpus`)")
+    return int(gib * GIB * ESTIMATE_RATIO), (
+        f"assumption: no sourced catalog card of {gib} GB; {gib} GiB x {ESTIMATE_RATIO:.4f} (median "
+        "reported/physical ratio of the sourced catalog cards); give the exact figure, e.g. --gpu 23.55GiB")
+
+
+_SIZE_UNITS = {"gb": (GB, "GB"), "gib": (GIB, "GiB"), "mb": (MB, "MB"), "mib": (MIB, "MiB"), "b": (1, "B")}
+_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(gib|gb|mib|mb|b)\s*$", re.IGNORECASE)
 _VENDOR_PREFIXES = ("nvidia", "geforce", "tesla", "quadro")
 
 
@@ -356,7 +481,29 @@ def _parse_size(text: str, number: str, unit: str) -> GPU:
         raise PlannerError(
             f"bad GPU size {text!r}: the size must be greater than zero; give a size like 24GB or 24GiB"
         )
+    marketed = "." not in number and unit_label in ("GB", "GiB")
+    if marketed:
+        # "24GB" / "24GiB": a card sold as 24 GB (24 GiB of DRAM); budget against
+        # what CUDA reports for that size class.
+        gib = int(amount)
+        capacity, source = marketed_capacity(gib)
+        return GPU(
+            key=f"{gib}{unit_label}",
+            name=f"generic {gib} GB card",
+            memory_bytes=gib * GIB,
+            bf16=False,
+            fp16_tflops=None,
+            fp32_tflops=None,
+            bandwidth_gbs=None,
+            compute_capability=None,
+            aliases=(),
+            source="user-given marketed size; no catalog entry",
+            cuda_total_bytes=capacity,
+            capacity_source=source,
+        )
     shown = format(amount.normalize(), "f")
+    if "." in number and "." not in shown:
+        shown += ".0"  # "24.0GB" stays visibly an exact figure, not the marketed "24GB"
     key = f"{shown}{unit_label}"
     return GPU(
         key=key,
@@ -369,6 +516,8 @@ def _parse_size(text: str, number: str, unit: str) -> GPU:
         compute_capability=None,
         aliases=(),
         source="user-given memory size; no catalog entry",
+        cuda_total_bytes=nbytes,
+        capacity_source=f"exact figure as given (--gpu {text.strip()})",
     )
 
 
@@ -377,10 +526,15 @@ def parse_gpu(text: str) -> GPU:
 
     Accepted forms:
 
-    * a size: ``"24GB"``/``"24 gb"`` (24 * 10**9 bytes), ``"24GiB"``
-      (24 * 2**30 bytes), fractions such as ``"23.55GiB"`` (rounded to the
-      nearest byte), and ``MB``/``MiB`` (handy for nvidia-smi's totals). The
-      result is a generic card: bf16 False, throughput and bandwidth None.
+    * a marketed size: a whole number of GB or GiB, ``"24GB"``/``"24 gb"``/
+      ``"24GiB"``: a card sold as 24 GB (memory_bytes 24 GiB), budgeted against
+      the CUDA-reported capacity of that size class (:func:`marketed_capacity`).
+    * an exact capacity, taken literally: a figure with a decimal point
+      (``"23.55GiB"``, rounded to the nearest byte; ``"24.0GB"`` = 24 * 10**9
+      bytes) or one in ``MB``/``MiB``/``B`` (handy for nvidia-smi's totals and
+      torch's ``total_memory``).
+      Either way the result is a generic card: bf16 False, throughput and
+      bandwidth None.
     * a catalog key, marketing name or alias, ignoring case, spaces, dashes,
       underscores and a leading "NVIDIA"/"GeForce"/"Tesla"/"Quadro":
       ``"RTX 4090"``, ``"rtx-4090"``, ``"4090"``, ``"a100-80gb"``, ``"h100"``.
@@ -422,6 +576,9 @@ def catalog_rows() -> list[dict]:
             "name": g.name,
             "memory_bytes": g.memory_bytes,
             "memory_gib": round(g.memory_gib, 2),
+            "cuda_total_bytes": g.capacity_bytes,
+            "cuda_total_gib": round(g.capacity_bytes / GIB, 2),
+            "capacity_source": g.capacity_source,
             "bf16": g.bf16,
             "fp16_tflops": g.fp16_tflops,
             "fp32_tflops": g.fp32_tflops,
@@ -434,4 +591,4 @@ def catalog_rows() -> list[dict]:
     ]
 
 
-__all__ = ["GB", "GIB", "GPU", "CATALOG", "catalog_rows", "cc_tuple", "parse_gpu"]
+__all__ = ["GB", "GIB", "GPU", "CATALOG", "ESTIMATE_RATIO", "catalog_rows", "cc_tuple", "marketed_capacity", "parse_gpu"]

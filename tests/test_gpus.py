@@ -25,9 +25,14 @@ def test_constants():
 
 
 @pytest.mark.parametrize("text", ["24GB", "24 GB", "24gb", "24Gb", " 24GB "])
-def test_decimal_gb(text):
+def test_marketed_gb(text):
+    # Issue 9 defect 5: a whole "24GB" is a card sold as 24 GB: 24 GiB of DRAM, and the
+    # budget is what CUDA reports for that size class, not 24 * 10**9 B = 22.35 GiB.
     gpu = parse_gpu(text)
-    assert gpu.memory_bytes == 24000000000  # 24 * 10**9 = 24000000000
+    assert gpu.memory_bytes == 25769803776  # 24 * 2**30
+    # median of the sourced 24 GB cards: a10 21.99, rtx4090 23.64, rtx3090 23.70 GiB -> 23.64 GiB
+    # = round(23.64 * 2**30) = round(25383256719.36) = 25383256719 B
+    assert gpu.capacity_bytes == 25383256719
     assert gpu.key == "24GB"
     assert gpu.bf16 is False
     assert gpu.fp16_tflops is None
@@ -39,16 +44,20 @@ def test_decimal_gb(text):
 
 @pytest.mark.parametrize("text", ["24GiB", "24 GiB", "24gib", "24GIB"])
 def test_binary_gib(text):
+    # "24GiB" names the same size class as "24GB" (a card's "GB" is GiB)
     gpu = parse_gpu(text)
     assert gpu.memory_bytes == 25769803776  # 24 * 2**30 = 25769803776
+    assert gpu.capacity_bytes == 25383256719  # 23.64 GiB, as for "24GB"
     assert gpu.key == "24GiB"
     assert gpu.bf16 is False
 
 
 def test_fractional_gib_rounds_to_nearest_byte():
     gpu = parse_gpu("23.55GiB")
-    # 23.55 * 2**30 = 25286619955.2 -> nearest byte 25286619955
+    # 23.55 * 2**30 = 25286619955.2 -> nearest byte 25286619955; an exact figure is taken literally
     assert gpu.memory_bytes == 25286619955
+    assert gpu.capacity_bytes == 25286619955
+    assert gpu.capacity_source.startswith("exact figure as given")
     assert gpu.key == "23.55GiB"
 
 
@@ -60,18 +69,37 @@ def test_fractional_gb():
 
 
 def test_trailing_zeros_normalised_in_key():
-    # 24.0 * 10**9 = 24000000000
+    # a decimal point makes it an exact figure: 24.0 * 10**9 = 24000000000 B, taken literally
     gpu = parse_gpu("24.0GB")
-    assert gpu.memory_bytes == 24000000000
-    assert gpu.key == "24GB"
+    assert gpu.memory_bytes == gpu.capacity_bytes == 24000000000
+    assert gpu.key == "24.0GB"  # not "24GB", which is the marketed size class
+    assert parse_gpu("23.550GiB").key == "23.55GiB"
     assert parse_gpu("100GiB").key == "100GiB"  # not "1E+2GiB"
 
 
+def test_exact_bytes_taken_literally():
+    gpu = parse_gpu("25769803776B")
+    assert gpu.memory_bytes == gpu.capacity_bytes == 25769803776
+
+
+def test_marketed_size_without_a_sourced_card_is_an_assumption():
+    from planner.gpus import ESTIMATE_RATIO
+
+    gpu = parse_gpu("100GB")
+    assert gpu.memory_bytes == 100 * GIB
+    assert gpu.capacity_bytes == int(100 * GIB * ESTIMATE_RATIO)
+    assert gpu.capacity_source.startswith("assumption")
+    assert gpu.capacity_estimated
+    # the ratio is the median reported/physical of the sourced non-ECC cards, about 0.98
+    assert 0.97 < ESTIMATE_RATIO < 0.99
+
+
 def test_mib_and_mb():
-    # nvidia-smi total of an H200: 143771 * 2**20 = 150754820096
+    # MB / MiB figures are exact: nvidia-smi total of an H200: 143771 * 2**20 = 150754820096
     assert parse_gpu("143771MiB").memory_bytes == 150754820096
+    assert parse_gpu("143771MiB").capacity_bytes == 150754820096
     # 24000 * 10**6 = 24000000000
-    assert parse_gpu("24000MB").memory_bytes == 24000000000
+    assert parse_gpu("24000MB").capacity_bytes == 24000000000
 
 
 @pytest.mark.parametrize("text", ["0GB", "0 GiB", "0.0GiB", "-24GB", "-1 GiB", "0.0000000001GB"])
@@ -136,6 +164,9 @@ def test_catalog_entry_is_the_catalog_object():
     gpu = parse_gpu("RTX 4090")
     assert gpu is next(g for g in CATALOG if g.key == "rtx4090")
     assert gpu.memory_bytes == 25769803776  # 24 * 2**30 = 25769803776 (card sold as "24 GB")
+    # CUDA reports 23.64 GiB (public OOM messages): round(23.64 * 2**30) = 25383256719
+    assert gpu.capacity_bytes == 25383256719
+    assert "github.com" in gpu.capacity_source
     assert gpu.bf16 is True
 
 
@@ -275,6 +306,10 @@ def test_entry_is_well_formed(gpu):
     assert isinstance(gpu.memory_bytes, int)
     assert gpu.memory_bytes > 0
     assert gpu.memory_bytes % GIB == 0  # catalog cards have whole GiB
+    # CUDA reports less than the physical size: 90 % (ECC on GDDR) to 99.5 %
+    assert 0.90 * gpu.memory_bytes < gpu.capacity_bytes < 0.995 * gpu.memory_bytes
+    assert gpu.capacity_source
+    assert gpu.capacity_estimated or "https://github.com/" in gpu.capacity_source
     assert gpu.fp32_tflops is not None and gpu.fp32_tflops > 0
     assert gpu.bandwidth_gbs is not None and gpu.bandwidth_gbs > 0
     # only Pascal (no tensor cores) lacks an fp16 tensor figure
@@ -309,6 +344,7 @@ def test_catalog_rows():
     row = next(r for r in rows if r["key"] == "rtx4090")
     assert row["memory_bytes"] == 25769803776  # 24 * 2**30
     assert row["memory_gib"] == 24.0
+    assert row["cuda_total_gib"] == 23.64
     assert row["bf16"] is True
     assert row["compute_capability"] == "8.9"
     assert isinstance(row["aliases"], str)
@@ -330,3 +366,26 @@ def test_import_does_not_pull_heavy_modules():
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- capacity CUDA reports (issue 9, defect 5) ----------------------------------------
+
+
+@pytest.mark.parametrize("key, gib", [
+    ("rtx3090", "23.70"), ("rtx4090", "23.64"), ("a100-80gb", "79.25"), ("h100-sxm", "79.11"),
+    ("t4", "14.75"), ("v100-32gb", "31.74"), ("rtx3060", "11.76"), ("a100-40gb", "39.50"),
+])
+def test_sourced_cuda_totals(key, gib):
+    from decimal import Decimal
+
+    gpu = parse_gpu(key)
+    # the OOM messages print GiB to two decimals: bytes = round(x * 2**30)
+    assert gpu.capacity_bytes == int((Decimal(gib) * GIB).to_integral_value())
+    assert not gpu.capacity_estimated
+
+
+def test_marketed_classes():
+    # 80 GB: median(h100-sxm 79.11, a100-80gb 79.25) = 79.18 GiB
+    assert parse_gpu("80GB").capacity_bytes == int((round(79.11 * GIB) + round(79.25 * GIB)) / 2)
+    # 12 GB: median(rtx4070ti 11.70, rtx3060 11.76) = 11.73 GiB
+    assert abs(parse_gpu("12GiB").capacity_bytes / GIB - 11.73) < 0.005
