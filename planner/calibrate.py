@@ -19,10 +19,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-
 from planner.config import setup_from_dict
-from planner.errors import PlannerError
+from planner.errors import PlannerError, one_line, quote
 from planner.profiles import DeviceProfile
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE
 from planner.spec import spec_to_dict
@@ -51,13 +49,28 @@ def load_grid(path: str | Path | None) -> list[tuple[str, dict]]:
         except ImportError:
             raise PlannerError("--grid: the built-in grid (benchmarks/grid.py) is not available; give a YAML file") from None
         return list(GRID)
-    p = Path(path)
-    if not p.is_file():
-        raise PlannerError(f"--grid: no such file '{path}'")
-    data = yaml.safe_load(p.read_text())
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise PlannerError(f"--grid: '{path}' must be a YAML list of configurations (mappings)")
-    return [(str(d.pop("name", f"config {i + 1}")), d) for i, d in enumerate(data)]
+    from planner.config import parse_yaml_text, read_input_file
+
+    raw = read_input_file(path, "--grid")
+    what = f"--grid: {quote(str(path))}"
+    data = parse_yaml_text(raw, what)
+    if not isinstance(data, list) or not data:
+        raise PlannerError(f"{what} must be a non-empty YAML list of configurations (mappings), got {quote(data)}")
+    out = []
+    for i, d in enumerate(data):
+        if not isinstance(d, dict):
+            raise PlannerError(f"{what}: entry {i + 1} must be a mapping of keys, got {quote(d)}")
+        d = dict(d)
+        name = d.pop("name", f"config {i + 1}")
+        if not isinstance(name, (str, int, float)) or isinstance(name, bool):
+            raise PlannerError(f"{what}: entry {i + 1}: 'name' must be a string, got {quote(name)}")
+        label = one_line(str(name), 80)
+        try:  # every entry is checked before the first (slow) measurement
+            setup_from_dict(d)
+        except PlannerError as exc:
+            raise PlannerError(f"{what}: entry {i + 1} ({quote(label)}): {exc}") from None
+        out.append((label, d))
+    return out
 
 
 def calibrate(

@@ -17,11 +17,13 @@ identity plus the documented context default, and the output says "uncalibrated"
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, one_line, quote
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, MemoryReport
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -52,7 +54,7 @@ class DeviceProfile:
 
     def apply(self, report: MemoryReport) -> MemoryReport:
         """The estimate with this profile's residual terms added."""
-        allocated = report.peak_allocated_bytes + self.workspace_bytes
+        allocated = max(0, report.peak_allocated_bytes + self.workspace_bytes)
         reserved = int(round(self.reserved_scale * report.peak_reserved_bytes + self.reserved_offset_bytes))
         reserved = max(reserved, allocated)
         notes = tuple(n for n in report.notes if not n.startswith(("peak_reserved", "device_total")))
@@ -91,21 +93,77 @@ class DeviceProfile:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "DeviceProfile":
-        t = data.get("terms", {})
+    def from_json(cls, data: Any, where: str = "profile") -> "DeviceProfile":
+        """A profile from its JSON form; PlannerError naming ``where`` and the field on
+        anything malformed (wrong type, missing name, negative context, ...)."""
+        if not isinstance(data, dict):
+            raise PlannerError(f"{where}: must hold a JSON object, got {quote(data)}")
+        t = _field(data, "terms", dict, {}, where)
+        name = _field(data, "name", str, None, where)
+        if not name:
+            raise PlannerError(f"{where}: 'name' must be a non-empty string")
+        device = _field(data, "device", dict, {}, where)
+        for key in ("name", "torch", "backend"):
+            if key in device and not isinstance(device[key], str):
+                raise PlannerError(f"{where}: 'device.{key}' must be a string, got {quote(device[key])}")
+        residuals = _field(data, "residuals", dict, {}, where)
+        for key in ("allocated", "reserved"):
+            if key in residuals and not isinstance(residuals[key], dict):
+                raise PlannerError(f"{where}: 'residuals.{key}' must be an object, got {quote(residuals[key])}")
+        measurements = _field(data, "measurements", list, [], where)
+        scale = _field(t, "reserved_scale", float, 1.0, where, "terms.")
+        if not 0 < scale <= 1e3:
+            raise PlannerError(f"{where}: 'terms.reserved_scale' must be in (0, 1000], got {quote(scale)}")
         return cls(
-            name=data["name"],
-            device=data.get("device", {}),
-            hardware=bool(data.get("hardware", False)),
-            workspace_bytes=int(t.get("workspace_bytes", 0)),
-            reserved_scale=float(t.get("reserved_scale", 1.0)),
-            reserved_offset_bytes=int(t.get("reserved_offset_bytes", 0)),
-            context_bytes=int(t.get("context_bytes", DEFAULT_CONTEXT_BYTES)),
-            context_source=str(t.get("context_source", DEFAULT_CONTEXT_SOURCE)),
-            gpu_key=data.get("gpu_key"),
-            measurements=list(data.get("measurements", [])),
-            residuals=dict(data.get("residuals", {})),
+            name=name,
+            device=device,
+            hardware=_field(data, "hardware", bool, False, where),
+            workspace_bytes=_bytes(t, "workspace_bytes", 0, where, -MAX_TERM_BYTES),
+            reserved_scale=scale,
+            reserved_offset_bytes=_bytes(t, "reserved_offset_bytes", 0, where, -MAX_TERM_BYTES),
+            context_bytes=_bytes(t, "context_bytes", DEFAULT_CONTEXT_BYTES, where, 0),
+            context_source=_field(t, "context_source", str, DEFAULT_CONTEXT_SOURCE, where, "terms."),
+            gpu_key=_field(data, "gpu_key", (str, type(None)), None, where),
+            measurements=measurements,
+            residuals=residuals,
         )
+
+
+MAX_TERM_BYTES = 2**50
+"""Largest magnitude of a fitted byte term (1 PiB, thousands of times any card)."""
+MAX_PROFILE_BYTES = 64 << 20
+"""Largest profile file read (a 46-point profile is ~40 KB)."""
+
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", float: "a number",
+               int: "an integer"}
+
+
+def _field(obj: dict, key: str, kind: Any, default: Any, where: str, prefix: str = "") -> Any:
+    """obj[key] (or default when absent) if it has the JSON type ``kind``."""
+    if key not in obj:
+        if default is None and kind is str:
+            raise PlannerError(f"{where}: missing key '{prefix}{key}'")
+        return default
+    v = obj[key]
+    if kind is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise PlannerError(f"{where}: '{prefix}{key}' must be a finite number, got {quote(v)}")
+        return float(v)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool)):
+        want = " or ".join("null" if k is type(None) else _TYPE_NAMES[k] for k in kinds)
+        raise PlannerError(f"{where}: '{prefix}{key}' must be {want}, got {quote(v)}")
+    return v
+
+
+def _bytes(terms: dict, key: str, default: int, where: str, lo: int) -> int:
+    """A byte count in [lo, MAX_TERM_BYTES]; a float with an integral value is accepted."""
+    v = terms.get(key, default)
+    ok_float = isinstance(v, float) and math.isfinite(v) and v.is_integer()
+    if isinstance(v, bool) or not (isinstance(v, int) or ok_float) or not lo <= v <= MAX_TERM_BYTES:
+        valid = f"{lo:,}..{MAX_TERM_BYTES:,}"
+        raise PlannerError(f"{where}: 'terms.{key}' must be a whole number of bytes, got {quote(v)} (valid: {valid})")
+    return int(v)
 
 
 def _dir(directory: Path | None) -> Path:
@@ -116,16 +174,43 @@ def available(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in _dir(directory).glob("*.json"))
 
 
+def _path_of(name: str, directory: Path | None) -> Path:
+    """--profile NAME is profiles/NAME.json; a value ending in .json or holding a path
+    separator is a file path."""
+    if name.endswith(".json") or "/" in name or "\\" in name:
+        return Path(name)
+    return _dir(directory) / f"{name}.json"
+
+
 def load(name: str, directory: Path | None = None) -> DeviceProfile:
-    directory = _dir(directory)
-    path = directory / f"{name}.json"
-    if not path.is_file():
-        names = available(directory)
-        raise PlannerError(f"--profile: unknown profile '{name}' (available: {', '.join(names) or 'none'})")
+    if not isinstance(name, str) or not name.strip():
+        raise PlannerError(f"--profile: empty name (valid: {', '.join(available(directory)) or 'none'} or a .json file)")
+    path = _path_of(name, directory)
     try:
-        return DeviceProfile.from_json(json.loads(path.read_text()))
-    except (ValueError, KeyError) as exc:
-        raise PlannerError(f"--profile: '{path}' is not a valid profile ({exc})") from None
+        found = path.is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
+        names = available(directory)
+        raise PlannerError(f"--profile: unknown profile {quote(name)} (available: {', '.join(names) or 'none'}, "
+                           f"or a path to a .json file)")
+    where = f"--profile: {quote(str(path))}"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlannerError(f"{where} cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise PlannerError(f"{where} is {len(raw):,} bytes (valid: a profile under {MAX_PROFILE_BYTES:,} bytes)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PlannerError(f"{where} is not UTF-8 text (byte at offset {exc.start})") from None
+    except RecursionError:
+        raise PlannerError(f"{where} is nested too deeply to be a profile") from None
+    except ValueError as exc:  # json.JSONDecodeError, or an integer of over 4,300 digits
+        why = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "a number too long"
+        raise PlannerError(f"{where} is not valid JSON ({one_line(why, 120)})") from None
+    return DeviceProfile.from_json(data, where)
 
 
 def for_gpu(gpu_key: str, directory: Path | None = None) -> DeviceProfile | None:
@@ -135,6 +220,22 @@ def for_gpu(gpu_key: str, directory: Path | None = None) -> DeviceProfile | None
         if prof.hardware and prof.gpu_key == gpu_key:
             return prof
     return None
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str, directory: Path | None = None) -> Path:
+    """The file ``calibrate --name NAME`` will write, checked before any measurement."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith(".json"):
+        raise PlannerError(f"--name: {quote(name)} is not a profile name (valid: 1-64 letters, digits, '.', '_' "
+                           f"or '-', starting with a letter or digit, without .json)")
+    path = _dir(directory) / f"{name}.json"
+    if path.parent.exists():
+        from planner.config import check_output_path
+
+        check_output_path(path, "--name")
+    return path
 
 
 def save(profile: DeviceProfile, directory: Path | None = None) -> Path:

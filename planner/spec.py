@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, quote
 
 KINDS = ("ldm-stage1", "ldm-stage2")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -33,23 +33,64 @@ DIFFUSION_INPUTS = ("latent", "image")
 AMP_DTYPES = ("float16", "bfloat16")
 
 
+# -- bounds: what the networks can be ---------------------------------------------
+# Every integer field has an upper bound, so no input can make the estimator loop a
+# billion times, overflow a float or build shapes no GPU will ever hold.
+MAX_SIDE = 4096
+"""Voxels per axis: one 4096**3 fp32 volume is 256 GiB, twice the largest card."""
+MAX_CHANNELS = 65536
+"""Channels of any layer (image, latent, level, discriminator, attention head)."""
+MAX_LEVELS = 13
+"""Entries of num_channels: 12 downsamplings by 2 take MAX_SIDE to 1."""
+MAX_RES_BLOCKS = 64
+"""Residual blocks per level: MONAI's configs use 1-3."""
+MAX_TOTAL_RES_BLOCKS = 128
+"""Residual blocks over all levels: MONAI's networks have 2-12; the estimate's time grows
+with the block count (128 blocks with attention everywhere take a few seconds)."""
+MAX_DISC_LAYERS = 12
+"""PatchDiscriminator layers: each halves the volume, and 2**12 = MAX_SIDE."""
+MAX_BATCH = 2**20
+"""Volumes per micro-batch (or micro-batches per optimizer step)."""
+
+
 def _err(path: str, msg: str) -> PlannerError:
     return PlannerError(f"{path}: {msg}")
 
 
-def _check_pos_int(path: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _err(path, f"must be a positive integer, got {value!r}")
+def _check_int(path: str, value: Any, lo: int, hi: int, why: str) -> None:
+    """An int (not a bool) in [lo, hi]; ``why`` says where the upper bound comes from."""
+    what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise _err(path, f"must be {what}, got {quote(value)} (valid: {lo}..{hi:,})")
+    if value > hi:
+        raise _err(path, f"must be at most {hi:,}, got {quote(value)} (valid: {lo}..{hi:,}; {why})")
+
+
+def _check_pos_int(path: str, value: Any, hi: int = MAX_CHANNELS, why: str = "") -> None:
+    _check_int(path, value, 1, hi, why or "no layer has more channels")
+
+
+def _check_list(path: str, value: Any, max_len: int = MAX_LEVELS) -> None:
+    if not isinstance(value, tuple):
+        raise _err(path, f"needs a list, got {quote(value)}")
+    if len(value) > max_len:
+        raise _err(path, f"has {len(value):,} entries (valid: at most {max_len}, one per level)")
+
+
+def _check_total_blocks(path: str, blocks: tuple[int, ...]) -> None:
+    if sum(blocks) > MAX_TOTAL_RES_BLOCKS:
+        raise _err(path, f"{sum(blocks):,} residual blocks in total (valid: at most {MAX_TOTAL_RES_BLOCKS} over all "
+                         f"levels; MONAI's networks have 2-12)")
 
 
 def _check_bool(path: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise _err(path, f"must be true or false, got {value!r}")
+        raise _err(path, f"must be true or false, got {quote(value)}")
 
 
 def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _err(path, f"got {value!r}, valid: {', '.join(choices)}")
+    if not isinstance(value, str) or value not in choices:
+        raise _err(path, f"got {quote(value)}, valid: {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -63,9 +104,9 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.voxel_size, tuple) or len(self.voxel_size) not in (2, 3):
-            raise _err("data.voxel_size", f"needs 2 or 3 sizes like [256, 256, 64], got {self.voxel_size!r}")
+            raise _err("data.voxel_size", f"needs 2 or 3 sizes like [256, 256, 64], got {quote(self.voxel_size)}")
         for s in self.voxel_size:
-            _check_pos_int("data.voxel_size", s)
+            _check_pos_int("data.voxel_size", s, MAX_SIDE, "one 4096**3 fp32 volume is 256 GiB")
         _check_pos_int("data.in_channels", self.in_channels)
 
     @property
@@ -86,7 +127,7 @@ class PerceptualSpec:
         _check_choice("autoencoder.training.perceptual.network_type", self.network_type, NETWORK_TYPES)
         r = self.fake_3d_ratio
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-            raise _err("autoencoder.training.perceptual.fake_3d_ratio", f"must be in (0, 1], got {r!r}")
+            raise _err("autoencoder.training.perceptual.fake_3d_ratio", f"must be in (0, 1], got {quote(r)}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +146,8 @@ class DiscriminatorSpec:
     def __post_init__(self) -> None:
         p = "autoencoder.training.discriminator"
         _check_bool(f"{p}.enabled", self.enabled)
-        _check_pos_int(f"{p}.num_layers_d", self.num_layers_d)
+        _check_pos_int(f"{p}.num_layers_d", self.num_layers_d, MAX_DISC_LAYERS,
+                       f"each layer halves the volume and sides are at most {MAX_SIDE}")
         _check_pos_int(f"{p}.num_channels", self.num_channels)
         _check_choice(f"{p}.norm", self.norm, DISC_NORMS)
 
@@ -131,8 +173,9 @@ class AutoencoderTraining:
 
     def __post_init__(self) -> None:
         p = "autoencoder.training"
-        _check_pos_int(f"{p}.batch_size", self.batch_size)
-        _check_pos_int(f"{p}.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        _check_pos_int(f"{p}.batch_size", self.batch_size, MAX_BATCH, "a million volumes per micro-batch")
+        _check_pos_int(f"{p}.gradient_accumulation_steps", self.gradient_accumulation_steps, MAX_BATCH,
+                       "a million micro-batches per step")
         _check_bool(f"{p}.use_gradient_checkpointing", self.use_gradient_checkpointing)
         _check_bool(f"{p}.use_perceptual_loss", self.use_perceptual_loss)
         _check_choice(f"{p}.optimizer", self.optimizer, OPTIMIZERS)
@@ -164,7 +207,8 @@ class AutoencoderSpec:
     def __post_init__(self) -> None:
         p = "autoencoder"
         if not isinstance(self.num_channels, tuple) or not self.num_channels:
-            raise _err(f"{p}.num_channels", f"needs a list like [32, 64, 64], got {self.num_channels!r}")
+            raise _err(f"{p}.num_channels", f"needs a list like [32, 64, 64], got {quote(self.num_channels)}")
+        _check_list(f"{p}.num_channels", self.num_channels)
         for c in self.num_channels:
             _check_pos_int(f"{p}.num_channels", c)
         _check_pos_int(f"{p}.latent_channels", self.latent_channels)
@@ -176,15 +220,17 @@ class AutoencoderSpec:
                 f"{list(self.num_channels)} has {bad} not divisible by norm_num_groups={self.norm_num_groups}",
             )
         n = len(self.num_channels)
+        _check_list(f"{p}.attention_levels", self.attention_levels)
         if len(self.attention_levels) != n:
-            raise _err(f"{p}.attention_levels", f"needs {n} entries (one per num_channels level), got {list(self.attention_levels)}")
+            raise _err(f"{p}.attention_levels", f"needs {n} entries (one per num_channels level), got {quote(list(self.attention_levels))}")
         for a in self.attention_levels:
             _check_bool(f"{p}.attention_levels", a)
+        _check_list(f"{p}.num_res_blocks", self.num_res_blocks)
         if len(self.num_res_blocks) != n:
-            raise _err(f"{p}.num_res_blocks", f"needs an int or {n} entries, got {list(self.num_res_blocks)}")
+            raise _err(f"{p}.num_res_blocks", f"needs an int or {n} entries, got {quote(list(self.num_res_blocks))}")
         for r in self.num_res_blocks:
-            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-                raise _err(f"{p}.num_res_blocks", f"entries must be integers >= 0, got {r!r}")
+            _check_int(f"{p}.num_res_blocks", r, 0, MAX_RES_BLOCKS, "MONAI's configs use 1-3 per level")
+        _check_total_blocks(f"{p}.num_res_blocks", self.num_res_blocks)
         _check_bool(f"{p}.with_encoder_nonlocal_attn", self.with_encoder_nonlocal_attn)
         _check_bool(f"{p}.with_decoder_nonlocal_attn", self.with_decoder_nonlocal_attn)
         _check_bool(f"{p}.use_flash_attention", self.use_flash_attention)
@@ -207,8 +253,9 @@ class DiffusionTraining:
     """adam, adamw or sgd (momentum 0.9)."""
 
     def __post_init__(self) -> None:
-        _check_pos_int("diffusion.training.batch_size", self.batch_size)
-        _check_pos_int("diffusion.training.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        _check_pos_int("diffusion.training.batch_size", self.batch_size, MAX_BATCH, "a million samples per micro-batch")
+        _check_pos_int("diffusion.training.gradient_accumulation_steps", self.gradient_accumulation_steps, MAX_BATCH,
+                       "a million micro-batches per step")
         _check_choice("diffusion.training.optimizer", self.optimizer, OPTIMIZERS)
 
 
@@ -235,6 +282,7 @@ class DiffusionSpec:
 
     def __post_init__(self) -> None:
         p = "diffusion"
+        _check_list(f"{p}.num_channels", self.num_channels)
         n = len(self.num_channels)
         if not n:
             raise _err(f"{p}.num_channels", "needs at least one level")
@@ -249,17 +297,21 @@ class DiffusionSpec:
             )
         for name in ("attention_levels", "num_head_channels", "num_res_blocks"):
             v = getattr(self, name)
+            _check_list(f"{p}.{name}", v)
             if len(v) != n:
-                raise _err(f"{p}.{name}", f"needs {n} entries (one per num_channels level), got {list(v)}")
+                raise _err(f"{p}.{name}", f"needs {n} entries (one per num_channels level), got {quote(list(v))}")
+        for h in self.num_head_channels:
+            _check_int(f"{p}.num_head_channels", h, 0, MAX_CHANNELS, "no layer has more channels")
         for lvl, (c, att, h) in enumerate(zip(self.num_channels, self.attention_levels, self.num_head_channels)):
             _check_bool(f"{p}.attention_levels", att)
             if att and (not isinstance(h, int) or h < 1 or c % h):
-                raise _err(f"{p}.num_head_channels", f"level {lvl} has attention: {h!r} must divide its {c} channels")
+                raise _err(f"{p}.num_head_channels", f"level {lvl} has attention: {quote(h)} must divide its {c} channels")
         h, c = self.num_head_channels[-1], self.num_channels[-1]
         if not isinstance(h, int) or h < 1 or c % h:
-            raise _err(f"{p}.num_head_channels", f"the middle block always has attention: the last entry {h!r} must divide {c}")
+            raise _err(f"{p}.num_head_channels", f"the middle block always has attention: the last entry {quote(h)} must divide {c}")
         for r in self.num_res_blocks:
-            _check_pos_int(f"{p}.num_res_blocks", r)
+            _check_pos_int(f"{p}.num_res_blocks", r, MAX_RES_BLOCKS, "MONAI's configs use 1-3 per level")
+        _check_total_blocks(f"{p}.num_res_blocks", self.num_res_blocks)
         _check_bool(f"{p}.use_flash_attention", self.use_flash_attention)
         _check_choice(f"{p}.input", self.input, DIFFUSION_INPUTS)
 
@@ -316,6 +368,17 @@ class TrainingSetup:
                     "autoencoder.training.discriminator.num_layers_d",
                     f"{layers} layers shrink {list(self.data.voxel_size)} to {out}; "
                     f"use fewer layers or a larger volume",
+                )
+        if self.kind == "ldm-stage1" and ae.training.use_perceptual_loss:
+            from planner.shapes import perceptual_min_side
+
+            net = ae.training.perceptual.network_type
+            low = perceptual_min_side(net)
+            if min(self.data.voxel_size) < low:
+                raise _err(
+                    "data.voxel_size",
+                    f"{list(self.data.voxel_size)}: the perceptual loss runs the LPIPS {net} backbone on 2D slices, "
+                    f"which needs every side >= {low}; use a larger volume or --no-perceptual",
                 )
         if self.kind == "ldm-stage2":
             d = self.diffusion

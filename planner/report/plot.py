@@ -7,6 +7,10 @@ from typing import Sequence
 from planner.gpus import GPU
 from planner.result import CATEGORIES, GIB
 
+MAX_SERIES = 24
+"""Bars (breakdown) or lines (scaling) in one figure: more cannot be told apart, and a
+scaling line is seven estimates."""
+
 COLORS = {
     "parameters": "#4c72b0",
     "gradients": "#55a868",
@@ -25,6 +29,16 @@ def _mpl():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path, flag: str) -> None:
+    """fig.savefig(path); an OS error (disk full, a path that changed) is one line."""
+    from planner.errors import PlannerError, quote
+
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise PlannerError(f"{flag}: cannot write {quote(str(path))} ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GPU], title: str = ""):
@@ -47,8 +61,8 @@ def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GP
         ax.bar(xs, vals, bottom=bottoms, color=COLORS[part], label=part.replace("_", " "))
         bottoms = [b + v for b, v in zip(bottoms, vals)]
     for g in gpus:
-        ax.axhline(g.memory_bytes / GIB, linestyle="--", color="black", linewidth=1)
-        ax.text(len(labels) - 0.5, g.memory_bytes / GIB, f" {g.key} ({g.memory_bytes / GIB:.0f} GiB)", va="bottom", ha="right")
+        ax.axhline(g.capacity_bytes / GIB, linestyle="--", color="black", linewidth=1)
+        ax.text(len(labels) - 0.5, g.capacity_bytes / GIB, f" {g.key} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)", va="bottom", ha="right")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=20, ha="right")
     ax.set_ylabel("memory (GiB = 2^30 bytes)")
@@ -79,12 +93,12 @@ def scaling_figure(series: dict[str, tuple[list[float], list[float]]], gpus: Seq
         gib = [y / GIB for y in ys]
         ax.plot(xs, gib, marker="o", label=name)
         for g in gpus:
-            for cx in crossings(xs, gib, g.memory_bytes / GIB):
-                ax.plot([cx], [g.memory_bytes / GIB], marker="x", color="red", markersize=9)
+            for cx in crossings(xs, gib, g.capacity_bytes / GIB):
+                ax.plot([cx], [g.capacity_bytes / GIB], marker="x", color="red", markersize=9)
     for g in gpus:
-        ax.axhline(g.memory_bytes / GIB, linestyle="--", color="black", linewidth=1)
-        ax.text(ax.get_xlim()[0] if False else min(min(s[0]) for s in series.values()), g.memory_bytes / GIB,
-                f"{g.key} ({g.memory_bytes / GIB:.0f} GiB)", va="bottom")
+        ax.axhline(g.capacity_bytes / GIB, linestyle="--", color="black", linewidth=1)
+        ax.text(ax.get_xlim()[0] if False else min(min(s[0]) for s in series.values()), g.capacity_bytes / GIB,
+                f"{g.key} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)", va="bottom")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)

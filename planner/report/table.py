@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from planner.config import Overrides, resolve_setup
-from planner.errors import PlannerError
+from planner.errors import PlannerError, quote
 from planner.gpus import GPU
 from planner.result import GIB, MemoryReport
 from planner.spec import TrainingSetup
@@ -23,7 +24,7 @@ def _onoff(knob: str) -> Callable[[str], bool]:
         try:
             return _ONOFF[v.lower()]
         except KeyError:
-            raise PlannerError(f"--sweep {knob}: '{v}' must be on or off") from None
+            raise PlannerError(f"--sweep {knob}: {quote(v)} must be on or off") from None
 
     return parse
 
@@ -33,9 +34,9 @@ def _int(knob: str) -> Callable[[str], int]:
         try:
             n = int(v)
         except ValueError:
-            raise PlannerError(f"--sweep {knob}: '{v}' is not an integer") from None
+            raise PlannerError(f"--sweep {knob}: {quote(v)} is not an integer") from None
         if n < 1:
-            raise PlannerError(f"--sweep {knob}: '{v}' must be positive")
+            raise PlannerError(f"--sweep {knob}: {quote(v)} must be positive")
         return n
 
     return parse
@@ -59,6 +60,11 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 }
 
 
+MAX_ROWS = 256
+"""Rows of one table (the product of the sweeps): more is not a comparison anyone reads,
+and each row is one estimate."""
+
+
 @dataclass(frozen=True)
 class Row:
     label: dict[str, str]
@@ -74,13 +80,20 @@ def parse_sweeps(sweeps: list[str]) -> list[tuple[str, list[tuple[str, Any]]]]:
     for s in sweeps:
         knob, sep, values = s.partition("=")
         knob = knob.strip().replace("-", "_")
-        if not sep or not values:
-            raise PlannerError(f"--sweep: '{s}' must look like knob=v1,v2 (knobs: {', '.join(KNOBS)})")
+        if not sep or not values.strip():
+            raise PlannerError(f"--sweep: {quote(s)} must look like knob=v1,v2 (knobs: {', '.join(KNOBS)})")
         if knob not in KNOBS:
-            raise PlannerError(f"--sweep: unknown knob '{knob}' (valid: {', '.join(KNOBS)})")
+            raise PlannerError(f"--sweep: unknown knob {quote(knob)} (valid: {', '.join(KNOBS)})")
+        if any(k == knob for k, _ in out):
+            raise PlannerError(f"--sweep: knob '{knob}' is swept twice (valid: one --sweep per knob)")
         _, parse, splitter = KNOBS[knob]
         vals = [v.strip() for v in values.split(splitter) if v.strip()]
+        if not vals:
+            raise PlannerError(f"--sweep {knob}: no values in {quote(s)} (valid: knob=v1,v2)")
         out.append((knob, [(v, parse(v)) for v in vals]))
+    rows = math.prod(len(vals) for _, vals in out)
+    if rows > MAX_ROWS:
+        raise PlannerError(f"--sweep: {rows:,} combinations (valid: at most {MAX_ROWS} rows in one table)")
     return out
 
 
@@ -92,7 +105,7 @@ def build_rows(
 ) -> list[tuple[dict[str, str], TrainingSetup]]:
     """The setups of the table, with the label of what varies in each row."""
     if configs:
-        return [({"config": Path(c).stem}, resolve_setup(c, base)) for c in configs]
+        return [({"config": Path(c).stem}, resolve_setup(c, base, "--configs")) for c in configs]
     axes = parse_sweeps(sweeps)
     rows = []
     for combo in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
@@ -141,7 +154,8 @@ def frame(rows: list[Row], gpus: list[GPU]):
         rec["peak allocated (GiB)"] = round(r.estimate.peak_allocated_bytes / GIB, 2)
         rec["device total (GiB)"] = round(r.estimate.device_total_bytes / GIB, 2)
         for g in gpus:
-            rec[f"fits {g.key}"] = "yes" if r.estimate.device_total_bytes <= g.memory_bytes else "no"
+            # against what CUDA reports for the card (planner.gpus), named in the header
+            rec[f"fits {g.key} ({g.capacity_bytes / GIB:.2f} GiB)"] = "yes" if r.estimate.device_total_bytes <= g.capacity_bytes else "no"
         if base_time and r.seconds_per_sample:
             rec["relative speed (est.)"] = round(base_time / r.seconds_per_sample, 2)
         if r.measured is not None:
@@ -166,7 +180,15 @@ def render(df, fmt: str) -> str:
         return _latex(df)
     if fmt == "json":
         return df.to_json(orient="records", indent=2) + "\n"
-    raise PlannerError(f"--format: '{fmt}' (valid: {', '.join(FORMATS)})")
+    raise PlannerError(f"--format: {quote(fmt)} (valid: {', '.join(FORMATS)})")
+
+
+def write_text(path: Path, text: str, flag: str) -> None:
+    """Write an output file; an OS error (disk full, a path that changed) is one line."""
+    try:
+        path.write_text(text)
+    except (OSError, ValueError) as exc:
+        raise PlannerError(f"{flag}: cannot write {quote(str(path))} ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _cell(v: Any) -> str:
