@@ -346,31 +346,22 @@ def detached(x: T) -> T:
 # --- the engine ------------------------------------------------------------------------
 
 
-def _accumulate(sim: Sim, buf: list, pos: int, g: T, bufrefs: dict[int, int]) -> None:
+def _accumulate(sim: Sim, buf: list, pos: int, g: T) -> None:
     old = buf[pos]
     if old is None:
         buf[pos] = g
-        bufrefs[id(g)] = bufrefs.get(id(g), 0) + 1
         return
     # InputBuffer::accumulate: buffer[pos] = old_var + var. (It may add in place when it
     # holds the last reference, but the measured streams on both FakeTensor and real CPU
     # tensors show the out-of-place sum for every accumulation in these graphs.)
     sim.mem.op = "add"
     new = sim.new(old.shape if old.dense else g.shape, old.dtype)
-    _unref(bufrefs, old)
     buf[pos] = new
-    bufrefs[id(new)] = 1
-
-
-def _unref(bufrefs: dict[int, int], t: T) -> None:
-    n = bufrefs.get(id(t), 0) - 1
-    if n > 0:
-        bufrefs[id(t)] = n
-    else:
-        bufrefs.pop(id(t), None)
 
 
 def engine_run(sim: Sim, root: T, seed: T) -> None:
+    """engine.cpp's execute() on the simulated graph. Every reference is dropped where the
+    engine drops it (storages are freed by reference counting), so the ``del``s matter."""
     start = root.grad_fn
     if start is None:
         return
@@ -378,71 +369,76 @@ def engine_run(sim: Sim, root: T, seed: T) -> None:
     deps: dict[int, int] = {}
     seen = {id(start)}
     stack = [start]
-    nodes: dict[int, Any] = {id(start): start}
     while stack:
         n = stack.pop()
-        if isinstance(n, AccumulateGrad):
+        if type(n) is AccumulateGrad:
             continue
         for e in n.next_edges:
             if e is None:
                 continue
-            nxt = e[0]
-            deps[id(nxt)] = deps.get(id(nxt), 0) + 1
-            if id(nxt) not in seen:
-                seen.add(id(nxt))
-                nodes[id(nxt)] = nxt
-                stack.append(nxt)
-    del nodes
+            key = id(e[0])
+            deps[key] = deps.get(key, 0) + 1
+            if key not in seen:
+                seen.add(key)
+                stack.append(e[0])
     buffers: dict[int, list] = {}
-    bufrefs: dict[int, int] = {}
     ready: list[tuple[int, int, Any]] = []
     tie = itertools.count()
+    heappush, heappop = heapq.heappush, heapq.heappop
     buffers[id(start)] = [None] * 8
-    _accumulate(sim, buffers[id(start)], root.out_nr, seed, bufrefs)
-    heapq.heappush(ready, (-start.seq, next(tie), start))
+    _accumulate(sim, buffers[id(start)], root.out_nr, seed)
+    heappush(ready, (-start.seq, next(tie), start))
     del start
     while ready:
-        _, _, fn = heapq.heappop(ready)
+        _, _, fn = heappop(ready)
         inputs = buffers.pop(id(fn))
-        for g in inputs:
-            if g is not None:
-                _unref(bufrefs, g)
-        if isinstance(fn, AccumulateGrad):
+        if type(fn) is AccumulateGrad:
             _accumulate_grad(sim, fn.var, inputs[0])
             del inputs, fn
             continue
         outputs = call_node(sim, fn, inputs)
         del inputs
+        n_out = len(outputs)
         # validate_outputs(): a gradient whose dtype differs from its input's is cast
         for i, want in enumerate(fn.meta):
-            if want is not None and i < len(outputs) and outputs[i] is not None and outputs[i].dtype != want:
-                sim.mem.op = "_to_copy"
-                outputs[i] = sim.new(outputs[i].shape, want)
+            if want is not None and i < n_out:
+                o = outputs[i]
+                if o is not None and o.dtype != want:
+                    sim.mem.op = "_to_copy"
+                    outputs[i] = sim.new(o.shape, want)
+                del o
         # release_variables(): saved tensors (or holders) go, in the order the node
         # declares them (a tuple would drop them last to first)
-        released = list(fn.saved)
-        fn.saved = ()
-        for i in range(len(released)):
-            released[i] = None
-        del released
+        if fn.saved:
+            released = list(fn.saved)
+            fn.saved = ()
+            for i in range(len(released)):
+                released[i] = None
+            del released
         if fn.holders is not None and fn.frame is not None:
+            fh = fn.frame.holders
             for h in fn.holders:
-                fn.frame.holders[h] = None
+                fh[h] = None
+            del fh
         edges = fn.next_edges
         for i, e in enumerate(edges):
             if e is None:
                 continue
             nxt = e[0]
-            g = outputs[i] if i < len(outputs) else None
             key = id(nxt)
-            if key not in buffers:
-                buffers[key] = [None] * 8
-            if g is not None:
-                _accumulate(sim, buffers[key], e[1], g, bufrefs)
-            del g
-            deps[key] -= 1
-            if deps[key] == 0:
-                heapq.heappush(ready, (-nxt.seq, next(tie), nxt))
+            buf = buffers.get(key)
+            if buf is None:
+                buf = buffers[key] = [None] * 8
+            if i < n_out:
+                g = outputs[i]
+                if g is not None:
+                    _accumulate(sim, buf, e[1], g)
+                del g
+            del buf
+            left = deps[key] - 1
+            deps[key] = left
+            if left == 0:
+                heappush(ready, (-nxt.seq, next(tie), nxt))
             del nxt
         del outputs, edges, fn
 
