@@ -53,6 +53,8 @@ from typing import Any, Callable
 
 import torch
 
+from planner.sdpa_rules import NoKernel, sdpa_choice
+
 # --- transcription of aten/src/ATen/autocast_mode.h ---------------------------------
 
 LOWER_PRECISION_FP = (
@@ -285,43 +287,26 @@ def _max_pool2d_cuda(self, kernel_size, stride=(), padding=0, dilation=1, ceil_m
 
 # --- scaled_dot_product_attention: select_sdp_backend for CUDA ---------------------------
 #
-# A port of the backend choice CUDA makes for F.scaled_dot_product_attention, for the
-# torch this project pins (2.13). Sources:
-# * aten/src/ATen/native/transformers/cuda/sdp_utils.cpp: select_sdp_backend,
-#   can_use_flash_attention, can_use_mem_efficient_attention, check_head_dim_size_flash,
-#   check_head_dim_size_mem_efficient, minimum_gemm_alignment,
-#   check_data_ptr_alignment_mem_efficient, check_flash_attention_hardware_support,
-#   check_mem_efficient_hardware_support,
-#   check_requires_grad_and_head_dim_gt192_constraints_on_sm86_89_or_120,
-#   check_flash_causal_non_square_seqlens, check_dtypes_flash_attention /
-#   check_dtypes_low_precision;
-# * aten/src/ATen/native/transformers/sdp_utils_cpp.h (this wheel ships it under
-#   torch/include): check_tensor_shapes, check_for_attn_mask, check_tensor_dtype,
-#   check_batch_size_and_num_heads_dense<supports_gqa, requires_same_num_heads=true>,
-#   check_grouped_query_attention, check_nonzero_sequence_lengths_dense,
-#   check_last_dim_stride_equals_1_dense<ignore_singleton_dim>,
-#   check_runtime_disabled_flash / _mem_efficient, input_requires_grad;
-# * aten/src/ATen/Context.h: the default priority order flash, efficient, math, cudnn;
-# * aten/src/ATen/native/transformers/attention.cpp: scaled_dot_product_attention
-#   (convert_boolean_attn_mask, pad_last_dim<8>, post_process_flash_output,
-#   preprocess_mask, should_compute_logsumexp, validate_sdpa_input).
+# The backend choice is planner/sdpa_rules.py (torch-free, shared with the estimator; its
+# docstring cites sdp_utils.cpp and sdp_utils_cpp.h function by function). Here: reading
+# the tensors' shapes, strides and offsets for it, the runtime switches and priority order,
+# and what aten/src/ATen/native/transformers/attention.cpp scaled_dot_product_attention
+# does around the kernel (convert_boolean_attn_mask, pad_last_dim<8>,
+# post_process_flash_output, preprocess_mask, should_compute_logsumexp,
+# validate_sdpa_input).
 #
-# Assumed GPU: compute capability 8.0 (A100 class). The rules that depend on it are
-# ported with the capability as a parameter (sm86/89 and sm120/121 reject flash for
-# training with head_dim in (192, 224], or (224, 256] with dropout). Not emulated:
-# nested tensors (dense only), CUDA-less builds (USE_FLASH_ATTENTION is assumed), the
-# cuDNN backend (after math in the default order, so reached only when math is
-# disabled or the priority order is changed; on sm90/sm10x with cuDNN > 9.15 newer
-# torch puts it first: check_prefer_cudnn_attention), FlashAttention-3 dtypes
-# (torch.backends.cuda FA3 switch, off by default), ROCm.
+# Assumed GPU: compute capability 8.0 (A100 class); the rules that depend on it take the
+# capability as a parameter (sm86/89 and sm120/121 reject flash for training with
+# head_dim in (192, 224], or (224, 256] with dropout). Not emulated: nested tensors (dense
+# only), CUDA-less builds (USE_FLASH_ATTENTION is assumed), the cuDNN backend (after math
+# in the default order, so reached only when math is disabled or the priority order is
+# changed; on sm90/sm10x with cuDNN > 9.15 newer torch puts it first:
+# check_prefer_cudnn_attention), FlashAttention-3 dtypes (off by default), ROCm.
 
 ASSUMED_COMPUTE_CAPABILITY = (8, 0)
 
 # SDPBackend enum values (aten/src/ATen/SDPBackend.h)
 _SDP_MATH, _SDP_FLASH, _SDP_EFFICIENT, _SDP_CUDNN, _SDP_OVERRIDEABLE = 0, 1, 2, 3, 4
-
-_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}
-
 
 @dataclass(frozen=True, eq=False)
 class SdpaChoice:
@@ -361,138 +346,14 @@ class SdpaChoice:
         return "; ".join(parts)
 
 
-def _sm_in(cc: tuple[int, int], lo: tuple[int, int], hi: tuple[int, int]) -> bool:
-    # sdp_utils.cpp check_sm_version<lower_bound, upper_bound> (inclusive)
-    return lo <= tuple(cc) <= hi
-
-
 def _input_requires_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     # sdp_utils_cpp.h input_requires_grad
     return (q.requires_grad or k.requires_grad or v.requires_grad) and torch.is_grad_enabled()
 
 
-def _minimum_gemm_alignment(q: torch.Tensor, cc: tuple[int, int]) -> int:
-    # sdp_utils.cpp minimum_gemm_alignment / use_tensor_cores
-    is_half = q.dtype in (torch.float16, torch.bfloat16)
-    use_tc = cc[0] >= 8 or (cc[0] >= 7 and is_half)
-    align = 4 if cc[0] >= 8 else 1
-    if use_tc:
-        align = max(align, 128 // (16 if is_half else 32))
-    return align
-
-
-def _check_tensor_shapes(q, k, v) -> str | None:
-    if not (q.dim() == k.dim() == v.dim() == 4):
-        return f"q/k/v must be 4-D, got {q.dim()}-D/{k.dim()}-D/{v.dim()}-D"
-    return None
-
-
-def _check_batch_size_and_num_heads_dense(q, k, v, enable_gqa: bool, supports_gqa: bool = True) -> str | None:
-    # sdp_utils_cpp.h check_batch_size_and_num_heads_dense<supports_gqa> (requires_same_num_heads
-    # defaults to true) and check_grouped_query_attention
-    if not (q.shape[0] == k.shape[0] == v.shape[0]):
-        return f"q/k/v batch sizes differ ({q.shape[0]}/{k.shape[0]}/{v.shape[0]})"
-    qh, kh, vh = q.shape[-3], k.shape[-3], v.shape[-3]
-    if enable_gqa and supports_gqa:
-        if kh != vh:
-            return f"key and value have different numbers of heads ({kh}/{vh})"
-        if kh == 0 or qh % kh != 0:
-            return f"key/value heads ({kh}) do not divide query heads ({qh})"
-        return None
-    if not (qh == kh == vh):
-        return f"q/k/v numbers of heads differ ({qh}/{kh}/{vh})"
-    return None
-
-
-def _check_nonzero_sequence_lengths_dense(q, k) -> str | None:
-    if q.shape[-2] == 0 or k.shape[-2] == 0:
-        return f"zero sequence length (query {q.shape[-2]}, key {k.shape[-2]})"
-    return None
-
-
-def _check_last_dim_stride_equals_1_dense(q, k, v, attn_mask, ignore_singleton_dim: bool) -> str | None:
-    if not (ignore_singleton_dim and q.shape[-1] == 1):  # a head dim of 1: its stride does not matter
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.stride(-1) != 1:
-                return f"last dimension of {name} not contiguous: stride {t.stride(-1)}"
-    # every tensor here stands for a CUDA tensor: the mask's last dimension must have stride 1 too
-    if attn_mask is not None and attn_mask.stride(-1) != 1:
-        return f"last dimension of attn_mask not contiguous: stride {attn_mask.stride(-1)}"
-    return None
-
-
-def _check_dtype(q, k, v, allowed: tuple[torch.dtype, ...]) -> str | None:
-    # sdp_utils_cpp.h check_tensor_dtype
-    if q.dtype == k.dtype == v.dtype and q.dtype in allowed:
-        return None
-    names = "/".join(_DTYPE_NAMES.get(d, str(d)) for d in allowed)
-    got = "/".join(_DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (q, k, v))
-    return f"dtype {got} (needs {names})"
-
-
-def _flash_rejection(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa, cc) -> str | None:
-    """sdp_utils.cpp can_use_flash_attention: the first failing check, or None."""
-    if not torch.backends.cuda.flash_sdp_enabled():  # check_runtime_disabled_flash
-        return "disabled (torch.backends.cuda.enable_flash_sdp(False) or sdpa_kernel)"
-    # check_all_tensors_on_device: every tensor here stands for a CUDA tensor
-    r = _check_tensor_shapes(q, k, v)
-    if r:
-        return r
-    if attn_mask is not None:  # check_for_attn_mask
-        return "an attn_mask is given"
-    d_q, d_k, d_v = q.shape[-1], k.shape[-1], v.shape[-1]
-    if not (d_q == d_k == d_v and d_q <= 256):  # check_head_dim_size_flash (CUDA: max 256)
-        return f"head dims {d_q}/{d_k}/{d_v} (needs equal and <= 256)"
-    if not _sm_in(cc, (8, 0), (12, 1)):  # check_flash_attention_hardware_support
-        return f"needs sm80..sm121, GPU is sm{cc[0]}{cc[1]}"
-    # check_requires_grad_and_head_dim_gt192_constraints_on_sm86_89_or_120
-    if _input_requires_grad(q, k, v) and (_sm_in(cc, (8, 6), (8, 9)) or _sm_in(cc, (12, 0), (12, 1))):
-        if not (d_q <= 192 or (dropout_p <= 0.0 and d_q > 224)):
-            return f"training with head dim {d_q} on sm{cc[0]}{cc[1]} (needs <= 192, or > 224 without dropout)"
-    if is_causal and q.shape[-2] != k.shape[-2]:  # check_flash_causal_non_square_seqlens
-        return f"is_causal with query length {q.shape[-2]} != key length {k.shape[-2]}"
-    # check_dtypes_flash_attention -> check_dtypes_low_precision (sm >= 8: half, bfloat16)
-    r = _check_dtype(q, k, v, (torch.float16, torch.bfloat16) if cc[0] >= 8 else (torch.float16,))
-    if r:
-        return r
-    # dense constraints
-    return (
-        _check_batch_size_and_num_heads_dense(q, k, v, enable_gqa)
-        or _check_nonzero_sequence_lengths_dense(q, k)
-        or _check_last_dim_stride_equals_1_dense(q, k, v, attn_mask, ignore_singleton_dim=True)
-    )
-
-
-def _efficient_rejection(q, k, v, attn_mask, enable_gqa, cc) -> str | None:
-    """sdp_utils.cpp can_use_mem_efficient_attention: the first failing check, or None."""
-    if not torch.backends.cuda.mem_efficient_sdp_enabled():  # check_runtime_disabled_mem_efficient
-        return "disabled (torch.backends.cuda.enable_mem_efficient_sdp(False) or sdpa_kernel)"
-    if not _sm_in(cc, (5, 0), (12, 1)):  # check_mem_efficient_hardware_support
-        return f"needs sm50..sm121, GPU is sm{cc[0]}{cc[1]}"
-    r = _check_tensor_shapes(q, k, v)
-    if r:
-        return r
-    # check_head_dim_size_mem_efficient: q/k head dims equal, q and v head dims multiples of
-    # minimum_gemm_alignment (sm80+: 8 for half/bfloat16, 4 for float) and > 0; no maximum
-    align = _minimum_gemm_alignment(q, cc)
-    d_q, d_k, d_v = q.shape[-1], k.shape[-1], v.shape[-1]
-    if not (d_q == d_k and d_q % align == 0 and d_q > 0 and d_v % align == 0 and d_v > 0):
-        return f"head dims {d_q}/{d_k}/{d_v} (needs q == k and multiples of {align})"
-    # check_data_ptr_alignment_mem_efficient (sm80+): storage offsets aligned to the gemm
-    # alignment (the caching allocator's base pointers are 256-byte aligned)
-    if cc[0] >= 8:
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.numel() != 0 and t.storage_offset() % align != 0:
-                return f"{name} storage offset {t.storage_offset()} not a multiple of {align} elements"
-    r = (
-        _check_nonzero_sequence_lengths_dense(q, k)
-        or _check_last_dim_stride_equals_1_dense(q, k, v, attn_mask, ignore_singleton_dim=False)
-        or _check_batch_size_and_num_heads_dense(q, k, v, enable_gqa)
-    )
-    if r:
-        return r
-    allowed = (torch.float16, torch.float32, torch.bfloat16) if cc[0] >= 8 else (torch.float16, torch.float32)
-    return _check_dtype(q, k, v, allowed)
+_SHORT_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32", torch.float64: "f64"}
+# SDPBackend values -> the names planner.sdpa_rules orders by (cuDNN and overrideable: not emulated)
+_BACKEND_NAMES = {_SDP_FLASH: "flash", _SDP_EFFICIENT: "efficient", _SDP_MATH: "math"}
 
 
 def sdpa_backend(
@@ -508,34 +369,35 @@ def sdpa_backend(
     """The backend CUDA's ``select_sdp_backend`` (sdp_utils.cpp) picks for these inputs on
     a GPU of ``compute_capability`` (default sm80), honouring the runtime switches
     (``torch.backends.cuda.enable_flash_sdp`` ..., ``torch.nn.attention.sdpa_kernel``)
-    and the priority order. Returns the backend and why the fused kernels were rejected."""
-    cc = tuple(compute_capability)
+    and the priority order: the torch-free rules of planner/sdpa_rules.py (the estimator's
+    too) on the shapes, dtypes, last-dimension strides and storage offsets of the tensors."""
     if not any(
         (torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
          torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled())
     ):
         raise RuntimeError("No available kernel. Aborting execution. (every SDPA backend is disabled)")
-    reasons: list[str] = []
     order = list(torch._C._get_sdp_priority_order()) if hasattr(torch._C, "_get_sdp_priority_order") else [1, 2, 0, 3, 4]
-    for backend in order:
-        if backend == _SDP_FLASH:
-            r = _flash_rejection(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa, cc)
-            if r is None:
-                return SdpaChoice("flash", tuple(reasons))
-            reasons.append(f"flash: {r}")
-        elif backend == _SDP_EFFICIENT:
-            r = _efficient_rejection(q, k, v, attn_mask, enable_gqa, cc)
-            if r is None:
-                return SdpaChoice("efficient", tuple(reasons))
-            reasons.append(f"memory-efficient: {r}")
-        elif backend == _SDP_MATH:
-            if torch.backends.cuda.math_sdp_enabled():
-                return SdpaChoice("math", tuple(reasons))
-        # cudnn_attention and overrideable: not emulated (see above)
-    raise RuntimeError(
-        "No available kernel. Aborting execution. (math disabled; fused kernels rejected: "
-        + "; ".join(reasons) + "; cuDNN attention is not emulated)"
-    )
+    try:
+        backend, reasons = sdpa_choice(
+            tuple(q.shape), tuple(k.shape), tuple(v.shape),
+            tuple(_SHORT_DTYPES.get(t.dtype, str(t.dtype).replace("torch.", "")) for t in (q, k, v)),
+            requires_grad=_input_requires_grad(q, k, v),
+            mask_stride=None if attn_mask is None else attn_mask.stride(-1),
+            dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa,
+            strides=(q.stride(-1), k.stride(-1), v.stride(-1)),
+            offsets=(q.storage_offset(), k.storage_offset(), v.storage_offset()),
+            cc=tuple(compute_capability),
+            flash_enabled=torch.backends.cuda.flash_sdp_enabled(),
+            efficient_enabled=torch.backends.cuda.mem_efficient_sdp_enabled(),
+            math_enabled=torch.backends.cuda.math_sdp_enabled(),
+            order=tuple(_BACKEND_NAMES[b] for b in order if b in _BACKEND_NAMES),
+        )
+    except NoKernel as exc:
+        raise RuntimeError(
+            "No available kernel. Aborting execution. (math disabled; fused kernels rejected: "
+            + "; ".join(exc.reasons) + "; cuDNN attention is not emulated)"
+        ) from None
+    return SdpaChoice(backend, reasons)
 
 
 def math_scores_bytes(q: torch.Tensor, k: torch.Tensor, enable_gqa: bool = False) -> int:
