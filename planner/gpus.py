@@ -493,38 +493,20 @@ def _parse_size(text: str, number: str, unit: str) -> GPU:
         # what CUDA reports for that size class.
         gib = int(amount)
         capacity, source = marketed_capacity(gib)
-        return GPU(
-            key=f"{gib}{unit_label}",
-            name=f"generic {gib} GB card",
-            memory_bytes=gib * GIB,
-            bf16=False,
-            fp16_tflops=None,
-            fp32_tflops=None,
-            bandwidth_gbs=None,
-            compute_capability=None,
-            aliases=(),
-            source="user-given marketed size; no catalog entry",
-            cuda_total_bytes=capacity,
-            capacity_source=source,
-        )
+        return _generic(f"{gib}{unit_label}", f"generic {gib} GB card", gib * GIB,
+                        "user-given marketed size; no catalog entry", capacity, source)
     shown = format(amount.normalize(), "f")
     if "." in number and "." not in shown:
         shown += ".0"  # "24.0GB" stays visibly an exact figure, not the marketed "24GB"
-    key = f"{shown}{unit_label}"
-    return GPU(
-        key=key,
-        name=f"generic {shown} {unit_label} GPU",
-        memory_bytes=nbytes,
-        bf16=False,
-        fp16_tflops=None,
-        fp32_tflops=None,
-        bandwidth_gbs=None,
-        compute_capability=None,
-        aliases=(),
-        source="user-given memory size; no catalog entry",
-        cuda_total_bytes=nbytes,
-        capacity_source=f"exact figure as given (--gpu {text.strip()})",
-    )
+    return _generic(f"{shown}{unit_label}", f"generic {shown} {unit_label} GPU", nbytes,
+                    "user-given memory size; no catalog entry", nbytes, f"exact figure as given (--gpu {text.strip()})")
+
+
+def _generic(key: str, name: str, memory_bytes: int, source: str, capacity: int, capacity_source: str) -> GPU:
+    """A card known only by its size: no speed figures, no bf16 claim."""
+    return GPU(key=key, name=name, memory_bytes=memory_bytes, bf16=False, fp16_tflops=None, fp32_tflops=None,
+               bandwidth_gbs=None, compute_capability=None, aliases=(), source=source,
+               cuda_total_bytes=capacity, capacity_source=capacity_source)
 
 
 def parse_gpu(text: str) -> GPU:
