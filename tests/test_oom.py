@@ -1,0 +1,537 @@
+"""`vramplan oom`: the OOM parser on real messages from public issue threads, the
+explanation, note 002's numbers, and the command (argument, stdin, --json, errors, --config).
+
+Rounding rule for the expected bytes: a printed figure "v U" stands for
+v x U (U = 1 for "bytes", 2**10 KiB, 2**20 MiB, 2**30 GiB), rounded half-even to a whole
+byte, computed exactly with Decimal (``B`` below, written independently of planner.oom).
+The true size is within half a unit of the last printed digit of that (± 0.005 U).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import pytest
+from typer.testing import CliRunner
+
+from planner.cli import app
+from planner.errors import PlannerError
+from planner.oom import MAX_INPUT_BYTES, diagnosis, explain, explain_json, match_request, parse_oom
+
+runner = CliRunner()
+_U = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def B(text: str) -> int:
+    number, unit = text.split()
+    return int((Decimal(number) * _U[unit]).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+# --- real messages, quoted verbatim from public GitHub threads ---------------------------------------
+# Each: (url, message, expected figures). Expected: fmt, req, gpu, cap, free, alloc, reserved
+# (1.x: "reserved in total"; 2.x: allocated + reserved-but-unallocated), unalloc, in_use,
+# other processes, diagnosis.
+
+REAL = [
+    pytest.param(
+        # https://github.com/pytorch/pytorch/issues/59778 (GTX with 6 GB; "If memory is available then why...")
+        "`CUDA out of memory. Tried to allocate 2.26 GiB (GPU 0; 6.00 GiB total capacity; 781.59 MiB already "
+        "allocated; 3.03 GiB free; 1.24 GiB reserved in total by PyTorch) `",
+        dict(format="1.x", req="2.26 GiB", gpu=0, cap="6.00 GiB", free="3.03 GiB", alloc="781.59 MiB",
+             reserved="1.24 GiB", diag="free_but_refused"),
+        id="pytorch-59778-1x-6GiB",
+    ),
+    pytest.param(
+        # https://github.com/nianticlabs/monodepth2/issues/236 (PyTorch 1.6, a traceback around it)
+        "Exception has occurred: RuntimeError\n"
+        "CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.93 GiB total capacity; 2.81 GiB already "
+        "allocated; 25.38 MiB free; 3.06 GiB reserved in total by PyTorch)\n"
+        '  File "/media/cvlab/cvlab1/hamza/ETRI/codes/monodepth2/layers.py", line 248, in forward\n'
+        "    SSIM_d = (mu_x ** 2 + mu_y ** 2 + self.C1) * (sigma_x + sigma_y + self.C2)\n"
+        '  File "/media/cvlab/cvlab1/hamza/ETRI/codes/monodepth2/trainer.py", line 412, in compute_reprojection_loss\n'
+        "    ssim_loss = self.ssim(pred, target).mean(1, True)\n",
+        dict(format="1.x", req="20.00 MiB", gpu=0, cap="7.93 GiB", free="25.38 MiB", alloc="2.81 GiB",
+             reserved="3.06 GiB", diag="fragmentation"),
+        id="monodepth2-236-1x-traceback",
+    ),
+    pytest.param(
+        # https://github.com/pytorch/pytorch/issues/16417 (title; torch 1.0's layout ends in "cached")
+        "RuntimeError: CUDA out of memory. Tried to allocate 12.50 MiB (GPU 0; 10.92 GiB total capacity; 8.57 MiB "
+        "already allocated; 9.28 GiB free; 4.68 MiB cached)",
+        dict(format="1.x", req="12.50 MiB", gpu=0, cap="10.92 GiB", free="9.28 GiB", alloc="8.57 MiB",
+             reserved=("8.57 MiB", "4.68 MiB"), unalloc="4.68 MiB", diag="free_but_refused"),
+        id="pytorch-16417-1.0-cached",
+    ),
+    pytest.param(
+        # https://github.com/pytorch/pytorch/issues/40863 (Tesla K80; albanD: another program holds the memory)
+        "RuntimeError: CUDA out of memory. Tried to allocate 60.00 MiB (GPU 0; 11.17 GiB total capacity; 505.96 MiB "
+        "already allocated; 12.50 MiB free; 530.00 MiB reserved in total by PyTorch)",
+        dict(format="1.x", req="60.00 MiB", gpu=0, cap="11.17 GiB", free="12.50 MiB", alloc="505.96 MiB",
+             reserved="530.00 MiB", diag="capacity"),
+        id="pytorch-40863-1x-K80-other-program",
+    ),
+    pytest.param(
+        # https://github.com/pytorch/pytorch/issues/32101 (V100 32 GB; 5.8 GiB cached, 152 MiB refused)
+        "RuntimeError: CUDA out of memory. Tried to allocate 152.00 MiB (GPU 0; 31.72 GiB total capacity; 24.89 GiB "
+        "already allocated; 6.12 MiB free; 30.70 GiB reserved in total by PyTorch)",
+        dict(format="1.x", req="152.00 MiB", gpu=0, cap="31.72 GiB", free="6.12 MiB", alloc="24.89 GiB",
+             reserved="30.70 GiB", diag="fragmentation"),
+        id="pytorch-32101-1x-V100-fragmentation",
+    ),
+    pytest.param(
+        # https://github.com/SYLan2019/DSTAGNN/issues/4 ("0 bytes free", the max_split_size_mb hint)
+        "CUDA out of memory. Tried to allocate 12.00 MiB (GPU 0; 2.00 GiB total capacity; 1.68 GiB already "
+        "allocated; 0 bytes free; 1.71 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory "
+        "try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and "
+        "PYTORCH_CUDA_ALLOC_CONF",
+        dict(format="1.x", req="12.00 MiB", gpu=0, cap="2.00 GiB", free="0 bytes", alloc="1.68 GiB",
+             reserved="1.71 GiB", diag="fragmentation", max_split=True),
+        id="DSTAGNN-4-1x-0-bytes-free",
+    ),
+    pytest.param(
+        # https://github.com/YingqianWang/iPASSR/issues/9 (allocated > capacity: the figures do not add up)
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 10.73 GiB (GPU 0; 8.00 GiB total "
+        "capacity; 17.20 GiB already allocated; 0 bytes free; 19.15 GiB reserved in total by PyTorch) If reserved "
+        "memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for "
+        "Memory Management and PYTORCH_CUDA_ALLOC_CONF",
+        dict(format="1.x", req="10.73 GiB", gpu=0, cap="8.00 GiB", free="0 bytes", alloc="17.20 GiB",
+             reserved="19.15 GiB", diag="request_exceeds_card", max_split=True),
+        id="iPASSR-9-1x-over-capacity",
+    ),
+    pytest.param(
+        # https://github.com/zai-org/CogVideo/issues/36 (RTX 4090 at 23.68 GiB)
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.56 GiB (GPU 0; 23.68 GiB total "
+        "capacity; 18.96 GiB already allocated; 2.84 GiB free; 18.97 GiB reserved in total by PyTorch) If reserved "
+        "memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.",
+        dict(format="1.x", req="4.56 GiB", gpu=0, cap="23.68 GiB", free="2.84 GiB", alloc="18.96 GiB",
+             reserved="18.97 GiB", diag="capacity", max_split=True),
+        id="CogVideo-36-1x-4090",
+    ),
+    pytest.param(
+        # https://github.com/murong-xu/CADS/issues/4 (RTX 5090 class, 31.47 GiB)
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.78 GiB. GPU 0 has a total capacity of "
+        "31.47 GiB of which 12.73 GiB is free. Including non-PyTorch memory, this process has 18.73 GiB memory in "
+        "use. Of the allocated memory 9.08 GiB is allocated by PyTorch, and 9.35 GiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
+        "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)\n\n"
+        "During handling of the above exception, another exception occurred:",
+        dict(format="2.x", req="22.78 GiB", gpu=0, cap="31.47 GiB", free="12.73 GiB", alloc="9.08 GiB",
+             unalloc="9.35 GiB", in_use="18.73 GiB", diag="capacity", expandable=True),
+        id="CADS-4-2x",
+    ),
+    pytest.param(
+        # https://github.com/carolchenyx/MGFN./issues/35 (torch 2.1's "capacty", no process line)
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.70 GiB. GPU 0 has a total capacty of "
+        "6.00 GiB of which 0 bytes is free. Of the allocated memory 2.93 GiB is allocated by PyTorch, and 2.30 GiB "
+        "is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+        "max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and "
+        "PYTORCH_CUDA_ALLOC_CONF",
+        dict(format="2.x", req="1.70 GiB", gpu=0, cap="6.00 GiB", free="0 bytes", alloc="2.93 GiB",
+             unalloc="2.30 GiB", diag="fragmentation", max_split=True),
+        id="MGFN-35-2.1-capacty",
+    ),
+    pytest.param(
+        # https://github.com/pytorch/pytorch/issues/16417 (comment by WangFengtu1996, 2024-03-13; 24 GB card)
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.00 MiB. GPU 0 has a total capacity "
+        "of 23.65 GiB of which 11.06 MiB is free. Including non-PyTorch memory, this process has 23.60 GiB memory in "
+        "use. Of the allocated memory 22.90 GiB is allocated by PyTorch, and 194.87 MiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
+        "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
+        dict(format="2.x", req="22.00 MiB", gpu=0, cap="23.65 GiB", free="11.06 MiB", alloc="22.90 GiB",
+             unalloc="194.87 MiB", in_use="23.60 GiB", diag="fragmentation", expandable=True),
+        id="pytorch-16417-comment-2x",
+    ),
+    pytest.param(
+        # https://github.com/3DTopia/Phidias-Diffusion/issues/8 (RTX 4090; a 125537 GiB request; another process)
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 125537.24 GiB. GPU 0 has a total "
+        "capacty of 23.64 GiB of which 8.26 GiB is free. Process 3419336 has 470.64 MiB memory in use. Including "
+        "non-PyTorch memory, this process has 14.56 GiB memory in use. Of the allocated memory 13.86 GiB is "
+        "allocated by PyTorch, and 213.20 MiB is reserved by PyTorch but unallocated. If reserved but unallocated "
+        "memory is large try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory "
+        "Management and PYTORCH_CUDA_ALLOC_CONF",
+        dict(format="2.x", req="125537.24 GiB", gpu=0, cap="23.64 GiB", free="8.26 GiB", alloc="13.86 GiB",
+             unalloc="213.20 MiB", in_use="14.56 GiB", procs=[(3419336, "470.64 MiB")],
+             diag="request_exceeds_card", max_split=True),
+        id="Phidias-8-2x-other-process",
+    ),
+    pytest.param(
+        # https://github.com/awslabs/keys_values/issues/92 (A100 40GB; "[rank0]: " log prefix; four processes)
+        "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 572.00 MiB. GPU 0 has a total "
+        "capacity of 39.49 GiB of which 321.31 MiB is free. Process 3721648 has 414.00 MiB memory in use. Including "
+        "non-PyTorch memory, this process has 37.46 GiB memory in use. Process 1374765 has 414.00 MiB memory in use. "
+        "Process 1374763 has 414.00 MiB memory in use. Process 1374764 has 414.00 MiB memory in use. Of the allocated "
+        "memory 36.04 GiB is allocated by PyTorch, and 321.37 MiB is reserved by PyTorch but unallocated. If reserved "
+        "but unallocated memory is large try setting PYTORCH_ALLOC_CONF=expandable_segments:True to avoid "
+        "fragmentation.  See documentation for Memory Management  "
+        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
+        dict(format="2.x", req="572.00 MiB", gpu=0, cap="39.49 GiB", free="321.31 MiB", alloc="36.04 GiB",
+             unalloc="321.37 MiB", in_use="37.46 GiB",
+             procs=[(3721648, "414.00 MiB"), (1374765, "414.00 MiB"), (1374763, "414.00 MiB"), (1374764, "414.00 MiB")],
+             diag="fragmentation_and_capacity", expandable=True),
+        id="keys_values-92-2x-four-processes",
+    ),
+    pytest.param(
+        # https://github.com/pytorch/pytorch/pull/99699 (the PR that introduced the 2.x layout; wrapped lines)
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 138.00 MiB.\n"
+        "GPU 0 has a total capacty of 15.90 GiB of which 8.44 MiB is free.\n"
+        "Process 1246069 has 577.00 MiB memory in use. Including non-PyTorch memory,\n"
+        "this process has 15.32 GiB memory in use. Of the allocated memory\n"
+        "14.12 GiB is allocated by PyTorch, and 410.41 MiB is reserved\n"
+        "by PyTorch but unallocated. If reserved but unallocated memory is large\n"
+        "try setting max_split_size_mb to avoid fragmentation.  See documentation\n"
+        " for Memory Management and PYTORCH_CUDA_ALLOC_CONF\n",
+        dict(format="2.x", req="138.00 MiB", gpu=0, cap="15.90 GiB", free="8.44 MiB", alloc="14.12 GiB",
+             unalloc="410.41 MiB", in_use="15.32 GiB", procs=[(1246069, "577.00 MiB")],
+             diag="fragmentation", max_split=True),
+        id="pytorch-pr-99699-2x-wrapped",
+    ),
+    pytest.param(
+        # https://github.com/ali-vilab/VGen/issues/104 (RTX 4090, 23.64 GiB)
+        "`torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 550.00 MiB. GPU 0 has a total capacity "
+        "of 23.64 GiB of which 319.38 MiB is free. Including non-PyTorch memory, this process has 22.88 GiB memory "
+        "in use. Of the allocated memory 19.75 GiB is allocated by PyTorch, and 999.90 MiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
+        "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)`",
+        dict(format="2.x", req="550.00 MiB", gpu=0, cap="23.64 GiB", free="319.38 MiB", alloc="19.75 GiB",
+             unalloc="999.90 MiB", in_use="22.88 GiB", diag="fragmentation", expandable=True),
+        id="VGen-104-2x-4090",
+    ),
+    pytest.param(
+        # https://github.com/DINGYANB/MTVCrafter/issues/21 (RTX 6000 Ada, 44.43 GiB with ECC)
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 26.00 MiB. GPU 0 has a total capacity of "
+        "44.43 GiB of which 19.00 MiB is free. Including non-PyTorch memory, this process has 44.40 GiB memory in "
+        "use. Of the allocated memory 43.94 GiB is allocated by PyTorch, and 41.95 MiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
+        "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
+        dict(format="2.x", req="26.00 MiB", gpu=0, cap="44.43 GiB", free="19.00 MiB", alloc="43.94 GiB",
+             unalloc="41.95 MiB", in_use="44.40 GiB", diag="fragmentation", expandable=True),
+        id="MTVCrafter-21-2x-rtx6000ada",
+    ),
+    pytest.param(
+        # https://github.com/huggingface/meshgen/issues/7 (8 GiB card, 13.98 GiB allocated: Windows' shared memory)
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1002.00 MiB. GPU 0 has a total capacity of "
+        "8.00 GiB of which 0 bytes is free. Of the allocated memory 13.98 GiB is allocated by PyTorch, and 129.48 MiB "
+        "is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
+        "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
+        dict(format="2.x", req="1002.00 MiB", gpu=0, cap="8.00 GiB", free="0 bytes", alloc="13.98 GiB",
+             unalloc="129.48 MiB", diag="capacity", expandable=True),
+        id="meshgen-7-2x-over-capacity",
+    ),
+]
+
+
+@pytest.mark.parametrize("message, want", REAL)
+def test_real_messages_parse_to_exact_bytes(message, want):
+    r = parse_oom(message)
+    assert r.format == want["format"]
+    assert r.request_bytes == B(want["req"])
+    assert r.gpu_index == want["gpu"]
+    assert r.capacity_bytes == B(want["cap"])
+    assert r.free_bytes == B(want["free"])
+    assert r.allocated_bytes == B(want["alloc"])
+    if want["format"] == "1.x":
+        res = want["reserved"]
+        reserved = B(res[0]) + B(res[1]) if isinstance(res, tuple) else B(res)
+        assert r.reserved_bytes == reserved
+        assert r.reserved_unallocated_bytes == (B(want["unalloc"]) if "unalloc" in want else reserved - B(want["alloc"]))
+        # 1.x: outside this process's PyTorch = capacity - free - reserved
+        assert r.non_pytorch_bytes == B(want["cap"]) - B(want["free"]) - reserved
+        assert r.process_in_use_bytes is None
+    else:
+        assert r.reserved_unallocated_bytes == B(want["unalloc"])
+        assert r.reserved_bytes == B(want["alloc"]) + B(want["unalloc"])
+        if "in_use" in want:
+            assert r.process_in_use_bytes == B(want["in_use"])
+            assert r.non_pytorch_bytes == B(want["in_use"]) - r.reserved_bytes
+        else:
+            assert r.process_in_use_bytes is None and r.non_pytorch_bytes is None
+        assert list(r.other_processes) == [(pid, B(s)) for pid, s in want.get("procs", [])]
+    assert r.outside_pytorch_bytes == B(want["cap"]) - B(want["free"]) - r.reserved_bytes
+    assert r.shortfall_bytes == B(want["req"]) - B(want["free"])
+    assert r.hint_expandable_segments is want.get("expandable", False)
+    assert r.hint_max_split_size is want.get("max_split", False)
+    assert diagnosis(r) == want["diag"]
+    lines = explain(r)
+    assert all("\n" not in ln for ln in lines)
+    assert any(ln.startswith("Diagnosis:") for ln in lines)
+
+
+def test_real_messages_cover_both_layouts_and_several_cards():
+    formats = {p.values[1]["format"] for p in REAL}
+    caps = {p.values[1]["cap"] for p in REAL}
+    assert formats == {"1.x", "2.x"} and len(REAL) >= 10 and len(caps) >= 8
+
+
+def _by_id(name):
+    return next(p.values[0] for p in REAL if p.id == name)
+
+
+def test_fragmentation_names_the_setting_and_quotes_pytorch():
+    text = "\n".join(explain(parse_oom(_by_id("pytorch-16417-comment-2x"))))
+    assert "lack of a contiguous block" in text
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text
+    assert "c10/cuda/CUDACachingAllocator.cpp" in text
+    # torch 1.x: expandable segments did not exist yet; max_split_size_mb is the setting
+    one = "\n".join(explain(parse_oom(_by_id("pytorch-32101-1x-V100-fragmentation"))))
+    assert "max_split_size_mb" in one and "5.81 GiB was reserved but unallocated" in one
+
+
+def test_other_program_and_other_processes_are_named():
+    k80 = "\n".join(explain(parse_oom(_by_id("pytorch-40863-1x-K80-other-program"))))
+    assert "Outside PyTorch's allocator: 10.64 GiB" in k80 and "more than vramplan's default CUDA context" in k80
+    four = "\n".join(explain(parse_oom(_by_id("keys_values-92-2x-four-processes"))))
+    assert "other processes 1.62 GiB" in four and "PID 1374764 414.00 MiB" in four
+
+
+def test_requests_larger_than_the_card_and_inconsistent_figures():
+    big = "\n".join(explain(parse_oom(_by_id("Phidias-8-2x-other-process"))))
+    assert "larger than the card" in big
+    over = parse_oom(_by_id("meshgen-7-2x-over-capacity"))
+    assert over.outside_pytorch_bytes < 0
+    assert "system RAM" in "\n".join(explain(over))
+
+
+def test_segment_sizes_are_explained():
+    r = parse_oom(_by_id("monodepth2-236-1x-traceback"))
+    assert "any tensor between 1 and 10 MiB" in "\n".join(explain(r))
+
+
+# --- note 002 (shared/seeds/002): 23.55 GiB card, 22.63 GiB in use, 21.89 GiB by PyTorch, 131.75 MiB free,
+# a 20 MiB request. The note does not give the reserved-but-unallocated figure: the message is rebuilt in
+# torch 2.x's layout (c10/cuda/CUDACachingAllocator.cpp) without it, and with a few values for it.
+
+NOTE_002 = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity "
+            "of 23.55 GiB of which 131.75 MiB is free. Including non-PyTorch memory, this process has 22.63 GiB "
+            "memory in use. Of the allocated memory 21.89 GiB is allocated by PyTorch{rest}")
+
+
+def test_note_002_without_the_unallocated_figure():
+    r = parse_oom(NOTE_002.format(rest="."))
+    assert r.format == "2.x"
+    assert (r.capacity_bytes, r.process_in_use_bytes, r.allocated_bytes, r.free_bytes, r.request_bytes) == (
+        B("23.55 GiB"), B("22.63 GiB"), B("21.89 GiB"), B("131.75 MiB"), 20 * 2**20)
+    assert r.reserved_bytes is None and r.non_pytorch_bytes is None
+    text = "\n".join(explain(r))
+    # this process outside PyTorch is at most in use - allocated = 0.74 GiB
+    assert "at most 757.76 MiB" in text
+    # 23.55 - 0.13 - 22.63 GiB is held outside this process
+    assert "Not in this process at all: 810.33 MiB" in text
+    # 20.00 MiB is the segment of a 1-10 MiB tensor; more than it was free: the card was full
+    assert "any tensor between 1 and 10 MiB" in text
+    assert diagnosis(r) == "free_but_refused"
+
+
+@pytest.mark.parametrize("unalloc", ["0 bytes", "12.00 MiB", "338.71 MiB", "620.20 MiB"])
+def test_note_002_explanation(unalloc):
+    r = parse_oom(NOTE_002.format(rest=f", and {unalloc} is reserved by PyTorch but unallocated."))
+    assert r.reserved_bytes == B("21.89 GiB") + B(unalloc)
+    # non-PyTorch = 22.63 - (21.89 + reserved-but-unallocated)
+    assert r.non_pytorch_bytes == B("22.63 GiB") - (B("21.89 GiB") + B(unalloc))
+    assert r.outside_pytorch_bytes == B("23.55 GiB") - B("131.75 MiB") - r.reserved_bytes
+    expected = "fragmentation" if B(unalloc) >= 20 * 2**20 else "free_but_refused"
+    assert diagnosis(r) == expected
+    data = explain_json(r)
+    assert data["diagnosis"] == expected and data["shortfall_bytes"] == 20 * 2**20 - B("131.75 MiB")
+
+
+# --- format variants from the allocator's source, and robustness ----------------------------------------
+
+def test_private_pools_allowed_hip_and_missing_index():
+    # the layout of c10/cuda/CUDACachingAllocator.cpp with a memory fraction and CUDA-graph pools set
+    msg = ("HIP out of memory. Tried to allocate 2.00 MiB. GPU  has a total capacity of 63.98 GiB of which "
+           "1.00 GiB is free. Including non-PyTorch memory, this process has 31.50 GiB memory in use. 32.00 GiB "
+           "allowed; Of the allocated memory 30.00 GiB is allocated by PyTorch, with 1.50 GiB allocated in private "
+           "pools (e.g., CUDA Graphs), and 1.00 GiB is reserved by PyTorch but unallocated.")
+    r = parse_oom(msg)
+    assert r.backend == "HIP" and r.gpu_index is None
+    assert r.allowed_bytes == 32 * 2**30 and r.private_pool_bytes == 3 * 2**29
+    assert r.reserved_bytes == 31 * 2**30 and r.non_pytorch_bytes == 2**29
+    assert "set_per_process_memory_fraction" in "\n".join(explain(r))
+    assert "any tensor of at most 1 MiB" in "\n".join(explain(r))
+
+
+def test_last_message_of_a_repeated_traceback_is_read():
+    a = _by_id("pytorch-16417-comment-2x")
+    b = _by_id("VGen-104-2x-4090")
+    r = parse_oom(f"Traceback (most recent call last):\n{a}\n\nDuring handling...\n{b}\n")
+    assert r.messages_found == 2 and r.request_bytes == B("550.00 MiB") and r.capacity_bytes == B("23.64 GiB")
+
+
+@pytest.mark.parametrize("text", ["", "hello", "RuntimeError: CUDA error: out of memory", "x" * 5000])
+def test_no_message_is_one_line_naming_what_was_expected(text):
+    with pytest.raises(PlannerError) as exc:
+        parse_oom(text)
+    msg = str(exc.value)
+    assert "\n" not in msg and "CUDA out of memory. Tried to allocate" in msg and len(msg) < 400
+    assert "xxxxxxxxxx" not in msg
+
+
+def test_input_is_capped():
+    with pytest.raises(PlannerError, match="at most"):
+        parse_oom("a" * (MAX_INPUT_BYTES + 1))
+    with pytest.raises(PlannerError, match="at most"):
+        parse_oom(b"a" * (MAX_INPUT_BYTES + 1))
+
+
+def test_context_line_uses_planner_results_default():
+    from planner.result import DEFAULT_CONTEXT_BYTES
+
+    text = "\n".join(explain(parse_oom(_by_id("VGen-104-2x-4090"))))
+    # 22.88 - 19.75 GiB - 999.90 MiB = 2.15 GiB of this process outside PyTorch: 1.74 GiB over a context
+    assert f"more than vramplan's default CUDA context ({DEFAULT_CONTEXT_BYTES / 2**20:.2f} MiB" in text
+    assert "That is 1.74 GiB more" in text and "a second framework" in text
+
+
+def test_module_is_torch_free_and_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, planner.oom; bad = [m for m in ('torch', 'pandas', 'matplotlib', 'rich', 'yaml') "
+            "if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+def test_cli_argument_text():
+    res = runner.invoke(app, ["oom", _by_id("VGen-104-2x-4090")])
+    assert res.exit_code == 0, res.output
+    assert "Diagnosis: fragmentation" in res.stdout and "expandable_segments:True" in res.stdout
+    assert "--config" in res.stdout  # the hint to give the setup
+
+
+def test_cli_stdin_and_dash():
+    msg = _by_id("CogVideo-36-1x-4090")
+    for args in (["oom"], ["oom", "-"]):
+        res = runner.invoke(app, args, input=msg)
+        assert res.exit_code == 0, res.output
+        assert "torch 1.x layout" in res.stdout and "Diagnosis: capacity" in res.stdout
+
+
+def test_cli_json():
+    res = runner.invoke(app, ["oom", "--json", _by_id("keys_values-92-2x-four-processes")])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["format"] == "2.x" and data["capacity_bytes"] == B("39.49 GiB")
+    assert [p["pid"] for p in data["other_processes"]] == [3721648, 1374765, 1374763, 1374764]
+    assert data["diagnosis"] == "fragmentation_and_capacity" and data["explanation"]
+    assert "setup" not in data
+
+
+@pytest.mark.parametrize("args, stdin", [(["oom", "no message here"], None), (["oom"], "garbage\n" * 100),
+                                         (["oom", "--gpu", "", _by_id("CogVideo-36-1x-4090")], None),
+                                         (["oom", "--gpu", "24GB", _by_id("CogVideo-36-1x-4090")], None)])
+def test_cli_bad_input_is_one_line_exit_2(args, stdin):
+    res = runner.invoke(app, args, input=stdin)
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "garbage" not in lines[0]
+
+
+def test_cli_tty_without_message_errors(monkeypatch):
+    import io
+    import sys
+
+    from planner import cli
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty(""))
+    with pytest.raises(cli.typer.Exit) as exc:
+        cli.oom(message=None, config=None, kind=None, voxel=None, batch=None,
+                channels=None, attention=None, amp=None, checkpointing=None,
+                flash_attention=None, perceptual=None, disc_layers=None,
+                disc_channels=None, no_discriminator=False, accum=None,
+                optimizer=None, gpu=None, margin=0.05, as_json=False)
+    assert exc.value.exit_code == 2
+
+
+SMALL = """\
+kind: ldm-stage1
+data: {voxel_size: [64, 64, 32], in_channels: 1}
+autoencoder:
+  num_channels: [16, 32, 64]
+  norm_num_groups: 8
+  attention_levels: [false, false, true]
+  training:
+    batch_size: 1
+    use_perceptual_loss: false
+device: {mixed_precision: true}
+"""
+
+
+def _format_size(n: int) -> str:
+    # c10/cuda/CUDACachingAllocator.cpp format_size: bytes up to 1 KiB, then KiB/MiB/GiB with two decimals
+    for unit, scale in (("KiB", 2**10), ("MiB", 2**20)):
+        if n <= scale * 1024:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n / 2**30:.2f} GiB"
+
+
+def test_cli_config_names_the_tensor(tmp_path):
+    from planner.analytic.step import simulate
+    from planner.config import Overrides, resolve_setup
+
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(SMALL)
+    sim = simulate(resolve_setup(cfg, Overrides()))
+    # sizes of the step that at most two kinds of allocation make, one of them inside a module
+    kinds: dict[int, set] = {}
+    for info in sim.mem.info.values():
+        kinds.setdefault(info.nbytes, set()).add((info.op, info.module, info.phase))
+    wanted = {n for n, k in kinds.items() if n > 2**20 and len(k) <= 2 and any(m for _, m, _ in k)}
+    assert wanted
+    # the first such allocation in step order, and the bytes alive just before it
+    live = 0
+    for uid, d in sim.mem.events:
+        if d > 0 and d in wanted and sim.mem.info[uid].module:
+            target = sim.mem.info[uid]
+            break
+        live += d
+    size = target.nbytes
+    # the message PyTorch would print had the card been full right there: everything PyTorch held
+    # was live, 1 MiB free, a default CUDA context besides
+    in_use = live + 426 * 2**20
+    msg = (f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {_format_size(size)}. GPU 0 has a total "
+           f"capacity of {_format_size(in_use + 2**20)} of which 1.00 MiB is free. Including non-PyTorch memory, "
+           f"this process has {_format_size(in_use)} memory in use. Of the allocated memory {_format_size(live)} is "
+           "allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated.")
+    report = parse_oom(msg)
+    top = match_request(report, sim.mem)
+    assert top and (top[0].op, top[0].module, top[0].nbytes) == (target.op, target.module, size)
+    assert top[0].how == "tensor"
+
+    res = runner.invoke(app, ["oom", msg, "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert f"Most likely: {_format_size(size)} = the" in res.stdout
+    assert f"{target.op} in {target.module}" in res.stdout
+
+    data = json.loads(runner.invoke(app, ["oom", msg, "--config", str(cfg), "--json"]).stdout)
+    m = data["setup"]["request_matches"][0]
+    assert (m["op"], m["module"], m["nbytes"]) == (target.op, target.module, size)
+    assert data["setup"]["gpu"]["capacity_bytes"] == B(_format_size(in_use + 2**20))
+    assert data["setup"]["recommendation"] is not None
+
+
+def test_cli_recommends_for_the_card_of_the_message(tmp_path):
+    # seed 004's high-resolution setup with explicit attention OOMs on 16.00 GiB of fp32 scores (65,536²)
+    msg = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 16.00 GiB. GPU 0 has a total capacity of "
+           "23.55 GiB of which 5.31 GiB is free.")
+    res = runner.invoke(app, ["oom", msg, "--config", "examples/seed004_high_res.yaml", "--no-flash-attention",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    m = data["setup"]["request_matches"][0]
+    assert m["nbytes"] == 65536**2 * 4 and "attn" in m["module"] and m["phase"] == "forward"
+    rec = data["setup"]["recommendation"]
+    assert rec["changes"] and rec["device_total_bytes"] <= rec["budget_bytes"]
