@@ -92,6 +92,9 @@ DiscChOpt = Annotated[Optional[int], typer.Option("--disc-channels", min=1, help
 NoDiscOpt = Annotated[bool, typer.Option("--no-discriminator", help="Train without the adversarial discriminator.")]
 AccumOpt = Annotated[Optional[int], typer.Option("--accum", min=1, help="Gradient accumulation steps.")]
 OptimOpt = Annotated[Optional[Optim], typer.Option("--optimizer", help="Optimizer for every network.")]
+AllocConfOpt = Annotated[Optional[str], typer.Option(
+    "--alloc-conf", help="CUDA caching-allocator settings, PYTORCH_CUDA_ALLOC_CONF syntax (e.g. expandable_segments:True); "
+    "default: that environment variable if set, else torch's defaults.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
@@ -104,7 +107,7 @@ def _overrides(**kw: Any):
 
 
 _SETUP_FLAGS = ("kind", "voxel", "batch", "channels", "attention", "amp", "checkpointing", "flash_attention",
-                "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer")
+                "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer", "alloc_conf")
 
 
 def _setup(params: dict[str, Any]):
@@ -173,6 +176,7 @@ def profile(
     no_discriminator: NoDiscOpt = False,
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
     backend: Annotated[
         Optional[Backend],
         typer.Option("--backend", help="fake: FakeTensorMode on the CPU (default without CUDA); cpu: real CPU tensors; cuda: a GPU."),
@@ -239,6 +243,7 @@ def estimate(
     no_discriminator: NoDiscOpt = False,
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
         Optional[str], typer.Option("--gpu", help="Card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")
     ] = None,
@@ -272,7 +277,8 @@ def estimate(
         args = ["vramplan", "recommend"]
         given = {"config": config, "kind": kind.value if kind else None, "voxel": voxel, "batch": batch,
                  "channels": channels, "attention": attention, "disc_layers": disc_layers,
-                 "disc_channels": disc_channels, "accum": accum, "optimizer": optimizer.value if optimizer else None}
+                 "disc_channels": disc_channels, "accum": accum, "optimizer": optimizer.value if optimizer else None,
+                 "alloc_conf": alloc_conf}
         for name, value in given.items():
             if value is not None:
                 args += [f"--{name.replace('_', '-')}", str(value)]
@@ -442,6 +448,7 @@ def recommend(
     no_discriminator: NoDiscOpt = False,
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
     gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
     prefer: Annotated[Prefer, typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = Prefer.risk,
@@ -508,7 +515,7 @@ def recommend(
             out.print(f"[dim]{card.capacity_note()}; margin {margin:.0%}[/dim]")
         return
     frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
-    known = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer"}
+    known = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer", "allocator"}
     bad = frozen - known
     if bad:
         raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' (valid: {', '.join(sorted(known))})")
@@ -744,6 +751,139 @@ def plot(
         fig = P.timeline_figure(points, phases, peak_i)
     P.save(fig, out_file, "--out")
     err.print(f"wrote {out_file}")
+
+
+@app.command()
+@fail_cleanly
+def oom(
+    message: Annotated[
+        Optional[str], typer.Argument(help="The out-of-memory message (or a whole traceback); '-' or none: read stdin.")
+    ] = None,
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    perceptual: PercOpt = None,
+    disc_layers: DiscLayersOpt = None,
+    disc_channels: DiscChOpt = None,
+    no_discriminator: NoDiscOpt = False,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
+    gpu: Annotated[
+        Optional[str], typer.Option("--gpu", help="Card to recommend for (default: the message's capacity, less other processes).")
+    ] = None,
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin of the recommendation, a fraction of the card.")] = 0.05,
+    as_json: JsonOpt = False,
+) -> None:
+    """Explain a CUDA out-of-memory message; with a setup (--config or setup flags), name the tensor it was and what fits.
+
+    Example: vramplan oom "$(tail -n 30 train.log)" --config examples/seed004_high_res.yaml
+    """
+    from planner import oom as O
+
+    if message is None or message == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise PlannerError("MESSAGE: none given: give the message as an argument or pipe it in "
+                               "(e.g. tail -n 30 train.log | vramplan oom)")
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        text = stream.read(O.MAX_INPUT_BYTES + 1)
+    else:
+        text = message
+    report = O.parse_oom(text)
+    params = locals()
+    given = config is not None or any(
+        params.get(k) is not None and not (k == "no_discriminator" and not params[k]) for k in _SETUP_FLAGS)
+    if gpu is not None and not gpu.strip():
+        raise PlannerError("--gpu: empty value (valid: 24GB, 24GiB, 23.55GiB or a name from `vramplan gpus`)")
+    if not 0 <= margin < 1:
+        raise PlannerError(f"--margin: {margin} must be in [0, 1)")
+    if gpu is not None and not given:
+        raise PlannerError("--gpu: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    data = O.explain_json(report)
+    lines = list(data["explanation"])
+    setup_data: dict[str, Any] | None = None
+    if given:
+        from planner.analytic.estimate import estimate as run_estimate
+        from planner.analytic.step import simulate
+        from planner.gpus import parse_gpu
+        from planner.report.terminal import setup_line
+
+        setup = _setup(params)
+        sim = simulate(setup)
+        matches = O.match_request(report, sim.mem)
+        est = run_estimate(setup)
+        card = parse_gpu(gpu) if gpu else O.recommendation_card(report)
+        setup_data = {
+            "summary": setup_line(setup),
+            "request_matches": [m.to_json() for m in matches],
+            "estimate": {"peak_allocated_bytes": est.peak_allocated_bytes, "peak_reserved_bytes": est.peak_reserved_bytes,
+                         "device_total_bytes": est.device_total_bytes},
+            "gpu": None, "recommendation": None,
+        }
+        if card is not None:
+            from planner import recommend as R
+
+            with err.status("searching for a configuration that fits"):
+                rec = R.recommend(setup, card, margin, "risk", set())
+            best = rec.best
+            setup_data["gpu"] = {"key": card.key, "name": card.name, **card.capacity_json()}
+            setup_data["recommendation"] = {
+                "budget_bytes": rec.budget_bytes, "input_fits": rec.input_fits,
+                "changes": best.labels if best else None,
+                "device_total_bytes": best.exact.device_total_bytes if best else None,
+                "diff": R.yaml_diff(setup, best.setup) if best else None,
+                "nothing_fits": best is None,
+                "card_needed": rec.needed_gpu.key if best is None and rec.needed_gpu else None,
+            }
+    if as_json:
+        if setup_data is not None:
+            data["setup"] = setup_data
+        _print_json(data)
+        return
+    out.print("[bold]vramplan oom[/bold]")
+    for line in lines:
+        out.print(line)
+    if setup_data is None:
+        out.print("[dim]Give the setup (--config CFG.yaml or the setup flags) to name the tensor and get a "
+                  "configuration that fits.[/dim]")
+        return
+    out.print(f"[bold]Setup:[/bold] {setup_data['summary']}")
+    ms = setup_data["request_matches"]
+    if ms:
+        first = O.TensorMatch(**ms[0])
+        out.print(f"Most likely: {first.sentence(report.request_text)}.")
+        for m in ms[1:]:
+            out.print(f"  or: {O.TensorMatch(**m).sentence(report.request_text)}")
+        if report.request_bytes <= (20 << 20) and first.how == "segment":
+            out.print("[dim]  A 2 or 20 MiB segment serves any small tensor: these are named by where the step "
+                      "first runs out of room (capacity - outside PyTorch), not by their size.[/dim]")
+    else:
+        out.print(f"No allocation of this setup's step asks for {report.request_text}: the OOM came from another "
+                  "setup, or outside the reference step.")
+    e = setup_data["estimate"]
+    out.print(f"vramplan's estimate of this step: peak allocated {O.fmt(e['peak_allocated_bytes'])}, device total "
+              f"{O.fmt(e['device_total_bytes'])}" + (f" vs the card's {report.capacity_text}." if report.capacity_text else "."))
+    r = setup_data["recommendation"]
+    if r is None:
+        out.print("[dim]No capacity in the message and no --gpu: no recommendation.[/dim]")
+    elif r["input_fits"]:
+        out.print(f"[bold green]This setup fits {setup_data['gpu']['name']}[/bold green] by the estimate "
+                  f"(budget {O.fmt(r['budget_bytes'])}, margin {margin:.0%}): the OOM is not this step's peak "
+                  "(another setup, other processes, or fragmentation, above).")
+    elif r["nothing_fits"]:
+        need = f"; it would take a {r['card_needed']}" if r["card_needed"] else ""
+        out.print(f"[bold red]Nothing in the search space fits {setup_data['gpu']['name']}[/bold red]{need}.")
+    else:
+        out.print(f"[bold]Recommended for {setup_data['gpu']['name']}[/bold] (budget {O.fmt(r['budget_bytes'])}, "
+                  f"margin {margin:.0%}): {', '.join(r['changes'])}; device total {O.fmt(r['device_total_bytes'])}.")
+        for line in r["diff"]:
+            out.print(f"  {line}")
 
 
 def _default_backend() -> str:

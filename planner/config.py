@@ -17,6 +17,7 @@ key. Flags override the file (``merge_overrides``). Torch-free.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,7 @@ class Overrides:
     no_discriminator: bool = False
     accum: int | None = None
     optimizer: str | None = None
+    alloc_conf: str | None = None
 
     def to_dict(self, kind: str) -> dict:
         """Nested override mapping for the model of ``kind``."""
@@ -304,6 +306,8 @@ class Overrides:
             put(f"{model}.training.gradient_accumulation_steps", self.accum)
         if self.optimizer is not None:
             put(f"{model}.training.optimizer", self.optimizer.lower())
+        if self.alloc_conf is not None:
+            put("device.alloc_conf", self.alloc_conf)
         stage1_only = {
             "--checkpointing": self.checkpointing,
             "--perceptual/--no-perceptual": self.perceptual,
@@ -329,11 +333,24 @@ class Overrides:
         return out
 
 
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+
+
 def resolve_setup(
     config: str | Path | None = None, overrides: Overrides | None = None, flag: str = "--config"
 ) -> S.TrainingSetup:
-    """The setup a command runs on: built-in default <- YAML file <- flags."""
+    """The setup a command runs on: built-in default <- PYTORCH_CUDA_ALLOC_CONF (the
+    environment, as torch reads it) <- YAML file <- flags."""
     data = load_yaml(config, flag) if config else {}
+    env_conf = os.environ.get(ALLOC_CONF_ENV, "").strip()
+    if env_conf:
+        from planner.allocator import parse_alloc_conf
+
+        try:
+            parse_alloc_conf(env_conf)
+        except PlannerError as exc:
+            raise PlannerError(f"{ALLOC_CONF_ENV} (environment): {exc}") from None
+        data = deep_merge({"device": {"alloc_conf": env_conf}}, data)
     ov = overrides or Overrides()
     kind = ov.kind or data.get("kind", S.TrainingSetup().kind)
     if kind not in S.KINDS:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from planner.allocator import parse_alloc_conf
 from planner.errors import PlannerError
 from planner.gpus import CATALOG, GPU
 from planner.result import GIB, MemoryReport
@@ -136,6 +137,15 @@ def knob_settings(setup: TrainingSetup, gpu: GPU, freeze: set[str]) -> list[list
         if v != setup.data.voxel_size:
             opts.append(Setting("patch", f"patches of {'x'.join(map(str, v))}", 2, lambda s, v=v: replace(s, data=replace(s.data, voxel_size=v))))
     add("patch", opts)
+    # The allocator: expandable segments map memory in pages instead of caching whole
+    # segments, so reserved memory follows the live tensors more closely; no effect on
+    # the model or its speed (tier "none"). The search takes it only where it is needed
+    # (candidates are ordered by risk, time, then number of changes).
+    conf = parse_alloc_conf(setup.device.alloc_conf or None)
+    if not conf.expandable_segments:
+        text = replace(conf, expandable_segments=True).to_alloc_conf()
+        add("allocator", [Setting("allocator", f"allocator {text}", 0,
+                                  lambda s, t=text: replace(s, device=replace(s.device, alloc_conf=t)))])
     opt = setup.autoencoder.training.optimizer if setup.kind == "ldm-stage1" else setup.diffusion.training.optimizer
     if opt != "sgd":
         add("optimizer", [Setting("optimizer", "SGD with momentum", 2, lambda s: _tr(s, optimizer="sgd"))])

@@ -81,6 +81,12 @@ class MemoryReport:
     """Caveats the reader must see (uncalibrated terms, assumptions)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific raw figures (e.g. the tracker's peak on a CUDA run)."""
+    fragmentation_bytes: int = 0
+    """Reserved minus the live (512-rounded) requests when reserved first reaches its peak:
+    cached free blocks, unsplit remainders, segment and page rounding (planner/allocator.py)."""
+    alloc_conf: str = ""
+    """The caching-allocator settings the reserved figure assumes (PYTORCH_CUDA_ALLOC_CONF
+    syntax); empty: torch's defaults."""
     setup: dict[str, Any] = field(default_factory=dict)
     """What ran (a profile): step, model, input_shape, input_dtype, precision, optimizer,
     gradient_accumulation_steps, backend. Empty when the report does not say."""
@@ -93,6 +99,8 @@ class MemoryReport:
             "peak_reserved_bytes": self.peak_reserved_bytes,
             "device_total_bytes": self.device_total_bytes,
             "context_bytes": self.context_bytes,
+            "fragmentation_bytes": self.fragmentation_bytes,
+            "alloc_conf": self.alloc_conf or "default",
             "breakdown": {
                 "by_category": dict(self.breakdown.by_category),
                 "by_network": dict(self.breakdown.by_network),

@@ -324,10 +324,22 @@ class DeviceSpec:
     """CUDA autocast with a GradScaler per optimizer (the tutorial's AMP)."""
     amp_dtype: str = "float16"
     """Autocast's lower precision: float16 (with GradScaler) or bfloat16 (no scaler)."""
+    alloc_conf: str = ""
+    """CUDA caching-allocator settings in PYTORCH_CUDA_ALLOC_CONF syntax, e.g.
+    "expandable_segments:True" or "max_split_size_mb:128"; empty: torch's defaults."""
 
     def __post_init__(self) -> None:
         _check_bool("device.mixed_precision", self.mixed_precision)
         _check_choice("device.amp_dtype", self.amp_dtype, AMP_DTYPES)
+        if not isinstance(self.alloc_conf, str):
+            raise _err("device.alloc_conf", f"expected a string like 'expandable_segments:True', got {type(self.alloc_conf).__name__}")
+        if self.alloc_conf:
+            from planner.allocator import parse_alloc_conf
+
+            try:
+                parse_alloc_conf(self.alloc_conf)
+            except PlannerError as exc:
+                raise _err("device.alloc_conf", str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import gc
 import time
 from dataclasses import dataclass
 
-from planner.allocator import replay
+from planner.allocator import allocator_label, replay
 from planner.gpus import GPU
 from planner.result import (
     DEFAULT_CONTEXT_BYTES,
@@ -83,7 +83,10 @@ def verdict(report: MemoryReport, gpu: GPU, setup: TrainingSetup | None = None, 
     return Verdict(gpu, fits, margin, step)
 
 
-def estimate(setup: TrainingSetup) -> MemoryReport:
+def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryReport:
+    """The analytic report of ``setup``. ``capacity_bytes``: the card's, for the allocator's
+    garbage_collection_threshold (it acts only under a per_process_memory_fraction)."""
+    from planner.allocator import parse_alloc_conf
     from planner.analytic.step import simulate
 
     t0 = time.perf_counter()
@@ -94,7 +97,8 @@ def estimate(setup: TrainingSetup) -> MemoryReport:
     gc.disable()
     try:
         res = simulate(setup)
-        alloc = replay(res.events, res.iteration2_start)
+        conf = setup.device.alloc_conf
+        alloc = replay(res.events, res.iteration2_start, parse_alloc_conf(conf or None), capacity_bytes)
     finally:
         if was_enabled:
             gc.enable()
@@ -114,10 +118,12 @@ def estimate(setup: TrainingSetup) -> MemoryReport:
         wall_seconds=time.perf_counter() - t0,
         device="analytic (no GPU, no torch)",
         extra={"flops": res.flops, "bytes_written": res.bytes_written},
+        fragmentation_bytes=alloc.fragmentation_bytes,
+        alloc_conf=conf,
         notes=(
             "peak_allocated: simulated op by op (tensor shapes, what autograd saves, CUDA autocast), "
             "512-byte rounded; checked against the fake-backend profiler by benchmarks/accuracy.py",
-            "peak_reserved: caching-allocator model, not calibrated on a GPU",
+            f"peak_reserved: caching-allocator model ({allocator_label(conf)}), not calibrated on a GPU",
             f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
         ),
     )

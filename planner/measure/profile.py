@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from planner.allocator import replay
+from planner.allocator import allocator_label, parse_alloc_conf, replay
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, Breakdown, MemoryReport, breakdown
 from planner.spec import TrainingSetup
 
@@ -32,7 +32,8 @@ def profile(
 
     t0 = time.perf_counter()
     record = run_step(setup, backend, custom_model=custom_model, custom_input=custom_input, progress=progress)
-    alloc = replay(record.events, record.iteration2_start)
+    conf = setup.device.alloc_conf if setup is not None else ""
+    alloc = replay(record.events, record.iteration2_start, parse_alloc_conf(conf or None))
     tr = record.tracker
     reserved = alloc.peak_reserved_bytes
     device = "CPU, FakeTensorMode (CUDA emulated)" if backend == "fake" else "CPU, real tensors (CUDA emulated)"
@@ -40,7 +41,7 @@ def profile(
         "peak_allocated: live storages tracked op by op, 512-byte rounded (CUDA caching-allocator block size); "
         "measured on the CPU with CUDA autocast and kernel choices emulated, not on a GPU",
         "peak_reserved: modelled by replaying the step's allocations through a model of the CUDA caching "
-        "allocator (planner/allocator.py), not measured",
+        f"allocator (planner/allocator.py; {allocator_label(conf)}), not measured",
         f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
     ) + tuple(tr.notes)  # e.g. attention that runs the math kernel (cuda_emulation)
     return MemoryReport(
@@ -58,5 +59,7 @@ def profile(
         device=device,
         notes=notes,
         extra={"allocator_model_peak_allocated_bytes": alloc.peak_allocated_bytes, "segments": alloc.segments},
+        fragmentation_bytes=alloc.fragmentation_bytes,
+        alloc_conf=conf,
         setup=dict(record.setup),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
+from planner.allocator import allocator_label
 from planner.report.text import TextTable
 from planner.result import GIB, MemoryReport
 from planner.spec import TrainingSetup
@@ -44,6 +45,8 @@ def setup_line(setup: TrainingSetup | None) -> str:
             tr.optimizer,
             amp,
         ]
+        if setup.device.alloc_conf:
+            parts.append(f"alloc_conf {setup.device.alloc_conf}")
     else:
         df = setup.diffusion
         parts = [
@@ -55,6 +58,8 @@ def setup_line(setup: TrainingSetup | None) -> str:
             df.training.optimizer,
             amp,
         ]
+        if setup.device.alloc_conf:
+            parts.append(f"alloc_conf {setup.device.alloc_conf}")
     return ", ".join(parts)
 
 
@@ -102,6 +107,9 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
     peak.add_row("peak_allocated", fmt_gib(report.peak_allocated_bytes), f"{report.peak_allocated_bytes:,}", "live storages at the peak")
     overhead = report.peak_reserved_bytes - report.peak_allocated_bytes
     peak.add_row("  + allocator overhead", fmt_gib(overhead), f"{overhead:,}", "segment rounding and fragmentation")
+    frag = report.fragmentation_bytes
+    peak.add_row("  fragmentation at the reserved peak", fmt_gib(frag), f"{frag:,}",
+                 f"reserved - live requests at the reserved peak ({allocator_label(report.alloc_conf)})")
     peak.add_row("peak_reserved", fmt_gib(report.peak_reserved_bytes), f"{report.peak_reserved_bytes:,}", report.reserved_basis)
     peak.add_row("  + context", fmt_gib(report.context_bytes), f"{report.context_bytes:,}", report.context_basis)
     peak.add_row("device_total", fmt_gib(report.device_total_bytes), f"{report.device_total_bytes:,}", "what must fit on the card")
