@@ -260,7 +260,7 @@ def estimate(
     Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
     """
     from planner.analytic.estimate import estimate as run_estimate
-    from planner.analytic.estimate import verdict
+    from planner.analytic.estimate import library_terms, verdict
     from planner.gpus import parse_gpu
 
     setup = _setup(locals())
@@ -305,6 +305,14 @@ def estimate(
         data["fits"] = v.fits if v else None
         data["gpu"] = v.to_json() if v else None
         data["next_step"] = v.next_step if v and not v.fits else None
+        terms = library_terms(report, card)
+        data["library_terms"] = {
+            "included_in_device_total": False,
+            "basis": "sourced, uncalibrated (planner/workspaces.py); a GPU profile measures them",
+            "terms": [{"name": t.name, "bytes": t.bytes, "source": t.source, "calibrated": t.calibrated,
+                       "note": t.note} for t in terms],
+            "total_bytes": sum(t.bytes for t in terms),
+        }
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
 
@@ -331,6 +339,13 @@ def estimate(
         out.print(f"[dim]{card.capacity_note()}[/dim]")
         for line in v.next_lines():
             out.print(line)
+    from planner.workspaces import render_lines
+
+    terms = library_terms(report, card)
+    out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
+              "the context line is the generation's reading where known):")
+    for line in render_lines(terms):
+        out.print(f"  {line}", markup=False) if "[" in line else out.print(f"  {line}")
     if measured is not None:
         render_comparison(report, measured, out)
 

@@ -109,3 +109,27 @@ def test_profile_reflects_the_setting():
     assert a.peak_allocated_bytes == b.peak_allocated_bytes
     assert b.alloc_conf == "expandable_segments:True" and a.alloc_conf == ""
     assert b.peak_reserved_bytes != a.peak_reserved_bytes
+
+
+def test_estimate_lists_the_library_terms_outside_the_trace(monkeypatch):
+    # issue 12: the workspaces the tracker cannot see, as labelled, sourced, uncalibrated terms
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    data = _est(["--gpu", "rtx4090", "--flash-attention"])
+    lib = data["library_terms"]
+    assert lib["included_in_device_total"] is False
+    terms = {t["name"]: t for t in lib["terms"]}
+    assert all(not t["calibrated"] and t["source"] for t in terms.values())
+    # cuBLAS on sm89 (RTX 4090): ":4096:2:16:8" = 4096 KiB x 2 + 16 KiB x 8 = 8,519,680 B per
+    # (handle, stream); forward and autograd's backward thread: x 2 = 17,039,360 B
+    assert terms["cuBLAS workspaces"]["bytes"] == 17_039_360
+    # the largest conv: the decoder's full-resolution 64 -> 64 channel conv at 64x64x32 in
+    # fp16, input + output = 2 x 64*64*32 * 64 * 2 B = 33,554,432 B, times the assumed 1.0
+    assert data["extra"]["workspace_inputs"]["conv_io_max_bytes"] == 33_554_432
+    assert terms["cuDNN conv workspace"]["bytes"] == 33_554_432
+    # flash attention at the bottom level (16x16x8 = 2048 positions, 64 channels, 1 head)
+    assert [1, 1, 2048, 2048, 64, "float16", "flash"] in data["extra"]["workspace_inputs"]["attention_calls"]
+    assert terms["attention backward scratch"]["bytes"] > 0
+    assert lib["total_bytes"] == sum(t["bytes"] for t in terms.values())
+    res = runner.invoke(app, ["estimate", *SMALL, "--gpu", "rtx4090"])
+    assert "Outside the trace (sourced, uncalibrated" in res.stdout and "cuBLAS workspaces" in res.stdout

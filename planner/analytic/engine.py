@@ -244,6 +244,10 @@ class Sim:
         self.recompute_frame: CheckpointFrame | None = None  # recomputing a region
         self.accum_hooks: list[Callable[[T], None]] = []
         self.device_accumulate: Callable[[T], None] | None = None
+        # what the library workspaces scale with (planner/workspaces.py): the largest
+        # convolution's input + output bytes, and every SDPA call
+        self.conv_io_max = 0
+        self.attention_calls: list[tuple] = []
 
     # -- storage
     def new(self, shape: Sequence[int], dtype: str, op: str | None = None) -> T:

@@ -117,7 +117,9 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryR
         params=dict(res.params),
         wall_seconds=time.perf_counter() - t0,
         device="analytic (no GPU, no torch)",
-        extra={"flops": res.flops, "bytes_written": res.bytes_written},
+        extra={"flops": res.flops, "bytes_written": res.bytes_written,
+               "workspace_inputs": {"conv_io_max_bytes": res.conv_io_max,
+                                    "attention_calls": [list(c) for c in res.attention_calls]}},
         fragmentation_bytes=alloc.fragmentation_bytes,
         alloc_conf=conf,
         notes=(
@@ -127,3 +129,24 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryR
             f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
         ),
     )
+
+
+def library_terms(report: MemoryReport, gpu: GPU | None) -> list:
+    """The memory outside the traced tensors (planner/workspaces.py), for this step on
+    ``gpu`` (its compute capability, when the catalog knows it): cuBLAS workspaces, the
+    largest cuDNN convolution workspace, the largest attention backward scratch, the CUDA
+    context. Sourced and uncalibrated; reported beside device_total, not added to it."""
+    import os
+
+    from planner.gpus import cc_tuple
+    from planner.workspaces import workspace_terms
+
+    inputs = report.extra.get("workspace_inputs", {})
+    cc = cc_tuple(gpu.compute_capability) if gpu is not None and gpu.compute_capability else None
+    return workspace_terms(
+        compute_capability=cc, gpu_key=gpu.key if gpu is not None else None,
+        cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG") or None, cudnn_benchmark=False,
+        conv_workspace_hint_bytes=inputs.get("conv_io_max_bytes", 0),
+        attention=[tuple(c) for c in inputs.get("attention_calls", [])],
+    )
+

@@ -454,6 +454,9 @@ def conv(x: T, w: T, b: T | None, stride: int, padding: int, dilation: int = 1) 
 
     S.record("ConvolutionBackward0", [x, w, b], [out], bwd, (x, w))
     count_flops(2 * out.numel * prod(ws[1:]), int(need[0]) + int(need[1]))
+    io = (prod(xs) + out.numel) * ITEMSIZE[xdt]
+    if io > S.conv_io_max:
+        S.conv_io_max = io
     return out
 
 
@@ -639,6 +642,8 @@ def softmax_fp32(x: T) -> T:
 # CUDA's SDPA backend choice: the torch-free rule set both engines use (planner/sdpa_rules.py).
 from planner.sdpa_rules import sdpa_choice  # noqa: E402  (re-exported: ops.sdpa_choice)
 
+_SDPA_DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32"}
+
 
 def sdpa(q: T, k: T, v: T) -> T:
     """F.scaled_dot_product_attention(q, k, v) (no mask, no dropout, not causal) as CUDA
@@ -665,6 +670,8 @@ def sdpa(q: T, k: T, v: T) -> T:
             "which the estimate does not model; use `vramplan profile` for this setup"
         )
     flash = backend == "flash"
+    if requires_grad:  # backward scratch (planner/workspaces.py)
+        S.attention_calls.append((bsz, heads, L, k.shape[-2], d, _SDPA_DTYPES[q.dtype], backend))
     name = "_scaled_dot_product_flash_attention" if flash else "_scaled_dot_product_efficient_attention"
     out = _new((bsz, heads, L, v.shape[-1]), q.dtype, name)
     # the memory-efficient kernel pads its logsumexp to a multiple of 32 queries

@@ -32,6 +32,10 @@ class SimResult:
     params: dict[str, int]
     flops: int = 0
     bytes_written: int = 0
+    conv_io_max: int = 0
+    """The largest convolution's input + output bytes (cuDNN workspace hint)."""
+    attention_calls: tuple = ()
+    """(batch, heads, seq_q, seq_k, head_dim, dtype, backend) per SDPA call with a backward."""
 
     @property
     def events(self) -> list[tuple[int, int]]:
@@ -191,6 +195,8 @@ def _finish(ctx: _Ctx, it2: int, roots: dict[str, Mod]) -> SimResult:
         params={n: sum(p.numel for p in m.parameters()) for n, m in roots.items()},
         flops=int(ctx.sim.flops * scale),
         bytes_written=int(mem.written * scale),
+        conv_io_max=ctx.sim.conv_io_max,
+        attention_calls=tuple(ctx.sim.attention_calls),
     )
     _ACC.clear()
     return res
