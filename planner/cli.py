@@ -217,12 +217,40 @@ def profile(
             progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"),
         )
     if as_json:
-        _print_json(report.to_json())
+        data = report.to_json()
+        if chosen != "cuda":  # on a GPU the allocator already holds these buffers
+            data["library_terms"] = _library_terms_json(report, None)
+        _print_json(data)
         return
     from planner.report.terminal import render_report
 
     render_report(report, None if model else setup, out, title=f"vramplan profile ({chosen} backend)")
+    if chosen != "cuda":
+        _print_library_terms(report, None)
     out.print(f"[dim]{report.wall_seconds:.1f} s[/dim]")
+
+
+def _library_terms_json(report: Any, card: Any) -> dict:
+    from planner.analytic.estimate import library_terms
+
+    terms = library_terms(report, card)
+    return {
+        "included_in_device_total": False,
+        "basis": "sourced, uncalibrated (planner/workspaces.py); a GPU profile measures them",
+        "terms": [{"name": t.name, "bytes": t.bytes, "source": t.source, "calibrated": t.calibrated,
+                   "note": t.note} for t in terms],
+        "total_bytes": sum(t.bytes for t in terms),
+    }
+
+
+def _print_library_terms(report: Any, card: Any) -> None:
+    from planner.analytic.estimate import library_terms
+    from planner.workspaces import render_lines
+
+    out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
+              "the context line is the generation's reading where known):")
+    for line in render_lines(library_terms(report, card)):
+        out.print(f"  {line}", markup=False) if "[" in line else out.print(f"  {line}")
 
 
 @app.command()
@@ -260,7 +288,7 @@ def estimate(
     Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
     """
     from planner.analytic.estimate import estimate as run_estimate
-    from planner.analytic.estimate import library_terms, verdict
+    from planner.analytic.estimate import verdict
     from planner.gpus import parse_gpu
 
     setup = _setup(locals())
@@ -305,14 +333,7 @@ def estimate(
         data["fits"] = v.fits if v else None
         data["gpu"] = v.to_json() if v else None
         data["next_step"] = v.next_step if v and not v.fits else None
-        terms = library_terms(report, card)
-        data["library_terms"] = {
-            "included_in_device_total": False,
-            "basis": "sourced, uncalibrated (planner/workspaces.py); a GPU profile measures them",
-            "terms": [{"name": t.name, "bytes": t.bytes, "source": t.source, "calibrated": t.calibrated,
-                       "note": t.note} for t in terms],
-            "total_bytes": sum(t.bytes for t in terms),
-        }
+        data["library_terms"] = _library_terms_json(report, card)
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
 
@@ -339,13 +360,7 @@ def estimate(
         out.print(f"[dim]{card.capacity_note()}[/dim]")
         for line in v.next_lines():
             out.print(line)
-    from planner.workspaces import render_lines
-
-    terms = library_terms(report, card)
-    out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
-              "the context line is the generation's reading where known):")
-    for line in render_lines(terms):
-        out.print(f"  {line}", markup=False) if "[" in line else out.print(f"  {line}")
+    _print_library_terms(report, card)
     if measured is not None:
         render_comparison(report, measured, out)
 

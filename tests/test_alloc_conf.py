@@ -133,3 +133,17 @@ def test_estimate_lists_the_library_terms_outside_the_trace(monkeypatch):
     assert lib["total_bytes"] == sum(t["bytes"] for t in terms.values())
     res = runner.invoke(app, ["estimate", *SMALL, "--gpu", "rtx4090"])
     assert "Outside the trace (sourced, uncalibrated" in res.stdout and "cuBLAS workspaces" in res.stdout
+
+
+def test_profile_and_estimate_see_the_same_workspace_inputs():
+    # the tracker records the largest conv and every SDPA call with a backward, as the
+    # estimator does, so both engines list the same library terms for the same step
+    from planner.analytic.estimate import estimate
+    from planner.measure.profile import profile
+
+    setup = resolve_setup(None, Overrides(voxel="64x64x32", flash_attention=True, perceptual=False))
+    est, prof = estimate(setup), profile(setup, "fake")
+    a, b = est.extra["workspace_inputs"], prof.extra["workspace_inputs"]
+    assert a["conv_io_max_bytes"] == b["conv_io_max_bytes"] == 33_554_432  # 2 x 64*64*32 * 64 ch * 2 B
+    assert sorted(map(tuple, a["attention_calls"])) == sorted(map(tuple, b["attention_calls"]))
+    assert (1, 1, 2048, 2048, 64, "float16", "flash") in map(tuple, b["attention_calls"])

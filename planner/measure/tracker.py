@@ -86,6 +86,8 @@ class TrackerResult:
     timeline: list[TimelinePoint] = field(default_factory=list)
     untracked_host_bytes: int = 0
     notes: list[str] = field(default_factory=list)  # e.g. SDPA math fallbacks (cuda_emulation)
+    conv_io_max: int = 0
+    attention_calls: tuple = ()
 
 
 class ModuleContext:
@@ -154,6 +156,10 @@ class LiveStorageTracker(TorchDispatchMode):
         self.host_scalars = False  # inside optimizer.step(): 0-dim outputs live on the host
         self.device_type: str | None = None  # on a real GPU: count only storages on this device
         self.notes: list[str] = []  # what the report must say (cuda_emulation files SDPA math fallbacks here)
+        # what the library workspaces scale with (planner/workspaces.py), as the estimator
+        # records them: the largest convolution's input + output bytes, each fused SDPA call
+        self.conv_io_max = 0
+        self.attention_calls: list[tuple] = []
 
     # -- registration ------------------------------------------------------------
     def _register(self, st: torch.UntypedStorage, op: str) -> int:
@@ -245,7 +251,21 @@ class LiveStorageTracker(TorchDispatchMode):
                     continue
                 self._register(st, name)
         self._note_peak(name)
+        if name in _WORKSPACE_OPS:
+            self._note_workspace_op(name, args, out)
         return out
+
+    def _note_workspace_op(self, name: str, args: tuple, out: Any) -> None:
+        if name == "convolution":
+            io = args[0].numel() * args[0].element_size()
+            io += out.numel() * out.element_size()
+            self.conv_io_max = max(self.conv_io_max, io)
+        elif torch.is_grad_enabled():  # a call with a backward (the estimator: an input requires grad)
+            q, k = args[0], args[1]
+            backend = "flash" if name == "_scaled_dot_product_flash_attention" else "efficient"
+            dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(q.dtype, "float32")
+            self.attention_calls.append((int(q.shape[0]), int(q.shape[1]), int(q.shape[2]), int(k.shape[2]),
+                                         int(q.shape[3]), dtype, backend))
 
     # -- result ------------------------------------------------------------------
     def result(self) -> TrackerResult:
@@ -261,7 +281,12 @@ class LiveStorageTracker(TorchDispatchMode):
             timeline=list(self.timeline),
             untracked_host_bytes=self.host_bytes,
             notes=list(self.notes),
+            conv_io_max=self.conv_io_max,
+            attention_calls=tuple(self.attention_calls),
         )
+
+
+_WORKSPACE_OPS = frozenset(("convolution", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention"))
 
 
 def category_of(info: StorageInfo) -> Category:
