@@ -43,11 +43,12 @@ import speed  # noqa: E402
 BASELINE = HERE / "baseline.json"
 ACCURACY_SLACK_PP = 0.5
 # Ratios to the baseline may grow by this factor before --check fails. Set from the
-# spread measured in 10 runs of the speed suite on the 2-core build machine (5 in a row,
-# 5 beside a CPU-bound `while True: pass`): per figure, the largest median ratio was at
-# most 1.32x the smallest (estimate_inproc; the others 1.12-1.25x) and at most 1.09x the
-# baseline. 1.5 leaves room above that noise and still fails a 50 % slowdown (README).
-SPEED_SLACK = 1.5
+# spread measured on the 2-core build machine: in 10 runs of the speed suite (5 in a row,
+# 5 beside a CPU-bound `while True: pass`) the largest median ratio per figure was at most
+# 1.32x the smallest (estimate_inproc; the others 1.12-1.25x); one later run during
+# unexplained background activity reached 1.45x (estimate_inproc 0.449 against 0.310).
+# 1.8 stays above that noise and still fails a doubling (README, "Speed").
+SPEED_SLACK = 1.8
 ACCURACY_TARGETS = {"median_abs_error_pct": accuracy.TARGET_MEDIAN_PCT, "worst_abs_error_pct": accuracy.TARGET_WORST_PCT}
 # Fixed ratio targets (the issue's); other ratios are held to the baseline.
 RATIO_TARGETS = {"cli_estimate": 1.0}
