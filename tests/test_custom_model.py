@@ -169,6 +169,7 @@ def test_flags_that_apply_to_model_change_the_setup(models):
         "optimizer": "adam",
         "gradient_accumulation_steps": 1,
         "backend": "fake",
+        "parameter_dtypes": {"fp32": 221},  # conv(): (4*1*27 + 4) + (1*4*27 + 1) = 112 + 109 = 221
     }
     fp32 = _ok_json(runner.invoke(app, [*base, "--no-amp", "--optimizer", "sgd"]))["setup"]
     assert fp32["precision"] == "fp32" and fp32["optimizer"] == "sgd"

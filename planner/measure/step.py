@@ -327,7 +327,8 @@ def run_step(
             model.train()
             roots = {"model": model}
             record = _run_custom(runner, roots, custom_input, note, keep_timeline)
-            record = _with_setup(record, runner, custom_input, custom_model=custom_model, dtype=_param_dtype(model))
+            record = _with_setup(record, runner, custom_input, custom_model=custom_model, dtype=_param_dtype(model),
+                                 param_counts=_param_counts(model))
             if user_autocast is not None and user_autocast.dtypes:
                 own = " and ".join(sorted(_DTYPE_NAMES.get(d, str(d)) for d in user_autocast.dtypes))
                 record.setup["precision"] += f"; the model's own autocast(cuda, {own}) regions"
@@ -355,6 +356,16 @@ def _param_dtype(model: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
+def _param_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter elements per dtype name ({'fp32': n, 'fp16': m} for a guided-diffusion
+    UNet with use_fp16: its convolutions are fp16, its embeddings and norms fp32)."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        name = _DTYPE_NAMES.get(p.dtype, str(p.dtype).replace("torch.", ""))
+        counts[name] = counts.get(name, 0) + p.numel()
+    return counts
+
+
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
@@ -373,8 +384,10 @@ def _with_setup(
     *,
     custom_model: str | None = None,
     dtype: torch.dtype = torch.float32,
+    param_counts: dict[str, int] | None = None,
 ) -> StepRecord:
-    """The record, stating what ran: step, model, input shape, precision, optimizer, backend."""
+    """The record, stating what ran: step, model, input shape, precision (with the
+    parameters' dtypes when they are mixed), optimizer, backend."""
     setup = runner.setup
     if custom_model is not None:
         info: dict[str, Any] = {"step": "custom MSE step (--model)", "model": custom_model}
@@ -393,6 +406,11 @@ def _with_setup(
         gradient_accumulation_steps=accum,
         backend=runner.backend,
     )
+    if param_counts:
+        info["parameter_dtypes"] = dict(param_counts)
+        if len(param_counts) > 1:
+            mixed = ", ".join(f"{k} {v:,}" for k, v in sorted(param_counts.items(), key=lambda kv: -kv[1]))
+            info["precision"] += f"; mixed parameter dtypes ({mixed} elements)"
     return replace(record, setup=info)
 
 
