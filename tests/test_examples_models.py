@@ -33,8 +33,9 @@ def _profile(monkeypatch, spec: str, shape: str, *flags: str) -> dict:
     return json.loads(res.stdout)
 
 
-def _setup(spec: str, shape: list[int], precision: str) -> dict:
+def _setup(spec: str, shape: list[int], precision: str, params: int) -> dict:
     return {
+        "parameter_dtypes": {"fp32": params},  # every parameter of these models is fp32
         "step": "custom MSE step (--model)",
         "model": spec,
         "input_shape": shape,
@@ -66,7 +67,7 @@ def test_voxel_net_cpu_forward_keeps_the_input_shape():
 def test_voxel_net_profiles_with_its_defaults(monkeypatch):
     spec = f"{VOXEL}:make_voxel_net"
     data = _profile(monkeypatch, spec, "1x4x64x64x64", "--no-amp")  # the factory's default resolution 64
-    assert data["setup"] == _setup(spec, [1, 4, 64, 64, 64], "fp32")
+    assert data["setup"] == _setup(spec, [1, 4, 64, 64, 64], "fp32", data["params"]["model"])
     params = data["params"]["model"]
     assert params == sum(p.numel() for p in _load(VOXEL).make_voxel_net().parameters())
     # at least the fp32 parameters plus Adam's two moments (the step's second iteration)
@@ -106,7 +107,7 @@ def test_radar_vae_cpu_forward_keeps_the_input_shape():
 def test_radar_vae_profile_notes_the_math_kernel(monkeypatch):
     spec = f"{RADAR}:make_radar_vae"
     data = _profile(monkeypatch, spec, "2x1x32x32x16")  # AMP (the default), as the note trains
-    assert data["setup"] == _setup(spec, [2, 1, 32, 32, 16], "autocast fp16 + GradScaler")
+    assert data["setup"] == _setup(spec, [2, 1, 32, 32, 16], "autocast fp16 + GradScaler", data["params"]["model"])
     assert data["params"]["model"] == sum(p.numel() for p in _load(RADAR).make_radar_vae().parameters())
     # Bottom of (1, 2, 4): two stride-2 downsamplings, 32x32x16 -> 8x8x4, L = 256 tokens;
     # the reshape+transpose views have last-dimension stride L, so the fused kernels refuse
@@ -124,7 +125,7 @@ def test_radar_vae_profile_notes_the_math_kernel(monkeypatch):
 def test_radar_vae_profile_at_the_users_shape(monkeypatch):
     spec = f"{RADAR}:make_radar_vae"
     data = _profile(monkeypatch, spec, "1x1x64x64x32", "--no-amp")
-    assert data["setup"] == _setup(spec, [1, 1, 64, 64, 32], "fp32")
+    assert data["setup"] == _setup(spec, [1, 1, 64, 64, 32], "fp32", data["params"]["model"])
     # 64x64x32 -> 16x16x8 at the bottom: L = 2048; scores 1 * 1 * 2048 * 2048 * 4
     # = 16,777,216 B = 0.015625 GiB, printed "0.02 GiB".
     scores = 1 * 1 * 2048 * 2048 * 4
