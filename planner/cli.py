@@ -250,7 +250,7 @@ def _print_library_terms(report: Any, card: Any) -> None:
     out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
               "the context line is the generation's reading where known):")
     for line in render_lines(library_terms(report, card)):
-        out.print(f"  {line}", markup=False) if "[" in line else out.print(f"  {line}")
+        out.print(f"  {line}", markup=False)  # sources quote file paths and URLs
 
 
 @app.command()
@@ -296,7 +296,7 @@ def estimate(
 
     card = parse_gpu(gpu) if gpu else None
     prof = profiles.load(profile_name) if profile_name else (profiles.for_gpu(card.key) if card else None)
-    report = run_estimate(setup)
+    report = run_estimate(setup, card.capacity_bytes if card else None)
     if prof is not None:
         report = prof.apply(report)
     def _recommend_command() -> str:
@@ -574,11 +574,7 @@ def recommend(
             "card_needed": rec.needed_gpu.key if rec.needed_gpu else None,
         })
         if best and write:
-            import yaml
-
-            from planner.spec import spec_to_dict
-
-            write.write_text(yaml.safe_dump(spec_to_dict(best.setup), sort_keys=False))
+            _write_setup(write, best.setup)
         return
     from rich.table import Table
 
@@ -606,11 +602,7 @@ def recommend(
         else:
             out.print("No faster setting in the search space fits.")
         if write:
-            import yaml
-
-            from planner.spec import spec_to_dict
-
-            write.write_text(yaml.safe_dump(spec_to_dict(best.setup), sort_keys=False))
+            _write_setup(write, best.setup)
             out.print(f"wrote {write} (the input, unchanged)")
         return
     if best is None:
@@ -646,12 +638,18 @@ def recommend(
             alt.add_row(", ".join(c.labels) or "as is", R.TIER_NAMES[c.tier], f"{c.exact.device_total_bytes / 2**30:.2f}", rel)
         out.print(alt)
     if write:
-        import yaml
-
-        from planner.spec import spec_to_dict
-
-        write.write_text(yaml.safe_dump(spec_to_dict(best.setup), sort_keys=False))
+        _write_setup(write, best.setup)
         out.print(f"wrote {write}")
+
+
+def _write_setup(path: Path, setup: Any) -> None:
+    """recommend --write: the full configuration as YAML; a write error is one line."""
+    import yaml
+
+    from planner.report.table import write_text
+    from planner.spec import spec_to_dict
+
+    write_text(path, yaml.safe_dump(spec_to_dict(setup), sort_keys=False), "--write")
 
 
 class Fmt(str, Enum):
@@ -847,8 +845,8 @@ def oom(
         setup = _setup(params)
         sim = simulate(setup)
         matches = O.match_request(report, sim.mem)
-        est = run_estimate(setup)
         card = parse_gpu(gpu) if gpu else O.recommendation_card(report)
+        est = run_estimate(setup, card.capacity_bytes if card else None)
         setup_data = {
             "summary": setup_line(setup),
             "request_matches": [m.to_json() for m in matches],

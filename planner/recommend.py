@@ -196,7 +196,7 @@ def _evaluate(setup: TrainingSetup, gpu: GPU) -> tuple[MemoryReport, float | Non
     from planner.analytic.cost import seconds_per_sample
     from planner.analytic.estimate import estimate
 
-    rep = estimate(setup)
+    rep = estimate(setup, gpu.capacity_bytes)
     return rep, seconds_per_sample(setup, rep, gpu)
 
 
@@ -490,7 +490,7 @@ def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int |
 
     def fits(b: int) -> MemoryReport | None:
         try:
-            rep = estimate(_tr(setup, batch_size=b))
+            rep = estimate(_tr(setup, batch_size=b), gpu.capacity_bytes)
         except PlannerError:
             return None
         return rep if rep.device_total_bytes <= budget else None
@@ -527,7 +527,7 @@ def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int =
     def fits(k: int) -> MemoryReport | None:
         try:
             s = replace(setup, data=replace(setup.data, voxel_size=at(k)))
-            rep = estimate(s)
+            rep = estimate(s, gpu.capacity_bytes)
         except PlannerError:
             return None
         return rep if rep.device_total_bytes <= budget else None

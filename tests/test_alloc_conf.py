@@ -147,3 +147,35 @@ def test_profile_and_estimate_see_the_same_workspace_inputs():
     assert a["conv_io_max_bytes"] == b["conv_io_max_bytes"] == 33_554_432  # 2 x 64*64*32 * 64 ch * 2 B
     assert sorted(map(tuple, a["attention_calls"])) == sorted(map(tuple, b["attention_calls"]))
     assert (1, 1, 2048, 2048, 64, "float16", "flash") in map(tuple, b["attention_calls"])
+
+
+def test_garbage_collection_threshold_acts_on_the_given_card_and_says_so_without_one(monkeypatch):
+    # garbage_collect_cached_blocks frees cached blocks once reserved passes threshold x the
+    # card's allowed memory: without a card it cannot act, and the report says so
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    conf = "garbage_collection_threshold:0.5"
+    default = _est([])
+    no_card = _est(["--alloc-conf", conf])
+    assert no_card["peak_reserved_bytes"] == default["peak_reserved_bytes"]
+    assert any(n.startswith("garbage_collection_threshold: not applied") for n in no_card["notes"])
+    # a card exactly as large as the default reserved peak: the threshold is half of it
+    cap = default["peak_reserved_bytes"]
+    with_card = _est(["--alloc-conf", conf, "--gpu", f"{cap}B"])
+    res = simulate(resolve_setup(None, Overrides(voxel="64x64x32")))
+    want = replay(res.events, res.iteration2_start, parse_alloc_conf(conf), capacity_bytes=cap)
+    assert with_card["peak_reserved_bytes"] == want.peak_reserved_bytes < default["peak_reserved_bytes"]
+    assert not any(n.startswith("garbage_collection_threshold") for n in with_card["notes"])
+
+
+def test_recommend_write_error_is_one_line(tmp_path, monkeypatch):
+    # the YAML of --write goes through the one write helper: an OS error is one line, exit 2
+    import planner.report.table as T
+
+    def boom(path, text, flag):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(T.Path, "write_text", lambda self, text: boom(self, text, "--write"))
+    res = runner.invoke(app, ["recommend", *SMALL, "--gpu", "80GB", "--write", str(tmp_path / "r.yaml")])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: --write: cannot write '{tmp_path / 'r.yaml'}' (No space left on device)"]

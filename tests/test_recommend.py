@@ -212,7 +212,7 @@ def test_issue9_cli_names_smaller_sizes_that_do_not_fit(monkeypatch):
         def __init__(self, total):
             self.device_total_bytes = total
 
-    monkeypatch.setattr(E, "estimate", lambda s: Rep(10**12 if s.batch_size == 75 else s.batch_size * 10**9))
+    monkeypatch.setattr(E, "estimate", lambda s, capacity_bytes=None: Rep(10**12 if s.batch_size == 75 else s.batch_size * 10**9))
     res = CliRunner().invoke(app, ["recommend", "--max-batch", "--voxel", "32x32x32", "--gpu", "80GB", "--json"])
     data = json.loads(res.stdout)
     assert data["max_batch"] == 80 and data["smaller_not_fitting"] == [75] and data["capped"] is False

@@ -98,7 +98,8 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryR
     try:
         res = simulate(setup)
         conf = setup.device.alloc_conf
-        alloc = replay(res.events, res.iteration2_start, parse_alloc_conf(conf or None), capacity_bytes)
+        cfg = parse_alloc_conf(conf or None)
+        alloc = replay(res.events, res.iteration2_start, cfg, capacity_bytes)
     finally:
         if was_enabled:
             gc.enable()
@@ -127,7 +128,10 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryR
             "512-byte rounded; checked against the fake-backend profiler by benchmarks/accuracy.py",
             f"peak_reserved: caching-allocator model ({allocator_label(conf)}), not calibrated on a GPU",
             f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
-        ),
+        ) + ((
+            "garbage_collection_threshold: not applied: it acts on a fraction of the card's capacity, "
+            "and no card was given (--gpu)",
+        ) if cfg.garbage_collection_threshold is not None and capacity_bytes is None else ()),
     )
 
 

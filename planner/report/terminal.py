@@ -45,8 +45,6 @@ def setup_line(setup: TrainingSetup | None) -> str:
             tr.optimizer,
             amp,
         ]
-        if setup.device.alloc_conf:
-            parts.append(f"alloc_conf {setup.device.alloc_conf}")
     else:
         df = setup.diffusion
         parts = [
@@ -58,16 +56,9 @@ def setup_line(setup: TrainingSetup | None) -> str:
             df.training.optimizer,
             amp,
         ]
-        if setup.device.alloc_conf:
-            parts.append(f"alloc_conf {setup.device.alloc_conf}")
+    if setup.device.alloc_conf:
+        parts.append(f"alloc_conf {setup.device.alloc_conf}")
     return ", ".join(parts)
-
-
-def _escape(text: str) -> str:
-    """rich.markup.escape without importing rich: only what would read as a tag."""
-    import re
-
-    return re.sub(r"(\\*)(\[[a-z#/@][^[]*?])", lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
 
 
 def run_line(info: dict) -> str:
@@ -95,7 +86,7 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
         console.print(line)
     ran = run_line(report.setup)
     if ran:
-        console.print(_escape(ran))  # a --model path is not markup
+        console.print(ran, markup=False)  # a --model path is not markup
     if report.params:
         console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in report.params.items()))
 

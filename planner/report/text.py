@@ -115,14 +115,15 @@ class PlainConsole:
         f = self.file
         return "NO_COLOR" not in os.environ and hasattr(f, "isatty") and f.isatty()
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:
+    def print(self, *objects: Any, markup: bool = True, **kwargs: Any) -> None:
+        """rich's ``Console.print``: markup in strings unless ``markup=False`` (a path, a
+        source line); table cells are always literal."""
         if all(isinstance(o, (str, TextTable)) for o in objects) and not kwargs:
             color = self._color()
-            # markup in strings, as rich; table cells are taken literally
-            text = " ".join(_styled(o, color) if isinstance(o, str) else str(o) for o in objects)
+            text = " ".join(_styled(o, color) if isinstance(o, str) and markup else str(o) for o in objects)
             self.file.write(text + "\n")
             return
-        self.rich.print(*objects, **kwargs)
+        self.rich.print(*objects, markup=markup, **kwargs)
 
     @property
     def rich(self) -> Any:
