@@ -693,10 +693,10 @@ def table(
     gpus = [parse_gpu(g) for g in (gpu or [])]
     speed_gpu = gpus[0] if gpus else parse_gpu("rtx4090")
     if seed004:
-        from planner.config import setup_from_dict
+        from planner.config import setup_from_dict, with_environment
         from planner.report.seed004 import seed004_configs
 
-        rows = [(meta, setup_from_dict(cfg)) for meta, cfg in seed004_configs()]
+        rows = [(meta, setup_from_dict(with_environment(cfg))) for meta, cfg in seed004_configs()]
     else:
         if voxel and sweep and any(s.split("=")[0].strip() == "voxel" for s in sweep):
             raise PlannerError("--voxel: also swept by --sweep voxel=...; give one of them")

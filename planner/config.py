@@ -336,21 +336,27 @@ class Overrides:
 ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 
 
+def with_environment(data: dict) -> dict:
+    """A setup mapping under PYTORCH_CUDA_ALLOC_CONF from the environment (as torch reads
+    it): the file's or the flags' device.alloc_conf still wins."""
+    env_conf = os.environ.get(ALLOC_CONF_ENV, "").strip()
+    if not env_conf:
+        return data
+    from planner.allocator import parse_alloc_conf
+
+    try:
+        parse_alloc_conf(env_conf)
+    except PlannerError as exc:
+        raise PlannerError(f"{ALLOC_CONF_ENV} (environment): {exc}") from None
+    return deep_merge({"device": {"alloc_conf": env_conf}}, data)
+
+
 def resolve_setup(
     config: str | Path | None = None, overrides: Overrides | None = None, flag: str = "--config"
 ) -> S.TrainingSetup:
     """The setup a command runs on: built-in default <- PYTORCH_CUDA_ALLOC_CONF (the
     environment, as torch reads it) <- YAML file <- flags."""
-    data = load_yaml(config, flag) if config else {}
-    env_conf = os.environ.get(ALLOC_CONF_ENV, "").strip()
-    if env_conf:
-        from planner.allocator import parse_alloc_conf
-
-        try:
-            parse_alloc_conf(env_conf)
-        except PlannerError as exc:
-            raise PlannerError(f"{ALLOC_CONF_ENV} (environment): {exc}") from None
-        data = deep_merge({"device": {"alloc_conf": env_conf}}, data)
+    data = with_environment(load_yaml(config, flag) if config else {})
     ov = overrides or Overrides()
     kind = ov.kind or data.get("kind", S.TrainingSetup().kind)
     if kind not in S.KINDS:

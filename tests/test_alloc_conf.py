@@ -179,3 +179,19 @@ def test_recommend_write_error_is_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
         f"error: --write: cannot write '{tmp_path / 'r.yaml'}' (No space left on device)"]
+
+
+def test_seed004_table_rows_honour_the_environment(monkeypatch):
+    # the seed-004 rows are built from fixed mappings, not resolve_setup: the environment
+    # variable must reach them as it reaches every other setup
+    from planner.config import setup_from_dict, with_environment
+    from planner.report.seed004 import seed004_configs
+
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    cfg = seed004_configs()[0][1]
+    assert setup_from_dict(with_environment(cfg)).device.alloc_conf == "expandable_segments:True"
+    res = runner.invoke(app, ["table", "--seed004", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    plain = runner.invoke(app, ["table", "--seed004", "--format", "json"])
+    assert json.loads(res.stdout) != json.loads(plain.stdout)  # reserved and device totals moved
