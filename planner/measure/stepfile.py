@@ -1,0 +1,682 @@
+"""A user's own training step (a step file) under the tracer, with vramplan's knobs applied around it.
+
+The file (``examples/steps/template.py`` documents it) defines::
+
+    networks(**knobs) -> {name: nn.Module}      # generator, discriminator, frozen perceptual net, EMA ...
+    optimizers(nets) -> {name: Optimizer}       # any torch.optim class with its options
+    batch(batch_size, **knobs) -> tensor | tuple | dict   # one micro-batch on the device
+    step(nets, opts, batch, vp)                 # one micro-batch of the user's own step
+    DECLARE = {"aten::nonzero": fn, ...}        # optional: outputs of ops a trace cannot run
+
+and uses the handle ``vp`` where a training script would call its AMP/accumulation
+helpers (as ``accelerate``'s ``accelerator.backward`` does): ``vp.autocast()``,
+``vp.zero_grad(opt)``, ``vp.backward(loss, opt)``, ``vp.step(opt)``; ``vp.keep`` holds
+what a script's variables keep alive into the next iteration.
+
+vramplan's knobs, each applied to the real objects so its effect is what the traced step
+does (never a multiplier):
+
+* batch x accumulation: ``step`` runs ``accumulation`` times per optimizer step on
+  micro-batches of ``batch_size``; ``vp.backward`` divides the loss, ``vp.zero_grad`` acts on
+  the first micro-batch and ``vp.step`` on the last, so gradients are held in between;
+* precision: CUDA autocast fp16 (+ one GradScaler per optimizer, emulated as in
+  ``torch/amp/grad_scaler.py``) or bf16; half networks with fp32 master weights (guided-diffusion
+  ``fp16_util.py``: ``make_master_params``, ``model_grads_to_master_grads``,
+  ``zero_master_grads``, ``master_params_to_model_params``; inputs cast to half and outputs to
+  fp32 as apex O2's ``patch_forward`` does, ``apex/amp/_initialize.py``); plain ``.half()``;
+* activation checkpointing: torch's own ``checkpoint_wrapper(..., CheckpointImpl.NO_REENTRANT)``
+  through ``apply_activation_checkpointing`` around the named module classes
+  (``torch/distributed/algorithms/_checkpoint/checkpoint_wrapper.py``);
+* the SDPA backend: ``torch.nn.attention.sdpa_kernel([backend])`` around the step;
+* the optimizer: the class replaced, its options kept where the new class takes them.
+
+Optimizers whose ``foreach`` is unset get ``foreach=True``: on CUDA torch.optim resolves
+``foreach=None`` to True (``torch/optim/optimizer.py`` ``_default_to_fused_or_foreach``: all
+parameters on CUDA), and its temporaries count; on the CPU it would resolve to False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import types
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from planner.errors import PlannerError
+from planner.measure.tracker import Category, Phase
+from planner.steps import StepSetup
+
+REQUIRED = ("networks", "optimizers", "batch", "step")
+FP16_MASTER_LOSS_SCALE = 2.0**20  # guided-diffusion fp16_util.py INITIAL_LOG_LOSS_SCALE = 20.0
+_HALF = {"fp16-master": torch.float16, "bf16-master": torch.bfloat16, "fp16": torch.float16, "bf16": torch.bfloat16}
+_OPTIM_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    default: Any
+    owners: tuple[str, ...]  # which of networks/batch take it
+
+
+@dataclass
+class StepFile:
+    """A loaded step file: its functions and its knobs (keyword arguments with defaults)."""
+
+    path: str
+    module: types.ModuleType
+    knobs: dict[str, Knob]
+    batch_default: int | None
+
+    def fn(self, name: str) -> Callable[..., Any]:
+        return getattr(self.module, name)
+
+
+def _module(path: str) -> types.ModuleType:
+    from planner.measure.user_code import _import_module
+
+    try:
+        return _import_module(path, path)
+    except PlannerError as exc:
+        raise PlannerError(str(exc).replace("--model", "--step", 1)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(path: str, mtime: float) -> StepFile:
+    mod = _module(path)
+    missing = [n for n in REQUIRED if not callable(getattr(mod, n, None))]
+    if missing:
+        raise PlannerError(
+            f"--step: '{path}' does not define {', '.join(missing)} (a step file defines networks, optimizers, "
+            f"batch and step; see examples/steps/template.py)"
+        )
+    knobs: dict[str, Knob] = {}
+    batch_default = None
+    for owner in ("networks", "batch"):
+        sig = inspect.signature(getattr(mod, owner))
+        for i, p in enumerate(sig.parameters.values()):
+            if owner == "batch" and i == 0:  # batch_size
+                if p.default is not inspect.Parameter.empty:
+                    batch_default = p.default
+                continue
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.default is inspect.Parameter.empty:
+                raise PlannerError(
+                    f"--step: {owner}() in '{path}' has parameter '{p.name}' without a default; "
+                    f"every knob needs one (it is the value used when no --knob sets it)"
+                )
+            if p.name == "device":
+                continue
+            prev = knobs.get(p.name)
+            if prev is not None and prev.default != p.default:
+                raise PlannerError(
+                    f"--step: knob '{p.name}' defaults to {prev.default!r} in {prev.owners[0]}() but to "
+                    f"{p.default!r} in {owner}() of '{path}'; give it one default"
+                )
+            knobs[p.name] = Knob(p.name, p.default, (prev.owners if prev else ()) + (owner,))
+    return StepFile(path, mod, knobs, batch_default)
+
+
+def load(path: str) -> StepFile:
+    p = Path(path)
+    return _load_cached(path, p.stat().st_mtime if p.is_file() else 0.0)
+
+
+def _check_knob(sf: StepFile, name: str, value: Any) -> Any:
+    knob = sf.knobs.get(name)
+    if knob is None:
+        valid = ", ".join(sorted(sf.knobs)) or "none"
+        raise PlannerError(f"--knob: '{sf.path}' has no knob '{name}' (valid: {valid})")
+    d = knob.default
+    if isinstance(d, bool):
+        if not isinstance(value, bool):
+            raise PlannerError(f"--knob {name}: expected true or false, got {value!r}")
+    elif isinstance(d, int) and d is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PlannerError(f"--knob {name}: expected an integer (default {d}), got {value!r}")
+    elif isinstance(d, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PlannerError(f"--knob {name}: expected a number (default {d}), got {value!r}")
+        value = float(value)
+    elif isinstance(d, (tuple, list)):
+        value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return value
+
+
+def knob_values(sf: StepFile, setup: StepSetup) -> dict[str, Any]:
+    values = {k.name: k.default for k in sf.knobs.values()}
+    for name, v in setup.knobs:
+        values[name] = _check_knob(sf, name, v)
+    return values
+
+
+def _call(sf: StepFile, owner: str, values: dict[str, Any], *args: Any) -> Any:
+    kw = {n: v for n, v in values.items() if owner in sf.knobs[n].owners}
+    if "device" in inspect.signature(sf.fn(owner)).parameters:
+        kw["device"] = "cuda"  # mapped to the traced device
+    return sf.fn(owner)(*args, **kw)
+
+
+# --- the handle the user's step calls ------------------------------------------------------------
+
+
+class StepHandle:
+    """``vp`` in the user's ``step(nets, opts, batch, vp)``."""
+
+    def __init__(self, run: "_Run") -> None:
+        self._run = run
+        self.keep = types.SimpleNamespace()
+        """Attributes set here stay alive until reassigned, as a training script's variables do."""
+        self.micro = 0
+        self.accumulation = run.setup.accumulation
+        self.iteration = 1
+
+    @property
+    def first_micro(self) -> bool:
+        return self.micro == 0
+
+    @property
+    def last_micro(self) -> bool:
+        return self.micro == self.accumulation - 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision knob's autocast region (no-op outside amp-fp16/amp-bf16)."""
+        self._run.used.add("autocast")
+        dtype = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}.get(self._run.setup.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if self._run.backend == "cuda" else "cpu", dtype=dtype)
+
+    def zero_grad(self, opt: Any) -> None:
+        """``zero_grad(set_to_none=True)`` on the first micro-batch; nothing on the others."""
+        o = self._run.optimizer(opt, "zero_grad")
+        if self.first_micro:
+            self._run.zero_grad(o)
+
+    def backward(self, loss: torch.Tensor, opt: Any = None) -> None:
+        """``loss / accumulation``, scaled by ``opt``'s GradScaler (amp-fp16) or the static loss
+        scale (fp16-master), then ``.backward()``."""
+        run = self._run
+        o = run.optimizer(opt, "backward")
+        run.used.add("backward")
+        if self.accumulation > 1:
+            loss = loss / self.accumulation
+        if run.setup.precision == "amp-fp16":
+            loss = run.scalers[id(o)].scale(loss)
+        elif run.setup.precision == "fp16-master":
+            loss = loss * FP16_MASTER_LOSS_SCALE
+        tracker = run.tracker
+        tracker.phase, tracker.network_hint = Phase.BACKWARD, "backward"
+        loss.backward()
+        tracker.phase, tracker.network_hint = Phase.FORWARD, "losses"
+
+    def step(self, opt: Any) -> None:
+        """On the last micro-batch: (unscale and) the optimizer step, scaler update."""
+        o = self._run.optimizer(opt, "step")
+        self._run.stepped.add(id(o))
+        if self.last_micro:
+            self._run.optimizer_step(o)
+            self._run.tracker.phase = Phase.FORWARD
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, setup: StepSetup, backend: str, tracker: Any, nets: dict[str, torch.nn.Module],
+                 opts: dict[str, torch.optim.Optimizer], masters: dict[int, dict[int, torch.Tensor]]) -> None:
+        from planner.measure.step import CudaGradScaler, EmulatedGradScaler
+
+        self.setup, self.backend, self.tracker = setup, backend, tracker
+        self.nets, self.opts, self.masters = nets, opts, masters
+        self.used: set[str] = set()
+        self.stepped: set[int] = set()
+        self.network_of = {id(o): _owner(o, nets, masters.get(id(o))) for o in opts.values()}
+        make = CudaGradScaler if backend == "cuda" else EmulatedGradScaler
+        self.scalers = {id(o): make() for o in opts.values()} if setup.precision == "amp-fp16" else {}
+
+    def optimizer(self, opt: Any, what: str) -> torch.optim.Optimizer:
+        if opt is None:
+            if len(self.opts) == 1:
+                return next(iter(self.opts.values()))
+            raise PlannerError(f"step: vp.{what}() needs the optimizer when there are several ({', '.join(self.opts)})")
+        if isinstance(opt, str):
+            if opt not in self.opts:
+                raise PlannerError(f"step: vp.{what}({opt!r}): no optimizer by that name (valid: {', '.join(self.opts)})")
+            return self.opts[opt]
+        for o in self.opts.values():
+            if o is opt:
+                return o
+        raise PlannerError(f"step: vp.{what}() got an optimizer optimizers() did not return")
+
+    def zero_grad(self, o: torch.optim.Optimizer) -> None:
+        o.zero_grad(set_to_none=True)
+        master = self.masters.get(id(o))
+        if master is not None:
+            # guided-diffusion fp16_util.zero_grad(model_params): the half gradients are
+            # zeroed in place and kept (model grads -> master grads at the step)
+            for pid in master:
+                p = self._param(pid)
+                if p is not None and p.grad is not None:
+                    p.grad.detach_()
+                    p.grad.zero_()
+
+    def _param(self, pid: int) -> torch.nn.Parameter | None:
+        return self._params.get(pid)
+
+    def optimizer_step(self, o: torch.optim.Optimizer) -> None:
+        from planner.measure.step import _optimizer_step, _set_network
+
+        tracker = self.tracker
+        network = self.network_of[id(o)]
+        master = self.masters.get(id(o))
+        if master is not None:
+            tracker.phase = Phase.OPTIMIZER
+            # model_grads_to_master_grads: each master's grad is a fp32 copy of the half grad
+            for pid, m in master.items():
+                p = self._param(pid)
+                if p is not None and p.grad is not None:
+                    m.grad = p.grad.detach().float()
+                    tracker.tag([m.grad], Category.GRADIENTS)
+                    _set_network(tracker, m.grad, network)
+                    if self.setup.precision == "fp16-master":
+                        m.grad.mul_(1.0 / FP16_MASTER_LOSS_SCALE)
+        _optimizer_step(tracker, o, self.scalers.get(id(o)), network)
+        if master is not None:
+            with torch.no_grad():
+                for pid, m in master.items():
+                    m.grad = None  # zero_master_grads
+                    p = self._param(pid)
+                    if p is not None:
+                        p.copy_(m)  # master_params_to_model_params
+
+
+def _owner(o: torch.optim.Optimizer, nets: dict[str, torch.nn.Module], master: dict | None) -> str:
+    ids = set(master) if master else {id(p) for g in o.param_groups for p in g["params"]}
+    for name, net in nets.items():
+        if any(id(p) in ids for p in net.parameters()):
+            return name
+    return next(iter(nets))
+
+
+def _as_dict(value: Any, what: str, kind: type, default_name: str) -> dict[str, Any]:
+    if isinstance(value, kind):
+        return {default_name: value}
+    if isinstance(value, dict) and value and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items()):
+        return dict(value)
+    raise PlannerError(f"step: {what}() must return a {kind.__name__} or a dict of name -> {kind.__name__}, "
+                       f"got {type(value).__name__}")
+
+
+# --- knobs on the networks ---------------------------------------------------------------------
+
+
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
+def repeated_blocks(nets: dict[str, torch.nn.Module]) -> list[tuple[str, int, int]]:
+    """(class name, instances, parameters) of the user's own module classes that repeat,
+    most parameters first: the candidates for ``--checkpoint auto``."""
+    stats: dict[str, list[int]] = {}
+    for net in nets.values():
+        for mod in net.modules():
+            cls = type(mod)
+            if isinstance(mod, _CONTAINERS) or cls.__module__.startswith("torch.") or mod is net:
+                continue
+            s = stats.setdefault(cls.__name__, [0, 0])
+            s[0] += 1
+            s[1] += sum(p.numel() for p in mod.parameters())
+    rows = [(n, c, p) for n, (c, p) in stats.items() if c >= 2 and p > 0]
+    return sorted(rows, key=lambda r: (-r[2], -r[1], r[0]))
+
+
+def _checkpoint_classes(setup: StepSetup, nets: dict[str, torch.nn.Module]) -> tuple[str, ...]:
+    if not setup.checkpoint:
+        return ()
+    rows = repeated_blocks(nets)
+    if setup.checkpoint == ("auto",):
+        if not rows:
+            raise PlannerError("--checkpoint auto: the networks have no repeated module class of their own to "
+                               "checkpoint; name one with --checkpoint ClassName")
+        return (rows[0][0],)
+    present = {type(m).__name__ for net in nets.values() for m in net.modules()}
+    for name in setup.checkpoint:
+        if name not in present:
+            valid = ", ".join(r[0] for r in rows[:8]) or "none repeat"
+            raise PlannerError(f"--checkpoint: no module of class '{name}' in the networks (repeated blocks: {valid})")
+    return setup.checkpoint
+
+
+def apply_checkpointing(nets: dict[str, torch.nn.Module], classes: tuple[str, ...]) -> None:
+    if not classes:
+        return
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    wrap = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    names = set(classes)
+    for net in nets.values():
+        apply_activation_checkpointing(net, checkpoint_wrapper_fn=wrap, check_fn=lambda m: type(m).__name__ in names)
+
+
+def _cast_forward(net: torch.nn.Module, dtype: torch.dtype, outputs_fp32: bool) -> None:
+    """apex O2's patch_forward: floating inputs cast to the half dtype, outputs back to fp32."""
+    inner = net.forward
+
+    def cast(x: Any, to: torch.dtype) -> Any:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return x.to(to)
+        if isinstance(x, (list, tuple)):
+            return type(x)(cast(v, to) for v in x)
+        if isinstance(x, dict):
+            return {k: cast(v, to) for k, v in x.items()}
+        return x
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = inner(*cast(args, dtype), **cast(kwargs, dtype))
+        return cast(out, torch.float32) if outputs_fp32 else out
+
+    net.forward = forward  # type: ignore[method-assign]
+
+
+def _apply_precision(setup: StepSetup, nets: dict[str, torch.nn.Module]) -> dict[str, bool]:
+    """Cast trained networks that are not half already; returns which were cast by vramplan."""
+    from planner.measure.user_code import swappable_fake_params
+
+    dtype = _HALF.get(setup.precision)
+    cast: dict[str, bool] = {}
+    if dtype is None:
+        return cast
+    for name, net in nets.items():
+        params = list(net.parameters())
+        if not any(p.requires_grad for p in params):
+            continue  # frozen networks (a perceptual net) keep their dtype
+        if any(p.dtype in (torch.float16, torch.bfloat16) for p in params):
+            cast[name] = False  # the network converts itself (guided-diffusion use_fp16)
+            continue
+        with swappable_fake_params():
+            net.to(dtype)
+        _cast_forward(net, dtype, outputs_fp32=setup.precision.endswith("-master"))
+        cast[name] = True
+    return cast
+
+
+def _emulate_cuda_foreach(o: torch.optim.Optimizer) -> None:
+    for g in o.param_groups:
+        if g.get("foreach") is None and not g.get("fused") and not g.get("differentiable"):
+            g["foreach"] = True
+    if o.defaults.get("foreach") is None and not o.defaults.get("fused"):
+        o.defaults["foreach"] = True
+
+
+def _rebuild(cls: type, groups: list[dict], defaults: dict, **extra: Any) -> torch.optim.Optimizer:
+    """``cls(groups, **defaults)`` keeping only the options ``cls`` takes (AdamW's defaults hold
+    ``decoupled_weight_decay``, which its constructor does not)."""
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    groups = [{k: v for k, v in g.items() if k == "params" or k in accepted} for g in groups]
+    kw = {k: v for k, v in defaults.items() if k in accepted}
+    for k, v in extra.items():
+        kw.setdefault(k, v)
+    return cls(groups, **kw)
+
+
+def _replace_class(o: torch.optim.Optimizer, name: str) -> torch.optim.Optimizer:
+    cls = getattr(torch.optim, _OPTIM_CLASSES[name])
+    return _rebuild(cls, o.param_groups, o.defaults, **({"momentum": 0.9} if name == "sgd" else {}))
+
+
+def _with_masters(o: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, dict[int, torch.Tensor]]:
+    """The optimizer rebuilt over fp32 master copies of its parameters (make_master_params)."""
+    masters: dict[int, torch.Tensor] = {}
+    groups = []
+    for g in o.param_groups:
+        ms = []
+        for p in g["params"]:
+            m = torch.nn.Parameter(p.detach().float().clone(), requires_grad=True)
+            masters[id(p)] = m
+            ms.append(m)
+        groups.append({**g, "params": ms})
+    return _rebuild(type(o), groups, o.defaults), masters
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], None] | None = None,
+        keep_timeline: bool = True, count_flops: bool = False) -> Any:
+    """Two iterations of the step file's step under the tracker; the peak over the second."""
+    from planner.measure.cuda_emulation import CudaEmulation
+    from planner.measure.step import (
+        StepRecord,
+        _prepare,
+        _Runner,
+        _start_iteration,
+    )
+    from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device, describe, swappable_fake_params
+
+    note = progress or (lambda _m: None)
+    sf = load(setup.path)
+    values = knob_values(sf, setup)
+    batch_size = setup.batch_size if setup.batch_size is not None else sf.batch_default
+    if batch_size is None:
+        raise PlannerError(f"--batch: '{setup.path}' batch() has no default batch_size; give --batch")
+    if backend == "fake":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        outer: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        emulation: Any = CudaEmulation(sdpa=True, cudnn_layout=True)
+    elif backend == "cpu":
+        outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False, cudnn_layout=False)
+    else:
+        if not torch.cuda.is_available():
+            raise PlannerError("--backend cuda: no CUDA device is visible to this torch build (use --backend fake)")
+        outer, emulation = torch.device("cuda"), contextlib.nullcontext()
+    own_autocast = CudaAutocastAsTraced()
+    user_cuda: Any = cuda_as_traced_device(torch.device("cpu"), own_autocast) if backend != "cuda" else contextlib.nullcontext()
+    declared = _declared(sf)
+    runner = _Runner(None, backend)
+    with outer, emulation, user_cuda, _sdpa(setup.sdpa), declared:
+        note("building networks")
+        torch.manual_seed(0)
+        try:
+            with swappable_fake_params():
+                nets = _as_dict(_call(sf, "networks", values), "networks", torch.nn.Module, "model")
+        except PlannerError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's code: one line
+            raise PlannerError(f"step: networks() raised {describe(exc)}") from None
+        cast = _apply_precision(setup, nets)
+        ckpt = _checkpoint_classes(setup, nets)
+        apply_checkpointing(nets, ckpt)
+        try:
+            opts = _as_dict(sf.fn("optimizers")(nets), "optimizers", torch.optim.Optimizer, "optimizer")
+        except PlannerError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise PlannerError(f"step: optimizers() raised {describe(exc)}") from None
+        masters: dict[int, dict[int, torch.Tensor]] = {}
+        for name, o in list(opts.items()):
+            if setup.optimizer:
+                o = _replace_class(o, setup.optimizer)
+            if setup.precision.endswith("-master"):
+                o, m = _with_masters(o)
+                masters[id(o)] = m
+            _emulate_cuda_foreach(o)
+            opts[name] = o
+        if setup.precision == "amp-fp16":
+            half = [n for n, net in nets.items() if any(p.requires_grad and p.dtype == torch.float16 for p in net.parameters())]
+            if half:
+                # torch.amp.GradScaler.unscale_ raises "Attempting to unscale FP16 gradients."
+                raise PlannerError(f"--precision amp-fp16: network '{half[0]}' has fp16 trainable parameters, which "
+                                   f"GradScaler cannot unscale; use --precision fp16-master for half networks")
+        roots = dict(nets)
+        tracker, modules, log = _prepare(runner, roots, keep_timeline)
+        _strip_wrapper_names(modules)
+        params = {id(p): p for net in nets.values() for p in net.parameters()}
+        for o in opts.values():
+            m = masters.get(id(o))
+            if m:
+                owner = _owner(o, nets, m)
+                tracker.track(list(m.values()), Category.PARAMETERS, network=owner)
+        rn = _Run(setup, backend, tracker, nets, opts, masters)
+        rn._params = params
+        vp = StepHandle(rn)
+        it2 = 0
+        b = None  # noqa: F841 - the batch stays referenced until the next one is made
+        flops = _FlopCount(count_flops)
+        with modules, tracker:
+            for iteration in (1, 2):
+                it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
+                vp.iteration = iteration
+                with flops.counting(iteration == 2):
+                    for micro in range(setup.accumulation):
+                        vp.micro = micro
+                        tracker.step, tracker.phase, tracker.network_hint = f"it{iteration}", Phase.DATA, "data"
+                        try:
+                            b = _call(sf, "batch", values, batch_size)
+                            if setup.precision in ("fp16", "bf16"):
+                                b = _cast_batch(b, _HALF[setup.precision])
+                            tracker.step, tracker.phase, tracker.network_hint = f"it{iteration}", Phase.FORWARD, "losses"
+                            sf.fn("step")(nets, opts, b, vp)
+                        except PlannerError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - the user's step: one line naming it
+                            raise _step_error(exc, tracker.phase) from None
+            tracker.phase = Phase.SETUP
+        _check_used(setup, rn)
+        from planner.measure.step import _record
+
+        record: StepRecord = _record(tracker, log, roots, it2)
+    info = {
+        "step": f"step file {setup.path}",
+        "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(values.items())},
+        "batch_size": batch_size,
+        "accumulation": setup.accumulation,
+        "effective_batch": batch_size * setup.accumulation,
+        "precision": _precision_text(setup, cast, own_autocast),
+        "checkpoint": list(ckpt),
+        "sdpa": setup.sdpa,
+        "optimizers": {n: type(o).__name__ for n, o in opts.items()},
+        "backend": backend,
+        "parameter_dtypes": _dtype_counts(nets),
+    }
+    if count_flops:
+        info["flops_iteration2"] = flops.total
+    return replace(record, setup=info)
+
+
+def _precision_text(setup: StepSetup, cast: dict[str, bool], own: Any) -> str:
+    from planner.steps import PRECISION_HELP
+
+    text = PRECISION_HELP[setup.precision]
+    own_cast = [n for n, c in cast.items() if not c]
+    if own_cast:
+        text += f" ({', '.join(own_cast)} half by its own code)"
+    if own.dtypes:
+        text += "; the step's own autocast(cuda) regions"
+    return text
+
+
+def _dtype_counts(nets: dict[str, torch.nn.Module]) -> dict[str, int]:
+    from planner.measure.step import _param_counts
+
+    total: dict[str, int] = {}
+    for net in nets.values():
+        for k, v in _param_counts(net).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _cast_batch(b: Any, dtype: torch.dtype) -> Any:
+    if isinstance(b, torch.Tensor):
+        return b.to(dtype) if b.is_floating_point() else b
+    if isinstance(b, (list, tuple)):
+        return type(b)(_cast_batch(v, dtype) for v in b)
+    if isinstance(b, dict):
+        return {k: _cast_batch(v, dtype) for k, v in b.items()}
+    return b
+
+
+def _strip_wrapper_names(modules: Any) -> None:
+    """Module paths as the user's model names them: without checkpoint_wrapper's inner attribute."""
+    tag = "._checkpoint_wrapped_module"
+    modules.names = {k: (r, p.replace(tag, ""), a) for k, (r, p, a) in modules.names.items()}
+
+
+def _check_used(setup: StepSetup, rn: _Run) -> None:
+    """A knob the step never gives vramplan a chance to apply is an error, not a silent no-op."""
+    if "backward" not in rn.used:
+        raise PlannerError("step: the step never calls vp.backward(loss, opt), so vramplan cannot apply "
+                           "accumulation or loss scaling; call it instead of loss.backward()")
+    if setup.precision.startswith("amp") and "autocast" not in rn.used:
+        raise PlannerError(f"--precision {setup.precision}: the step never enters vp.autocast(); wrap its forward "
+                           f"passes in `with vp.autocast():`")
+    missing = [n for n, o in rn.opts.items() if id(o) not in rn.stepped]
+    if missing:
+        raise PlannerError(f"step: optimizer '{missing[0]}' is never stepped with vp.step(opt)")
+
+
+def _step_error(exc: BaseException, phase: Any) -> PlannerError:
+    from planner.measure.user_code import cuda_error, describe, uses_cuda
+
+    if uses_cuda(exc):
+        return cuda_error(exc, "step")
+    where = {Phase.DATA: "batch()", Phase.BACKWARD: "step()'s backward"}.get(phase, "step()")
+    return PlannerError(f"step: {where} raised {describe(exc)}")
+
+
+@contextlib.contextmanager
+def _sdpa(backend: str) -> Iterator[None]:
+    if backend == "auto":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "math": SDPBackend.MATH}[backend]
+    with sdpa_kernel([chosen]):
+        yield
+
+
+def _declared(sf: StepFile) -> contextlib.AbstractContextManager:
+    table = getattr(sf.module, "DECLARE", None)
+    if not table:
+        return contextlib.nullcontext()
+    try:
+        from planner.measure.declared_ops import DeclaredOps
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return DeclaredOps(table)
+
+
+class _FlopCount:
+    """torch.utils.flop_counter over iteration 2 (forward, backward and recomputation)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = 0
+
+    @contextlib.contextmanager
+    def counting(self, on: bool) -> Iterator[None]:
+        if not (self.enabled and on):
+            yield
+            return
+        from torch.utils.flop_counter import FlopCounterMode
+
+        mode = FlopCounterMode(display=False)
+        with mode:
+            yield
+        self.total = int(mode.get_total_flops())
