@@ -96,6 +96,40 @@ AllocConfOpt = Annotated[Optional[str], typer.Option(
     "--alloc-conf", help="CUDA caching-allocator settings, PYTORCH_CUDA_ALLOC_CONF syntax (e.g. expandable_segments:True); "
     "default: that environment variable if set, else torch's defaults.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+StepOpt = Annotated[Optional[str], typer.Option(
+    "--step", help="Your own training step: a step file (path/to/step.py or package.module), "
+    "see examples/steps/template.py. Takes --knob, --batch, --accum, --precision, --checkpoint, --sdpa, --optimizer.")]
+KnobOpt = Annotated[Optional[list[str]], typer.Option("--knob", help="--step: a knob of the step file, name=value (repeatable), e.g. --knob width=64.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="--step: fp32, amp-fp16 (autocast + GradScaler), amp-bf16, fp16-master / bf16-master "
+    "(half networks, fp32 master weights), fp16 / bf16 (plain .half()).")]
+CheckpointOpt = Annotated[Optional[str], typer.Option(
+    "--checkpoint", help="--step: wrap these module classes in torch's non-reentrant checkpoint wrapper: "
+    "ClassName[,ClassName] or auto (the repeated block holding the most parameters).")]
+SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="--step: the only SDPA backend enabled: flash, efficient, math (default auto: CUDA's choice).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", min=0, help="--step: trace in this many processes (0: one per core).")]
+
+_STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "--checkpoint"), ("sdpa", "--sdpa"))
+
+
+def _step_command(params: dict[str, Any], name: str) -> bool:
+    """Run the --step form of command ``name`` when --step is given (True); step-only flags
+    without --step are errors naming them."""
+    if params.get("step"):
+        from planner import stepcmds
+
+        fn = stepcmds.estimate if name in ("estimate", "profile") else getattr(stepcmds, name)
+        if name == "profile":
+            fn(params, out, err, fresh=True)
+        else:
+            fn(params, out, err)
+        return True
+    for key, flag in _STEP_ONLY:
+        if params.get(key):
+            raise PlannerError(f"{flag}: only with --step (a step file); the built-in steps use their own flags")
+    if params.get("jobs"):
+        raise PlannerError("--jobs: only with --step")
+    return False
 
 
 def _overrides(**kw: Any):
@@ -187,12 +221,23 @@ def profile(
                      "(plain MSE step; takes --input, --amp/--no-amp, --optimizer, --backend)."),
     ] = None,
     input_shape: Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64.")] = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="--step: card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure the peak memory of two iterations of the reference training step.
+    """Measure the peak memory of two iterations of the reference training step, or of your own (--step).
 
     Example: vramplan profile --voxel 256x256x64 --no-perceptual --json
+    Example: vramplan profile --step examples/steps/rgbd_policy.py --precision amp-bf16 --gpu 24GB
     """
+    if _step_command(locals(), "profile"):
+        return
+    if gpu is not None:
+        raise PlannerError("--gpu: profile takes it with --step; for the built-in steps use `vramplan estimate --gpu`")
     if model:
         _reject_unused_for_model(locals())
     setup = _setup(locals())
@@ -281,12 +326,21 @@ def estimate(
     profile_name: Annotated[
         Optional[str], typer.Option("--profile", help="Device profile from profiles/ (see `vramplan profiles`).")
     ] = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Estimate where every byte of the reference training step goes, and whether it fits. No GPU, no torch.
+    With --step, your own step, by trace (cached).
 
     Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
+    Example: vramplan estimate --step examples/steps/template.py --knob width=256 --precision amp-bf16 --gpu 8GB
     """
+    if _step_command(locals(), "estimate"):
+        return
     from planner.analytic.estimate import estimate as run_estimate
     from planner.analytic.estimate import verdict
     from planner.gpus import parse_gpu
@@ -486,12 +540,27 @@ def recommend(
     max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
     write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    jobs: JobsOpt = 0,
+    search: Annotated[Optional[list[str]], typer.Option("--search", help="--step: also search a knob of the step file, knob=v1/v2 (repeatable).")] = None,
+    max_knob: Annotated[Optional[str], typer.Option("--max-knob", help="--step: only report the largest value of this integer knob that fits.")] = None,
+    knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The cheapest configuration that fits a GPU, with what each change saves.
 
     Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
+    Example: vramplan recommend --step examples/steps/rgbd_policy.py --gpu 24GB
     """
+    if _step_command(locals(), "recommend"):
+        return
+    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step")):
+        if value:
+            raise PlannerError(f"{flag}: only with --step")
     from planner import recommend as R
     from planner.gpus import parse_gpu
 
@@ -678,11 +747,31 @@ def table(
     seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file.")] = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    jobs: JobsOpt = 0,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
 ) -> None:
     """Comparison table of configurations: peak memory, device total, fits per GPU, relative speed.
+    With --step, --sweep takes batch, accum, precision, checkpoint, sdpa, optimizer and the step file's knobs.
 
     Example: vramplan table --sweep batch=1,2,4 --sweep amp=on,off --voxel 96x96x64 --gpu 24GB
+    Example: vramplan table --step examples/steps/template.py --sweep width=64,256 --sweep precision=fp32,amp-bf16 --gpu 8GB
     """
+    if out_file is not None:
+        from planner.config import check_output_path
+
+        check_output_path(out_file, "--out")
+    if _step_command(locals(), "table"):
+        return
+    for value, flag in ((accum, "--accum"), (optimizer, "--optimizer"), (alloc_conf, "--alloc-conf")):
+        if value is not None:
+            raise PlannerError(f"{flag}: table takes it with --step; for the built-in steps use --sweep")
     from planner.config import check_cuda_backend, check_gpu_flag, check_output_path
     from planner.gpus import parse_gpu
     from planner.report import table as T
@@ -740,11 +829,27 @@ def plot(
     gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
     x: Annotated[str, typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect) or 'batch'.")] = "voxel",
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    jobs: JobsOpt = 0,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
 ) -> None:
     """Figures: memory breakdown per configuration, scaling with size, or the live-memory timeline of a step.
 
     Example: vramplan plot breakdown --sweep amp=on,off --voxel 128x128x64 --gpu 24GB --out breakdown.png
+    Example: vramplan plot breakdown --step examples/steps/template.py --sweep precision=fp32,amp-bf16 --out b.png
     """
+    if out_file.suffix.lower() not in (".png", ".svg"):
+        raise PlannerError(f"--out: {one_line(repr(str(out_file)), 80)} must end in .png or .svg")
+    if _step_command(locals(), "plot"):
+        return
+    for value, flag in ((accum, "--accum"), (optimizer, "--optimizer")):
+        if value is not None:
+            raise PlannerError(f"{flag}: plot takes it with --step; for the built-in steps use --sweep")
     from planner.gpus import parse_gpu
     from planner.report import plot as P
     from planner.report import table as T

@@ -133,10 +133,11 @@ def category_for(explicit: str | None, phase: str, module: str) -> str:
 TOP_MODULES = 10
 
 
-def breakdown(entries: "Iterable[tuple[int, str | None, str, str, str]]") -> Breakdown:
+def breakdown(entries: "Iterable[tuple[int, str | None, str, str, str]]", rollup: int = 0) -> Breakdown:
     """The breakdown of the storages live at the peak, given as
     (bytes, explicit category or None, network, phase, module) — the same for a
-    measurement (tracker) and an estimate (simulator)."""
+    measurement (tracker) and an estimate (simulator). ``rollup`` > 0 sums module
+    activations up the module tree to that depth (2: network and top-level child)."""
     from collections import Counter
 
     by_cat: Counter[str] = Counter({c: 0 for c in CATEGORIES})
@@ -150,7 +151,7 @@ def breakdown(entries: "Iterable[tuple[int, str | None, str, str, str]]") -> Bre
             net = f"{phase} temporaries"
         by_net[net] += nbytes
         if cat == "activations" and module:
-            by_mod[module] += nbytes
+            by_mod[".".join(module.split(".")[:rollup]) if rollup else module] += nbytes
     return Breakdown(
         by_category=dict(by_cat),
         by_network=dict(sorted(by_net.items(), key=lambda kv: -kv[1])),

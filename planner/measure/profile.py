@@ -9,10 +9,11 @@ from planner.allocator import allocator_label, parse_alloc_conf, replay
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, Breakdown, MemoryReport, breakdown
 from planner.spec import TrainingSetup
 
-def breakdown_of(record: "StepRecord") -> Breakdown:  # noqa: F821 - torch-side type
+def breakdown_of(record: "StepRecord", rollup: int = 0) -> Breakdown:  # noqa: F821 - torch-side type
     return breakdown(
-        (i.nbytes, i.category.value if i.category is not None else None, i.network, i.phase.value, i.module)
-        for i in record.tracker.live_at_peak
+        ((i.nbytes, i.category.value if i.category is not None else None, i.network, i.phase.value, i.module)
+         for i in record.tracker.live_at_peak),
+        rollup,
     )
 
 
@@ -33,11 +34,20 @@ def profile(
     t0 = time.perf_counter()
     record = run_step(setup, backend, custom_model=custom_model, custom_input=custom_input, progress=progress)
     conf = setup.device.alloc_conf if setup is not None else ""
-    alloc = replay(record.events, record.iteration2_start, parse_alloc_conf(conf or None))
+    return report_from(record, backend, conf, time.perf_counter() - t0)
+
+
+BACKEND_DEVICE = {"fake": "CPU, FakeTensorMode (CUDA emulated)", "cpu": "CPU, real tensors (CUDA emulated)"}
+
+
+def report_from(record: "StepRecord", backend: str, conf: str, seconds: float, *,  # noqa: F821
+                source: str | None = None, rollup: int = 0, capacity_bytes: int | None = None,
+                extra_notes: tuple[str, ...] = ()) -> MemoryReport:
+    """The MemoryReport of a traced step (built-in, --model or step file; traced or derived)."""
+    alloc = replay(record.events, record.iteration2_start, parse_alloc_conf(conf or None), capacity_bytes)
     tr = record.tracker
     reserved = alloc.peak_reserved_bytes
-    device = "CPU, FakeTensorMode (CUDA emulated)" if backend == "fake" else "CPU, real tensors (CUDA emulated)"
-    notes = (
+    notes = extra_notes + (
         "peak_allocated: live storages tracked op by op, 512-byte rounded (CUDA caching-allocator block size); "
         "measured on the CPU with CUDA autocast and kernel choices emulated, not on a GPU",
         "peak_reserved: modelled by replaying the step's allocations through a model of the CUDA caching "
@@ -45,18 +55,18 @@ def profile(
         f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
     ) + tuple(tr.notes)  # e.g. attention that runs the math kernel (cuda_emulation)
     return MemoryReport(
-        source=f"profile:{backend}",
+        source=source or f"profile:{backend}",
         peak_allocated_bytes=tr.peak_bytes,
         peak_reserved_bytes=reserved,
         device_total_bytes=reserved + DEFAULT_CONTEXT_BYTES,
-        breakdown=breakdown_of(record),
+        breakdown=breakdown_of(record, rollup),
         reserved_basis="modelled: caching-allocator replay of the traced allocations (uncalibrated)",
         context_bytes=DEFAULT_CONTEXT_BYTES,
         context_basis=DEFAULT_CONTEXT_SOURCE,
         peak_at=f"{tr.peak_step} {tr.peak_phase}: {tr.peak_op}" + (f" in {tr.peak_module}" if tr.peak_module else ""),
         params=dict(record.params),
-        wall_seconds=time.perf_counter() - t0,
-        device=device,
+        wall_seconds=seconds,
+        device=BACKEND_DEVICE.get(backend, backend),
         notes=notes,
         extra={"allocator_model_peak_allocated_bytes": alloc.peak_allocated_bytes, "segments": alloc.segments,
                "workspace_inputs": {"conv_io_max_bytes": tr.conv_io_max,

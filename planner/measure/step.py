@@ -188,6 +188,7 @@ class StepRecord:
     params: dict[str, int]  # network -> parameter count
     info: dict  # uid -> StorageInfo (op, category, phase, step, module): timelines, diffing
     setup: dict = field(default_factory=dict)  # what ran: step, input shape, precision, optimizer, backend
+    marks: list = field(default_factory=list)  # (events index, op, phase, step): where the tracker took its peak checks
 
 
 # --- the runner ----------------------------------------------------------------------
@@ -448,6 +449,17 @@ class _EventLog:
 
         tracker.untrack_host = untrack  # type: ignore[method-assign]
 
+        # The tracker checks its peak after every op (never inside one); the stream keeps
+        # where, so a replay of derived sizes takes its peak at the same points.
+        self.marks: list[tuple[int, str, str, str]] = []
+        orig_note = tracker._note_peak
+
+        def note_peak(op: str) -> None:
+            self.marks.append((len(self.events), op, tracker.phase.value, tracker.step))
+            orig_note(op)
+
+        tracker._note_peak = note_peak  # type: ignore[method-assign]
+
 
 def _prepare(
     runner: _Runner, roots: dict[str, torch.nn.Module], keep_timeline: bool
@@ -530,6 +542,7 @@ def _record(tracker: LiveStorageTracker, log: _EventLog, roots: dict[str, torch.
         iteration2_start=it2,
         params={n: sum(p.numel() for p in m.parameters()) for n, m in roots.items()},
         info=dict(tracker.info),
+        marks=list(log.marks),
     )
 
 

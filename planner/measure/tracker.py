@@ -65,6 +65,7 @@ class StorageInfo:
     op: str
     step: str
     category: Category | None = None  # explicit tag; else derived from phase/module
+    raw: int = 0  # the storage's own bytes, before the 512-byte rounding (batch derivation fits these)
 
 
 @dataclass
@@ -172,7 +173,7 @@ class LiveStorageTracker(TorchDispatchMode):
         network, module = self.modules.current() if self.modules else ("", "")
         if not network:
             network = self.network_hint
-        self.info[uid] = StorageInfo(uid, nbytes, self.phase, network, module, op, self.step)
+        self.info[uid] = StorageInfo(uid, nbytes, self.phase, network, module, op, self.step, raw=st.nbytes())
         self._by_obj[key] = uid
         self.live[uid] = nbytes
         self.current += nbytes

@@ -65,6 +65,17 @@ def run_line(info: dict) -> str:
     """What a profile ran (``MemoryReport.setup``): step, input, precision, optimizer, backend."""
     if not info:
         return ""
+    if "knobs" in info:  # a step file
+        knobs = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in info["knobs"].items())
+        parts = [info.get("step", ""), f"knobs {knobs}" if knobs else "",
+                 f"micro-batch {info.get('batch_size')} x accumulation {info.get('accumulation', 1)} "
+                 f"(effective batch {info.get('effective_batch')})",
+                 f"precision {info.get('precision', '')}",
+                 f"checkpoint {','.join(info['checkpoint'])}" if info.get("checkpoint") else "no checkpointing",
+                 f"sdpa {info['sdpa']}" if info.get("sdpa", "auto") != "auto" else "",
+                 "optimizers " + ", ".join(f"{k} {v}" for k, v in info.get("optimizers", {}).items()),
+                 f"{info.get('backend', '')} backend", info.get("derived", "")]
+        return "ran: " + "; ".join(p for p in parts if p)
     shape = "x".join(map(str, info.get("input_shape", ())))
     parts = [info.get("step", "")]
     if info.get("model"):

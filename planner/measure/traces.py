@@ -1,0 +1,309 @@
+"""Traces of step files, fast enough to search: a disk cache, batch derivation, parallel tracing.
+
+* **Cache.** A trace is keyed by the step file's content, every knob, the torch version and
+  the source of vramplan's tracer (``planner/measure``, ``planner/sdpa_rules.py``); it is
+  stored as a pickle under ``$VRAMPLAN_CACHE`` (default ``~/.cache/vramplan/traces``).
+  ``VRAMPLAN_CACHE=off`` disables it.
+* **Batch derivation.** The storages a step allocates have sizes affine in the micro-batch
+  (``numel`` is a product of dimensions, one of them the batch). Three traces at
+  ``DERIVE_POINTS`` give each storage's size as ``a + c * B``: fitted on the first two,
+  verified on the third (same op stream, same storages, the same sizes to the byte), the step
+  at any batch is the first trace's event stream with those sizes, replayed with the
+  tracker's own rules (512-byte rounding, the peak checked after every op, reset at
+  iteration 2). Where a step is not affine (a size that depends on the batch otherwise, an
+  op stream that changes with it), :func:`derive` returns None and the caller traces.
+* **Parallel.** :func:`trace_many` traces missing setups in worker processes (spawned,
+  torch imported once per worker) with a progress callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from planner.steps import StepSetup
+
+DERIVE_POINTS = (2, 3, 4)
+"""Micro-batches traced to derive the rest: 1 is avoided (size-1 dimensions take other paths:
+broadcasting, squeezes, contiguity), two points fit, the third verifies."""
+
+
+# --- cache -----------------------------------------------------------------------------------------
+
+
+def _versions() -> str:
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(torch.__version__.encode())
+    for p in sorted((root / "measure").glob("*.py")) + [root / "sdpa_rules.py", root / "steps.py"]:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("VRAMPLAN_CACHE", "")
+    if value.lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "vramplan" / "traces"
+
+
+def _path(setup: StepSetup) -> Path | None:
+    folder = cache_dir()
+    return None if folder is None else folder / f"{setup.cache_key(_versions())}.pkl"
+
+
+def cached(setup: StepSetup) -> Any | None:
+    path = _path(setup)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except Exception:  # noqa: BLE001 - a stale or truncated cache entry is a miss
+        return None
+
+
+def _store(setup: StepSetup, record: Any) -> None:
+    path = _path(setup)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(record, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache folder only costs speed
+
+
+def trace(setup: StepSetup, *, progress: Callable[[str], None] | None = None, use_cache: bool = True) -> Any:
+    """The StepRecord of ``setup`` (fake backend, no timeline), from the cache when there."""
+    if use_cache:
+        hit = cached(setup)
+        if hit is not None:
+            return hit
+    from planner.measure.stepfile import run
+
+    record = run(setup, "fake", progress=progress, keep_timeline=False, count_flops=True)
+    record = replace(record, tracker=replace(record.tracker, timeline=[]))
+    if use_cache:
+        _store(setup, record)
+    return record
+
+
+def _worker(setup: StepSetup) -> tuple[StepSetup, Any, str | None]:
+    from planner.errors import PlannerError
+
+    try:
+        return setup, trace(setup), None
+    except PlannerError as exc:
+        return setup, None, str(exc)
+
+
+def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
+               progress: Callable[[int, int, str], None] | None = None) -> dict[StepSetup, Any]:
+    """Every setup's record (cached ones first, the rest traced in ``jobs`` processes; 0: one
+    per core). A setup the user's code rejects raises its PlannerError."""
+    from planner.errors import PlannerError
+
+    out: dict[StepSetup, Any] = {}
+    todo = []
+    for s in dict.fromkeys(setups):
+        hit = cached(s)
+        if hit is not None:
+            out[s] = hit
+        else:
+            todo.append(s)
+    total, done = len(todo), 0
+    tick = progress or (lambda *_: None)
+    jobs = jobs or (os.cpu_count() or 1)
+    if total and (jobs <= 1 or total == 1):
+        for s in todo:
+            tick(done, total, s.label())
+            out[s] = trace(s)
+            done += 1
+        tick(done, total, "")
+        return out
+    if total:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, s) for s in todo]
+            tick(0, total, todo[0].label())
+            for fut in as_completed(futures):
+                s, record, error = fut.result()
+                if error is not None:
+                    for f in futures:
+                        f.cancel()
+                    raise PlannerError(error)
+                out[s] = record
+                done += 1
+                tick(done, total, s.label())
+    return out
+
+
+# --- batch derivation -------------------------------------------------------------------------------
+
+
+def _round(n: int) -> int:
+    from planner.measure.tracker import round_alloc
+
+    return round_alloc(n)
+
+
+@dataclass
+class Derivation:
+    """Each storage's size as ``a + c * B``, on the first trace's op stream."""
+
+    base: Any  # StepRecord at points[0]
+    points: tuple[int, ...]
+    a: dict[int, int]
+    c: dict[int, int]
+    flops: tuple[int, int]  # a, c of iteration 2's floating-point operations
+    conv_io: tuple[int, int]
+
+    def record_at(self, batch: int) -> Any:
+        """The StepRecord the step would give at micro-batch ``batch``."""
+        from planner.measure.tracker import StorageInfo, TrackerResult
+
+        base = self.base
+        size = {u: _round(self.a[u] + self.c[u] * batch) for u in self.a}
+        events = [(u, size[u] if d > 0 else -size[u]) for u, d in base.events]
+        peak, peak_mark = _replay_peak(events, base.marks, base.iteration2_start)
+        live = _live_after(events, peak_mark[0] if peak_mark else base.iteration2_start)
+        infos = [replace(base.info[u], nbytes=size[u], raw=self.a[u] + self.c[u] * batch) for u in live]
+        op, phase, step = (peak_mark[1:] if peak_mark else ("reset", "data", "it2"))
+        tr = base.tracker
+        scale = batch / self.points[0]
+        calls = tuple((int(round(c[0] * scale)), *c[1:]) for c in tr.attention_calls)
+        tracker = TrackerResult(
+            peak_bytes=peak, peak_op=op, peak_phase=phase, peak_step=step, peak_module="",
+            live_at_peak=infos, timeline=[], untracked_host_bytes=tr.untracked_host_bytes, notes=list(tr.notes),
+            conv_io_max=self.conv_io[0] + self.conv_io[1] * batch, attention_calls=calls,
+        )
+        setup = dict(base.setup)
+        setup["batch_size"] = batch
+        setup["effective_batch"] = batch * setup.get("accumulation", 1)
+        if "flops_iteration2" in setup:
+            setup["flops_iteration2"] = self.flops[0] + self.flops[1] * batch
+        setup["derived"] = f"from traces at micro-batch {', '.join(map(str, self.points))} (affine sizes, verified)"
+        return replace(base, tracker=tracker, events=events, setup=setup)
+
+
+def _replay_peak(events: list[tuple[int, int]], marks: list, it2: int) -> tuple[int, tuple | None]:
+    """The tracker's peak over iteration 2: reset to the live bytes where iteration 2 starts,
+    then checked after every op (the marks), as LiveStorageTracker._note_peak does."""
+    current = 0
+    i = 0
+    peak, where = -1, None
+    for m in marks:
+        idx = m[0]
+        if peak < 0 and idx >= it2:
+            while i < it2:
+                current += events[i][1]
+                i += 1
+            peak, where = current, (it2, "reset", "data", "it2")
+        while i < idx:
+            current += events[i][1]
+            i += 1
+        if peak >= 0 and current > peak:
+            peak, where = current, m
+    if peak < 0:
+        while i < len(events):
+            current += events[i][1]
+            i += 1
+        peak = current
+    return peak, where
+
+
+def _live_after(events: list[tuple[int, int]], upto: int) -> list[int]:
+    live: dict[int, None] = {}
+    for u, d in events[:upto]:
+        if d > 0:
+            live[u] = None
+        else:
+            live.pop(u, None)
+    return list(live)
+
+
+def _marks(record: Any) -> list:
+    """The peak checks that can see a change: the first mark at each events index (ops that
+    allocate nothing, such as ``prim::device`` queries, repeat an index; how many there are
+    varies from trace to trace)."""
+    seen: set[int] = set()
+    out = []
+    for m in record.marks:
+        if m[0] not in seen:
+            seen.add(m[0])
+            out.append(m)
+    return out
+
+
+def _segments(record: Any, marks: list) -> list[tuple]:
+    """The events between consecutive peak checks, order-free: when the garbage collector
+    frees a storage within one op's span varies, and no peak is checked there."""
+    cuts = [0] + [m[0] for m in marks] + [len(record.events)]
+    return [tuple(sorted((u, d > 0) for u, d in record.events[a:b])) for a, b in zip(cuts, cuts[1:])]
+
+
+def derive(records: Sequence[tuple[int, Any]]) -> Derivation | None:
+    """Fit sizes on the first two (batch, record) pairs, verify on the rest; None where the
+    step is not affine in the batch."""
+    (b0, r0), (b1, r1) = records[0], records[1]
+    marks0 = _marks(r0)
+    if any(r.iteration2_start != r0.iteration2_start or len(r.events) != len(r0.events) for _, r in records):
+        return None
+    segs0 = _segments(r0, marks0)
+    for _, r in records[1:]:
+        marks = _marks(r)
+        if [m[0] for m in marks] != [m[0] for m in marks0] or set(r.info) != set(r0.info):
+            return None
+        if _segments(r, marks) != segs0:
+            return None
+    a: dict[int, int] = {}
+    c: dict[int, int] = {}
+    for u, i0 in r0.info.items():
+        i1 = r1.info[u]
+        if (i0.op, i0.module, i0.phase, i0.category) != (i1.op, i1.module, i1.phase, i1.category):
+            return None
+        slope, rem = divmod(i1.raw - i0.raw, b1 - b0)
+        if rem:
+            return None
+        a[u], c[u] = i0.raw - slope * b0, slope
+        for b, r in records[2:]:
+            if r.info[u].raw != a[u] + c[u] * b:
+                return None
+    flops = _fit([(b, r.setup.get("flops_iteration2", 0)) for b, r in records])
+    conv = _fit([(b, r.tracker.conv_io_max) for b, r in records])
+    if flops is None or conv is None:
+        return None
+    d = Derivation(replace(r0, marks=marks0), tuple(b for b, _ in records), a, c, flops, conv)
+    for b, r in records:  # the replay reproduces every traced peak
+        if d.record_at(b).tracker.peak_bytes != r.tracker.peak_bytes:
+            return None
+    return d
+
+
+def _fit(points: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
+    pts = list(points)
+    (b0, v0), (b1, v1) = pts[0], pts[1]
+    slope, rem = divmod(v1 - v0, b1 - b0)
+    if rem:
+        return None
+    base = v0 - slope * b0
+    return (base, slope) if all(v == base + slope * b for b, v in pts) else None
+
+
+def derivation_for(setup: StepSetup, jobs: int = 0,
+                   progress: Callable[[int, int, str], None] | None = None) -> Derivation | None:
+    """Trace ``setup`` at DERIVE_POINTS (cached, in parallel) and derive; None when not affine."""
+    setups = [replace(setup, batch_size=b) for b in DERIVE_POINTS]
+    records = trace_many(setups, jobs, progress)
+    return derive([(s.batch_size, records[s]) for s in setups])

@@ -1,0 +1,415 @@
+"""``--step FILE``: every command on the user's own training step. Imported only when
+``--step`` is given; torch only where something is traced (``planner/measure``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+from planner.errors import PlannerError
+from planner.steps import PRECISIONS, StepSetup, parse_knob, parse_value
+
+# Built-in-step flags that a step file does not use, and what sets that instead.
+BUILTIN_ONLY: tuple[tuple[str, str, str], ...] = (
+    ("config", "--config", "the step file is the setup; its knobs are set with --knob"),
+    ("kind", "--kind", "the step file is the step"),
+    ("voxel", "--voxel", "sizes are the step file's knobs (--knob name=value)"),
+    ("channels", "--channels", "widths are the step file's knobs (--knob name=value)"),
+    ("attention", "--attention", "attention is the step file's own (a knob if it has one)"),
+    ("flash_attention", "--flash-attention", "use --sdpa flash|efficient|math"),
+    ("perceptual", "--perceptual", "the step file's own networks decide"),
+    ("disc_layers", "--disc-layers", "the step file's own networks decide"),
+    ("disc_channels", "--disc-channels", "the step file's own networks decide"),
+    ("model", "--model", "give either --step or --model"),
+    ("input_shape", "--input", "the step file's batch() makes the batch"),
+    ("profile_name", "--profile", "device profiles calibrate the built-in kinds"),
+    ("compare", "--compare", "a step file's estimate is already a trace"),
+    ("max_voxel", "--max-voxel", "use --max-knob NAME for the step file's size knob"),
+)
+
+
+def reject_builtin_flags(p: dict[str, Any]) -> None:
+    for key, flag, why in BUILTIN_ONLY:
+        v = p.get(key)
+        if v is None or v is False or v == []:
+            continue
+        raise PlannerError(f"{'--no-' + flag[2:] if v is False else flag}: does not apply to --step ({why})")
+    if p.get("no_discriminator"):
+        raise PlannerError("--no-discriminator: does not apply to --step (the step file's own networks decide)")
+
+
+def step_setup(p: dict[str, Any]) -> StepSetup:
+    """The StepSetup of a command's flags; built-in-only flags are errors naming them."""
+    reject_builtin_flags(p)
+    precision = p.get("precision")
+    amp = p.get("amp")
+    if precision is not None and amp is not None:
+        want = "amp-fp16" if amp else "fp32"
+        if precision != want:
+            raise PlannerError(f"--{'amp' if amp else 'no-amp'}: conflicts with --precision {precision}; give one")
+    if precision is None:
+        precision = "amp-fp16" if amp else "fp32"
+    ckpt_flag, ckpt = p.get("checkpointing"), p.get("checkpoint")
+    if ckpt is not None and ckpt_flag is not None:
+        raise PlannerError("--checkpointing: give --checkpoint CLASS[,CLASS]|auto or --checkpointing, not both")
+    checkpoint: tuple[str, ...] = ()
+    if ckpt:
+        checkpoint = tuple(c.strip() for c in ckpt.split(",") if c.strip())
+        if "auto" in checkpoint and len(checkpoint) > 1:
+            raise PlannerError("--checkpoint: 'auto' stands alone (valid: auto or ClassName[,ClassName])")
+    elif ckpt_flag:
+        checkpoint = ("auto",)
+    knobs: dict[str, Any] = {}
+    for text in p.get("knob") or []:
+        name, value = parse_knob(text)
+        if name in knobs:
+            raise PlannerError(f"--knob: '{name}' given twice")
+        knobs[name] = value
+    opt = p.get("optimizer")
+    sdpa = p.get("sdpa")
+    return StepSetup(
+        path=str(p["step"]), knobs=tuple(knobs.items()), batch_size=p.get("batch"), accumulation=p.get("accum") or 1,
+        precision=precision, checkpoint=checkpoint, sdpa=getattr(sdpa, "value", sdpa) or "auto",
+        optimizer=getattr(opt, "value", opt), alloc_conf=p.get("alloc_conf") or _env_alloc_conf(),
+    )
+
+
+def _env_alloc_conf() -> str:
+    import os
+
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    if conf:
+        from planner.allocator import parse_alloc_conf
+
+        try:
+            parse_alloc_conf(conf)
+        except PlannerError as exc:
+            raise PlannerError(f"PYTORCH_CUDA_ALLOC_CONF: {exc}") from None
+    return conf
+
+
+def _load(ss: StepSetup) -> Any:
+    try:
+        from planner.measure import stepfile
+    except ImportError as exc:
+        raise PlannerError(f"--step needs the measuring extra ({exc.name} is missing): "
+                           "pip install torch==2.13.0 'vramplan[profile]'") from None
+    sf = stepfile.load(ss.path)
+    stepfile.knob_values(sf, ss)  # unknown knobs and wrong types, before any tracing
+    return sf
+
+
+def _filled(ss: StepSetup, sf: Any) -> StepSetup:
+    if ss.batch_size is None:
+        if sf.batch_default is None:
+            raise PlannerError(f"--batch: '{ss.path}' batch() has no default batch_size; give --batch")
+        ss = replace(ss, batch_size=sf.batch_default)
+    return ss
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _progress(err: Any, what: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn(f"{what} [progress.description]{{task.description}}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=getattr(err, "rich", err), transient=True)
+    task = prog.add_task("", total=None)
+
+    def tick(done: int, total: int, label: str) -> None:
+        prog.update(task, completed=done, total=total, description=label[:60])
+
+    return prog, tick
+
+
+def _verdict(report: Any, card: Any, ss: StepSetup, out: Any) -> dict | None:
+    if card is None:
+        return None
+    margin = card.capacity_bytes - report.device_total_bytes
+    fits = margin >= 0
+    style = "bold green" if fits else "bold red"
+    word = "fits" if fits else "does NOT fit"
+    out.print(f"[{style}]{word} {card.name}: {abs(margin) / 2**30:.2f} GiB {'to spare' if fits else 'over'}[/{style}] "
+              f"(device_total {report.device_total_bytes / 2**30:.2f} GiB against {card.capacity_bytes / 2**30:.2f} GiB)")
+    out.print(f"[dim]{card.capacity_note()}[/dim]")
+    if not fits:
+        out.print(f"next: vramplan recommend --step {ss.path} --gpu {card.key}", markup=False)
+    return {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "fits": fits, "margin_bytes": margin}
+
+
+def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
+    from planner.report.terminal import render_report
+
+    render_report(report, None, out, title=title)
+    out.print("setup: " + ss.label(), markup=False)
+
+
+def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> None:
+    """estimate --step (by trace, cached) and profile --step (traced now, any backend)."""
+    from planner.gpus import parse_gpu
+
+    ss = step_setup(p)
+    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    sf = _load(ss)
+    ss = _filled(ss, sf)
+    from planner.measure.profile import report_from
+
+    backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
+    t0 = time.perf_counter()
+    with err.status(f"tracing {ss.label()}") as status:
+        if fresh:
+            from planner.measure.stepfile import run
+
+            record = run(ss, backend, progress=lambda m: status.update(f"tracing: {m}"), count_flops=False)
+            how = f"traced now on the {backend} backend"
+        else:
+            from planner.measure import traces
+
+            hit = traces.cached(ss)
+            record = hit if hit is not None else traces.trace(ss, progress=lambda m: status.update(f"tracing: {m}"))
+            how = "from the trace cache" if hit is not None else "traced now (fake backend), cached"
+    note = (f"by trace: the step file run under {'FakeTensorMode on the CPU (CUDA emulated)' if backend == 'fake' else backend}, "
+            f"{how}; not the analytic estimator",)
+    report = report_from(record, backend, ss.alloc_conf, time.perf_counter() - t0,
+                         source="profile:" + backend if fresh else "estimate:trace", rollup=2,
+                         capacity_bytes=card.capacity_bytes if card else None, extra_notes=note)
+    if p.get("as_json"):
+        data = report.to_json()
+        v = None
+        if card is not None:
+            v = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes,
+                 "fits": report.device_total_bytes <= card.capacity_bytes,
+                 "margin_bytes": card.capacity_bytes - report.device_total_bytes}
+        data["fits"] = v["fits"] if v else None
+        data["gpu"] = v
+        data["step_setup"] = ss.to_json()
+        data["how"] = how
+        _print_json(data)
+        return
+    _render(report, ss, out, "vramplan " + ("profile" if fresh else "estimate") + f" --step ({how})")
+    _verdict(report, card, ss, out)
+    out.print(f"[dim]{report.wall_seconds:.1f} s[/dim]")
+
+
+def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
+    from planner.gpus import parse_gpu
+    from planner.measure import stepsearch as S
+
+    ss = step_setup(p)
+    card = parse_gpu(p["gpu"])
+    margin = p.get("margin", 0.05)
+    if not 0 <= margin < 1:
+        raise PlannerError(f"--margin: must be in [0, 1), got {margin}")
+    sf = _load(ss)
+    ss = _filled(ss, sf)
+    jobs = p.get("jobs") or 0
+    cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,
+           "budget_bytes": int(card.capacity_bytes * (1 - margin))}
+    max_knob = p.get("max_knob")
+    if p.get("max_batch") or max_knob:
+        prog, tick = _progress(err, "tracing")
+        with prog:
+            if max_knob:
+                knob = sf.knobs.get(max_knob)
+                if knob is None or isinstance(knob.default, bool) or not isinstance(knob.default, int):
+                    valid = ", ".join(k for k, v in sf.knobs.items() if isinstance(v.default, int) and not isinstance(v.default, bool))
+                    raise PlannerError(f"--max-knob: '{max_knob}' is not an integer knob of '{ss.path}' (valid: {valid or 'none'})")
+                step = p.get("knob_step") or 1
+                if ss.knob_dict.get(max_knob) is not None:
+                    raise PlannerError(f"--knob {max_knob}: is what --max-knob searches; leave it out")
+                value, rep, stats = S.max_knob(ss, max_knob, step, card, margin, p.get("knob_limit") or 4096, tick)
+                what = f"{max_knob}"
+            else:
+                value, rep, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick)
+                what = "micro-batch"
+        result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
+                  "gpu": cap, "setup": ss.to_json(), "traces": stats.traces, "cached_traces": stats.cached,
+                  "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2)}
+        if p.get("as_json"):
+            _print_json(result)
+            return
+        if not value:
+            out.print(f"even {what} {p.get('knob_step') or 1 if max_knob else 1} does not fit {card.name}")
+        else:
+            out.print(f"largest {what} that fits {card.name}: {value} (device_total {rep.device_total_bytes / 2**30:.2f} GiB; "
+                      f"budget {cap['budget_bytes'] / 2**30:.2f} GiB with margin {margin:.0%})")
+        out.print("setup: " + ss.label(), markup=False)
+        out.print(f"[dim]{stats.traces} traces ({stats.cached} from the cache), {stats.derived} sizes derived, "
+                  f"{stats.direct} traced directly, {stats.seconds:.1f} s[/dim]")
+        return
+    search: dict[str, list[Any]] = {}
+    for text in p.get("search") or []:
+        name, _, raw = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if not raw or name not in sf.knobs:
+            valid = ", ".join(sorted(sf.knobs)) or "none"
+            raise PlannerError(f"--search: {text!r} must be knob=v1/v2/... with a knob of '{ss.path}' (valid: {valid})")
+        search[name] = [parse_value(v.strip()) for v in raw.split("/") if v.strip()]
+    freeze = {f.strip() for f in (p.get("freeze") or "").split(",") if f.strip()}
+    bad = freeze - {"precision", "checkpointing", "batch"}
+    if bad:
+        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, batch)")
+    prefer = getattr(p.get("prefer"), "value", p.get("prefer")) or "risk"
+    prog, tick = _progress(err, "tracing")
+    with prog:
+        best, ordered, stats = S.recommend(ss, card, margin, prefer, freeze, search, sf.batch_default or 1, jobs, tick)
+    if p.get("as_json"):
+        _print_json({"gpu": cap, "input": ss.to_json(), "best": best.to_json() if best else None,
+                     "candidates": [c.to_json() for c in ordered], "evaluated": len(ordered), "traces": stats.traces,
+                     "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
+                     "seconds": round(stats.seconds, 2),
+                     "time_model": "roofline over the traced step's FLOPs and bytes, uncalibrated (relative)"})
+        return
+    from planner.report.text import TextTable
+
+    out.print(f"[bold]vramplan recommend --step[/bold] for {card.name} "
+              f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%})")
+    out.print("input: " + ss.label(), markup=False)
+    if best is None:
+        low = min(ordered, key=lambda c: c.report.device_total_bytes)
+        out.print(f"[bold red]nothing fits[/bold red]: the smallest candidate needs {low.report.device_total_bytes / 2**30:.2f} GiB "
+                  f"({'; '.join(low.changes) or 'as is'})")
+    else:
+        out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.changes) or 'as is'} "
+                  f"-> device_total {best.report.device_total_bytes / 2**30:.2f} GiB")
+        out.print("  " + best.setup.label(), markup=False)
+    t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes)")
+    for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
+        t.add_column(col)
+    base_secs = next((c.seconds_per_sample for c in ordered if not c.changes), None) or 1.0
+    budget = cap["budget_bytes"]
+    for c in ordered[:12]:
+        t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], f"{c.report.device_total_bytes / 2**30:.2f}",
+                  "yes" if c.report.device_total_bytes <= budget else "no",
+                  f"{c.seconds_per_sample / base_secs:.2f}" if c.seconds_per_sample else "-", c.how)
+    out.print(t)
+    out.print(f"[dim]{len(ordered)} candidates from {stats.traces} traces ({stats.cached} cached); {stats.derived} derived, "
+              f"{stats.direct} traced directly; {stats.seconds:.1f} s. Time per sample: roofline over the traced "
+              f"FLOPs and bytes ({card.name} rates), uncalibrated, relative to 'as is'.[/dim]")
+
+
+TIER_NAMES = {0: "none", 1: "slight", 2: "moderate"}
+VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer")
+
+
+def sweep_setups(ss: StepSetup, sf: Any, sweeps: list[str]) -> list[tuple[dict[str, Any], StepSetup]]:
+    """--sweep knob=v1,v2 over vramplan's knobs and the file's own (the product of all sweeps)."""
+    rows: list[tuple[dict[str, Any], StepSetup]] = [({}, ss)]
+    for text in sweeps:
+        name, _, raw = text.partition("=")
+        name = name.strip().replace("-", "_")
+        values = [v.strip() for v in raw.split(",") if v.strip()] if name in VRAMPLAN_KNOBS else \
+            [v.strip() for v in raw.split("/" if "/" in raw else ",") if v.strip()]
+        if not values:
+            raise PlannerError(f"--sweep: {text!r} must be knob=v1,v2 (valid knobs: {', '.join(VRAMPLAN_KNOBS + tuple(sorted(sf.knobs)))})")
+        new = []
+        for label, s in rows:
+            for v in values:
+                new.append(({**label, name: v}, _set(s, sf, name, v)))
+        rows = new
+    if len(rows) > 200:
+        raise PlannerError(f"--sweep: {len(rows)} rows (valid: at most 200)")
+    return rows
+
+
+def _set(s: StepSetup, sf: Any, name: str, v: str) -> StepSetup:
+    def pos_int(flag: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise PlannerError(f"--sweep {flag}: {v!r} is not a positive integer") from None
+        return n
+
+    if name == "batch":
+        return replace(s, batch_size=pos_int("batch"))
+    if name == "accum":
+        return replace(s, accumulation=pos_int("accum"))
+    if name == "precision":
+        if v not in PRECISIONS:
+            raise PlannerError(f"--sweep precision: got {v!r}, valid: {', '.join(PRECISIONS)}")
+        return replace(s, precision=v)
+    if name == "checkpoint":
+        return replace(s, checkpoint=() if v in ("off", "none") else tuple(v.split("+")))
+    if name == "sdpa":
+        return replace(s, sdpa=v)
+    if name == "optimizer":
+        return replace(s, optimizer=v)
+    if name not in sf.knobs:
+        valid = ", ".join(VRAMPLAN_KNOBS + tuple(sorted(sf.knobs)))
+        raise PlannerError(f"--sweep: '{name}' is not a knob (valid: {valid})")
+    from planner.measure.stepfile import _check_knob
+
+    value = _check_knob(sf, name, parse_value(v.replace("+", ",")))
+    return s.with_knobs(**{name: value})
+
+
+def _evaluate_rows(p: dict[str, Any], err: Any) -> tuple[StepSetup, list[tuple[dict, StepSetup, Any]], Any]:
+    from planner.gpus import parse_gpu
+    from planner.measure.stepsearch import Evaluator
+
+    ss = step_setup(p)
+    sf = _load(ss)
+    ss = _filled(ss, sf)
+    rows = sweep_setups(ss, sf, list(p.get("sweep") or []))
+    gpus = [parse_gpu(g) for g in (p.get("gpu") or [])]
+    ev = Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0)
+    prog, tick = _progress(err, "tracing")
+    ev.progress = tick
+    with prog:
+        reps = ev.reports([s for _, s in rows])
+    return ss, [(label, s, reps[s]) for label, s in rows], gpus
+
+
+def table(p: dict[str, Any], out: Any, err: Any) -> None:
+    import pandas as pd
+
+    from planner.report import table as T
+
+    ss, rows, gpus = _evaluate_rows(p, err)
+    recs = []
+    base = rows[0][2][1] or 1.0
+    for label, s, (rep, secs, how) in rows:
+        row = {k: v for k, v in label.items()}
+        row["setup"] = s.label()
+        row["peak allocated (GiB)"] = round(rep.peak_allocated_bytes / 2**30, 3)
+        row["device total (GiB)"] = round(rep.device_total_bytes / 2**30, 3)
+        for cat, b in rep.breakdown.by_category.items():
+            row[f"{cat} (GiB)"] = round(b / 2**30, 3)
+        for g in gpus:
+            row[f"fits {g.key}"] = "yes" if rep.device_total_bytes <= g.capacity_bytes else "no"
+        row["relative time/sample (est.)"] = round(secs / base, 2) if secs and base else None
+        row["how"] = how
+        recs.append(row)
+    df = pd.DataFrame(recs)
+    fmt = getattr(p.get("fmt"), "value", p.get("fmt")) or "markdown"
+    text = T.render(df, fmt)
+    if fmt == "markdown":
+        text += ("\nBy trace (FakeTensorMode on the CPU, CUDA emulated), not measured on a GPU; GiB = 2**30 bytes; "
+                 "device total = modelled reserved + 426 MiB uncalibrated context; time/sample: uncalibrated roofline, "
+                 "relative to the first row.\n")
+    if p.get("out_file") is not None:
+        T.write_text(p["out_file"], text, "--out")
+        err.print(f"wrote {p['out_file']}")
+    else:
+        sys.stdout.write(text)
+
+
+def plot(p: dict[str, Any], out: Any, err: Any) -> None:
+    from planner.report import plot as P
+
+    what = getattr(p.get("what"), "value", p.get("what"))
+    if what != "breakdown":
+        raise PlannerError(f"plot {what}: with --step only 'breakdown' (one bar per --sweep row); "
+                           "use `vramplan table --step ... --sweep` for sizes")
+    ss, rows, gpus = _evaluate_rows(p, err)
+    if len(rows) > P.MAX_SERIES:
+        raise PlannerError(f"--sweep: {len(rows)} configurations (valid: at most {P.MAX_SERIES} in one figure)")
+    labels = [", ".join(f"{k}={v}" for k, v in lab.items()) or "as given" for lab, _, _ in rows]
+    fig = P.breakdown_figure(labels, [r[0] for _, _, r in rows], gpus)
+    P.save(fig, p["out_file"], "--out")
+    err.print(f"wrote {p['out_file']}")
