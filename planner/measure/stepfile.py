@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import inspect
 import types
@@ -286,7 +287,7 @@ class _Run:
             for pid, m in master.items():
                 p = self._param(pid)
                 if p is not None and p.grad is not None:
-                    m.grad = p.grad.detach().float()
+                    m.grad = p.grad.detach().to(torch.float32, copy=True)  # a copy even of an fp32 grad (_flatten_dense_tensors)
                     tracker.tag([m.grad], Category.GRADIENTS)
                     _set_network(tracker, m.grad, network)
                     if self.setup.precision == "fp16-master":
@@ -525,6 +526,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         roots = dict(nets)
         tracker, modules, log = _prepare(runner, roots, keep_timeline)
         _strip_wrapper_names(modules)
+        _collect_young_garbage_per_op(tracker)
         params = {id(p): p for net in nets.values() for p in net.parameters()}
         for o in opts.values():
             m = masters.get(id(o))
@@ -537,7 +539,9 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         it2 = 0
         b = None  # noqa: F841 - the batch stays referenced until the next one is made
         flops = _FlopCount(count_flops)
-        with modules, tracker:
+        gc_was = gc.isenabled()
+        gc.disable()  # collected per op instead (see _collect_young_garbage_per_op)
+        with modules, tracker, _restore_gc(gc_was):
             for iteration in (1, 2):
                 it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
                 vp.iteration = iteration
@@ -576,6 +580,32 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     if count_flops:
         info["flops_iteration2"] = flops.total
     return replace(record, setup=info)
+
+
+def _collect_young_garbage_per_op(tracker: Any) -> None:
+    """Collect the youngest generation of cyclic garbage after every op, with the automatic
+    collector off. Tracing makes reference cycles that a CUDA run does not (the fake-tensor
+    dispatcher's closures and caught exceptions); a storage they hold was freed at whatever op
+    the automatic collector happened to run, which moved from trace to trace (a checkpointed
+    block's recomputed activation lived to op 739, 757 or 870 of the same stream at batch 2, 3
+    and 4). Collected per op it dies at the op that dropped its last real reference, as on CUDA,
+    and every trace of a step is the same stream (batch derivation needs that)."""
+    orig = tracker._note_peak
+
+    def note_peak(op: str) -> None:
+        gc.collect(0)
+        orig(op)
+
+    tracker._note_peak = note_peak
+
+
+@contextlib.contextmanager
+def _restore_gc(enabled: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _precision_text(setup: StepSetup, cast: dict[str, bool], own: Any) -> str:

@@ -102,8 +102,13 @@ class Evaluator:
         from planner.measure import traces
 
         classes = list(dict.fromkeys(self._cls(s) for s in setups))
+        sizes: dict[StepSetup, set[int]] = {}
+        for s in setups:
+            sizes.setdefault(self._cls(s), set()).add(s.batch_size or 0)
         first = []
         for c in classes:
+            if c not in self._derivs and len(sizes[c]) < len(traces.DERIVE_POINTS):
+                self._derivs[c] = None  # fewer sizes than a derivation traces: trace them
             if c not in self._derivs:
                 first += [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
             if any(s.accumulation >= 3 and self._cls(s) == c for s in setups) and c not in self._accum_ok:
@@ -121,7 +126,7 @@ class Evaluator:
         direct = []
         for s in setups:
             c = self._cls(s)
-            if self._derivs[c] is None:
+            if self._derivs[c] is None or (s.accumulation > 2 and not self._accum_ok.get(c)):
                 direct.append(self._direct(s))
         self._trace(direct)
         out = {}

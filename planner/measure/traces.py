@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -35,6 +36,7 @@ broadcasting, squeezes, contiguity), two points fit, the third verifies."""
 # --- cache -----------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> str:
     import torch
 
