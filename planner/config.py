@@ -339,16 +339,23 @@ ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 def with_environment(data: dict) -> dict:
     """A setup mapping under PYTORCH_CUDA_ALLOC_CONF from the environment (as torch reads
     it): the file's or the flags' device.alloc_conf still wins."""
-    env_conf = os.environ.get(ALLOC_CONF_ENV, "").strip()
+    env_conf = environment_alloc_conf()
     if not env_conf:
         return data
-    from planner.allocator import parse_alloc_conf
-
-    try:
-        parse_alloc_conf(env_conf)
-    except PlannerError as exc:
-        raise PlannerError(f"{ALLOC_CONF_ENV} (environment): {exc}") from None
     return deep_merge({"device": {"alloc_conf": env_conf}}, data)
+
+
+def environment_alloc_conf() -> str:
+    """PYTORCH_CUDA_ALLOC_CONF from the environment, checked ('' when unset)."""
+    env_conf = os.environ.get(ALLOC_CONF_ENV, "").strip()
+    if env_conf:
+        from planner.allocator import parse_alloc_conf
+
+        try:
+            parse_alloc_conf(env_conf)
+        except PlannerError as exc:
+            raise PlannerError(f"{ALLOC_CONF_ENV} (environment): {exc}") from None
+    return env_conf
 
 
 def resolve_setup(

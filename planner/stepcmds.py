@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import replace
 from typing import Any
 
+from planner.config import environment_alloc_conf
 from planner.errors import PlannerError
+from planner.recommend import TIER_NAMES
 from planner.steps import PRECISIONS, StepSetup, parse_knob, parse_value
 
 # Built-in-step flags that a step file does not use, and what sets that instead.
@@ -28,6 +29,10 @@ BUILTIN_ONLY: tuple[tuple[str, str, str], ...] = (
     ("profile_name", "--profile", "device profiles calibrate the built-in kinds"),
     ("compare", "--compare", "a step file's estimate is already a trace"),
     ("max_voxel", "--max-voxel", "use --max-knob NAME for the step file's size knob"),
+    ("write", "--write", "the step file is the configuration; the recommendation prints its flags"),
+    ("configs", "--configs", "rows of a step file come from --sweep"),
+    ("measure", "--measure", "a step file's rows are traces already"),
+    ("seed004", "--seed004", "seed 004's table is of the built-in step"),
 )
 
 
@@ -73,22 +78,8 @@ def step_setup(p: dict[str, Any]) -> StepSetup:
     return StepSetup(
         path=str(p["step"]), knobs=tuple(knobs.items()), batch_size=p.get("batch"), accumulation=p.get("accum") or 1,
         precision=precision, checkpoint=checkpoint, sdpa=getattr(sdpa, "value", sdpa) or "auto",
-        optimizer=getattr(opt, "value", opt), alloc_conf=p.get("alloc_conf") or _env_alloc_conf(),
+        optimizer=getattr(opt, "value", opt), alloc_conf=p.get("alloc_conf") or environment_alloc_conf(),
     )
-
-
-def _env_alloc_conf() -> str:
-    import os
-
-    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
-    if conf:
-        from planner.allocator import parse_alloc_conf
-
-        try:
-            parse_alloc_conf(conf)
-        except PlannerError as exc:
-            raise PlannerError(f"PYTORCH_CUDA_ALLOC_CONF: {exc}") from None
-    return conf
 
 
 def _load(ss: StepSetup) -> Any:
@@ -111,7 +102,9 @@ def _filled(ss: StepSetup, sf: Any) -> StepSetup:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    from planner.cli import _print_json as print_json
+
+    print_json(obj)
 
 
 def _progress(err: Any, what: str):
@@ -127,19 +120,14 @@ def _progress(err: Any, what: str):
     return prog, tick
 
 
-def _verdict(report: Any, card: Any, ss: StepSetup, out: Any) -> dict | None:
-    if card is None:
-        return None
-    margin = card.capacity_bytes - report.device_total_bytes
-    fits = margin >= 0
-    style = "bold green" if fits else "bold red"
-    word = "fits" if fits else "does NOT fit"
-    out.print(f"[{style}]{word} {card.name}: {abs(margin) / 2**30:.2f} GiB {'to spare' if fits else 'over'}[/{style}] "
-              f"(device_total {report.device_total_bytes / 2**30:.2f} GiB against {card.capacity_bytes / 2**30:.2f} GiB)")
-    out.print(f"[dim]{card.capacity_note()}[/dim]")
-    if not fits:
-        out.print(f"next: vramplan recommend --step {ss.path} --gpu {card.key}", markup=False)
-    return {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "fits": fits, "margin_bytes": margin}
+def _print_verdict(v: Any, report: Any, ss: StepSetup, out: Any) -> None:
+    """The built-in kinds' verdict line (planner.analytic.estimate.Verdict); the next step of a
+    step file is `recommend --step`."""
+    style = "bold green" if v.fits else "bold red"
+    out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB)")
+    out.print(f"[dim]{v.gpu.capacity_note()}[/dim]")
+    if not v.fits:
+        out.print(f"next: vramplan recommend --step {ss.path} --gpu {v.gpu.key}", markup=False)
 
 
 def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
@@ -178,21 +166,20 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
     report = report_from(record, backend, ss.alloc_conf, time.perf_counter() - t0,
                          source="profile:" + backend if fresh else "estimate:trace", rollup=2,
                          capacity_bytes=card.capacity_bytes if card else None, extra_notes=note)
+    from planner.analytic.estimate import verdict
+
+    v = verdict(report, card) if card is not None else None
     if p.get("as_json"):
         data = report.to_json()
-        v = None
-        if card is not None:
-            v = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes,
-                 "fits": report.device_total_bytes <= card.capacity_bytes,
-                 "margin_bytes": card.capacity_bytes - report.device_total_bytes}
-        data["fits"] = v["fits"] if v else None
-        data["gpu"] = v
+        data["fits"] = v.fits if v else None
+        data["gpu"] = v.to_json() if v else None
         data["step_setup"] = ss.to_json()
         data["how"] = how
         _print_json(data)
         return
     _render(report, ss, out, "vramplan " + ("profile" if fresh else "estimate") + f" --step ({how})")
-    _verdict(report, card, ss, out)
+    if v is not None:
+        _print_verdict(v, report, ss, out)
     out.print(f"[dim]{report.wall_seconds:.1f} s[/dim]")
 
 
@@ -203,8 +190,9 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     ss = step_setup(p)
     card = parse_gpu(p["gpu"])
     margin = p.get("margin", 0.05)
-    if not 0 <= margin < 1:
-        raise PlannerError(f"--margin: must be in [0, 1), got {margin}")
+    from planner.recommend import _check_margin
+
+    _check_margin(margin)
     sf = _load(ss)
     ss = _filled(ss, sf)
     jobs = p.get("jobs") or 0
@@ -222,12 +210,14 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                 step = p.get("knob_step") or 1
                 if ss.knob_dict.get(max_knob) is not None:
                     raise PlannerError(f"--knob {max_knob}: is what --max-knob searches; leave it out")
-                value, rep, stats = S.max_knob(ss, max_knob, step, card, margin, p.get("knob_limit") or 4096, tick)
+                res, stats = S.max_knob(ss, max_knob, step, card, margin, p.get("knob_limit") or 4096, tick)
                 what = f"{max_knob}"
             else:
-                value, rep, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick)
+                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick)
                 what = "micro-batch"
+        value, rep = res.value, res.report
         result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
+                  "capped": res.capped, "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting,
                   "gpu": cap, "setup": ss.to_json(), "traces": stats.traces, "cached_traces": stats.cached,
                   "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2)}
         if p.get("as_json"):
@@ -235,9 +225,15 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
             return
         if not value:
             out.print(f"even {what} {p.get('knob_step') or 1 if max_knob else 1} does not fit {card.name}")
+        elif res.capped:
+            out.print(f"{what} {value} (the search cap) still fits {card.name} "
+                      f"(device_total {rep.device_total_bytes / 2**30:.2f} GiB): the largest is at least that")
         else:
             out.print(f"largest {what} that fits {card.name}: {value} (device_total {rep.device_total_bytes / 2**30:.2f} GiB; "
                       f"budget {cap['budget_bytes'] / 2**30:.2f} GiB with margin {margin:.0%})")
+        if res.smaller_not_fitting:
+            out.print(f"[yellow]note: smaller sizes that do NOT fit (memory is not monotone in the size): "
+                      f"{', '.join(map(str, res.smaller_not_fitting))}[/yellow]")
         out.print("setup: " + ss.label(), markup=False)
         out.print(f"[dim]{stats.traces} traces ({stats.cached} from the cache), {stats.derived} sizes derived, "
                   f"{stats.direct} traced directly, {stats.seconds:.1f} s[/dim]")
@@ -293,7 +289,6 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
               f"FLOPs and bytes ({card.name} rates), uncalibrated, relative to 'as is'.[/dim]")
 
 
-TIER_NAMES = {0: "none", 1: "slight", 2: "moderate"}
 VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer")
 
 

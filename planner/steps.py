@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,6 @@ class StepSetup:
     """Replace every optimizer's class (keeping its options that apply), or None: the file's own."""
     alloc_conf: str = ""
     """CUDA caching-allocator settings (PYTORCH_CUDA_ALLOC_CONF syntax) for the reserved figure."""
-    declared: tuple[str, ...] = field(default=())
-    """Informational: op names the file declares outputs for (DECLARE)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:

@@ -60,6 +60,8 @@ def test_estimate_step_json_states_setup():
     (["estimate", "--step", TEMPLATE, "--checkpoint", "Nope"], "no module of class 'Nope'"),
     (["estimate", "--step", "nope.py"], "no such file"),
     (["recommend", "--step", TEMPLATE, "--max-knob", "nope"], "not an integer knob"),
+    (["recommend", "--step", TEMPLATE, "--write", "x.yaml"], "--write: does not apply to --step"),
+    (["table", "--step", TEMPLATE, "--measure", "fake"], "--measure: does not apply to --step"),
 ])
 def test_step_bad_input_is_one_line_exit_2(args, needle):
     r = runner.invoke(app, args)
@@ -88,3 +90,5 @@ def test_recommend_step_and_max_batch():
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["max"] >= 1 and data["device_total_bytes"] <= data["gpu"]["budget_bytes"]
+    # every size the search asks for is derived from the traces at micro-batch 2, 3 and 4
+    assert (data["traces"], data["traced_directly"]) == (3, 0) and data["derived"] >= 3

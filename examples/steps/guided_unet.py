@@ -45,23 +45,12 @@ Parameters of the default: model 92,025,731, EMA 92,025,731 (frozen): 184,051,46
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-
-def _example(name: str):
-    """``examples/<name>.py`` loaded by its path (a plain ``import guided_unet`` would find this
-    step file, which has the same name)."""
-    path = Path(__file__).resolve().parent.parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"vramplan_example_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _examples import example  # examples/<name>.py by path (this file has its name)
 
 
-make_guided_unet = _example("guided_unet").make_guided_unet
+make_guided_unet = example("guided_unet").make_guided_unet
 
 DIFFUSION_STEPS = 1000  # guided-diffusion's --diffusion_steps default, --noise_schedule linear
 EMA_RATE = 0.9999

@@ -49,25 +49,14 @@ factory), perceptual net 69,664 (frozen): 6,687,113 in all.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _example(name: str):
-    """``examples/<name>.py`` loaded by its path (a plain ``import radar_vae`` would find this
-    step file, which has the same name)."""
-    path = Path(__file__).resolve().parent.parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"vramplan_example_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _examples import example  # examples/<name>.py by path (this file has its name)
 
 
-_vae = _example("radar_vae")
+_vae = example("radar_vae")
 make_radar_vae, kl_loss = _vae.make_radar_vae, _vae.kl_loss
 
 KL_WEIGHT = 1e-6

@@ -36,24 +36,13 @@ Parameters of the default (image 224, width 768, depth 12, 512 queries, 24 steps
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-
-def _example(name: str):
-    """``examples/<name>.py`` loaded by its path (a plain ``import rgbd_policy`` would find this
-    step file, which has the same name)."""
-    path = Path(__file__).resolve().parent.parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"vramplan_example_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _examples import example  # examples/<name>.py by path (this file has its name)
 
 
-make_rgbd_policy = _example("rgbd_policy").make_rgbd_policy
+make_rgbd_policy = example("rgbd_policy").make_rgbd_policy
 
 ACTION_DIM = 3
 

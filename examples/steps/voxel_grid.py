@@ -41,24 +41,13 @@ far the grid itself can grow.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-
-def _example(name: str):
-    """``examples/<name>.py`` loaded by its path (a plain ``import`` could find a step file of the
-    same name in this folder first)."""
-    path = Path(__file__).resolve().parent.parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"vramplan_example_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _examples import example  # examples/<name>.py by path (this file has its name)
 
 
-make_voxel_net = _example("voxel_grid_net").make_voxel_net
+make_voxel_net = example("voxel_grid_net").make_voxel_net
 
 RENDER_WEIGHT = 1.0
 

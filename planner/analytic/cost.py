@@ -33,10 +33,16 @@ def seconds_per_step(setup: TrainingSetup, report: MemoryReport, gpu: GPU) -> fl
     written = report.extra.get("bytes_written")
     if flops is None or written is None:
         return None
-    g = rates(gpu)
-    tflops = g.fp16_tflops if setup.device.mixed_precision else g.fp32_tflops
     # the simulator runs two iterations; one step is half of it
-    return 0.5 * (flops / (tflops * 1e12) + 2 * written / (g.bandwidth_gbs * 1e9))
+    return 0.5 * roofline_seconds(flops, written, gpu, half=setup.device.mixed_precision)
+
+
+def roofline_seconds(flops: float, bytes_written: float, gpu: GPU, half: bool) -> float:
+    """flops at the fp16 (half) or fp32 peak rate + each written byte read once more, over the
+    bandwidth; the model of the module docstring, for the simulator and the traced steps alike."""
+    g = rates(gpu)
+    tflops = g.fp16_tflops if half else g.fp32_tflops
+    return flops / (tflops * 1e12) + 2 * bytes_written / (g.bandwidth_gbs * 1e9)
 
 
 def seconds_per_sample(setup: TrainingSetup, report: MemoryReport, gpu: GPU) -> float | None:

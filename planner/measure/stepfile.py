@@ -77,6 +77,7 @@ class StepFile:
     module: types.ModuleType
     knobs: dict[str, Knob]
     batch_default: int | None
+    takes_device: frozenset[str]  # which of networks/batch take device=
 
     def fn(self, name: str) -> Callable[..., Any]:
         return getattr(self.module, name)
@@ -125,7 +126,8 @@ def _load_cached(path: str, mtime: float) -> StepFile:
                     f"{p.default!r} in {owner}() of '{path}'; give it one default"
                 )
             knobs[p.name] = Knob(p.name, p.default, (prev.owners if prev else ()) + (owner,))
-    return StepFile(path, mod, knobs, batch_default)
+    takes_device = frozenset(o for o in ("networks", "batch") if "device" in inspect.signature(getattr(mod, o)).parameters)
+    return StepFile(path, mod, knobs, batch_default, takes_device)
 
 
 def load(path: str) -> StepFile:
@@ -163,7 +165,7 @@ def knob_values(sf: StepFile, setup: StepSetup) -> dict[str, Any]:
 
 def _call(sf: StepFile, owner: str, values: dict[str, Any], *args: Any) -> Any:
     kw = {n: v for n, v in values.items() if owner in sf.knobs[n].owners}
-    if "device" in inspect.signature(sf.fn(owner)).parameters:
+    if owner in sf.takes_device:
         kw["device"] = "cuda"  # mapped to the traced device
     return sf.fn(owner)(*args, **kw)
 
@@ -235,7 +237,9 @@ class StepHandle:
 
 class _Run:
     def __init__(self, setup: StepSetup, backend: str, tracker: Any, nets: dict[str, torch.nn.Module],
-                 opts: dict[str, torch.optim.Optimizer], masters: dict[int, dict[int, torch.Tensor]]) -> None:
+                 opts: dict[str, torch.optim.Optimizer], masters: dict[int, dict[int, torch.Tensor]],
+                 params: dict[int, torch.Tensor]) -> None:
+        self.params = params  # id -> the optimizers' own (model) parameters, which the masters are keyed by
         from planner.measure.step import CudaGradScaler, EmulatedGradScaler
 
         self.setup, self.backend, self.tracker = setup, backend, tracker
@@ -267,13 +271,10 @@ class _Run:
             # guided-diffusion fp16_util.zero_grad(model_params): the half gradients are
             # zeroed in place and kept (model grads -> master grads at the step)
             for pid in master:
-                p = self._param(pid)
-                if p is not None and p.grad is not None:
+                p = self.params[pid]
+                if p.grad is not None:
                     p.grad.detach_()
                     p.grad.zero_()
-
-    def _param(self, pid: int) -> torch.nn.Parameter | None:
-        return self._params.get(pid)
 
     def optimizer_step(self, o: torch.optim.Optimizer) -> None:
         from planner.measure.step import _optimizer_step, _set_network
@@ -285,8 +286,8 @@ class _Run:
             tracker.phase = Phase.OPTIMIZER
             # model_grads_to_master_grads: each master's grad is a fp32 copy of the half grad
             for pid, m in master.items():
-                p = self._param(pid)
-                if p is not None and p.grad is not None:
+                p = self.params[pid]
+                if p.grad is not None:
                     m.grad = p.grad.detach().to(torch.float32, copy=True)  # a copy even of an fp32 grad (_flatten_dense_tensors)
                     tracker.tag([m.grad], Category.GRADIENTS)
                     _set_network(tracker, m.grad, network)
@@ -297,9 +298,7 @@ class _Run:
             with torch.no_grad():
                 for pid, m in master.items():
                     m.grad = None  # zero_master_grads
-                    p = self._param(pid)
-                    if p is not None:
-                        p.copy_(m)  # master_params_to_model_params
+                    self.params[pid].copy_(m)  # master_params_to_model_params
 
 
 def _owner(o: torch.optim.Optimizer, nets: dict[str, torch.nn.Module], master: dict | None) -> str:
@@ -377,18 +376,9 @@ def _cast_forward(net: torch.nn.Module, dtype: torch.dtype, outputs_fp32: bool) 
     """apex O2's patch_forward: floating inputs cast to the half dtype, outputs back to fp32."""
     inner = net.forward
 
-    def cast(x: Any, to: torch.dtype) -> Any:
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            return x.to(to)
-        if isinstance(x, (list, tuple)):
-            return type(x)(cast(v, to) for v in x)
-        if isinstance(x, dict):
-            return {k: cast(v, to) for k, v in x.items()}
-        return x
-
     def forward(*args: Any, **kwargs: Any) -> Any:
-        out = inner(*cast(args, dtype), **cast(kwargs, dtype))
-        return cast(out, torch.float32) if outputs_fp32 else out
+        out = inner(*_cast(args, dtype), **_cast(kwargs, dtype))
+        return _cast(out, torch.float32) if outputs_fp32 else out
 
     net.forward = forward  # type: ignore[method-assign]
 
@@ -509,6 +499,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         except Exception as exc:  # noqa: BLE001
             raise PlannerError(f"step: optimizers() raised {describe(exc)}") from None
         masters: dict[int, dict[int, torch.Tensor]] = {}
+        params = {id(p): p for o in opts.values() for g in o.param_groups for p in g["params"]}
         for name, o in list(opts.items()):
             if setup.optimizer:
                 o = _replace_class(o, setup.optimizer)
@@ -527,14 +518,12 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         tracker, modules, log = _prepare(runner, roots, keep_timeline)
         _strip_wrapper_names(modules)
         _collect_young_garbage_per_op(tracker)
-        params = {id(p): p for net in nets.values() for p in net.parameters()}
         for o in opts.values():
             m = masters.get(id(o))
             if m:
                 owner = _owner(o, nets, m)
                 tracker.track(list(m.values()), Category.PARAMETERS, network=owner)
-        rn = _Run(setup, backend, tracker, nets, opts, masters)
-        rn._params = params
+        rn = _Run(setup, backend, tracker, nets, opts, masters, params)
         vp = StepHandle(rn)
         it2 = 0
         b = None  # noqa: F841 - the batch stays referenced until the next one is made
@@ -552,7 +541,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                         try:
                             b = _call(sf, "batch", values, batch_size)
                             if setup.precision in ("fp16", "bf16"):
-                                b = _cast_batch(b, _HALF[setup.precision])
+                                b = _cast(b, _HALF[setup.precision])
                             tracker.step, tracker.phase, tracker.network_hint = f"it{iteration}", Phase.FORWARD, "losses"
                             sf.fn("step")(nets, opts, b, vp)
                         except PlannerError:
@@ -630,14 +619,15 @@ def _dtype_counts(nets: dict[str, torch.nn.Module]) -> dict[str, int]:
     return total
 
 
-def _cast_batch(b: Any, dtype: torch.dtype) -> Any:
-    if isinstance(b, torch.Tensor):
-        return b.to(dtype) if b.is_floating_point() else b
-    if isinstance(b, (list, tuple)):
-        return type(b)(_cast_batch(v, dtype) for v in b)
-    if isinstance(b, dict):
-        return {k: _cast_batch(v, dtype) for k, v in b.items()}
-    return b
+def _cast(x: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors in a (nested) tuple, list or dict cast to ``dtype``; the rest as is."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cast(v, dtype) for v in x)
+    if isinstance(x, dict):
+        return {k: _cast(v, dtype) for k, v in x.items()}
+    return x
 
 
 def _strip_wrapper_names(modules: Any) -> None:

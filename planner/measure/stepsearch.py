@@ -13,15 +13,14 @@ directly where it does not.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from planner.errors import PlannerError
 from planner.gpus import GPU
+from planner.recommend import TIER_NAMES, SizeSearch, _check_margin, _largest
 from planner.result import MemoryReport
 from planner.steps import PRECISION_HELP, StepSetup
 
-TIER_NAMES = {0: "none", 1: "slight", 2: "moderate"}
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
 ACCUM_CHECK = (2, 3)  # (micro-batch, accumulation) of the trace that checks "A >= 3 is like A = 2"
 
@@ -34,14 +33,13 @@ class Candidate:
     report: MemoryReport | None = None
     seconds_per_sample: float | None = None
     how: str = ""
-    error: str = ""
 
     def to_json(self) -> dict:
         r = self.report
         return {"changes": self.changes, "tier": TIER_NAMES[self.tier], "setup": self.setup.to_json(),
                 "peak_allocated_bytes": r.peak_allocated_bytes if r else None,
                 "device_total_bytes": r.device_total_bytes if r else None,
-                "seconds_per_sample": self.seconds_per_sample, "how": self.how, "error": self.error or None}
+                "seconds_per_sample": self.seconds_per_sample, "how": self.how}
 
 
 @dataclass
@@ -51,32 +49,34 @@ class Stats:
     derived: int = 0
     direct: int = 0
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
-def seconds_per_sample(record: Any, precision: str, gpu: GPU, accumulation_scale: float = 1.0) -> float | None:
-    """Roofline time per effective sample (planner/analytic/cost.py's model on the traced step):
-    iteration 2's matmul/conv/attention FLOPs (torch.utils.flop_counter, recomputation included)
-    at the precision's peak rate, plus twice the bytes it allocates over the bandwidth.
+def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
+    """Roofline time per effective sample (``planner.analytic.cost.roofline_seconds``, the
+    simulator's model) on the traced step: iteration 2's matmul/conv/attention FLOPs
+    (torch.utils.flop_counter, recomputation included) and the bytes it allocates, over the
+    samples it consumed. Per sample it is the same for accumulation 2 and any higher one.
     Uncalibrated; for comparing candidates."""
-    from planner.analytic.cost import rates
+    from planner.analytic.cost import roofline_seconds
 
     flops = record.setup.get("flops_iteration2")
     if flops is None:
         return None
     written = sum(d for _, d in record.events[record.iteration2_start:] if d > 0)
-    g = rates(gpu)
-    tflops = g.fp32_tflops if precision == "fp32" else g.fp16_tflops
-    step = (flops / (tflops * 1e12) + 2 * written / (g.bandwidth_gbs * 1e9)) * accumulation_scale
-    samples = record.setup["batch_size"] * record.setup["accumulation"]
-    return step / samples
+    step = roofline_seconds(flops, written, gpu, half=precision != "fp32")
+    return step / (record.setup["batch_size"] * record.setup["accumulation"])
 
 
 class Evaluator:
     """Reports for many StepSetups from as few traces as the derivation allows."""
 
-    def __init__(self, gpu: GPU | None, jobs: int = 0, progress: Callable[[int, int, str], None] | None = None):
-        self.gpu, self.jobs, self.progress = gpu, jobs, progress
+    def __init__(self, gpu: GPU | None, jobs: int = 0, progress: Callable[[int, int, str], None] | None = None,
+                 derive_from: int = 3):
+        """``derive_from``: a class of setups (same step, knobs, precision, checkpointing,
+        accumulation <= 2) asked for at fewer micro-batches than this is traced at those
+        directly instead of derived (a derivation costs DERIVE_POINTS traces); 1 when more
+        sizes will be asked for later, one at a time (a size search)."""
+        self.gpu, self.jobs, self.progress, self.derive_from = gpu, jobs, progress, derive_from
         self.stats = Stats()
         self._derivs: dict[StepSetup, Any] = {}
         self._records: dict[StepSetup, Any] = {}
@@ -92,13 +92,14 @@ class Evaluator:
         todo = [s for s in dict.fromkeys(setups) if s not in self._records]
         if not todo:
             return
-        hits = sum(traces.cached(s) is not None for s in todo)
-        self._records.update(traces.trace_many(todo, self.jobs, self.progress))
-        self.stats.traces += len(todo) - hits
-        self.stats.cached += hits
+        records, traced = traces.trace_many(todo, self.jobs, self.progress)
+        self._records.update(records)
+        self.stats.traces += traced
+        self.stats.cached += len(todo) - traced
 
     def evaluate(self, setups: list[StepSetup]) -> dict[StepSetup, tuple[Any, str]]:
-        """setup -> (StepRecord, how) for every setup."""
+        """setup -> (StepRecord, how) for every setup; a record taken from accumulation 2 for an
+        accumulation >= 3 is that trace's, as traced (its setup says accumulation 2)."""
         from planner.measure import traces
 
         classes = list(dict.fromkeys(self._cls(s) for s in setups))
@@ -107,8 +108,8 @@ class Evaluator:
             sizes.setdefault(self._cls(s), set()).add(s.batch_size or 0)
         first = []
         for c in classes:
-            if c not in self._derivs and len(sizes[c]) < len(traces.DERIVE_POINTS):
-                self._derivs[c] = None  # fewer sizes than a derivation traces: trace them
+            if c not in self._derivs and len(sizes[c]) < self.derive_from:
+                self._derivs[c] = None  # fewer sizes than a derivation is worth: trace them
             if c not in self._derivs:
                 first += [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
             if any(s.accumulation >= 3 and self._cls(s) == c for s in setups) and c not in self._accum_ok:
@@ -141,12 +142,6 @@ class Evaluator:
             else:
                 rec, how = self._records[self._direct(s)], "traced"
                 self.stats.direct += 1
-            if s.accumulation > rec.setup.get("accumulation", 1):
-                info = dict(rec.setup)
-                info.update(accumulation=s.accumulation, effective_batch=b * s.accumulation,
-                            accumulation_basis=f"as accumulation 2 (checked: a trace at micro-batch {ACCUM_CHECK[0]} "
-                                               f"x accumulation {ACCUM_CHECK[1]} has accumulation 2's peak)")
-                rec = replace(rec, setup=info)
             out[s] = (rec, how)
         return out
 
@@ -161,20 +156,21 @@ class Evaluator:
 
         out = {}
         for s, (rec, how) in self.evaluate(setups).items():
+            secs = seconds_per_sample(rec, s.precision, self.gpu) if self.gpu else None
+            if s.accumulation > rec.setup["accumulation"]:
+                info = dict(rec.setup)
+                info.update(accumulation=s.accumulation, effective_batch=s.batch_size * s.accumulation,
+                            accumulation_basis=f"as accumulation 2 (checked: a trace at micro-batch {ACCUM_CHECK[0]} "
+                                               f"x accumulation {ACCUM_CHECK[1]} has accumulation 2's peak)")
+                rec = replace(rec, setup=info)
             cap = self.gpu.capacity_bytes if self.gpu else None
             note = (f"by trace: the step file traced under FakeTensorMode on the CPU (CUDA emulated), "
                     f"{'derived from traces at other micro-batches (affine sizes, verified)' if how == 'derived' else 'traced at this size'}; "
                     "not the analytic estimator",)
             rep = report_from(rec, "fake", s.alloc_conf, 0.0, source="estimate:trace", rollup=2, capacity_bytes=cap,
                               extra_notes=note)
-            scale = s.accumulation / rec_accum(rec) if rec_accum(rec) else 1.0
-            secs = seconds_per_sample(rec, s.precision, self.gpu, scale) if self.gpu else None
             out[s] = (rep, secs, how)
         return out
-
-
-def rec_accum(rec: Any) -> int:
-    return 2 if "accumulation_basis" in rec.setup else rec.setup.get("accumulation", 1)
 
 
 # --- recommend ------------------------------------------------------------------------------------
@@ -247,60 +243,35 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
 
 
 def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jobs: int = 0,
-              progress: Callable[[int, int, str], None] | None = None) -> tuple[int, MemoryReport | None, Stats]:
-    """The largest micro-batch (accumulation as given) whose device total fits."""
-    ev = Evaluator(gpu, jobs, progress)
-    budget = gpu.capacity_bytes * (1 - margin)
-    t0 = time.perf_counter()
-
-    def rep(b: int) -> MemoryReport:
-        return ev.reports([replace(base, batch_size=b)])[replace(base, batch_size=b)][0]
-
-    best, best_rep = _largest(lambda b: rep(b), budget, 1, limit, 1)
-    ev.stats.seconds = time.perf_counter() - t0
-    return best, best_rep, ev.stats
+              progress: Callable[[int, int, str], None] | None = None) -> tuple[SizeSearch, Stats]:
+    """The largest micro-batch (accumulation as given) whose device total fits: the built-in
+    kinds' search (planner.recommend._largest: doubling, bisection, a neighbourhood re-check)."""
+    return _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
+                   Evaluator(gpu, jobs, progress, derive_from=1))
 
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,
-             progress: Callable[[int, int, str], None] | None = None) -> tuple[int, MemoryReport | None, Stats]:
+             progress: Callable[[int, int, str], None] | None = None) -> tuple[SizeSearch, Stats]:
     """The largest value (a multiple of ``step``) of an integer knob whose device total fits."""
-    ev = Evaluator(gpu, 1, progress)
+    return _search(lambda k: base.with_knobs(**{name: k * step}), step, gpu, margin, max(1, limit // step),
+                   Evaluator(gpu, 1, progress))
+
+
+def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, limit: int,
+            ev: Evaluator) -> tuple[SizeSearch, Stats]:
+    _check_margin(margin)
     budget = gpu.capacity_bytes * (1 - margin)
     t0 = time.perf_counter()
 
-    def rep(k: int) -> MemoryReport:
-        s = base.with_knobs(**{name: k * step})
-        if s.batch_size is None:
-            raise PlannerError("--max-knob: give --batch")  # pragma: no cover - the CLI fills it
-        return ev.reports([s])[s][0]
+    def fits(k: int) -> MemoryReport | None:
+        s = at(k)
+        rep = ev.reports([s])[s][0]
+        return rep if rep.device_total_bytes <= budget else None
 
-    best, best_rep = _largest(rep, budget, 1, max(1, limit // step), step)
+    res = _largest(fits, 1, limit)
     ev.stats.seconds = time.perf_counter() - t0
-    return best, best_rep, ev.stats
-
-
-def _largest(rep: Callable[[int], MemoryReport], budget: float, lo: int, hi: int, unit: int) -> tuple[int, MemoryReport | None]:
-    """Exponential then binary search for the largest k in [lo, hi] with rep(k) within budget
-    (0 when even lo does not fit); returns (k * unit, its report)."""
-    r = rep(lo)
-    if r.device_total_bytes > budget:
-        return 0, None
-    good, good_rep, k = lo, r, lo
-    bad = None
-    while bad is None:
-        k = min(hi, good * 2)
-        if k == good:
-            return good * unit, good_rep
-        r = rep(k)
-        if r.device_total_bytes <= budget:
-            good, good_rep = k, r
-        else:
-            bad = k
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        r = rep(mid)
-        if r.device_total_bytes <= budget:
-            good, good_rep = mid, r
-        else:
-            bad = mid
-    return good * unit, good_rep
+    if unit != 1:
+        res = replace(res, value=res.value * unit, cap=res.cap * unit,
+                      smaller_not_fitting=[k * unit for k in res.smaller_not_fitting],
+                      larger_fitting_skipped=[k * unit for k in res.larger_fitting_skipped])
+    return res, ev.stats

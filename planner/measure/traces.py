@@ -109,9 +109,10 @@ def _worker(setup: StepSetup) -> tuple[StepSetup, Any, str | None]:
 
 
 def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
-               progress: Callable[[int, int, str], None] | None = None) -> dict[StepSetup, Any]:
+               progress: Callable[[int, int, str], None] | None = None) -> tuple[dict[StepSetup, Any], int]:
     """Every setup's record (cached ones first, the rest traced in ``jobs`` processes; 0: one
-    per core). A setup the user's code rejects raises its PlannerError."""
+    per core), and how many were traced (not in the cache). A setup the user's code rejects
+    raises its PlannerError."""
     from planner.errors import PlannerError
 
     out: dict[StepSetup, Any] = {}
@@ -131,7 +132,7 @@ def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
             out[s] = trace(s)
             done += 1
         tick(done, total, "")
-        return out
+        return out, total
     if total:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -148,16 +149,10 @@ def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
                 out[s] = record
                 done += 1
                 tick(done, total, s.label())
-    return out
+    return out, total
 
 
 # --- batch derivation -------------------------------------------------------------------------------
-
-
-def _round(n: int) -> int:
-    from planner.measure.tracker import round_alloc
-
-    return round_alloc(n)
 
 
 @dataclass
@@ -173,10 +168,10 @@ class Derivation:
 
     def record_at(self, batch: int) -> Any:
         """The StepRecord the step would give at micro-batch ``batch``."""
-        from planner.measure.tracker import StorageInfo, TrackerResult
+        from planner.measure.tracker import TrackerResult, round_alloc
 
         base = self.base
-        size = {u: _round(self.a[u] + self.c[u] * batch) for u in self.a}
+        size = {u: round_alloc(self.a[u] + self.c[u] * batch) for u in self.a}
         events = [(u, size[u] if d > 0 else -size[u]) for u, d in base.events]
         peak, peak_mark = _replay_peak(events, base.marks, base.iteration2_start)
         live = _live_after(events, peak_mark[0] if peak_mark else base.iteration2_start)
@@ -307,5 +302,5 @@ def derivation_for(setup: StepSetup, jobs: int = 0,
                    progress: Callable[[int, int, str], None] | None = None) -> Derivation | None:
     """Trace ``setup`` at DERIVE_POINTS (cached, in parallel) and derive; None when not affine."""
     setups = [replace(setup, batch_size=b) for b in DERIVE_POINTS]
-    records = trace_many(setups, jobs, progress)
+    records, _ = trace_many(setups, jobs, progress)
     return derive([(s.batch_size, records[s]) for s in setups])
