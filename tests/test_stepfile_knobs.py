@@ -340,3 +340,27 @@ def test_amp_step_without_vp_autocast(steps):
         _run(steps["no_autocast"], precision="amp-bf16")
     # fp32 has nothing to apply there: the same step traces
     assert _run(steps["no_autocast"]).tracker.peak_bytes == 5_697_536
+
+
+# --- FLOP counting -------------------------------------------------------------------------------
+
+
+def test_counting_flops_leaves_the_memory_stream_alone(steps):
+    """Iteration 2's FLOPs are counted while tracing (for the time model). torch's FlopCounterMode
+    would track modules with multi-grad hooks that a checkpointed block's recomputed outputs keep
+    alive into the next micro-batch; the counter here must not change one allocation.
+
+    FLOPs, derived (HEAVY: B 256, width 128, hidden 512, 2 blocks, head 128 -> 4096; a linear
+    (in, out) costs 2*B*in*out per matmul): forward 2 blocks x (fc1 + fc2) 4 x 33,554,432 +
+    head 268,435,456 = 402,653,184; backward: head grad input + grad weight 2 x 268,435,456,
+    the blocks' recomputation 2 x 33,554,432 (fc1 only: non-reentrant checkpoint stops
+    recomputing once the last saved tensor, relu's output, exists -- torch/utils/checkpoint.py,
+    set_checkpoint_early_stop, on by default -- so fc2 is not rerun), their four linears' grad
+    input + grad weight 8 x 33,554,432 less block 0 fc1's grad input (the batch needs none) =
+    234,881,024; per micro-batch 1,241,513,984; three micro-batches 3,724,541,952."""
+    kw = dict(checkpoint=("Block",), accumulation=3, **HEAVY)
+    counted = run(StepSetup(steps["tiny"], **kw), count_flops=True)
+    plain = run(StepSetup(steps["tiny"], **kw))
+    assert counted.events == plain.events
+    assert counted.tracker.peak_bytes == plain.tracker.peak_bytes
+    assert counted.setup["flops_iteration2"] == 3 * 1_241_513_984 == 3_724_541_952
