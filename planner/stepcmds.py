@@ -10,7 +10,7 @@ from typing import Any
 
 from planner.config import environment_alloc_conf
 from planner.errors import PlannerError
-from planner.recommend import TIER_NAMES
+from planner.recommend import SAFETY, TIER_NAMES
 from planner.steps import PRECISIONS, StepSetup, parse_knob, parse_value
 
 # Built-in-step flags that a step file does not use, and what sets that instead.
@@ -254,11 +254,19 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     prog, tick = _progress(err, "tracing")
     with prog:
         best, ordered, stats = S.recommend(ss, card, margin, prefer, freeze, search, sf.batch_default or 1, jobs, tick)
+    exact = sum(1 for c in ordered if c.report is not None)
+    failed = sum(1 for c in ordered if c.error)
+    summary = (f"{len(ordered)} candidates: {exact} evaluated exactly ({stats.derived} derived, "
+               f"{stats.direct} traced directly) from {stats.traces} traces ({stats.cached} cached), {stats.predicted} "
+               f"predicted (each change's exact ratio alone, multiplied; verified in preference order where predicted "
+               f"within the budget + {SAFETY:.0%})" + (f", {failed} failed or not run" if failed else "")
+               + f"; {stats.seconds:.1f} s")
     if p.get("as_json"):
         _print_json({"gpu": cap, "input": ss.to_json(), "best": best.to_json() if best else None,
-                     "candidates": [c.to_json() for c in ordered], "evaluated": len(ordered), "traces": stats.traces,
+                     "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
+                     "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
-                     "seconds": round(stats.seconds, 2),
+                     "failed": stats.failed, "seconds": round(stats.seconds, 2),
                      "time_model": "roofline over the traced step's FLOPs and bytes, uncalibrated (relative)"})
         return
     from planner.report.text import TextTable
@@ -267,26 +275,30 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
               f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%})")
     out.print("input: " + ss.label(), markup=False)
     if best is None:
-        low = min(ordered, key=lambda c: c.report.device_total_bytes)
-        out.print(f"[bold red]nothing fits[/bold red]: the smallest candidate needs {low.report.device_total_bytes / 2**30:.2f} GiB "
+        low = min((c for c in ordered if c.report is not None), key=lambda c: c.total)
+        out.print(f"[bold red]nothing fits[/bold red]: the smallest candidate needs {low.total / 2**30:.2f} GiB "
                   f"({'; '.join(low.changes) or 'as is'})")
     else:
         out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.changes) or 'as is'} "
-                  f"-> device_total {best.report.device_total_bytes / 2**30:.2f} GiB")
+                  f"-> device_total {best.total / 2**30:.2f} GiB")
         out.print("  " + best.setup.label(), markup=False)
-    t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes)")
+    t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes; ~ predicted, not traced)")
     for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
         t.add_column(col)
-    base_secs = next((c.seconds_per_sample for c in ordered if not c.changes), None) or 1.0
+    base_secs = next((c.seconds for c in ordered if not c.changes), None) or 1.0
     budget = cap["budget_bytes"]
     for c in ordered[:12]:
-        t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], f"{c.report.device_total_bytes / 2**30:.2f}",
-                  "yes" if c.report.device_total_bytes <= budget else "no",
-                  f"{c.seconds_per_sample / base_secs:.2f}" if c.seconds_per_sample else "-", c.how)
+        pre = "" if c.report is not None else "~"
+        total = "-" if c.total == float("inf") else f"{pre}{c.total / 2**30:.2f}"
+        t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], total,
+                  "-" if c.total == float("inf") else pre + ("yes" if c.total <= budget else "no"),
+                  f"{pre}{c.seconds / base_secs:.2f}" if c.seconds < float("inf") else "-",
+                  "not run" if c.error and c.error.startswith("not run") else c.how)
     out.print(t)
-    out.print(f"[dim]{len(ordered)} candidates from {stats.traces} traces ({stats.cached} cached); {stats.derived} derived, "
-              f"{stats.direct} traced directly; {stats.seconds:.1f} s. Time per sample: roofline over the traced "
-              f"FLOPs and bytes ({card.name} rates), uncalibrated, relative to 'as is'.[/dim]")
+    for label, e in stats.failed.items():
+        out.print(f"[yellow]could not trace {label}: {e}[/yellow]", markup=True)
+    out.print(f"[dim]{summary}. Time per sample: roofline over the traced FLOPs and bytes ({card.name} rates), "
+              f"uncalibrated, relative to 'as is'.[/dim]")
 
 
 VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer")
@@ -352,11 +364,13 @@ def _evaluate_rows(p: dict[str, Any], err: Any) -> tuple[StepSetup, list[tuple[d
     ss = _filled(ss, sf)
     rows = sweep_setups(ss, sf, list(p.get("sweep") or []))
     gpus = [parse_gpu(g) for g in (p.get("gpu") or [])]
-    ev = Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0)
     prog, tick = _progress(err, "tracing")
-    ev.progress = tick
-    with prog:
+    with prog, Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0, tick) as ev:
         reps = ev.reports([s for _, s in rows])
+    for label, s in rows:
+        if reps[s][0] is None:
+            where = ", ".join(f"{k}={v}" for k, v in label.items())
+            raise PlannerError((f"--sweep {where}: " if where else "") + reps[s][2])
     return ss, [(label, s, reps[s]) for label, s in rows], gpus
 
 

@@ -262,3 +262,70 @@ def test_declared_for_reads_the_module() -> None:
     with pytest.raises(PlannerError, match=r"--model: DECLARE in user_step is list; it must be a dict"):
         declared_for(mod, origin="--model")
     assert declared_for(test_declared_for_reads_the_module) == {}  # a factory: its module's DECLARE
+
+
+# --- through a step file (planner/measure/stepfile.py runs OpSite and explain) -----------------
+
+MASK_STEP = '''
+import torch
+from torch import nn
+
+
+class Keep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return x[x[:, 0] > 0]
+
+
+def networks():
+    return {"net": nn.Sequential(nn.Linear(16, 16), Keep())}
+
+
+def optimizers(nets):
+    return {"net": torch.optim.SGD(nets["net"].parameters(), lr=0.1)}
+
+
+def batch(batch_size: int = 8):
+    return torch.randn(batch_size, 16, device="cuda")
+
+
+def step(nets, opts, b, vp):
+    vp.zero_grad(opts["net"])
+    loss = nets["net"](b).sum()
+    vp.backward(loss, opts["net"])
+    vp.step(opts["net"])
+'''
+
+
+def test_step_file_mask_names_op_module_line_and_declaration(tmp_path):
+    from planner.measure.stepfile import run
+    from planner.steps import StepSetup
+
+    path = tmp_path / "mask_step.py"
+    path.write_text(MASK_STEP)
+    line = next(i for i, ln in enumerate(MASK_STEP.splitlines(), 1) if "x[x[:, 0] > 0]" in ln)
+    with pytest.raises(PlannerError) as e:
+        run(StepSetup(str(path)))
+    text = str(e.value)
+    assert "\n" not in text
+    assert text.startswith("step: aten::index (boolean-mask indexing x[mask]) has a data-dependent output shape")
+    assert "in net.1" in text and f"mask_step.py:{line}" in text
+    assert 'DECLARE = {"aten::index":' in text
+
+
+def test_step_file_declare_lets_the_trace_go_on(tmp_path):
+    from planner.measure.stepfile import run
+    from planner.steps import StepSetup
+
+    path = tmp_path / "mask_step.py"
+    # 5 of the 8 rows kept: x[mask] of an (8, 16) fp32 tensor declared as (5, 16)
+    path.write_text(MASK_STEP + '\nDECLARE = {"aten::index": lambda x, idx: x.new_empty(5, *x.shape[1:])}\n')
+    rec = run(StepSetup(str(path)))
+    assert rec.tracker.peak_bytes > 0
+    kept = [i for i in rec.info.values() if i.op == "index"]
+    # 5 x 16 x 4 = 320 bytes, rounded to the allocator's 512
+    assert kept and {i.nbytes for i in kept} == {512}

@@ -530,7 +530,10 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         flops = _FlopCount(count_flops)
         gc_was = gc.isenabled()
         gc.disable()  # collected per op instead (see _collect_young_garbage_per_op)
-        with modules, tracker, _restore_gc(gc_was):
+        from planner.measure.declared_ops import OpSite, explain
+
+        site = OpSite(modules)  # entered last: it sees the op the user's code called
+        with modules, tracker, _restore_gc(gc_was), site:
             for iteration in (1, 2):
                 it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
                 vp.iteration = iteration
@@ -547,7 +550,8 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                         except PlannerError:
                             raise
                         except Exception as exc:  # noqa: BLE001 - the user's step: one line naming it
-                            raise _step_error(exc, tracker.phase) from None
+                            untraceable = explain(exc, site, origin="step")
+                            raise (untraceable or _step_error(exc, tracker.phase)) from None
             tracker.phase = Phase.SETUP
         _check_used(setup, rn)
         from planner.measure.step import _record
@@ -672,14 +676,10 @@ def _sdpa(backend: str) -> Iterator[None]:
 
 
 def _declared(sf: StepFile) -> contextlib.AbstractContextManager:
-    table = getattr(sf.module, "DECLARE", None)
-    if not table:
-        return contextlib.nullcontext()
-    try:
-        from planner.measure.declared_ops import DeclaredOps
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return DeclaredOps(table)
+    from planner.measure.declared_ops import DeclaredOps, declared_for
+
+    table = declared_for(sf.module, "step")
+    return DeclaredOps(table, "step") if table else contextlib.nullcontext()
 
 
 class _FlopCount:

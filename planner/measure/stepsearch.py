@@ -1,28 +1,40 @@
 """Searching a step file's configurations: ``recommend --step``, ``--max-batch``, ``--max-knob``.
 
-Every candidate's memory is what its traced step does: derived from a few traces where the
-step is affine in the micro-batch (``planner/measure/traces.py``), traced directly where not.
+Every exact figure is what the traced step does: derived from a few traces where the step is
+affine in the micro-batch (``planner/measure/traces.py``), traced directly where not.
 Accumulation: from the second micro-batch on, every micro-batch runs with the previous
 micro-batches' gradients held and the last one also steps, so a step with accumulation
 A >= 3 allocates, micro-batch by micro-batch, what accumulation 2 allocates on its last
 micro-batch. Candidates with A >= 3 take accumulation 2's figures where a trace at
 accumulation 3 (micro-batch 2) has the same peak as accumulation 2, and are traced
 directly where it does not.
+
+``recommend`` searches the product of precision x checkpointing x (micro-batch,
+accumulation) x the file's ``--search`` knobs the way the built-in recommend does
+(``planner/recommend.py``): each change alone is traced exactly, every combination is
+predicted from them (the exact figure of the input times, per change, the ratio that change
+alone produced), and candidates are verified exactly in preference order, those predicted
+within the budget plus SAFETY, until ALTERNATIVES + 1 fit. A candidate never verified says
+"predicted".
 """
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from planner.errors import PlannerError
 from planner.gpus import GPU
-from planner.recommend import TIER_NAMES, SizeSearch, _check_margin, _largest
+from planner.recommend import SAFETY, TIER_NAMES, SizeSearch, _check_margin, _largest
 from planner.result import MemoryReport
 from planner.steps import PRECISION_HELP, StepSetup
 
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
 ACCUM_CHECK = (2, 3)  # (micro-batch, accumulation) of the trace that checks "A >= 3 is like A = 2"
+DIRECT_ACCUM = 4  # one setup of a class at accumulation <= this is traced as it is, not checked
+ALTERNATIVES = 5  # fitting candidates found besides the best before the search stops
 
 
 @dataclass
@@ -30,16 +42,35 @@ class Candidate:
     setup: StepSetup
     changes: list[str]
     tier: int
+    parts: tuple[tuple[str, Any], ...] = ()  # (dimension, value) changed from the input
     report: MemoryReport | None = None
     seconds_per_sample: float | None = None
-    how: str = ""
+    how: str = "predicted"
+    predicted_total: float | None = None
+    predicted_seconds: float | None = None
+    error: str | None = None
+
+    @property
+    def total(self) -> float:
+        """The exact device total where verified, else the prediction (inf: cannot run)."""
+        if self.report is not None:
+            return float(self.report.device_total_bytes)
+        return self.predicted_total if self.predicted_total is not None else float("inf")
+
+    @property
+    def seconds(self) -> float:
+        v = self.seconds_per_sample if self.report is not None else self.predicted_seconds
+        return v if v is not None else float("inf")
 
     def to_json(self) -> dict:
         r = self.report
         return {"changes": self.changes, "tier": TIER_NAMES[self.tier], "setup": self.setup.to_json(),
                 "peak_allocated_bytes": r.peak_allocated_bytes if r else None,
                 "device_total_bytes": r.device_total_bytes if r else None,
-                "seconds_per_sample": self.seconds_per_sample, "how": self.how}
+                "predicted_device_total_bytes": (None if r or self.predicted_total in (None, float("inf"))
+                                                 else int(self.predicted_total)),
+                "seconds_per_sample": self.seconds_per_sample if r else self.predicted_seconds,
+                "how": self.how, "error": self.error}
 
 
 @dataclass
@@ -48,15 +79,17 @@ class Stats:
     cached: int = 0
     derived: int = 0
     direct: int = 0
+    predicted: int = 0
     seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
     """Roofline time per effective sample (``planner.analytic.cost.roofline_seconds``, the
     simulator's model) on the traced step: iteration 2's matmul/conv/attention FLOPs
-    (torch.utils.flop_counter, recomputation included) and the bytes it allocates, over the
-    samples it consumed. Per sample it is the same for accumulation 2 and any higher one.
-    Uncalibrated; for comparing candidates."""
+    (torch.utils.flop_counter's formulas, recomputation included) and the bytes it allocates,
+    over the samples it consumed. Per sample it is the same for accumulation 2 and any higher
+    one. Uncalibrated; for comparing candidates."""
     from planner.analytic.cost import roofline_seconds
 
     flops = record.setup.get("flops_iteration2")
@@ -68,7 +101,8 @@ def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
 
 
 class Evaluator:
-    """Reports for many StepSetups from as few traces as the derivation allows."""
+    """Reports for many StepSetups from as few traces as the derivation allows. Its worker
+    processes live until :meth:`close` (or the ``with`` block's end)."""
 
     def __init__(self, gpu: GPU | None, jobs: int = 0, progress: Callable[[int, int, str], None] | None = None,
                  derive_from: int = 3):
@@ -76,11 +110,24 @@ class Evaluator:
         accumulation <= 2) asked for at fewer micro-batches than this is traced at those
         directly instead of derived (a derivation costs DERIVE_POINTS traces); 1 when more
         sizes will be asked for later, one at a time (a size search)."""
+        from planner.measure import traces
+
         self.gpu, self.jobs, self.progress, self.derive_from = gpu, jobs, progress, derive_from
         self.stats = Stats()
+        self.pool = traces.Pool(jobs)
+        self.errors: dict[StepSetup, str] = {}
         self._derivs: dict[StepSetup, Any] = {}
         self._records: dict[StepSetup, Any] = {}
         self._accum_ok: dict[StepSetup, bool] = {}
+
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.close()
 
     @staticmethod
     def _cls(s: StepSetup) -> StepSetup:
@@ -89,61 +136,80 @@ class Evaluator:
     def _trace(self, setups: list[StepSetup]) -> None:
         from planner.measure import traces
 
-        todo = [s for s in dict.fromkeys(setups) if s not in self._records]
+        todo = [s for s in dict.fromkeys(setups) if s not in self._records and s not in self.errors]
         if not todo:
             return
-        records, traced = traces.trace_many(todo, self.jobs, self.progress)
+        records, traced = traces.trace_many(todo, self.jobs, self.progress, pool=self.pool, errors=self.errors)
         self._records.update(records)
         self.stats.traces += traced
         self.stats.cached += len(todo) - traced
+        for s in todo:
+            if s in self.errors:
+                self.stats.failed[s.label()] = self.errors[s]
 
     def evaluate(self, setups: list[StepSetup]) -> dict[StepSetup, tuple[Any, str]]:
-        """setup -> (StepRecord, how) for every setup; a record taken from accumulation 2 for an
-        accumulation >= 3 is that trace's, as traced (its setup says accumulation 2)."""
+        """setup -> (StepRecord, how) for every setup, or (None, the error) where the user's code
+        rejected it; a record taken from accumulation 2 for an accumulation >= 3 is that
+        trace's, as traced (its setup says accumulation 2). Micro-batches below the derivation
+        points are traced, never extrapolated (size-1 dimensions take other paths)."""
         from planner.measure import traces
 
+        low = min(traces.DERIVE_POINTS)
         classes = list(dict.fromkeys(self._cls(s) for s in setups))
         sizes: dict[StepSetup, set[int]] = {}
+        deep: dict[StepSetup, list[StepSetup]] = {}
         for s in setups:
-            sizes.setdefault(self._cls(s), set()).add(s.batch_size or 0)
-        first = []
+            c = self._cls(s)
+            sizes.setdefault(c, set()).add(s.batch_size or 0)
+            if s.accumulation >= 3:
+                deep.setdefault(c, []).append(s)
+        first, checking = [], set()
         for c in classes:
-            if c not in self._derivs and len(sizes[c]) < self.derive_from:
-                self._derivs[c] = None  # fewer sizes than a derivation is worth: trace them
-            if c not in self._derivs:
-                first += [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
-            if any(s.accumulation >= 3 and self._cls(s) == c for s in setups) and c not in self._accum_ok:
+            derivable = {b for b in sizes[c] if b >= low}
+            if c not in self._derivs and derivable:
+                if len(derivable) < self.derive_from:
+                    self._derivs[c] = None  # fewer sizes than a derivation is worth: trace them
+                else:
+                    first += [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
+            if c in deep and c not in self._accum_ok and not (len(deep[c]) == 1 and deep[c][0].accumulation <= DIRECT_ACCUM):
                 b, a = ACCUM_CHECK
                 first += [replace(c, batch_size=b, accumulation=a), replace(c, batch_size=b, accumulation=2)]
+                checking.add(c)
+        # setups already known to need their own trace go in the same round
+        first += [self._direct(s) for s in setups
+                  if not (s.accumulation >= 3 and self._cls(s) in checking)
+                  and ((s.batch_size or 0) < low or (self._cls(s) in self._derivs and self._derivs[self._cls(s)] is None))]
         self._trace(first)
         for c in classes:
-            if c not in self._derivs:
-                self._derivs[c] = traces.derive([(b, self._records[replace(c, batch_size=b)]) for b in traces.DERIVE_POINTS])
+            if c not in self._derivs and any(b >= low for b in sizes[c]):
+                pts = [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
+                ok = all(p in self._records for p in pts)
+                self._derivs[c] = traces.derive([(p.batch_size, self._records[p]) for p in pts]) if ok else None
             if c.accumulation == 2 and c not in self._accum_ok:
                 b, a = ACCUM_CHECK
-                if replace(c, batch_size=b, accumulation=a) in self._records:
-                    self._accum_ok[c] = (self._records[replace(c, batch_size=b, accumulation=a)].tracker.peak_bytes
-                                         == self._records[replace(c, batch_size=b, accumulation=2)].tracker.peak_bytes)
-        direct = []
+                three, two = replace(c, batch_size=b, accumulation=a), replace(c, batch_size=b, accumulation=2)
+                if three in self._records and two in self._records:
+                    self._accum_ok[c] = self._records[three].tracker.peak_bytes == self._records[two].tracker.peak_bytes
+        self._trace([self._direct(s) for s in setups if not self._derivable(s)])
+        out: dict[StepSetup, tuple[Any, str]] = {}
         for s in setups:
-            c = self._cls(s)
-            if self._derivs[c] is None or (s.accumulation > 2 and not self._accum_ok.get(c)):
-                direct.append(self._direct(s))
-        self._trace(direct)
-        out = {}
-        for s in setups:
-            c = self._cls(s)
-            d = self._derivs[c]
-            b = s.batch_size
-            assert b is not None
-            if d is not None and (s.accumulation <= 2 or self._accum_ok.get(c)):
-                rec, how = d.record_at(b), "derived"
+            if self._derivable(s):
+                assert s.batch_size is not None
+                out[s] = (self._derivs[self._cls(s)].record_at(s.batch_size), "derived")
                 self.stats.derived += 1
-            else:
-                rec, how = self._records[self._direct(s)], "traced"
+            elif self._direct(s) in self._records:
+                out[s] = (self._records[self._direct(s)], "traced")
                 self.stats.direct += 1
-            out[s] = (rec, how)
+            else:
+                out[s] = (None, self.errors.get(self._direct(s), "not traced"))
         return out
+
+    def _derivable(self, s: StepSetup) -> bool:
+        from planner.measure import traces
+
+        c = self._cls(s)
+        return (self._derivs.get(c) is not None and (s.batch_size or 0) >= min(traces.DERIVE_POINTS)
+                and (s.accumulation <= 2 or bool(self._accum_ok.get(c))))
 
     def _direct(self, s: StepSetup) -> StepSetup:
         c = self._cls(s)
@@ -151,11 +217,16 @@ class Evaluator:
             return replace(s, accumulation=2, alloc_conf="")
         return replace(s, alloc_conf="")
 
-    def reports(self, setups: list[StepSetup]) -> dict[StepSetup, tuple[MemoryReport, float | None, str]]:
+    def reports(self, setups: list[StepSetup]) -> dict[StepSetup, tuple[MemoryReport | None, float | None, str]]:
+        """setup -> (report, seconds per sample, how); (None, None, the error) where the user's
+        code rejected the setup."""
         from planner.measure.profile import report_from
 
-        out = {}
+        out: dict[StepSetup, tuple[MemoryReport | None, float | None, str]] = {}
         for s, (rec, how) in self.evaluate(setups).items():
+            if rec is None:
+                out[s] = (None, None, how)
+                continue
             secs = seconds_per_sample(rec, s.precision, self.gpu) if self.gpu else None
             if s.accumulation > rec.setup["accumulation"]:
                 info = dict(rec.setup)
@@ -171,6 +242,13 @@ class Evaluator:
                               extra_notes=note)
             out[s] = (rep, secs, how)
         return out
+
+    def report(self, s: StepSetup) -> MemoryReport:
+        """One setup's report; the user's error as a PlannerError."""
+        rep, _, how = self.reports([s])[s]
+        if rep is None:
+            raise PlannerError(how)
+        return rep
 
 
 # --- recommend ------------------------------------------------------------------------------------
@@ -202,41 +280,105 @@ def candidates(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[s
             for b, a in splits:
                 for ks in knob_sets:
                     s = replace(base, precision=p, checkpoint=ck, batch_size=b, accumulation=a).with_knobs(**ks)
-                    changes = []
+                    changes, parts = [], []
                     if p != base.precision:
                         changes.append(f"precision {p} ({PRECISION_HELP[p]})")
+                        parts.append(("precision", p))
                     if ck != base.checkpoint:
                         changes.append("checkpoint " + (",".join(ck) if ck else "off"))
+                        parts.append(("checkpoint", ck))
                     if (b, a) != (b0, base.accumulation):
                         changes.append(f"micro-batch {b} x accumulation {a}")
+                        parts.append(("split", (b, a)))
                     for k, v in ks.items():
                         if base.knob_dict.get(k) != v:
                             changes.append(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+                            parts.append((f"knob {k}", v))
                     tier = max([PRECISION_TIER[p] if p != base.precision else 0] + [2 for k in ks if base.knob_dict.get(k) != ks[k]])
-                    out.append(Candidate(s, changes, tier))
+                    out.append(Candidate(s, changes, tier, tuple(parts)))
     return out
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ",".join(map(str, v)) or "off"
+    return str(v)
+
+
+def _order_key(prefer: str) -> Callable[[Candidate], tuple]:
+    if prefer == "speed":
+        return lambda c: (c.seconds, c.tier, c.total)
+    if prefer == "quality":
+        return lambda c: (c.tier, len(c.parts), c.seconds)
+    return lambda c: (c.tier, c.seconds, c.total)
+
+
+def _verify(ev: Evaluator, cands: list[Candidate]) -> None:
+    results = ev.reports([c.setup for c in cands])
+    for c in cands:
+        rep, secs, how = results[c.setup]
+        if rep is None:
+            c.error, c.how = how, "failed"
+        else:
+            c.report, c.seconds_per_sample, c.how = rep, secs, how
 
 
 def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set[str],
               search_knobs: dict[str, list[Any]], batch_default: int, jobs: int = 0,
               progress: Callable[[int, int, str], None] | None = None) -> tuple[Candidate | None, list[Candidate], Stats]:
+    """The cheapest candidate that fits (None: nothing does) and every candidate in preference
+    order: exact where verified, predicted elsewhere (see the module docstring)."""
     t0 = time.perf_counter()
     cands = candidates(base, gpu, freeze, search_knobs, batch_default)
-    ev = Evaluator(gpu, jobs, progress)
-    results = ev.reports([c.setup for c in cands])
     budget = gpu.capacity_bytes * (1 - margin)
-    for c in cands:
-        c.report, c.seconds_per_sample, c.how = results[c.setup]
-    inf = float("inf")
-    key = {
-        "risk": lambda c: (c.tier, c.seconds_per_sample or inf, c.report.device_total_bytes),
-        "speed": lambda c: (c.seconds_per_sample or inf, c.tier, c.report.device_total_bytes),
-        "quality": lambda c: (c.tier, c.report.device_total_bytes),
-    }[prefer]
+    with Evaluator(gpu, jobs, progress) as ev:
+        # each change alone, exactly (the input itself included)
+        alone = [c for c in cands if len(c.parts) <= 1]
+        _verify(ev, alone)
+        as_is = next(c for c in alone if not c.parts)
+        if as_is.report is None:
+            raise PlannerError(as_is.error or "step: the input setup could not be traced")
+        ratio: dict[tuple[str, Any], tuple[float, float] | None] = {}
+        base_secs = as_is.seconds_per_sample
+        for c in alone:
+            if c.parts:
+                ratio[c.parts[0]] = None if c.report is None else (
+                    c.total / as_is.total, (c.seconds / base_secs) if base_secs and c.seconds_per_sample else 1.0)
+        for c in cands:
+            if c.report is not None or c.error:
+                continue
+            mem, tim = as_is.total, base_secs
+            for part in c.parts:
+                r = ratio.get(part)
+                if r is None:
+                    c.how, c.error = "failed", f"not run: {part[0]} {_show(part[1])} alone failed"
+                    break
+                mem, tim = mem * r[0], (tim * r[1] if tim else None)
+            else:
+                c.predicted_total, c.predicted_seconds = mem, tim
+        key = _order_key(prefer)
+        found: list[Candidate] = []
+        for c in sorted(cands, key=key):
+            if len(found) > ALTERNATIVES:
+                break
+            if c.error:
+                continue
+            if c.report is None:
+                if c.total > budget * (1 + SAFETY):
+                    continue
+                _verify(ev, [c])
+            if c.report is not None and c.total <= budget:
+                found.append(c)
+        if not found:
+            rest = [c for c in cands if c.report is None and not c.error and c.total < float("inf")]
+            if rest:
+                _verify(ev, [min(rest, key=lambda c: c.total)])
+        stats = ev.stats
+    stats.predicted = sum(1 for c in cands if c.report is None and not c.error)
     ordered = sorted(cands, key=key)
-    fitting = [c for c in ordered if c.report.device_total_bytes <= budget]
-    ev.stats.seconds = time.perf_counter() - t0
-    return (fitting[0] if fitting else None), ordered, ev.stats
+    fitting = [c for c in ordered if c.report is not None and c.total <= budget]
+    stats.seconds = time.perf_counter() - t0
+    return (fitting[0] if fitting else None), ordered, stats
 
 
 # --- largest size ---------------------------------------------------------------------------------
@@ -264,11 +406,11 @@ def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, 
     t0 = time.perf_counter()
 
     def fits(k: int) -> MemoryReport | None:
-        s = at(k)
-        rep = ev.reports([s])[s][0]
+        rep = ev.report(at(k))
         return rep if rep.device_total_bytes <= budget else None
 
-    res = _largest(fits, 1, limit)
+    with ev:
+        res = _largest(fits, 1, limit)
     ev.stats.seconds = time.perf_counter() - t0
     if unit != 1:
         res = replace(res, value=res.value * unit, cap=res.cap * unit,

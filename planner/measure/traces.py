@@ -108,11 +108,41 @@ def _worker(setup: StepSetup) -> tuple[StepSetup, Any, str | None]:
         return setup, None, str(exc)
 
 
+class Pool:
+    """Worker processes for tracing, started on first use and kept for the whole command (a
+    spawned worker imports torch and warms its caches once, not once per batch of traces)."""
+
+    def __init__(self, jobs: int = 0) -> None:
+        self.jobs = jobs or (os.cpu_count() or 1)
+        self._executor: Any = None
+
+    def executor(self) -> Any:
+        if self._executor is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"))
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
-               progress: Callable[[int, int, str], None] | None = None) -> tuple[dict[StepSetup, Any], int]:
-    """Every setup's record (cached ones first, the rest traced in ``jobs`` processes; 0: one
-    per core), and how many were traced (not in the cache). A setup the user's code rejects
-    raises its PlannerError."""
+               progress: Callable[[int, int, str], None] | None = None, *, pool: Pool | None = None,
+               errors: dict[StepSetup, str] | None = None) -> tuple[dict[StepSetup, Any], int]:
+    """Every setup's record (cached ones first, the rest traced in ``jobs`` processes, 0: one per
+    core, or in ``pool``'s), and how many were traced (not in the cache). A setup the user's
+    code rejects raises its PlannerError, or with ``errors`` given is left out of the records
+    and its message put there."""
     from planner.errors import PlannerError
 
     out: dict[StepSetup, Any] = {}
@@ -125,30 +155,43 @@ def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
             todo.append(s)
     total, done = len(todo), 0
     tick = progress or (lambda *_: None)
-    jobs = jobs or (os.cpu_count() or 1)
-    if total and (jobs <= 1 or total == 1):
+    workers = pool.jobs if pool is not None else (jobs or (os.cpu_count() or 1))
+
+    def took(s: StepSetup, record: Any, error: str | None) -> None:
+        if error is None:
+            out[s] = record
+        elif errors is None:
+            raise PlannerError(error)
+        else:
+            errors[s] = error
+
+    if total and (workers <= 1 or (total == 1 and (pool is None or pool._executor is None))):
         for s in todo:
             tick(done, total, s.label())
-            out[s] = trace(s)
+            took(*_worker(s))
             done += 1
         tick(done, total, "")
         return out, total
     if total:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, s) for s in todo]
+        own = pool is None
+        pool = pool or Pool(min(workers, total))
+        try:
+            futures = [pool.executor().submit(_worker, s) for s in todo]
             tick(0, total, todo[0].label())
             for fut in as_completed(futures):
-                s, record, error = fut.result()
-                if error is not None:
+                try:
+                    took(*fut.result())
+                except BaseException:
                     for f in futures:
                         f.cancel()
-                    raise PlannerError(error)
-                out[s] = record
+                    raise
                 done += 1
-                tick(done, total, s.label())
+                tick(done, total, fut.result()[0].label())
+        finally:
+            if own:
+                pool.close()
     return out, total
 
 
