@@ -5,5 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh profile,test
 .venv/bin/python -m pytest -q
+# vramplan's own memory gate on its examples (issue 11): the built-in seed-004 config (analytic)
+# and a small step file (traced); fails when one stops fitting or grows >2 % against the baseline.
+.venv/bin/vramplan check examples/seed004_high_res.yaml examples/steps/radar_vae.py --batch 1 \
+    --knob base_channels=8 --knob volume=32,32,16 --gpu h200 --baseline benchmarks/vram_baseline.json
 .venv/bin/python benchmarks/run.py --check
 .venv/bin/python benchmarks/bench_recommend.py --check

@@ -18,8 +18,8 @@ from planner.result import (
 )
 from planner.spec import TrainingSetup
 
-def breakdown_of(live) -> Breakdown:
-    return breakdown((i.nbytes, i.category, i.network, i.phase, i.module) for i in live)
+def breakdown_of(live, rollup: int = 0) -> Breakdown:
+    return breakdown(((i.nbytes, i.category, i.network, i.phase, i.module) for i in live), rollup)
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,11 @@ def verdict(report: MemoryReport, gpu: GPU, setup: TrainingSetup | None = None, 
     return Verdict(gpu, fits, margin, step)
 
 
-def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryReport:
+def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup: int = 0) -> MemoryReport:
     """The analytic report of ``setup``. ``capacity_bytes``: the card's, for the allocator's
-    garbage_collection_threshold (it acts only under a per_process_memory_fraction)."""
+    garbage_collection_threshold (it acts only under a per_process_memory_fraction).
+    ``rollup`` > 0: top modules summed up the module tree to that depth (``vramplan check``
+    uses 2, network.child, as step-file reports do)."""
     from planner.allocator import parse_alloc_conf
     from planner.analytic.step import simulate
 
@@ -110,7 +112,7 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None) -> MemoryR
         peak_allocated_bytes=res.peak_bytes,
         peak_reserved_bytes=reserved,
         device_total_bytes=reserved + DEFAULT_CONTEXT_BYTES,
-        breakdown=breakdown_of(res.live_at_peak),
+        breakdown=breakdown_of(res.live_at_peak, rollup),
         reserved_basis="modelled: caching-allocator replay of the simulated allocations (uncalibrated)",
         context_bytes=DEFAULT_CONTEXT_BYTES,
         context_basis=DEFAULT_CONTEXT_SOURCE,

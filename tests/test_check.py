@@ -1,0 +1,361 @@
+"""`vramplan check` (issue 11): a throwaway user repository with two built-in configs, a small
+step file and a baseline, driven through the CLI as a CI job would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from planner.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+STAGE1 = """\
+kind: ldm-stage1
+data: {voxel_size: [64, 64, 32], in_channels: 1}
+autoencoder:
+  num_channels: [32, 64, 64]
+  attention_levels: [false, false, true]
+  training: {batch_size: 1}
+device: {mixed_precision: true}
+"""
+STAGE2 = "kind: ldm-stage2\n"
+STEP = '''\
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(8, width), nn.GELU(), nn.Linear(width, width))
+        self.decoder = nn.Linear(width, 8)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+def networks(width: int = WIDTH):
+    return {"net": Net(width)}
+
+
+def optimizers(nets):
+    return {"net": torch.optim.SGD(nets["net"].parameters(), lr=0.1)}
+
+
+def batch(batch_size: int = 4, tokens: int = 128):
+    return torch.randn(batch_size, tokens, 8, device="cuda")
+
+
+def step(nets, opts, batch, vp):
+    vp.zero_grad(opts["net"])
+    with vp.autocast():
+        loss = F.mse_loss(nets["net"](batch).float(), batch)
+    vp.backward(loss, opts["net"])
+    vp.step(opts["net"])
+'''
+
+
+def step_source(width: int) -> str:
+    return STEP.replace("WIDTH", str(width))
+
+
+def param_bytes(w: int) -> int:
+    """The step file's fp32 parameters, each storage rounded up to 512 B: Linear(8, w) weight 8w
+    and bias w, Linear(w, w) w*w and w, Linear(w, 8) 8w and a bias of 8 (32 B -> 512 B)."""
+    r = lambda n: -(-n * 4 // 512) * 512  # noqa: E731
+    return r(8 * w) + r(w) + r(w * w) + r(w) + r(8 * w) + r(8)
+
+
+@pytest.fixture(scope="module")
+def trace_cache(tmp_path_factory):
+    # shared with tests/test_pytest_plugin.py in one session: the step file is traced once
+    return tmp_path_factory.getbasetemp() / "vp_check_traces"
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch, trace_cache):
+    """A user's repository: two built-in configs and a step file, run from its root."""
+    monkeypatch.setenv("VRAMPLAN_CACHE", str(trace_cache))
+    for var in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "stage1.yaml").write_text(STAGE1)
+    (tmp_path / "configs" / "stage2.yaml").write_text(STAGE2)
+    (tmp_path / "step.py").write_text(step_source(64))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+SETUPS = ["configs/stage1.yaml", "configs/stage2.yaml", "step.py"]
+
+
+def check(*args: str):
+    return runner.invoke(app, ["check", *args, "--jobs", "1"] if "step.py" in args else ["check", *args])
+
+
+def check_json(*args: str) -> tuple[int, dict]:
+    r = check(*args, "--json")
+    assert r.exit_code in (0, 1), r.output
+    return r.exit_code, json.loads(r.stdout)
+
+
+def make_baseline(gpu: str = "24GB") -> dict:
+    r = check(*SETUPS, "--gpu", gpu, "--baseline", "vram.json", "--update-baseline")
+    assert r.exit_code == 0, r.output
+    return json.loads(Path("vram.json").read_text())
+
+
+def test_update_then_unchanged_passes(repo):
+    data = make_baseline()
+    assert data["version"] == 1 and data["gpu"]["key"] == "24GB"
+    assert list(data["setups"]) == SETUPS
+    step = data["setups"]["step.py"]
+    assert step["by_category"]["parameters"] == param_bytes(64) == 22016  # 2048+512+16384+512+2048+512
+    assert set(step["by_category"]) == {"parameters", "gradients", "optimizer_state", "activations", "temporaries"}
+    for entry in data["setups"].values():
+        assert entry["peak_allocated_bytes"] <= entry["device_total_bytes"]
+        assert sum(entry["by_category"].values()) == entry["peak_allocated_bytes"]
+        assert all(m.count(".") <= 1 for m in entry["top_modules"])  # rolled up to network.child
+
+    code, out = check_json(*SETUPS, "--gpu", "24GB", "--baseline", "vram.json")
+    assert code == 0 and out["exit_code"] == 0 and out["failed"] == 0
+    assert [s["status"] for s in out["setups"]] == ["ok", "ok", "ok"]
+    for s in out["setups"]:
+        assert s["growth"]["peak_allocated_bytes"]["delta"] == 0 and s["diff"] is None
+    # text: every setup states what it describes and the card's capacity
+    r = check(*SETUPS, "--gpu", "24GB", "--baseline", "vram.json")
+    assert r.exit_code == 0, r.output
+    assert "capacity used: 23.64 GiB" in r.stdout
+    assert "setup: ldm-stage1, voxel 64x64x32, batch 1, channels [32, 64, 64]" in r.stdout
+    assert "setup: step.py, batch 4, fp32" in r.stdout
+    assert "result: all 3 setups pass (exit 0)" in r.stdout
+
+
+def test_wider_channels_fail_naming_category_and_module(repo):
+    make_baseline()
+    Path("configs/stage1.yaml").write_text(STAGE1.replace("[32, 64, 64]", "[32, 64, 128]"))
+    Path("step.py").write_text(step_source(128))
+    code, out = check_json(*SETUPS, "--gpu", "24GB", "--baseline", "vram.json")
+    assert code == 1 and out["failed"] == 2
+    s1, s2, st = out["setups"]
+    assert (s1["status"], s2["status"], st["status"]) == ("fail", "ok", "fail")
+    # stage 1: wider last level -> more parameters and activations, in the autoencoder
+    assert s1["growth"]["peak_allocated_bytes"]["over_tolerance"]
+    assert s1["diff"]["by_category"]["parameters"] > 0 and s1["diff"]["by_category"]["activations"] > 0
+    grown_module = max(s1["diff"]["top_modules"].items(), key=lambda kv: kv[1])
+    assert grown_module[0].startswith("autoencoder.") and grown_module[1] > 0
+    assert "activations +" in s1["grew"]
+    assert "activations +" in s1["message"] and grown_module[0] in s1["message"]
+    # the step file: parameters grow by exactly param_bytes(128) - param_bytes(64)
+    # = (4096+512+65536+512+4096+512) - 22016 = 75264 - 22016 = 53248 B
+    assert st["diff"]["by_category"]["parameters"] == param_bytes(128) - param_bytes(64) == 53248
+    assert st["diff"]["by_network"]["net"] > 0 and st["diff"]["top_modules"]["net.encoder"] > 0
+    # the text report says what grew and where, old -> new
+    r = check(*SETUPS, "--gpu", "24GB", "--baseline", "vram.json")
+    assert r.exit_code == 1
+    block = r.stdout.split("FAIL configs/stage1.yaml", 1)[1].split("\n\n", 1)[0]
+    assert "peak_allocated:" in block and " -> " in block and "over the 2.0% tolerance" in block
+    assert "what grew: activations +" in block and f"({grown_module[0]} +" in block
+    assert "by network: autoencoder +" in block
+    assert "result: 2 of 3 setups failed (exit 1)" in r.stdout
+
+
+def test_tolerance_lets_small_growth_pass(repo):
+    make_baseline()
+    Path("configs/stage1.yaml").write_text(STAGE1.replace("[32, 64, 64]", "[32, 64, 128]"))
+    code, out = check_json("configs/stage1.yaml", "--gpu", "24GB", "--baseline", "vram.json", "--tolerance", "10")
+    assert code == 0 and out["setups"][0]["status"] == "ok"
+    assert out["setups"][0]["diff"]["by_category"]["activations"] > 0  # reported, within tolerance
+
+
+def test_setup_that_stops_fitting_fails(repo):
+    # --gpu 2.0GiB is taken literally: 2 * 2**30 B; budget int(2147483648 * (1 - 0.05)) = 2040109465 B
+    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "--gpu", "2.0GiB")
+    assert code == 1
+    assert out["gpu"]["capacity_bytes"] == 2 * 2**30 and out["gpu"]["budget_bytes"] == 2040109465
+    fits = {s["name"]: s["fits"] for s in out["setups"]}
+    by_total = {s["name"]: s["device_total_bytes"] for s in out["setups"]}
+    assert fits == {n: by_total[n] <= 2040109465 for n in by_total}
+    assert fits["configs/stage1.yaml"] and not fits["configs/stage2.yaml"]
+    bad = out["setups"][1]
+    assert bad["status"] == "fail" and bad["failures"][0].startswith("does not fit")
+    # a larger margin moves the budget: 2147483648 * 0.5 = 1073741824 B
+    code, out = check_json("configs/stage1.yaml", "--gpu", "2.0GiB", "--margin", "0.5")
+    assert out["gpu"]["budget_bytes"] == 1073741824
+    assert code == (0 if out["setups"][0]["device_total_bytes"] <= 1073741824 else 1)
+
+
+def test_update_baseline_writes_but_fails_when_not_fitting(repo):
+    r = check("configs/stage2.yaml", "--gpu", "2.0GiB", "--baseline", "vram.json", "--update-baseline")
+    assert r.exit_code == 1
+    assert json.loads(Path("vram.json").read_text())["setups"]["configs/stage2.yaml"]["device_total_bytes"] > 0
+    assert "DOES NOT FIT" in r.stdout
+
+
+def test_new_setup_without_baseline_does_not_fail(repo):
+    r = check("configs/stage1.yaml", "--gpu", "24GB", "--baseline", "vram.json", "--update-baseline")
+    assert r.exit_code == 0, r.output
+    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "--gpu", "24GB", "--baseline", "vram.json")
+    assert code == 0
+    assert [s["status"] for s in out["setups"]] == ["ok", "new"]
+    assert "new (no baseline)" in out["setups"][1]["message"]
+
+
+BAD_BASELINES = [
+    ("{", "not valid JSON (line 1 column 2"),
+    ("[]", "must hold a JSON object, got list"),
+    ('{"gpu": {"key": "24GB"}, "setups": {}}', "no 'version' field"),
+    ('{"version": 2, "gpu": {"key": "24GB"}, "setups": {}}', "'version' is 2"),
+    ('{"version": 1, "setups": {}}', "'gpu' must be an object with a 'key' string"),
+    ('{"version": 1, "gpu": {"key": "24GB"}, "setups": []}', "'setups' must be an object"),
+    ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": "12"}}}',
+     "setups['a.yaml'].peak_allocated_bytes must be a non-negative integer of bytes, got '12'"),
+    ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": 1, '
+     '"peak_reserved_bytes": 1, "device_total_bytes": 1, "by_category": {"activations": -5}, "by_network": {}, '
+     '"top_modules": {}}}}', "setups['a.yaml'].by_category['activations'] must be a non-negative integer"),
+    ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": 1, '
+     '"peak_reserved_bytes": 1, "device_total_bytes": 1, "by_category": {}, "by_network": {}}}}',
+     "setups['a.yaml'].top_modules must be an object"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD_BASELINES)
+def test_bad_baseline_is_exit_2_naming_file_and_field(repo, text, needle):
+    Path("vram.json").write_text(text)
+    r = check("configs/stage1.yaml", "--gpu", "24GB", "--baseline", "vram.json")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: --baseline: 'vram.json': ") and needle in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+def test_bad_baseline_console_script_one_line_no_traceback(repo):
+    Path("vram.json").write_text('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"x": 3}}')
+    p = subprocess.run([sys.executable, "-m", "planner.entry", "check", "configs/stage1.yaml", "--gpu", "24GB",
+                        "--baseline", "vram.json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr == "error: --baseline: 'vram.json': setups['x'] must be an object, got 3\n"
+    assert p.stdout == ""
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["configs/stage1.yaml", "--gpu", "24GB", "--baseline", "missing.json"], "--baseline: no such file 'missing.json'"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--batch", "2"], "--batch: applies to step files (.py) only"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--knob", "width=3"], "--knob: applies to step files (.py) only"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--precision", "amp-bf16"], "--precision: applies to step files"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--tolerance", "0.1"], "--tolerance: applies to a baseline comparison"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--baseline", "v.json", "--tolerance", "-0.1"], "--tolerance: -0.1 must be"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--baseline", "v.json", "--tolerance", "nan"], "--tolerance: nan must be"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--update-baseline"], "--update-baseline: give --baseline FILE"),
+    (["configs/stage1.yaml", "--gpu", "24GB", "--margin", "1.5"], "--margin: 1.5 must be in [0, 1)"),
+    (["configs/stage1.yaml", "--gpu", "nonsense-card"], "nonsense-card"),
+    (["configs/nope.yaml", "--gpu", "24GB"], "check: setup file 'configs/nope.yaml' does not exist"),
+    (["notes.txt", "--gpu", "24GB"], "check: 'notes.txt' is not a setup file"),
+    (["configs/stage1.yaml", "./configs/stage1.yaml", "--gpu", "24GB"], "given twice"),
+    (["step.py", "--gpu", "24GB", "--knob", "wdth=3"], "wdth"),
+])
+def test_bad_input_exit_2(repo, args, needle):
+    if "notes.txt" in args:
+        Path("notes.txt").write_text("x")
+    r = runner.invoke(app, ["check", *args])
+    assert r.exit_code == 2, r.output
+    assert needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_step_flags_name_the_setup(repo):
+    code, out = check_json("step.py", "--gpu", "24GB", "--batch", "2", "--knob", "width=32", "--knob", "tokens=64")
+    assert code == 0
+    s = out["setups"][0]
+    assert s["name"] == "step.py --batch 2 --knob tokens=64 --knob width=32"  # knobs sorted by name
+    assert s["setup_detail"]["batch_size"] == 2 and s["setup_detail"]["knobs"] == {"tokens": 64, "width": 32}
+    assert s["breakdown"]["by_category"]["parameters"] == param_bytes(32)
+
+
+def test_ci_outputs_junit_annotations_summary(repo, monkeypatch):
+    make_baseline()
+    Path("configs/stage1.yaml").write_text(STAGE1.replace("[32, 64, 64]", "[32, 64, 128]"))
+    Path("configs/new.yaml").write_text(STAGE2)
+    summary = repo / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    args = ["configs/stage1.yaml", "configs/stage2.yaml", "configs/new.yaml", "--gpu", "24GB",
+            "--baseline", "vram.json", "--junit", "out.xml"]
+    r = check(*args)
+    assert r.exit_code == 1, r.output
+
+    suite = ET.parse("out.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "0"
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["gpu"] == "24GB" and props["baseline"] == "vram.json" and props["tolerance"] == "0.02"
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert list(cases) == ["configs/stage1.yaml", "configs/stage2.yaml", "configs/new.yaml"]
+    failure = cases["configs/stage1.yaml"].find("failure")
+    assert failure is not None and failure.get("type") == "memory regression"
+    assert "grew" in failure.get("message") and "activations +" in failure.get("message")
+    assert "what grew: activations +" in failure.text
+    assert cases["configs/stage2.yaml"].find("failure") is None and cases["configs/new.yaml"].find("failure") is None
+
+    ann = [line for line in r.stdout.splitlines() if line.startswith("::")]
+    assert len(ann) == 2
+    assert ann[0].startswith("::error file=configs/stage1.yaml,title=vramplan check%3A memory grew::FAIL configs/stage1.yaml: ")
+    assert "%25" in ann[0] and "activations +" in ann[0]  # '%' escaped as GitHub requires
+    assert "[setup: ldm-stage1, voxel 64x64x32, batch 1, channels [32, 64, 128]" in ann[0]
+    assert "GPU generic 24 GB card (24GB): budget 22.46 GiB = capacity 23.64 GiB" in ann[0]
+    assert ann[1].startswith("::warning file=configs/new.yaml,title=vramplan check%3A no baseline::new configs/new.yaml")
+
+    md = summary.read_text()
+    assert md.startswith("earlier step\n### vramplan check: 1 of 3 setups failed\n")  # appended
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert len(rows) == 3
+    assert rows[0].startswith("| `configs/stage1.yaml` | **FAIL** |") and "activations +" in rows[0]
+    assert rows[1].startswith("| `configs/stage2.yaml` | pass |")
+    assert rows[2].startswith("| `configs/new.yaml` | pass (new, no baseline) |")
+    assert "| setup | result | peak allocated | device total | change (allocated / total) | fits budget | what grew |" in md
+    assert rows[1].split(" | ")[4] == "+0.0% / +0.0%"  # unchanged stage 2
+
+    # --json keeps stdout JSON: the annotations go to stderr and into the JSON
+    r = check(*args, "--json")
+    data = json.loads(r.stdout)
+    assert data["github_annotations"][0].startswith("::error file=configs/stage1.yaml")
+    assert "::error file=configs/stage1.yaml" in r.stderr
+
+
+def test_config_path_does_not_import_torch(repo):
+    code = ("import sys; sys.argv = ['vramplan', 'check', 'configs/stage1.yaml', 'configs/stage2.yaml', "
+            "'--gpu', '24GB']\nfrom planner.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.splitlines()[-1] == "exit 0 False", p.stdout + p.stderr
+
+
+def test_estimate_rollup_changes_only_module_names():
+    from planner.analytic.estimate import estimate
+    from planner.config import resolve_setup
+
+    setup = resolve_setup(str(ROOT / "examples" / "seed004_high_res.yaml"))
+    flat, rolled = estimate(setup), estimate(setup, rollup=2)
+    assert flat.peak_allocated_bytes == rolled.peak_allocated_bytes
+    assert flat.device_total_bytes == rolled.device_total_bytes
+    assert flat.breakdown.by_category == rolled.breakdown.by_category
+    assert all(m.count(".") <= 1 for m, _ in rolled.breakdown.top_modules)
+    assert rolled.breakdown.top_modules[0][0] == "autoencoder.encoder"  # the bottom-level attention's encoder
+
+
+def test_committed_project_baseline_is_valid():
+    from planner.check import read_baseline
+
+    b = read_baseline(ROOT / "benchmarks" / "vram_baseline.json")
+    assert "examples/seed004_high_res.yaml" in b.setups
+    assert any(name.startswith("examples/steps/") for name in b.setups)
+    assert os.path.exists(ROOT / "scripts" / "test.sh")
+    assert "benchmarks/vram_baseline.json" in (ROOT / "scripts" / "test.sh").read_text()
