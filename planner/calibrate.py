@@ -114,7 +114,64 @@ def calibrate(
     return fit(name, device, points, hardware=backend == "cuda", gpu_key=gpu_key)
 
 
-def fit(name: str, device: dict, points: list[dict], hardware: bool, gpu_key: str | None = None) -> DeviceProfile:
+def calibrate_step(
+    name: str,
+    setups: list[tuple[str, Any]],
+    backend: str = "fake",
+    gpu_key: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> DeviceProfile:
+    """``calibrate --step``: the step file's estimate (its fake-tensor trace, what
+    ``estimate --step`` reports) against a run on ``backend`` for each StepSetup, fitted as
+    :func:`calibrate` fits the analytic estimator (basis ``trace``). On the fake backend the
+    run is a fresh trace of the same step, so the terms come out as the identity: it checks
+    the pipeline and calibrates nothing; ``--backend cuda`` on a GPU measures."""
+    import time
+
+    from planner.measure import traces
+    from planner.measure.profile import report_from
+    from planner.measure.stepfile import run
+
+    points: list[dict[str, Any]] = []
+    device: dict[str, Any] = {"backend": backend}
+    for i, (label, s) in enumerate(setups):
+        if progress:
+            progress(i, len(setups), label)
+        est = report_from(traces.trace(s), "fake", s.alloc_conf, 0.0)
+        if backend == "cuda":
+            import torch
+
+            from planner.measure.cuda_backend import measured_report
+
+            torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            meas = measured_report(run(s, "cuda", count_flops=False), t0)
+            device.update(meas.extra.get("device", {}))
+        else:
+            meas = report_from(run(s, backend, count_flops=False), backend, s.alloc_conf, 0.0)
+        points.append({
+            "name": label,
+            "config": {"step": s.to_json()},
+            "estimated_allocated_bytes": est.peak_allocated_bytes,
+            "modelled_reserved_bytes": est.peak_reserved_bytes,
+            "measured_allocated_bytes": meas.peak_allocated_bytes,
+            "measured_reserved_bytes": meas.peak_reserved_bytes,
+            "measured_context_bytes": meas.context_bytes if backend == "cuda" else None,
+        })
+    if progress:
+        progress(len(setups), len(setups), "fitting")
+    if backend != "cuda":
+        import platform
+
+        import torch
+
+        device.update({"name": "CPU, FakeTensorMode (CUDA emulated)", "torch": torch.__version__,
+                       "machine": platform.machine()})
+    return fit(name, device, points, hardware=backend == "cuda", gpu_key=gpu_key, basis="trace")
+
+
+def fit(name: str, device: dict, points: list[dict], hardware: bool, gpu_key: str | None = None,
+        basis: str = "analytic") -> DeviceProfile:
     if not points:
         raise PlannerError("calibrate: the grid is empty")
     diffs = [p["measured_allocated_bytes"] - p["estimated_allocated_bytes"] for p in points]
@@ -151,6 +208,7 @@ def fit(name: str, device: dict, points: list[dict], hardware: bool, gpu_key: st
         context_bytes=context,
         context_source=context_source,
         gpu_key=gpu_key,
+        basis=basis,
         measurements=points,
         residuals={"allocated": summary(res_alloc), "reserved": summary(res_res), "points": len(points)},
     )

@@ -349,7 +349,7 @@ def estimate(
     from planner import profiles
 
     card = parse_gpu(gpu) if gpu else None
-    prof = profiles.load(profile_name) if profile_name else (profiles.for_gpu(card.key) if card else None)
+    prof = profiles.load_for(profile_name, "analytic") if profile_name else (profiles.for_gpu(card.key) if card else None)
     report = run_estimate(setup, card.capacity_bytes if card else None)
     if prof is not None:
         report = prof.apply(report)
@@ -427,12 +427,40 @@ def calibrate(
     backend: Annotated[Backend, typer.Option("--backend", help="fake (anywhere) or cuda (a real GPU).")] = Backend.fake,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog card this profile is for (cuda backend).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
+    step: StepOpt = None,
+    sweep: Annotated[Optional[list[str]], typer.Option(
+        "--sweep", help="--step: the points to measure, knob=v1,v2 (repeatable; batch, accum, precision, checkpoint, "
+        "sdpa, optimizer and the step file's knobs).")] = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    batch: BatchOpt = None,
+    accum: AccumOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a grid of configurations and fit a device profile's residual terms by least squares.
 
+    With --step: the step file's trace (what estimate --step reports) against a run on --backend
+    for each --sweep point; the profile (basis "trace") then corrects --step estimates given
+    --profile NAME. On the fake backend that run is the trace itself: the terms come out as the
+    identity (a pipeline check); --backend cuda on a GPU measures.
+
     Example: vramplan calibrate --name fake --backend fake
+
+    Example: vramplan calibrate --step examples/steps/template.py --sweep batch=8,16,32 --name mine --backend cuda --gpu rtx4090
     """
+    if step:
+        from planner import stepcmds
+
+        if grid is not None or only is not None:
+            raise PlannerError(f"{'--grid' if grid is not None else '--only'}: does not apply to --step "
+                               "(the points are the step file's --sweep rows)")
+        stepcmds.calibrate(locals(), out, err)
+        return
+    for key, flag in (("sweep", "--sweep"), ("knob", "--knob"), ("precision", "--precision"),
+                      ("checkpoint", "--checkpoint"), ("batch", "--batch"), ("accum", "--accum")):
+        if locals()[key]:
+            raise PlannerError(f"{flag}: only with --step (the built-in calibration's points are its --grid)")
     from rich.progress import Progress
 
     from planner import profiles

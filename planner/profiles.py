@@ -44,6 +44,9 @@ class DeviceProfile:
     context_source: str = DEFAULT_CONTEXT_SOURCE
     gpu_key: str | None = None
     """Catalog key of the card (so --gpu can pick this profile)."""
+    basis: str = "analytic"
+    """What the terms correct: ``analytic`` (the built-in kinds' estimator, ``calibrate``) or
+    ``trace`` (a step file's fake-tensor trace, ``calibrate --step``)."""
     measurements: list[dict[str, Any]] = field(default_factory=list)
     residuals: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +84,7 @@ class DeviceProfile:
             "device": self.device,
             "hardware": self.hardware,
             "gpu_key": self.gpu_key,
+            "basis": self.basis,
             "terms": {
                 "workspace_bytes": self.workspace_bytes,
                 "reserved_scale": self.reserved_scale,
@@ -114,8 +118,12 @@ class DeviceProfile:
         scale = _field(t, "reserved_scale", float, 1.0, where, "terms.")
         if not 0 < scale <= 1e3:
             raise PlannerError(f"{where}: 'terms.reserved_scale' must be in (0, 1000], got {quote(scale)}")
+        basis = _field(data, "basis", str, "analytic", where)
+        if basis not in BASES:
+            raise PlannerError(f"{where}: 'basis' must be one of {', '.join(BASES)}, got {quote(basis)}")
         return cls(
             name=name,
+            basis=basis,
             device=device,
             hardware=_field(data, "hardware", bool, False, where),
             workspace_bytes=_bytes(t, "workspace_bytes", 0, where, -MAX_TERM_BYTES),
@@ -129,6 +137,7 @@ class DeviceProfile:
         )
 
 
+BASES = ("analytic", "trace")
 MAX_TERM_BYTES = 2**50
 """Largest magnitude of a fitted byte term (1 PiB, thousands of times any card)."""
 MAX_PROFILE_BYTES = 64 << 20
@@ -213,13 +222,25 @@ def load(name: str, directory: Path | None = None) -> DeviceProfile:
     return DeviceProfile.from_json(data, where)
 
 
-def for_gpu(gpu_key: str, directory: Path | None = None) -> DeviceProfile | None:
-    """The hardware profile measured on this catalog card, if one exists."""
+def for_gpu(gpu_key: str, directory: Path | None = None, basis: str = "analytic") -> DeviceProfile | None:
+    """The hardware profile measured on this catalog card for this basis, if one exists."""
     for name in available(directory):
         prof = load(name, directory)
-        if prof.hardware and prof.gpu_key == gpu_key:
+        if prof.hardware and prof.gpu_key == gpu_key and prof.basis == basis:
             return prof
     return None
+
+
+def load_for(name: str, basis: str, directory: Path | None = None) -> DeviceProfile:
+    """``--profile NAME`` for a command whose estimate has this basis; a profile fitted for the
+    other estimator is refused (its terms correct a different figure)."""
+    prof = load(name, directory)
+    if prof.basis != basis:
+        fitted = "the built-in kinds' analytic estimator (vramplan calibrate)" if prof.basis == "analytic" else \
+            "step-file traces (vramplan calibrate --step)"
+        use = "a profile from `vramplan calibrate --step`" if basis == "trace" else "a profile from `vramplan calibrate`"
+        raise PlannerError(f"--profile: {quote(name)} was fitted for {fitted}; here use {use}")
+    return prof
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -26,7 +26,6 @@ BUILTIN_ONLY: tuple[tuple[str, str, str], ...] = (
     ("disc_channels", "--disc-channels", "the step file's own networks decide"),
     ("model", "--model", "give either --step or --model"),
     ("input_shape", "--input", "the step file's batch() makes the batch"),
-    ("profile_name", "--profile", "device profiles calibrate the built-in kinds"),
     ("compare", "--compare", "a step file's estimate is already a trace"),
     ("max_voxel", "--max-voxel", "use --max-knob NAME for the step file's size knob"),
     ("write", "--write", "the step file is the configuration; the recommendation prints its flags"),
@@ -137,6 +136,55 @@ def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
     out.print("setup: " + ss.label(), markup=False)
 
 
+def step_profile(p: dict[str, Any]) -> Any:
+    """--profile NAME for a --step command: a profile fitted by ``calibrate --step``."""
+    name = p.get("profile_name")
+    if not name:
+        return None
+    from planner import profiles
+
+    return profiles.load_for(name, "trace")
+
+
+def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
+    """calibrate --step: the step file's trace against --backend at each --sweep row."""
+    from planner import profiles
+    from planner.calibrate import calibrate_step
+    from planner.config import check_cuda_backend, check_gpu_flag
+    from planner.gpus import parse_gpu
+
+    backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
+    if backend == "cpu":
+        raise PlannerError("--backend: calibrate takes fake or cuda")
+    check_cuda_backend(p.get("backend"), valid="fake")
+    profiles.check_name(p["name"])
+    check_gpu_flag(p.get("gpu"))
+    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    ss = step_setup(p)
+    sf = _load(ss)
+    ss = _filled(ss, sf)
+    rows = sweep_setups(ss, sf, list(p.get("sweep") or []))
+    setups = [(", ".join(f"{k}={v}" for k, v in label.items()) or s.label(), s) for label, s in rows]
+    prog, tick = _progress(err, "calibrating")
+    with prog:
+        prof = calibrate_step(p["name"], setups, backend, card.key if card else None, tick)
+    path = profiles.save(prof)
+    if p.get("as_json"):
+        _print_json({"path": str(path), **prof.to_json()})
+        return
+    out.print(f"wrote {path}: {len(prof.measurements)} points ({'; '.join(lab for lab, _ in setups)}) of {ss.label()} "
+              f"on {prof.device.get('name', backend)}", markup=False)
+    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + "
+              f"{prof.reserved_offset_bytes:,} B; context {prof.context_bytes:,} B ({prof.context_source})", markup=False)
+    r = prof.residuals
+    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
+              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
+    if backend != "cuda":
+        out.print("[yellow]fake backend: each point is the step's trace against a fresh trace of itself, so the terms "
+                  "are the identity; this checks the pipeline and calibrates nothing (use --backend cuda on a GPU)[/yellow]")
+    out.print(f"use it: vramplan estimate --step {ss.path} --profile {prof.name}", markup=False)
+
+
 def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> None:
     """estimate --step (by trace, cached) and profile --step (traced now, any backend)."""
     from planner.gpus import parse_gpu
@@ -153,6 +201,10 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
         if fresh:
             from planner.measure.stepfile import run
 
+            if backend == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
             record = run(ss, backend, progress=lambda m: status.update(f"tracing: {m}"), count_flops=False)
             how = f"traced now on the {backend} backend"
         else:
@@ -163,9 +215,17 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
             how = "from the trace cache" if hit is not None else "traced now (fake backend), cached"
     note = (f"by trace: the step file run under {'FakeTensorMode on the CPU (CUDA emulated)' if backend == 'fake' else backend}, "
             f"{how}; not the analytic estimator",)
-    report = report_from(record, backend, ss.alloc_conf, time.perf_counter() - t0,
-                         source="profile:" + backend if fresh else "estimate:trace", rollup=2,
-                         capacity_bytes=card.capacity_bytes if card else None, extra_notes=note)
+    if backend == "cuda":
+        from planner.measure.cuda_backend import measured_report
+
+        report = measured_report(record, t0, rollup=2)
+    else:
+        report = report_from(record, backend, ss.alloc_conf, time.perf_counter() - t0,
+                             source="profile:" + backend if fresh else "estimate:trace", rollup=2,
+                             capacity_bytes=card.capacity_bytes if card else None, extra_notes=note)
+        prof = step_profile(p)
+        if prof is not None:
+            report = prof.apply(report)
     from planner.analytic.estimate import verdict
 
     v = verdict(report, card) if card is not None else None
@@ -210,10 +270,11 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                 step = p.get("knob_step") or 1
                 if ss.knob_dict.get(max_knob) is not None:
                     raise PlannerError(f"--knob {max_knob}: is what --max-knob searches; leave it out")
-                res, stats = S.max_knob(ss, max_knob, step, card, margin, p.get("knob_limit") or 4096, tick)
+                res, stats = S.max_knob(ss, max_knob, step, card, margin, p.get("knob_limit") or 4096, tick,
+                                        profile=step_profile(p))
                 what = f"{max_knob}"
             else:
-                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick)
+                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=step_profile(p))
                 what = "micro-batch"
         value, rep = res.value, res.report
         result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
@@ -253,7 +314,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     prefer = getattr(p.get("prefer"), "value", p.get("prefer")) or "risk"
     prog, tick = _progress(err, "tracing")
     with prog:
-        best, ordered, stats = S.recommend(ss, card, margin, prefer, freeze, search, sf.batch_default or 1, jobs, tick)
+        best, ordered, stats = S.recommend(ss, card, margin, prefer, freeze, search, sf.batch_default or 1, jobs, tick,
+                                         profile=step_profile(p))
     exact = sum(1 for c in ordered if c.report is not None)
     failed = sum(1 for c in ordered if c.error)
     summary = (f"{len(ordered)} candidates: {exact} evaluated exactly ({stats.derived} derived, "
@@ -365,7 +427,8 @@ def _evaluate_rows(p: dict[str, Any], err: Any) -> tuple[StepSetup, list[tuple[d
     rows = sweep_setups(ss, sf, list(p.get("sweep") or []))
     gpus = [parse_gpu(g) for g in (p.get("gpu") or [])]
     prog, tick = _progress(err, "tracing")
-    with prog, Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0, tick) as ev:
+    with prog, Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0, tick,
+                         profile=step_profile(p)) as ev:
         reps = ev.reports([s for _, s in rows])
     for label, s in rows:
         if reps[s][0] is None:

@@ -146,3 +146,45 @@ def test_recommend_step_goes_on_past_a_setting_the_step_rejects(tmp_path):
     assert [c["setup"]["precision"] for c in failed] == ["amp-fp16"]
     assert "GradScaler" in failed[0]["error"] and any("GradScaler" in e for e in data["failed"].values())
     assert data["best"] is not None and data["best"]["setup"]["precision"] != "amp-fp16"
+
+
+def test_calibrate_step_fake_is_the_identity_and_estimate_applies_it(tmp_path, monkeypatch):
+    # calibrate --step fits the step file's trace against a run on --backend. On the fake
+    # backend that run is a fresh trace of the same step, so the fit is exact: workspace 0,
+    # reserved = 1 x model + 0, zero residuals; the profile says basis "trace" and --step
+    # estimates take it, the built-in estimator refuses it (and --step refuses an analytic one)
+    from planner import profiles
+
+    monkeypatch.setattr(profiles, "PROFILE_DIR", tmp_path)
+    r = runner.invoke(app, ["calibrate", "--step", TEMPLATE, "--knob", "width=64", "--sweep", "batch=4,8",
+                            "--name", "steptest", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["basis"] == "trace" and data["hardware"] is False
+    assert data["terms"]["workspace_bytes"] == 0 and data["terms"]["reserved_scale"] == 1.0
+    assert data["terms"]["reserved_offset_bytes"] == 0
+    assert [p["name"] for p in data["measurements"]] == ["batch=4", "batch=8"]
+    for p in data["measurements"]:
+        assert p["measured_allocated_bytes"] == p["estimated_allocated_bytes"] > 0
+        assert p["measured_reserved_bytes"] == p["modelled_reserved_bytes"]
+    plain = json.loads(runner.invoke(app, ["estimate", "--step", TEMPLATE, "--knob", "width=64", "--json"]).stdout)
+    r = runner.invoke(app, ["estimate", "--step", TEMPLATE, "--knob", "width=64", "--profile", "steptest", "--json"])
+    assert r.exit_code == 0, r.output
+    applied = json.loads(r.stdout)
+    assert applied["peak_allocated_bytes"] == plain["peak_allocated_bytes"]
+    assert any("profile: steptest" in n for n in applied["notes"])
+    r = runner.invoke(app, ["estimate", "--profile", "steptest"])
+    assert r.exit_code == 2 and "fitted for step-file traces" in r.output
+    (tmp_path / "builtin.json").write_text(json.dumps({"name": "builtin", "terms": {}}))
+    r = runner.invoke(app, ["estimate", "--step", TEMPLATE, "--profile", "builtin"])
+    assert r.exit_code == 2 and "analytic estimator" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["calibrate", "--step", TEMPLATE, "--grid", "g.yaml", "--name", "x"], "--grid: does not apply to --step"),
+    (["calibrate", "--sweep", "batch=1,2", "--name", "x"], "--sweep: only with --step"),
+    (["calibrate", "--step", TEMPLATE, "--name", "bad/name"], "--name"),
+])
+def test_calibrate_step_bad_input(args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and message in r.output, r.output

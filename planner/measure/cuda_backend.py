@@ -56,6 +56,13 @@ def profile_cuda(
     torch.cuda.init()
     torch.cuda.empty_cache()
     record = run_step(setup, "cuda", custom_model=custom_model, custom_input=custom_input, progress=progress)
+    return measured_report(record, t0)
+
+
+def measured_report(record, t0: float, rollup: int = 0) -> MemoryReport:  # noqa: ANN001 - a StepRecord
+    """The report of a step just run on the GPU (built-in, --model or step file): torch's own
+    peak counters for iteration 2 (reset where it starts), the context from mem_get_info, the
+    breakdown from the live-storage tracker run alongside."""
     torch.cuda.synchronize()
     allocated = torch.cuda.max_memory_allocated()
     reserved = torch.cuda.max_memory_reserved()
@@ -68,7 +75,7 @@ def profile_cuda(
         peak_allocated_bytes=allocated,
         peak_reserved_bytes=reserved,
         device_total_bytes=reserved + context,
-        breakdown=breakdown_of(record),
+        breakdown=breakdown_of(record, rollup),
         reserved_basis=f"measured: torch.cuda.max_memory_reserved() on {dev['name']}",
         context_bytes=context,
         context_basis=f"measured: mem_get_info (total - free) - memory_reserved() on {dev['name']}",

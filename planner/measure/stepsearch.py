@@ -105,7 +105,7 @@ class Evaluator:
     processes live until :meth:`close` (or the ``with`` block's end)."""
 
     def __init__(self, gpu: GPU | None, jobs: int = 0, progress: Callable[[int, int, str], None] | None = None,
-                 derive_from: int = 3):
+                 derive_from: int = 3, profile: Any = None):
         """``derive_from``: a class of setups (same step, knobs, precision, checkpointing,
         accumulation <= 2) asked for at fewer micro-batches than this is traced at those
         directly instead of derived (a derivation costs DERIVE_POINTS traces); 1 when more
@@ -113,6 +113,7 @@ class Evaluator:
         from planner.measure import traces
 
         self.gpu, self.jobs, self.progress, self.derive_from = gpu, jobs, progress, derive_from
+        self.profile = profile  # a `calibrate --step` DeviceProfile applied to every report
         self.stats = Stats()
         self.pool = traces.Pool(jobs)
         self.errors: dict[StepSetup, str] = {}
@@ -240,7 +241,7 @@ class Evaluator:
                     "not the analytic estimator",)
             rep = report_from(rec, "fake", s.alloc_conf, 0.0, source="estimate:trace", rollup=2, capacity_bytes=cap,
                               extra_notes=note)
-            out[s] = (rep, secs, how)
+            out[s] = (self.profile.apply(rep) if self.profile is not None else rep, secs, how)
         return out
 
     def report(self, s: StepSetup) -> MemoryReport:
@@ -325,13 +326,14 @@ def _verify(ev: Evaluator, cands: list[Candidate]) -> None:
 
 def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set[str],
               search_knobs: dict[str, list[Any]], batch_default: int, jobs: int = 0,
-              progress: Callable[[int, int, str], None] | None = None) -> tuple[Candidate | None, list[Candidate], Stats]:
+              progress: Callable[[int, int, str], None] | None = None,
+              profile: Any = None) -> tuple[Candidate | None, list[Candidate], Stats]:
     """The cheapest candidate that fits (None: nothing does) and every candidate in preference
     order: exact where verified, predicted elsewhere (see the module docstring)."""
     t0 = time.perf_counter()
     cands = candidates(base, gpu, freeze, search_knobs, batch_default)
     budget = gpu.capacity_bytes * (1 - margin)
-    with Evaluator(gpu, jobs, progress) as ev:
+    with Evaluator(gpu, jobs, progress, profile=profile) as ev:
         # each change alone, exactly (the input itself included)
         alone = [c for c in cands if len(c.parts) <= 1]
         _verify(ev, alone)
@@ -385,18 +387,18 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
 
 
 def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jobs: int = 0,
-              progress: Callable[[int, int, str], None] | None = None) -> tuple[SizeSearch, Stats]:
+              progress: Callable[[int, int, str], None] | None = None, profile: Any = None) -> tuple[SizeSearch, Stats]:
     """The largest micro-batch (accumulation as given) whose device total fits: the built-in
     kinds' search (planner.recommend._largest: doubling, bisection, a neighbourhood re-check)."""
     return _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
-                   Evaluator(gpu, jobs, progress, derive_from=1))
+                   Evaluator(gpu, jobs, progress, derive_from=1, profile=profile))
 
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,
-             progress: Callable[[int, int, str], None] | None = None) -> tuple[SizeSearch, Stats]:
+             progress: Callable[[int, int, str], None] | None = None, profile: Any = None) -> tuple[SizeSearch, Stats]:
     """The largest value (a multiple of ``step``) of an integer knob whose device total fits."""
     return _search(lambda k: base.with_knobs(**{name: k * step}), step, gpu, margin, max(1, limit // step),
-                   Evaluator(gpu, 1, progress))
+                   Evaluator(gpu, 1, progress, profile=profile))
 
 
 def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, limit: int,
