@@ -329,3 +329,18 @@ def test_step_file_declare_lets_the_trace_go_on(tmp_path):
     kept = [i for i in rec.info.values() if i.op == "index"]
     # 5 x 16 x 4 = 320 bytes, rounded to the allocator's 512
     assert kept and {i.nbytes for i in kept} == {512}
+
+
+def test_an_error_in_the_step_prints_nothing_but_the_one_line(tmp_path, capfd):
+    # a shape mismatch in the user's code: the meta kernel raises, and torch's fake-tensor
+    # logger would print the whole traceback at ERROR level before the one-line PlannerError
+    from planner.measure.stepfile import run
+    from planner.steps import StepSetup
+
+    path = tmp_path / "bad_step.py"
+    path.write_text(MASK_STEP.replace("return x[x[:, 0] > 0]", "return x @ torch.ones(3, 3, device=x.device)"))
+    capfd.readouterr()
+    with pytest.raises(PlannerError, match=r"a and b must have same reduction dim.*bad_step.py:\d+"):
+        run(StepSetup(str(path)))
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

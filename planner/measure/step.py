@@ -318,7 +318,9 @@ def run_step(
         user_cuda: Any = cuda_as_traced_device(runner.device(), user_autocast)  # .cuda() / device="cuda" too
     else:
         user_cuda = contextlib.nullcontext()
-    with outer, emulation, user_cuda:
+    from planner.measure.user_code import quiet_fake_tensor_log
+
+    with quiet_fake_tensor_log(), outer, emulation, user_cuda:
         note("building models")
         torch.manual_seed(0)
         if custom_model is not None:

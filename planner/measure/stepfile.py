@@ -479,7 +479,9 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     user_cuda: Any = cuda_as_traced_device(torch.device("cpu"), own_autocast) if backend != "cuda" else contextlib.nullcontext()
     declared = _declared(sf)
     runner = _Runner(None, backend)
-    with outer, emulation, user_cuda, _sdpa(setup.sdpa), declared:
+    from planner.measure.user_code import quiet_fake_tensor_log
+
+    with quiet_fake_tensor_log(), outer, emulation, user_cuda, _sdpa(setup.sdpa), declared:
         note("building networks")
         torch.manual_seed(0)
         try:

@@ -57,6 +57,23 @@ _CUDA_WORDS = re.compile(
 # --- loading ---------------------------------------------------------------------------------
 
 
+
+@contextlib.contextmanager
+def quiet_fake_tensor_log() -> Iterator[None]:
+    """Silence torch's fake-tensor logger while a trace runs: when a meta kernel rejects the
+    user's op (a shape mismatch in their code) torch logs the whole traceback at ERROR level
+    (``torch/_subclasses/fake_tensor.py`` ``_dispatch_impl``, "failed while attempting to run
+    meta for ...") before raising; the trace turns the exception into one line."""
+    import logging
+
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
 def _import_module(mod_part: str, spec: str) -> Any:
     """``package.module`` (the current directory first, as ``python -m`` does) or a ``.py`` path."""
     is_path = mod_part.endswith(".py") or "/" in mod_part or os.sep in mod_part
