@@ -261,6 +261,12 @@ class _StepProxy:
 
 
 def _attention_types() -> tuple[type, ...]:
+    """MONAI's attention blocks, where MONAI is loaded (a module of theirs can exist only
+    then; importing MONAI for a step file that does not use it costs seconds)."""
+    import sys
+
+    if "monai" not in sys.modules:
+        return ()
     from monai.networks.blocks import SABlock, SpatialAttentionBlock
 
     types: list[type] = [SABlock, SpatialAttentionBlock]
