@@ -344,3 +344,54 @@ def test_an_error_in_the_step_prints_nothing_but_the_one_line(tmp_path, capfd):
         run(StepSetup(str(path)))
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+CONV_METHOD_STEP = '''
+import torch
+from torch import nn
+
+
+class Enc(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+    def encode(self, x):  # called by the step instead of forward
+        return self.conv(x)
+
+
+def networks():
+    return {"net": Enc()}
+
+
+def optimizers(nets):
+    return {"net": torch.optim.SGD(nets["net"].parameters(), lr=0.1)}
+
+
+def batch(batch_size: int = 2):
+    return torch.randn(batch_size, 4, 16, device="cuda")
+
+
+def step(nets, opts, b, vp):
+    vp.zero_grad(opts["net"])
+    loss = nets["net"].encode(b).float().sum()
+    vp.backward(loss, opts["net"])
+    vp.step(opts["net"])
+'''
+
+
+def test_master_weights_dtype_mismatch_says_what_vramplan_cast(tmp_path):
+    # fp16-master halves the trained network and casts forward()'s inputs (apex O2); a step
+    # that calls another method feeds it fp32: torch's dtype error, plus what was cast
+    from planner.measure.stepfile import run
+    from planner.steps import StepSetup
+
+    path = tmp_path / "method_step.py"
+    path.write_text(CONV_METHOD_STEP)
+    run(StepSetup(str(path)))  # fp32 runs
+    with pytest.raises(PlannerError, match=r"should be the same .*; --precision fp16-master casts only "
+                                           r"forward\(\)'s inputs to half \(apex O2\)"):
+        run(StepSetup(str(path), precision="fp16-master"))

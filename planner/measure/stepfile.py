@@ -38,6 +38,7 @@ parameters on CUDA), and its temporaries count; on the CPU it would resolve to F
 from __future__ import annotations
 
 import contextlib
+import re
 import functools
 import gc
 import importlib
@@ -553,7 +554,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                             raise
                         except Exception as exc:  # noqa: BLE001 - the user's step: one line naming it
                             untraceable = explain(exc, site, origin="step")
-                            raise (untraceable or _step_error(exc, tracker.phase)) from None
+                            raise (untraceable or _step_error(exc, tracker.phase, setup.precision)) from None
             tracker.phase = Phase.SETUP
         _check_used(setup, rn)
         from planner.measure.step import _record
@@ -655,13 +656,21 @@ def _check_used(setup: StepSetup, rn: _Run) -> None:
         raise PlannerError(f"step: optimizer '{missing[0]}' is never stepped with vp.step(opt)")
 
 
-def _step_error(exc: BaseException, phase: Any) -> PlannerError:
+_DTYPE_MISMATCH = re.compile(r"(Half|BFloat16|half|bfloat16).*(should be the same|same dtype|expected)|"
+                             r"(should be the same|same dtype|expected).*(Half|BFloat16|half|bfloat16)")
+
+
+def _step_error(exc: BaseException, phase: Any, precision: str = "fp32") -> PlannerError:
     from planner.measure.user_code import cuda_error, describe, uses_cuda
 
     if uses_cuda(exc):
         return cuda_error(exc, "step")
     where = {Phase.DATA: "batch()", Phase.BACKWARD: "step()'s backward"}.get(phase, "step()")
-    return PlannerError(f"step: {where} raised {describe(exc)}")
+    hint = ""
+    if precision in ("fp16-master", "bf16-master", "fp16", "bf16") and _DTYPE_MISMATCH.search(str(exc)):
+        hint = (f"; --precision {precision} casts only forward()'s inputs to half (apex O2): cast them where the "
+                "step calls another method")
+    return PlannerError(f"step: {where} raised {describe(exc)}{hint}")
 
 
 @contextlib.contextmanager
