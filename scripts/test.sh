@@ -11,3 +11,5 @@ bash scripts/setup.sh profile,test
     --knob base_channels=8 --knob volume=32,32,16 --gpu h200 --baseline benchmarks/vram_baseline.json
 .venv/bin/python benchmarks/run.py --check
 .venv/bin/python benchmarks/bench_recommend.py --check
+# step-file search (issue 10): candidates and trace counts gated, seconds printed against the targets
+.venv/bin/python benchmarks/bench_step_search.py --check
