@@ -108,6 +108,11 @@ CheckpointOpt = Annotated[Optional[str], typer.Option(
     "ClassName[,ClassName] or auto (the repeated block holding the most parameters).")]
 SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="--step: the only SDPA backend enabled: flash, efficient, math (default auto: CUDA's choice).")]
 JobsOpt = Annotated[int, typer.Option("--jobs", min=0, help="--step: trace in this many processes (0: one per core).")]
+GpusOpt = Annotated[Optional[int], typer.Option(
+    "--gpus", help="--step: data-parallel ranks (needs --strategy); every figure is per rank, --batch is per rank.")]
+StrategyOpt = Annotated[Optional[str], typer.Option(
+    "--strategy", help="--step with --gpus N: ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard, ZeRO-3) or "
+    "fsdp-grad-op (no reshard after forward, ~ZeRO-2); traced under a fake process group.")]
 
 _STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "--checkpoint"), ("sdpa", "--sdpa"))
 
@@ -124,6 +129,13 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
         else:
             fn(params, out, err)
         return True
+    for key, flag in (("gpus", "--gpus"), ("strategy", "--strategy")):
+        if params.get(key) is not None:
+            raise PlannerError(f"{flag}: only with --step for now (the built-in kinds have no per-rank terms yet)")
+    for text in params.get("sweep") or []:
+        name = text.partition("=")[0].strip()
+        if name in ("gpus", "strategy"):
+            raise PlannerError(f"--sweep {name}: only with --step for now (the built-in kinds have no per-rank terms yet)")
     for key, flag in _STEP_ONLY:
         if params.get(key):
             raise PlannerError(f"{flag}: only with --step (a step file); the built-in steps use their own flags")
@@ -226,6 +238,8 @@ def profile(
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     sdpa: SdpaOpt = None,
+    gpus: GpusOpt = None,
+    strategy: StrategyOpt = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="--step: card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -331,6 +345,8 @@ def estimate(
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     sdpa: SdpaOpt = None,
+    gpus: GpusOpt = None,
+    strategy: StrategyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Estimate where every byte of the reference training step goes, and whether it fits. No GPU, no torch.
@@ -573,6 +589,8 @@ def recommend(
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     sdpa: SdpaOpt = None,
+    gpus: GpusOpt = None,
+    strategy: StrategyOpt = None,
     jobs: JobsOpt = 0,
     search: Annotated[Optional[list[str]], typer.Option("--search", help="--step: also search a knob of the step file, knob=v1/v2 (repeatable).")] = None,
     max_knob: Annotated[Optional[str], typer.Option("--max-knob", help="--step: only report the largest value of this integer knob that fits.")] = None,
@@ -780,13 +798,15 @@ def table(
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     sdpa: SdpaOpt = None,
+    gpus: GpusOpt = None,
+    strategy: StrategyOpt = None,
     jobs: JobsOpt = 0,
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
 ) -> None:
     """Comparison table of configurations: peak memory, device total, fits per GPU, relative speed.
-    With --step, --sweep takes batch, accum, precision, checkpoint, sdpa, optimizer and the step file's knobs.
+    With --step, --sweep takes batch, accum, precision, checkpoint, sdpa, optimizer, gpus, strategy and the step file's knobs.
 
     Example: vramplan table --sweep batch=1,2,4 --sweep amp=on,off --voxel 96x96x64 --gpu 24GB
     Example: vramplan table --step examples/steps/template.py --sweep width=64,256 --sweep precision=fp32,amp-bf16 --gpu 8GB
@@ -862,6 +882,8 @@ def plot(
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     sdpa: SdpaOpt = None,
+    gpus: GpusOpt = None,
+    strategy: StrategyOpt = None,
     jobs: JobsOpt = 0,
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,

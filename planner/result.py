@@ -20,6 +20,11 @@ GIB = 2**30
 GB = 10**9
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
+COMMUNICATION = "communication"
+"""More than one GPU (``--gpus N --strategy ...``): DDP's gradient buckets, FSDP's all-gather and
+reduce-scatter buffers. A breakdown has it only where it is non-zero, so one-GPU figures keep
+the five categories above."""
+ALL_CATEGORIES = CATEGORIES + (COMMUNICATION,)
 
 # CUDA context (driver, lazily loaded kernels) when no device profile is calibrated:
 # 426 MiB measured with nvidia-smi after torch.cuda.mem_get_info() on an RTX 6000 Ada,
@@ -38,7 +43,7 @@ class Breakdown:
     """Bytes live at the peak, split three ways."""
 
     by_category: dict[str, int]
-    """parameters / gradients / optimizer_state / activations / temporaries -> bytes."""
+    """parameters / gradients / optimizer_state / activations / temporaries (/ communication) -> bytes."""
     by_network: dict[str, int]
     """autoencoder / attention / perceptual / discriminator / unet / losses / data / ... -> bytes."""
     top_modules: tuple[tuple[str, int], ...] = ()

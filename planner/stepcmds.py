@@ -74,11 +74,25 @@ def step_setup(p: dict[str, Any]) -> StepSetup:
         knobs[name] = value
     opt = p.get("optimizer")
     sdpa = p.get("sdpa")
+    gpus, strategy = parallel_flags(p)
+    if any(name in ("gpus", "strategy") for name in _sweep_names(p)):
+        gpus, strategy = 1, "none"  # each --sweep row gets its own (sweep_setups)
     return StepSetup(
         path=str(p["step"]), knobs=tuple(knobs.items()), batch_size=p.get("batch"), accumulation=p.get("accum") or 1,
         precision=precision, checkpoint=checkpoint, sdpa=getattr(sdpa, "value", sdpa) or "auto",
         optimizer=getattr(opt, "value", opt), alloc_conf=p.get("alloc_conf") or environment_alloc_conf(),
+        gpus=1 if gpus is None else gpus, strategy=strategy or "none",
     )
+
+
+def parallel_flags(p: dict[str, Any]) -> tuple[Any, str | None]:
+    """--gpus and --strategy as given (None where not)."""
+    strategy = p.get("strategy")
+    return p.get("gpus"), getattr(strategy, "value", strategy)
+
+
+def _sweep_names(p: dict[str, Any]) -> list[str]:
+    return [t.partition("=")[0].strip().replace("-", "_") for t in p.get("sweep") or []]
 
 
 def _load(ss: StepSetup) -> Any:
@@ -134,6 +148,8 @@ def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
 
     render_report(report, None, out, title=title)
     out.print("setup: " + ss.label(), markup=False)
+    for name, how in (report.setup or {}).get("layout", {}).items():
+        out.print(f"  {name}: {how}", markup=False)
 
 
 def step_profile(p: dict[str, Any]) -> Any:
@@ -163,7 +179,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     ss = step_setup(p)
     sf = _load(ss)
     ss = _filled(ss, sf)
-    rows = sweep_setups(ss, sf, list(p.get("sweep") or []))
+    rows = sweep_setups(ss, sf, list(p.get("sweep") or []), parallel_flags(p))
     setups = [(", ".join(f"{k}={v}" for k, v in label.items()) or s.label(), s) for label, s in rows]
     prog, tick = _progress(err, "calibrating")
     with prog:
@@ -363,12 +379,18 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
               f"uncalibrated, relative to 'as is'.[/dim]")
 
 
-VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer")
+VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer", "gpus", "strategy")
 
 
-def sweep_setups(ss: StepSetup, sf: Any, sweeps: list[str]) -> list[tuple[dict[str, Any], StepSetup]]:
-    """--sweep knob=v1,v2 over vramplan's knobs and the file's own (the product of all sweeps)."""
-    rows: list[tuple[dict[str, Any], StepSetup]] = [({}, ss)]
+PARALLEL_KNOBS = ("gpus", "strategy")
+
+
+def sweep_setups(ss: StepSetup, sf: Any, sweeps: list[str],
+                 parallel: tuple[Any, str | None] = (None, None)) -> list[tuple[dict[str, Any], StepSetup]]:
+    """--sweep knob=v1,v2 over vramplan's knobs and the file's own (the product of all sweeps).
+    ``gpus`` and ``strategy`` are set together once every sweep is applied (``parallel``: the
+    --gpus / --strategy flags, for the one not swept); a row of 1 GPU has no strategy."""
+    rows: list[tuple[dict[str, Any], StepSetup, dict[str, str]]] = [({}, ss, {})]
     for text in sweeps:
         name, _, raw = text.partition("=")
         name = name.strip().replace("-", "_")
@@ -376,14 +398,51 @@ def sweep_setups(ss: StepSetup, sf: Any, sweeps: list[str]) -> list[tuple[dict[s
             [v.strip() for v in raw.split("/" if "/" in raw else ",") if v.strip()]
         if not values:
             raise PlannerError(f"--sweep: {text!r} must be knob=v1,v2 (valid knobs: {', '.join(VRAMPLAN_KNOBS + tuple(sorted(sf.knobs)))})")
+        if name in PARALLEL_KNOBS:
+            _check_parallel(name, values)
         new = []
-        for label, s in rows:
+        for label, s, par in rows:
             for v in values:
-                new.append(({**label, name: v}, _set(s, sf, name, v)))
+                if name in PARALLEL_KNOBS:
+                    new.append(({**label, name: v}, s, {**par, name: v}))
+                else:
+                    new.append(({**label, name: v}, _set(s, sf, name, v), par))
         rows = new
-    if len(rows) > 200:
-        raise PlannerError(f"--sweep: {len(rows)} rows (valid: at most 200)")
-    return rows
+    out: list[tuple[dict[str, Any], StepSetup]] = []
+    seen: set[StepSetup] = set()
+    for label, s, par in rows:
+        if par:
+            try:
+                s = _parallel(s, par, parallel)
+            except PlannerError as exc:
+                raise PlannerError(f"--sweep {', '.join(f'{k}={v}' for k, v in par.items())}: {exc}") from None
+            if s.gpus == 1 and "strategy" in label:
+                label = {**label, "strategy": "none"}
+            if s in seen:  # gpus=1 under each swept strategy: one row
+                continue
+            seen.add(s)
+        out.append((label, s))
+    if len(out) > 200:
+        raise PlannerError(f"--sweep: {len(out)} rows (valid: at most 200)")
+    return out
+
+
+def _check_parallel(name: str, values: list[str]) -> None:
+    from planner.steps import STRATEGIES
+
+    for v in values:
+        if name == "strategy" and v not in STRATEGIES[1:]:
+            raise PlannerError(f"--sweep strategy: got {v!r}, valid: {', '.join(STRATEGIES[1:])}")
+        if name == "gpus" and not (v.isdigit() and int(v) >= 1):
+            raise PlannerError(f"--sweep gpus: {v!r} is not a positive integer")
+
+
+def _parallel(s: StepSetup, swept: dict[str, str], given: tuple[Any, str | None]) -> StepSetup:
+    gpus = int(swept["gpus"]) if "gpus" in swept else (1 if given[0] is None else given[0])
+    strategy = swept.get("strategy", given[1]) or "none"
+    if "gpus" in swept and gpus == 1:
+        strategy = "none"  # the one-GPU row of a gpus sweep
+    return replace(s, gpus=gpus, strategy=strategy)
 
 
 def _set(s: StepSetup, sf: Any, name: str, v: str) -> StepSetup:
@@ -424,7 +483,7 @@ def _evaluate_rows(p: dict[str, Any], err: Any) -> tuple[StepSetup, list[tuple[d
     ss = step_setup(p)
     sf = _load(ss)
     ss = _filled(ss, sf)
-    rows = sweep_setups(ss, sf, list(p.get("sweep") or []))
+    rows = sweep_setups(ss, sf, list(p.get("sweep") or []), parallel_flags(p))
     gpus = [parse_gpu(g) for g in (p.get("gpu") or [])]
     prog, tick = _progress(err, "tracing")
     with prog, Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0, tick,
@@ -445,13 +504,16 @@ def table(p: dict[str, Any], out: Any, err: Any) -> None:
     ss, rows, gpus = _evaluate_rows(p, err)
     recs = []
     base = rows[0][2][1] or 1.0
+    from planner.result import ALL_CATEGORIES, CATEGORIES, COMMUNICATION
+
+    cats = ALL_CATEGORIES if any(r[2][0].breakdown.by_category.get(COMMUNICATION) for r in rows) else CATEGORIES
     for label, s, (rep, secs, how) in rows:
         row = {k: v for k, v in label.items()}
         row["setup"] = s.label()
         row["peak allocated (GiB)"] = round(rep.peak_allocated_bytes / 2**30, 3)
         row["device total (GiB)"] = round(rep.device_total_bytes / 2**30, 3)
-        for cat, b in rep.breakdown.by_category.items():
-            row[f"{cat} (GiB)"] = round(b / 2**30, 3)
+        for cat in cats:
+            row[f"{cat} (GiB)"] = round(rep.breakdown.by_category.get(cat, 0) / 2**30, 3)
         for g in gpus:
             row[f"fits {g.key}"] = "yes" if rep.device_total_bytes <= g.capacity_bytes else "no"
         row["relative time/sample (est.)"] = round(secs / base, 2) if secs and base else None

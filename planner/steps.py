@@ -36,6 +36,15 @@ PRECISION_HELP = {
     "bf16": "bf16 networks and optimizer state",
 }
 SDPA_BACKENDS = ("auto", "flash", "efficient", "math")
+STRATEGIES = ("none", "ddp", "fsdp", "fsdp-grad-op")
+"""Data parallelism over --gpus N (planner/measure/distributed.py): none (one GPU); DDP;
+FSDP2 fully_shard with reshard_after_forward=True (ZeRO-3) or False (~ZeRO-2)."""
+STRATEGY_HELP = {
+    "ddp": "DDP",
+    "fsdp": "FSDP (ZeRO-3)",
+    "fsdp-grad-op": "FSDP no reshard after forward (~ZeRO-2)",
+}
+MAX_GPUS = 4096
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MAX_BATCH = 2**20
 MAX_ACCUM = 4096
@@ -96,6 +105,10 @@ class StepSetup:
     """Replace every optimizer's class (keeping its options that apply), or None: the file's own."""
     alloc_conf: str = ""
     """CUDA caching-allocator settings (PYTORCH_CUDA_ALLOC_CONF syntax) for the reserved figure."""
+    gpus: int = 1
+    """Data-parallel ranks; every figure is per rank (one rank traced: ranks are symmetric)."""
+    strategy: str = "none"
+    """One of STRATEGIES; anything but none needs gpus > 1, and gpus > 1 needs one."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
@@ -111,6 +124,14 @@ class StepSetup:
             raise PlannerError(f"--sdpa: got {quote(self.sdpa)}, valid: {', '.join(SDPA_BACKENDS)}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise PlannerError(f"--optimizer: got {quote(self.optimizer)}, valid: {', '.join(OPTIMIZERS)}")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or not 1 <= self.gpus <= MAX_GPUS:
+            raise PlannerError(f"--gpus: must be an integer in 1..{MAX_GPUS}, got {quote(self.gpus)}")
+        if self.strategy not in STRATEGIES:
+            raise PlannerError(f"--strategy: got {quote(self.strategy)}, valid: {', '.join(STRATEGIES[1:])}")
+        if self.gpus > 1 and self.strategy == "none":
+            raise PlannerError(f"--gpus {self.gpus}: give --strategy {'|'.join(STRATEGIES[1:])} (how the ranks share the model)")
+        if self.gpus == 1 and self.strategy != "none":
+            raise PlannerError(f"--strategy {self.strategy}: needs --gpus 2 or more (one GPU has nothing to share)")
         for name in self.checkpoint:
             if not name.isidentifier():
                 raise PlannerError(f"--checkpoint: {quote(name)} is not a class name (valid: auto or ClassName[,ClassName])")
@@ -139,13 +160,15 @@ class StepSetup:
             parts.append(f"optimizer {self.optimizer}")
         if self.alloc_conf:
             parts.append(f"alloc_conf {self.alloc_conf}")
+        if self.gpus > 1:
+            parts.append(f"{self.gpus} GPUs {STRATEGY_HELP[self.strategy]}, per rank")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {"step_file": self.path, "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.knobs},
                 "batch_size": self.batch_size, "accumulation": self.accumulation, "precision": self.precision,
                 "checkpoint": list(self.checkpoint), "sdpa": self.sdpa, "optimizer": self.optimizer,
-                "alloc_conf": self.alloc_conf}
+                "alloc_conf": self.alloc_conf, "gpus": self.gpus, "strategy": self.strategy}
 
     def cache_key(self, versions: str = "") -> str:
         """The trace cache's key: the step file's content and every knob (the allocator

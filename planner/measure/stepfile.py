@@ -465,6 +465,9 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     batch_size = setup.batch_size if setup.batch_size is not None else sf.batch_default
     if batch_size is None:
         raise PlannerError(f"--batch: '{setup.path}' batch() has no default batch_size; give --batch")
+    if setup.gpus > 1 and backend == "cuda":
+        raise PlannerError("--gpus: per-rank figures are traced on the fake (or cpu) backend, not measured with "
+                           "--backend cuda")
     if backend == "fake":
         from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -482,7 +485,9 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     runner = _Runner(None, backend)
     from planner.measure.user_code import quiet_fake_tensor_log
 
-    with quiet_fake_tensor_log(), outer, emulation, user_cuda, _sdpa(setup.sdpa), declared:
+    from planner.measure.distributed import fake_group
+
+    with fake_group(setup.gpus) as mesh, quiet_fake_tensor_log(), outer, emulation, user_cuda, _sdpa(setup.sdpa), declared:
         note("building networks")
         torch.manual_seed(0)
         try:
@@ -495,6 +500,13 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         cast = _apply_precision(setup, nets)
         ckpt = _checkpoint_classes(setup, nets)
         apply_checkpointing(nets, ckpt)
+        wrapped = None
+        if setup.gpus > 1:
+            from planner.measure.distributed import wrap
+
+            note(f"wrapping for {setup.strategy} on {setup.gpus} ranks")
+            wrapped = wrap(nets, setup.strategy, setup.gpus, mesh)
+            nets = wrapped.nets
         try:
             opts = _as_dict(sf.fn("optimizers")(nets), "optimizers", torch.optim.Optimizer, "optimizer")
         except PlannerError:
@@ -517,7 +529,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                 # torch.amp.GradScaler.unscale_ raises "Attempting to unscale FP16 gradients."
                 raise PlannerError(f"--precision amp-fp16: network '{half[0]}' has fp16 trainable parameters, which "
                                    f"GradScaler cannot unscale; use --precision fp16-master for half networks")
-        roots = dict(nets)
+        roots = dict(nets) if wrapped is None else dict(wrapped.roots)
         tracker, modules, log = _prepare(runner, roots, keep_timeline)
         _strip_wrapper_names(modules)
         _collect_young_garbage_per_op(tracker)
@@ -536,7 +548,9 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         from planner.measure.declared_ops import OpSite, explain
 
         site = OpSite(modules)  # entered last: it sees the op the user's code called
-        with modules, tracker, _restore_gc(gc_was), site:
+        from planner.measure.distributed import tracing
+
+        with modules, tracker, _restore_gc(gc_was), tracing(wrapped, tracker), site:
             for iteration in (1, 2):
                 it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
                 vp.iteration = iteration
@@ -554,7 +568,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                             raise
                         except Exception as exc:  # noqa: BLE001 - the user's step: one line naming it
                             untraceable = explain(exc, site, origin="step")
-                            raise (untraceable or _step_error(exc, tracker.phase, setup.precision)) from None
+                            raise (untraceable or _step_error(exc, tracker.phase, setup.precision, setup.strategy)) from None
             tracker.phase = Phase.SETUP
         _check_used(setup, rn)
         from planner.measure.step import _record
@@ -565,7 +579,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(values.items())},
         "batch_size": batch_size,
         "accumulation": setup.accumulation,
-        "effective_batch": batch_size * setup.accumulation,
+        "effective_batch": batch_size * setup.accumulation * setup.gpus,
         "precision": _precision_text(setup, cast, own_autocast),
         "checkpoint": list(ckpt),
         "sdpa": setup.sdpa,
@@ -573,6 +587,14 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         "backend": backend,
         "parameter_dtypes": _dtype_counts(nets),
     }
+    if wrapped is not None:
+        info["gpus"] = setup.gpus
+        info["strategy"] = setup.strategy
+        info["per_rank"] = (f"figures are per rank: rank 0 of {setup.gpus} traced under a fake process group "
+                            f"(ranks are symmetric); batch {batch_size} per rank")
+        info["layout"] = dict(wrapped.layout)
+        info["not_counted"] = ("NCCL's own buffers and communicator state (not traced; uncalibrated, "
+                               "not counted)")
     if count_flops:
         info["flops_iteration2"] = flops.total
     return replace(record, setup=info)
@@ -660,7 +682,7 @@ _DTYPE_MISMATCH = re.compile(r"(Half|BFloat16|half|bfloat16).*(should be the sam
                              r"(should be the same|same dtype|expected).*(Half|BFloat16|half|bfloat16)")
 
 
-def _step_error(exc: BaseException, phase: Any, precision: str = "fp32") -> PlannerError:
+def _step_error(exc: BaseException, phase: Any, precision: str = "fp32", strategy: str = "none") -> PlannerError:
     from planner.measure.user_code import cuda_error, describe, uses_cuda
 
     if uses_cuda(exc):
@@ -670,6 +692,10 @@ def _step_error(exc: BaseException, phase: Any, precision: str = "fp32") -> Plan
     if precision in ("fp16-master", "bf16-master", "fp16", "bf16") and _DTYPE_MISMATCH.search(str(exc)):
         hint = (f"; --precision {precision} casts only forward()'s inputs to half (apex O2): cast them where the "
                 "step calls another method")
+    if strategy != "none":
+        from planner.measure.distributed import error_hint
+
+        hint += error_hint(exc, strategy)
     return PlannerError(f"step: {where} raised {describe(exc)}{hint}")
 
 

@@ -231,7 +231,7 @@ class Evaluator:
             secs = seconds_per_sample(rec, s.precision, self.gpu) if self.gpu else None
             if s.accumulation > rec.setup["accumulation"]:
                 info = dict(rec.setup)
-                info.update(accumulation=s.accumulation, effective_batch=s.batch_size * s.accumulation,
+                info.update(accumulation=s.accumulation, effective_batch=s.batch_size * s.accumulation * s.gpus,
                             accumulation_basis=f"as accumulation 2 (checked: a trace at micro-batch {ACCUM_CHECK[0]} "
                                                f"x accumulation {ACCUM_CHECK[1]} has accumulation 2's peak)")
                 rec = replace(rec, setup=info)

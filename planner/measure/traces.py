@@ -230,7 +230,7 @@ class Derivation:
         )
         setup = dict(base.setup)
         setup["batch_size"] = batch
-        setup["effective_batch"] = batch * setup.get("accumulation", 1)
+        setup["effective_batch"] = batch * setup.get("accumulation", 1) * setup.get("gpus", 1)
         if "flops_iteration2" in setup:
             setup["flops_iteration2"] = self.flops[0] + self.flops[1] * batch
         setup["derived"] = f"from traces at micro-batch {', '.join(map(str, self.points))} (affine sizes, verified)"

@@ -45,6 +45,9 @@ class Category(str, Enum):
     OPTIMIZER_STATE = "optimizer_state"
     ACTIVATIONS = "activations"
     TEMPORARIES = "temporaries"
+    COMMUNICATION = "communication"
+    """--gpus N: DDP's gradient buckets, FSDP's all-gather and reduce-scatter buffers
+    (planner/measure/distributed.py); never set on one GPU."""
 
 
 class Phase(str, Enum):
@@ -161,6 +164,7 @@ class LiveStorageTracker(TorchDispatchMode):
         # records them: the largest convolution's input + output bytes, each fused SDPA call
         self.conv_io_max = 0
         self.attention_calls: list[tuple] = []
+        self.dtensors = False  # FSDP (planner/measure/distributed.py): count DTensor outputs by their local shard
 
     # -- registration ------------------------------------------------------------
     def _register(self, st: torch.UntypedStorage, op: str) -> int:
@@ -191,7 +195,7 @@ class LiveStorageTracker(TorchDispatchMode):
         for t in tensors:
             if t is None:
                 continue
-            uid = self._register(t.untyped_storage(), "external")
+            uid = self._register(_local(t).untyped_storage(), "external")
             info = self.info[uid]
             info.category = category
             if network:
@@ -202,7 +206,7 @@ class LiveStorageTracker(TorchDispatchMode):
         for t in tensors:
             if t is None:
                 continue
-            uid = self._by_obj.get(id(t.untyped_storage()))
+            uid = self._by_obj.get(id(_local(t).untyped_storage()))
             if uid is not None:
                 self.info[uid].category = category
 
@@ -211,12 +215,35 @@ class LiveStorageTracker(TorchDispatchMode):
         for t in tensors:
             if t is None:
                 continue
-            key = id(t.untyped_storage())
+            key = id(_local(t).untyped_storage())
             uid = self._by_obj.get(key)
             if uid is not None and uid in self.live:
                 nbytes = self.live.pop(uid)
                 self.current -= nbytes
                 self.host_bytes += nbytes
+
+    def storage_resized(self, st: torch.UntypedStorage, op: str = "resize_") -> None:
+        """A tracked storage resized in place (``UntypedStorage.resize_``, which is no aten op:
+        FSDP2 frees and re-allocates its unsharded parameters this way). To the caching
+        allocator that is a free and a new allocation, and it is recorded as both; the new
+        allocation keeps the storage's category and network."""
+        key = id(st)
+        uid = self._by_obj.get(key)
+        if uid is None:
+            return
+        nbytes = round_alloc(st.nbytes())
+        if self.live.get(uid, 0) == nbytes and (nbytes or uid not in self.live):
+            return
+        old = self.info[uid]
+        if uid in self.live:
+            self._release(key, uid)
+        self._by_obj.pop(key, None)
+        if nbytes == 0:
+            self._by_obj[key] = uid  # freed; found again when it is re-allocated
+        else:
+            new = self.info[self._register(st, op)]
+            new.category, new.network, new.module = old.category, old.network, old.module
+        self._note_peak(op)
 
     # -- peak --------------------------------------------------------------------
     def reset_peak(self) -> None:
@@ -240,6 +267,8 @@ class LiveStorageTracker(TorchDispatchMode):
         in_optimizer_scalar = self.host_scalars
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
+                if self.dtensors:
+                    t = _local(t)
                 st = t.untyped_storage()
                 if id(st) in self._by_obj:
                     continue
@@ -285,6 +314,14 @@ class LiveStorageTracker(TorchDispatchMode):
             conv_io_max=self.conv_io_max,
             attention_calls=tuple(self.attention_calls),
         )
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2's sharded parameters, gradients and optimizer state are
+    DTensors: the memory on this rank is the local tensor's storage; the DTensor's own
+    ``untyped_storage()`` has the global size). Any other tensor as is."""
+    local = getattr(t, "_local_tensor", None)
+    return local if isinstance(local, torch.Tensor) else t
 
 
 _WORKSPACE_OPS = frozenset(("convolution", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention"))

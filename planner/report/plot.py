@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from planner.gpus import GPU
-from planner.result import CATEGORIES, GIB
+from planner.result import ALL_CATEGORIES, CATEGORIES, COMMUNICATION, GIB
 
 MAX_SERIES = 24
 """Bars (breakdown) or lines (scaling) in one figure: more cannot be told apart, and a
@@ -17,6 +17,7 @@ COLORS = {
     "optimizer_state": "#c44e52",
     "activations": "#8172b2",
     "temporaries": "#ccb974",
+    "communication": "#64b5cd",
     "allocator overhead": "#bbbbbb",
     "context": "#666666",
 }
@@ -47,7 +48,7 @@ def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GP
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) + 3), 5))
     bottoms = [0.0] * len(labels)
     xs = list(range(len(labels)))
-    parts = list(CATEGORIES) + ["allocator overhead", "context"]
+    parts = list(_categories(r.breakdown.by_category for r in reports)) + ["allocator overhead", "context"]
     for part in parts:
         vals = []
         for r in reports:
@@ -70,6 +71,11 @@ def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GP
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _categories(dicts) -> tuple[str, ...]:
+    """The five categories, and communication where any figure has some (--gpus N)."""
+    return ALL_CATEGORIES if any(d.get(COMMUNICATION, 0) for d in dicts) else CATEGORIES
 
 
 def crossings(xs: Sequence[float], ys: Sequence[float], level: float) -> list[float]:
@@ -114,8 +120,9 @@ def timeline_figure(points: list[tuple[int, dict[str, int]]], phases: list[tuple
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(11, 5))
     xs = [p[0] for p in points]
-    stacks = [[p[1].get(c, 0) / GIB for p in points] for c in CATEGORIES]
-    ax.stackplot(xs, *stacks, labels=[c.replace("_", " ") for c in CATEGORIES], colors=[COLORS[c] for c in CATEGORIES],
+    cats = _categories(p[1] for p in points)
+    stacks = [[p[1].get(c, 0) / GIB for p in points] for c in cats]
+    ax.stackplot(xs, *stacks, labels=[c.replace("_", " ") for c in cats], colors=[COLORS[c] for c in cats],
                  step="post")
     total = [sum(p[1].values()) / GIB for p in points]
     peak_pos = max(range(len(points)), key=lambda i: total[i]) if points else 0
@@ -135,7 +142,7 @@ def timeline_figure(points: list[tuple[int, dict[str, int]]], phases: list[tuple
     ax.set_xlabel("allocation events in iteration 2 (time order)")
     ax.set_ylabel("live memory (GiB = 2^30 bytes)")
     ax.set_title(title or "Live memory through one training step")
-    ax.legend(loc="lower center", fontsize=8, ncol=len(CATEGORIES))
+    ax.legend(loc="lower center", fontsize=8, ncol=len(cats))
     fig.tight_layout()
     return fig
 
@@ -144,7 +151,7 @@ def timeline_points(events, info_of, categorize, start: int) -> tuple[list, list
     """Replay (uid, +/-bytes) events from `start`: per-category live bytes after each event,
     the phase changes (by the allocating event's step/phase), and the peak's index."""
     live: dict[int, tuple[str, int]] = {}
-    totals = {c: 0 for c in CATEGORIES}
+    totals = {c: 0 for c in ALL_CATEGORIES}
     # storages alive when iteration 2 starts
     for uid, d in events[:start]:
         if d > 0:

@@ -68,8 +68,10 @@ def run_line(info: dict) -> str:
     if "knobs" in info:  # a step file
         knobs = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in info["knobs"].items())
         parts = [info.get("step", ""), f"knobs {knobs}" if knobs else "",
-                 f"micro-batch {info.get('batch_size')} x accumulation {info.get('accumulation', 1)} "
-                 f"(effective batch {info.get('effective_batch')})",
+                 f"micro-batch {info.get('batch_size')}{' per rank' if info.get('gpus') else ''} x accumulation "
+                 f"{info.get('accumulation', 1)}"
+                 + (f" x {info['gpus']} GPUs ({info.get('strategy')})" if info.get("gpus") else "")
+                 + f" (effective batch {info.get('effective_batch')})",
                  f"precision {info.get('precision', '')}",
                  f"checkpoint {','.join(info['checkpoint'])}" if info.get("checkpoint") else "no checkpointing",
                  f"sdpa {info['sdpa']}" if info.get("sdpa", "auto") != "auto" else "",
