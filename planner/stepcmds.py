@@ -270,6 +270,9 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
 
     _check_margin(margin)
     sf = _load(ss)
+    from planner.terms import terms_of
+
+    terms = terms_of(sf.module, ss.path)
     ss = _filled(ss, sf)
     jobs = p.get("jobs") or 0
     cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,
@@ -340,7 +343,10 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                f"within the budget + {SAFETY:.0%})" + (f", {failed} failed or not run" if failed else "")
                + f"; {stats.seconds:.1f} s")
     if p.get("as_json"):
-        _print_json({"gpu": cap, "input": ss.to_json(), "best": best.to_json() if best else None,
+        from planner.terms import say
+
+        _print_json({"gpu": cap, "input": ss.to_json(),
+                     "best": {**best.to_json(), "in_the_steps_terms": say(best.parts, terms)} if best else None,
                      "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
                      "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
@@ -360,6 +366,10 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.changes) or 'as is'} "
                   f"-> device_total {best.total / 2**30:.2f} GiB")
         out.print("  " + best.setup.label(), markup=False)
+        if best.parts and terms:
+            from planner.terms import say
+
+            out.print("  in the step's own terms (its TERMS): " + "; ".join(say(best.parts, terms)), markup=False)
     t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes; ~ predicted, not traced)")
     for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
         t.add_column(col)

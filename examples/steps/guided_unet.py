@@ -56,6 +56,14 @@ DIFFUSION_STEPS = 1000  # guided-diffusion's --diffusion_steps default, --noise_
 EMA_RATE = 0.9999
 
 
+# recommendations in guided-diffusion's own flags (planner/terms.py)
+TERMS = {
+    "fp16-master": "--use_fp16 True (with --knob use_fp16=true)",
+    "checkpoint": "--use_checkpoint True",
+    "accumulation": "--batch_size {effective} --microbatch {batch}",
+}
+
+
 def networks(image_size: int = 64, model_channels: int = 128, num_res_blocks: int = 2,
              channel_mult: tuple = (1, 2, 3, 4), attention_resolutions: tuple = (16, 8), use_fp16: bool = False):
     kw = dict(image_size=image_size, model_channels=model_channels, num_res_blocks=num_res_blocks,

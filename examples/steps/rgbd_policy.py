@@ -47,6 +47,15 @@ make_rgbd_policy = example("rgbd_policy").make_rgbd_policy
 ACTION_DIM = 3
 
 
+# recommendations in the Hugging Face Trainer's own arguments (planner/terms.py)
+TERMS = {
+    "amp-bf16": "TrainingArguments(bf16=True)",
+    "amp-fp16": "TrainingArguments(fp16=True)",
+    "checkpoint": "TrainingArguments(gradient_checkpointing=True)",
+    "accumulation": "TrainingArguments(per_device_train_batch_size={batch}, gradient_accumulation_steps={accum})",
+}
+
+
 def networks(image_size: int = 224, queries: int = 512, steps: int = 24, depth: int = 12, width: int = 768,
              heads: int = 12):
     return {"policy": make_rgbd_policy(image_size=image_size, width=width, depth=depth, heads=heads, queries=queries,
