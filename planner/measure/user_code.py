@@ -60,17 +60,25 @@ _CUDA_WORDS = re.compile(
 
 @contextlib.contextmanager
 def quiet_fake_tensor_log() -> Iterator[None]:
-    """Silence torch's fake-tensor logger while a trace runs: when a meta kernel rejects the
+    """Silence torch's fake-tensor logger (and DDP's layout warning) while a trace runs: when a meta kernel rejects the
     user's op (a shape mismatch in their code) torch logs the whole traceback at ERROR level
     (``torch/_subclasses/fake_tensor.py`` ``_dispatch_impl``, "failed while attempting to run
     meta for ...") before raising; the trace turns the exception into one line."""
     import logging
 
+    import warnings
+
     log = logging.getLogger("torch._subclasses.fake_tensor")
     was = log.disabled
     log.disabled = True
     try:
-        yield
+        with warnings.catch_warnings():
+            # DDP's reducer (torch/csrc/distributed/c10d/reducer.cpp) warns when a gradient's
+            # strides differ from its bucket view's, which the emulated cuDNN layouts of 1x1x1
+            # conv weights do on size-1 dimensions; a performance note about the traced run,
+            # not about the user's setup, and it would land in --json's stderr
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            yield
     finally:
         log.disabled = was
 
