@@ -875,7 +875,7 @@ def plot(
     batch: BatchOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="knob=v1,v2 as for `vramplan table` (breakdown: one bar per row; scaling: one line per row).")] = None,
     gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
-    x: Annotated[str, typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect) or 'batch'.")] = "voxel",
+    x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
     step: StepOpt = None,
     knob: KnobOpt = None,
@@ -895,6 +895,9 @@ def plot(
     """
     if out_file.suffix.lower() not in (".png", ".svg"):
         raise PlannerError(f"--out: {one_line(repr(str(out_file)), 80)} must end in .png or .svg")
+    if x is not None and (step or what != PlotKind.scaling):
+        raise PlannerError(f"--x: only for `plot scaling` of the built-in steps (got plot {what.value}"
+                           f"{' --step' if step else ''})")
     if _step_command(locals(), "plot"):
         return
     for value, flag in ((accum, "--accum"), (optimizer, "--optimizer")):
@@ -922,7 +925,7 @@ def plot(
     elif what == PlotKind.scaling:
         from planner.report.scaling import scaling_series
 
-        series, xlabel = scaling_series(rows, x)
+        series, xlabel = scaling_series(rows, x or "voxel")
         fig = P.scaling_figure(series, gpus, xlabel)
     else:
         if len(rows) != 1:

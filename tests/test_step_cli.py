@@ -188,3 +188,12 @@ def test_calibrate_step_fake_is_the_identity_and_estimate_applies_it(tmp_path, m
 def test_calibrate_step_bad_input(args, message):
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+@pytest.mark.parametrize("args", [
+    ["plot", "breakdown", "--step", TEMPLATE, "--x", "batch", "--out", "b.png"],
+    ["plot", "breakdown", "--x", "batch", "--out", "b.png"],
+])
+def test_plot_x_outside_scaling_is_refused(args):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--x: only for `plot scaling`" in r.output, r.output
