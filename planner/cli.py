@@ -594,6 +594,7 @@ def recommend(
     jobs: JobsOpt = 0,
     search: Annotated[Optional[list[str]], typer.Option("--search", help="--step: also search a knob of the step file, knob=v1/v2 (repeatable).")] = None,
     max_knob: Annotated[Optional[str], typer.Option("--max-knob", help="--step: only report the largest value of this integer knob that fits.")] = None,
+    max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=2, help="--step: the fewest GPUs (up to this many) and the DDP/FSDP strategy whose per-rank step fits, at the input's global batch.")] = None,
     knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -601,10 +602,13 @@ def recommend(
 
     Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
     Example: vramplan recommend --step examples/steps/rgbd_policy.py --gpu 24GB
+
+    Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
     """
     if _step_command(locals(), "recommend"):
         return
-    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step")):
+    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step"),
+                        (max_gpus, "--max-gpus")):
         if value:
             raise PlannerError(f"{flag}: only with --step")
     from planner import recommend as R

@@ -278,6 +278,11 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,
            "budget_bytes": int(card.capacity_bytes * (1 - margin))}
     max_knob = p.get("max_knob")
+    if p.get("max_gpus"):
+        if p.get("max_batch") or max_knob:
+            raise PlannerError("--max-gpus: give it alone, not with --max-batch/--max-knob")
+        _max_gpus(p, ss, sf, card, margin, cap, out, err)
+        return
     if p.get("max_batch") or max_knob:
         prog, tick = _progress(err, "tracing")
         with prog:
@@ -387,6 +392,36 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         out.print(f"[yellow]could not trace {label}: {e}[/yellow]", markup=True)
     out.print(f"[dim]{summary}. Time per sample: roofline over the traced FLOPs and bytes ({card.name} rates), "
               f"uncalibrated, relative to 'as is'.[/dim]")
+
+
+def _max_gpus(p: dict[str, Any], ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, out: Any, err: Any) -> None:
+    from planner.measure import stepsearch as S
+    from planner.report.text import TextTable
+
+    prog, tick = _progress(err, "tracing")
+    with prog:
+        answer, tried, verdict, stats = S.max_gpus(ss, card, margin, p["max_gpus"], sf.batch_default or 1,
+                                                   p.get("jobs") or 0, tick, profile=step_profile(p))
+    if p.get("as_json"):
+        _print_json({"gpu": cap, "input": ss.to_json(), "answer": answer.to_json() if answer else None,
+                     "tried": [o.to_json() for o in tried], "verdict": verdict, "traces": stats.traces,
+                     "cached_traces": stats.cached, "seconds": round(stats.seconds, 2),
+                     "not_counted": "NCCL's own buffers and communicator state; communication time"})
+        return
+    out.print(f"[bold]vramplan recommend --step --max-gpus {p['max_gpus']}[/bold] for {card.name} per GPU "
+              f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%}); "
+              f"global batch {verdict['global_batch']}")
+    out.print("input: " + ss.label(), markup=False)
+    t = TextTable(title="Tried, fewest GPUs first (per rank; GiB = 2**30 bytes; traced, not measured on GPUs)")
+    for col in ("GPUs", "strategy", "per-rank micro-batch x accum", "device_total GiB", "fits", "how"):
+        t.add_column(col)
+    for o in tried:
+        t.add_row(str(o.setup.gpus), o.setup.strategy, f"{o.setup.batch_size} x {o.setup.accumulation}",
+                  f"{o.report.device_total_bytes / 2**30:.2f}" if o.report else "-", "yes" if o.fits else "no", o.how)
+    out.print(t)
+    out.print(("[bold green]" if answer else "[bold red]") + verdict.get("text", "") + ("[/bold green]" if answer else "[/bold red]"))
+    out.print(f"[dim]{stats.traces} traces ({stats.cached} cached), {stats.seconds:.1f} s; NCCL's own buffers and "
+              "communication time are not counted[/dim]")
 
 
 VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer", "gpus", "strategy")

@@ -197,3 +197,39 @@ def test_calibrate_step_bad_input(args, message):
 def test_plot_x_outside_scaling_is_refused(args):
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--x: only for `plot scaling`" in r.output, r.output
+
+
+def test_max_gpus_one_gpu_suffices():
+    r = runner.invoke(app, ["recommend", "--step", TEMPLATE, "--knob", "width=64", "--max-gpus", "4", "--gpu", "24GB",
+                            "--jobs", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["answer"]["gpus"] == 1 and data["answer"]["micro_batch"] == 16 and len(data["tried"]) == 1
+    assert data["verdict"]["text"].startswith("one GPU suffices")
+
+
+def test_max_gpus_says_when_more_gpus_do_not_help():
+    # a card smaller than the modelled CUDA context (426 MiB): nothing fits on any count. Global
+    # batch 4: 1 GPU tries micro-batch 4, 2, 1; 2 GPUs (per rank 2) 2, 1 for each strategy; 4
+    # GPUs (per rank 1) 1 for each; 8 does not divide 4 -> 3 + 3 x 2 + 3 = 12 traced setups
+    r = runner.invoke(app, ["recommend", "--step", TEMPLATE, "--knob", "width=64", "--batch", "4", "--max-gpus", "8",
+                            "--gpu", "0.4GiB", "--jobs", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["answer"] is None
+    assert [(t["gpus"], t["strategy"], t["micro_batch"], t["accumulation"]) for t in data["tried"]] == [
+        (1, "none", 4, 1), (1, "none", 2, 2), (1, "none", 1, 4),
+        (2, "ddp", 2, 1), (2, "ddp", 1, 2), (2, "fsdp-grad-op", 2, 1), (2, "fsdp-grad-op", 1, 2),
+        (2, "fsdp", 2, 1), (2, "fsdp", 1, 2), (4, "ddp", 1, 1), (4, "fsdp-grad-op", 1, 1), (4, "fsdp", 1, 1)]
+    assert data["verdict"]["text"].startswith("more GPUs do not help: up to 4 GPUs nothing fits")
+    assert data["verdict"]["smallest_per_rank_bytes"] == min(t["device_total_bytes"] for t in data["tried"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["recommend", "--max-gpus", "4"], "--max-gpus: only with --step"),
+    (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
+    (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--max-batch"], "--max-gpus: give it alone"),
+])
+def test_max_gpus_bad_input(args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and message in r.output, r.output
