@@ -38,12 +38,19 @@ def test_ratio_is_median_over_median_and_pairs_show_the_spread():
 
 
 def test_interleaved_fresh_processes_rank_a_slower_command_above_the_reference():
-    # the reference loop is 3e6 iterations; twice that loop in a fresh process takes
-    # about twice as long: ratio ~2 on any machine, loaded or not (tolerance 1.3-3.0,
-    # interpreter start-up is on both sides and pulls the ratio below 2)
+    # the reference loop is 3e6 iterations; twice that loop in a fresh process costs the
+    # start-up S once and the loop L twice: expected ratio (S + 2L) / (S + L), between 1 and
+    # 2. S is measured here (an empty interpreter, interleaved the same way): on 2026-12-02
+    # start-up reached ~0.18 s of the reference's 0.24 s (site hooks the sandbox installs),
+    # which put the ratio at 1.25 and failed the fixed bound 1.3 this test used to have.
+    # The double must rank above the reference by at least half its expected margin.
+    empty = speed.interleaved("start-up", [sys.executable, "-c", "pass"], runs=5, warmup=0)
+    start = empty.median_s
+    loop = max(empty.reference_median_s - start, 1e-3)
+    expected = (start + 2 * loop) / (start + loop)
     slow = [sys.executable, "-c", "sum(i*i for i in range(6_000_000))"]
     r = speed.interleaved("double", slow, runs=5, warmup=0)
-    assert 1.3 < r.ratio < 3.0, r.line()
+    assert 1 + 0.5 * (expected - 1) < r.ratio < 3.0, f"{r.line()}; expected ~{expected:.2f} (start-up {start:.3f} s)"
 
 
 def test_gate_uses_target_then_baseline_slack_never_seconds():
