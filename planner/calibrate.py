@@ -83,35 +83,11 @@ def calibrate(
     from planner.analytic.estimate import estimate
     from planner.measure.profile import profile
 
-    points: list[dict[str, Any]] = []
-    device: dict[str, Any] = {"backend": backend}
-    for i, (label, cfg) in enumerate(grid):
-        if progress:
-            progress(i, len(grid), label)
+    def pair(cfg: dict) -> tuple[dict, Any, Any]:
         setup = setup_from_dict(cfg)
-        est = estimate(setup)
-        meas = profile(setup, backend)
-        if backend == "cuda":
-            device.update(meas.extra.get("device", {}))
-        points.append({
-            "name": label,
-            "config": spec_to_dict(setup),
-            "estimated_allocated_bytes": est.peak_allocated_bytes,
-            "modelled_reserved_bytes": est.peak_reserved_bytes,
-            "measured_allocated_bytes": meas.peak_allocated_bytes,
-            "measured_reserved_bytes": meas.peak_reserved_bytes,
-            "measured_context_bytes": meas.context_bytes if backend == "cuda" else None,
-        })
-    if progress:
-        progress(len(grid), len(grid), "fitting")
-    if backend != "cuda":
-        import platform
+        return spec_to_dict(setup), estimate(setup), profile(setup, backend)
 
-        import torch
-
-        device.update({"name": "CPU, FakeTensorMode (CUDA emulated)", "torch": torch.__version__,
-                       "machine": platform.machine()})
-    return fit(name, device, points, hardware=backend == "cuda", gpu_key=gpu_key)
+    return _fitted(name, grid, pair, backend, gpu_key, progress, "analytic")
 
 
 def calibrate_step(
@@ -132,11 +108,7 @@ def calibrate_step(
     from planner.measure.profile import report_from
     from planner.measure.stepfile import run
 
-    points: list[dict[str, Any]] = []
-    device: dict[str, Any] = {"backend": backend}
-    for i, (label, s) in enumerate(setups):
-        if progress:
-            progress(i, len(setups), label)
+    def pair(s: Any) -> tuple[dict, Any, Any]:
         est = report_from(traces.trace(s), "fake", s.alloc_conf, 0.0)
         if backend == "cuda":
             import torch
@@ -146,12 +118,27 @@ def calibrate_step(
             torch.cuda.empty_cache()
             t0 = time.perf_counter()
             meas = measured_report(run(s, "cuda", count_flops=False), t0)
-            device.update(meas.extra.get("device", {}))
         else:
             meas = report_from(run(s, backend, count_flops=False), backend, s.alloc_conf, 0.0)
+        return {"step": s.to_json()}, est, meas
+
+    return _fitted(name, setups, pair, backend, gpu_key, progress, "trace")
+
+
+def _fitted(name: str, items: Sequence[tuple[str, Any]], pair: Callable[[Any], tuple[dict, Any, Any]], backend: str,
+            gpu_key: str | None, progress: Callable[[int, int, str], None] | None, basis: str) -> DeviceProfile:
+    """Each (label, item)'s estimate against its measurement (``pair``), as points, fitted."""
+    points: list[dict[str, Any]] = []
+    device: dict[str, Any] = {"backend": backend}
+    for i, (label, item) in enumerate(items):
+        if progress:
+            progress(i, len(items), label)
+        config, est, meas = pair(item)
+        if backend == "cuda":
+            device.update(meas.extra.get("device", {}))
         points.append({
             "name": label,
-            "config": {"step": s.to_json()},
+            "config": config,
             "estimated_allocated_bytes": est.peak_allocated_bytes,
             "modelled_reserved_bytes": est.peak_reserved_bytes,
             "measured_allocated_bytes": meas.peak_allocated_bytes,
@@ -159,7 +146,7 @@ def calibrate_step(
             "measured_context_bytes": meas.context_bytes if backend == "cuda" else None,
         })
     if progress:
-        progress(len(setups), len(setups), "fitting")
+        progress(len(items), len(items), "fitting")
     if backend != "cuda":
         import platform
 
@@ -167,7 +154,7 @@ def calibrate_step(
 
         device.update({"name": "CPU, FakeTensorMode (CUDA emulated)", "torch": torch.__version__,
                        "machine": platform.machine()})
-    return fit(name, device, points, hardware=backend == "cuda", gpu_key=gpu_key, basis="trace")
+    return fit(name, device, points, hardware=backend == "cuda", gpu_key=gpu_key, basis=basis)
 
 
 def fit(name: str, device: dict, points: list[dict], hardware: bool, gpu_key: str | None = None,
