@@ -342,6 +342,30 @@ class DeviceSpec:
                 raise _err("device.alloc_conf", str(exc)) from None
 
 
+STRATEGIES = ("none", "ddp", "fsdp", "fsdp-grad-op")
+MAX_GPUS = 1024
+
+
+@dataclass(frozen=True)
+class ParallelSpec:
+    """Data parallelism: every rank runs the step on its own micro-batch (figures per rank)."""
+
+    gpus: int = 1
+    """Data-parallel ranks."""
+    strategy: str = "none"
+    """none (one GPU), ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard, ZeRO-3) or
+    fsdp-grad-op (fully_shard with reshard_after_forward=False, ~ZeRO-2)."""
+
+    def __post_init__(self) -> None:
+        _check_pos_int("parallel.gpus (--gpus)", self.gpus, MAX_GPUS, "ranks")
+        _check_choice("parallel.strategy (--strategy)", self.strategy, STRATEGIES)
+        if self.gpus > 1 and self.strategy == "none":
+            raise _err("parallel.strategy (--strategy)",
+                       f"{self.gpus} GPUs need ddp, fsdp or fsdp-grad-op (how the ranks share the model)")
+        if self.gpus == 1 and self.strategy != "none":
+            raise _err("parallel.gpus (--gpus)", f"strategy {self.strategy} needs 2 or more GPUs (one GPU has nothing to share)")
+
+
 @dataclass(frozen=True)
 class TrainingSetup:
     """Everything that decides the memory of one training step."""
@@ -356,6 +380,8 @@ class TrainingSetup:
     """Stage-2 diffusion UNet."""
     device: DeviceSpec = field(default_factory=DeviceSpec)
     """Precision."""
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)
+    """GPUs and how they share the model (DDP / FSDP); figures are per rank."""
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, KINDS)
@@ -452,6 +478,7 @@ __all__ = [
     "DiffusionSpec",
     "DiffusionTraining",
     "DiscriminatorSpec",
+    "ParallelSpec",
     "PerceptualSpec",
     "TrainingSetup",
     "replace",

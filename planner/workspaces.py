@@ -482,6 +482,35 @@ def workspace_terms(*, compute_capability: Optional[tuple[int, int]], gpu_key: O
     return terms
 
 
+# NCCL's per-connection receive buffers, one per protocol (NVIDIA/nccl src/init.cc ``computeBuffSizes``:
+# DEFAULT_LL_BUFFSIZE, DEFAULT_LL128_BUFFSIZE, DEFAULT_BUFFSIZE; NCCL_LL_BUFFSIZE / NCCL_LL128_BUFFSIZE /
+# NCCL_BUFFSIZE override them), with src/include/device.h: NCCL_STEPS 8, NCCL_LL_LINES_PER_THREAD 8,
+# NCCL_LL_MAX_NTHREADS 512, sizeof(union ncclLLFifoLine) 16, NCCL_LL128_ELEMS_PER_THREAD 120,
+# NCCL_LL128_MAX_NTHREADS 640.
+NCCL_LL_BYTES = 8 * 512 * 8 * 16  # 524,288
+NCCL_LL128_BYTES = 120 * 640 * 8 * 8  # 4,915,200
+NCCL_SIMPLE_BYTES = 1 << 22  # 4 MiB
+NCCL_SOURCE = ("NVIDIA/nccl src/init.cc computeBuffSizes (DEFAULT_LL_BUFFSIZE, DEFAULT_LL128_BUFFSIZE, "
+               "DEFAULT_BUFFSIZE) and src/include/device.h; docs: NCCL_BUFFSIZE in the NCCL user guide's "
+               "environment variables")
+NCCL_CHANNELS_ASSUMED = 2
+"""Channels NCCL builds depend on the topology it detects (NCCL_MIN_NCHANNELS / NCCL_MAX_NCHANNELS):
+an assumption, not a reading; each channel's ring receives from one peer."""
+
+
+def nccl_term(world: int, channels: int = NCCL_CHANNELS_ASSUMED) -> Term:
+    """NCCL's ring buffers on one rank: per channel, one receive connection holding a buffer for each
+    protocol (LL, LL128, Simple). Outside PyTorch's caching allocator (NCCL allocates them itself
+    with cuMem / cudaMalloc), so not in peak_reserved either. Tree and NVLS connections, the
+    communicator's own state and the proxy's host memory are not included."""
+    per = NCCL_LL_BYTES + NCCL_LL128_BYTES + NCCL_SIMPLE_BYTES
+    return Term(
+        "NCCL ring buffers", per * channels, NCCL_SOURCE,
+        note=(f"assumption: {channels} channels x {per:,} B (LL {NCCL_LL_BYTES:,} + LL128 {NCCL_LL128_BYTES:,} + "
+              f"Simple {NCCL_SIMPLE_BYTES:,}) per ring receive connection, {world} ranks; the channel count "
+              "depends on the topology NCCL detects (more on NVLink systems); outside the caching allocator"))
+
+
 def total_bytes(terms: Iterable[Term]) -> int:
     return sum(t.bytes for t in terms)
 
@@ -504,6 +533,6 @@ __all__ = [
     "CONTEXT_READINGS", "CUBLAS_DEFAULT_BYTES", "CUBLAS_DEFAULT_BYTES_SM90_PLUS", "CUBLASLT_DEFAULT_BYTES",
     "CONV_WORKSPACE_FACTOR", "CONV_WORKSPACE_FACTOR_BENCHMARK", "EAGER_LOADING_EXTRA_BYTES", "Term",
     "attention_call_scratch", "context_term", "cublas_workspace_bytes", "efficient_backward_kernel",
-    "efficient_backward_scratch_bytes", "flash_backward_scratch_bytes", "parse_cublas_workspace_config",
+    "efficient_backward_scratch_bytes", "flash_backward_scratch_bytes", "nccl_term", "parse_cublas_workspace_config",
     "render_lines", "total_bytes", "workspace_terms",
 ]

@@ -144,6 +144,13 @@ class Storage:
     def __del__(self) -> None:
         self.mem.free(self.uid)
 
+    def resize(self, nbytes: int) -> None:
+        """``UntypedStorage.resize_`` (FSDP2's free_storage / alloc_storage): the bytes go, or
+        come back as a new allocation made now; every tensor on this storage sees it."""
+        self.mem.free(self.uid)
+        self.nbytes = nbytes
+        self.uid = self.mem.alloc(nbytes)
+
 
 # --- tensors ---------------------------------------------------------------------------
 
@@ -191,7 +198,7 @@ class T:
 
 
 class Node:
-    __slots__ = ("name", "seq", "next_edges", "saved", "bwd", "holders", "frame", "meta", "__weakref__")
+    __slots__ = ("name", "seq", "next_edges", "saved", "bwd", "holders", "frame", "meta", "pre_hooks", "__weakref__")
 
     def __init__(self, name: str, seq: int, next_edges: list, bwd: Callable, saved: tuple) -> None:
         self.meta: list = []  # per input: dtype the gradient must have (engine validate_outputs)
@@ -202,6 +209,8 @@ class Node:
         self.saved = saved
         self.holders: list | None = None  # checkpointed: indices into the frame's holders
         self.frame: CheckpointFrame | None = None
+        self.pre_hooks: list[Callable[[], None]] | None = None
+        """``Tensor.register_hook`` on an output of this node: run when the node is about to run."""
 
 
 class AccumulateGrad:
@@ -243,6 +252,10 @@ class Sim:
         self.frame: CheckpointFrame | None = None  # forward inside a checkpoint region
         self.recompute_frame: CheckpointFrame | None = None  # recomputing a region
         self.accum_hooks: list[Callable[[T], None]] = []
+        self.in_backward = False
+        """A backward graph task is running (torch._C._current_graph_task_id() != -1)."""
+        self.final_callbacks: list[Callable[[], None]] = []
+        """``Variable._execution_engine.queue_callback``: run once the current backward's graph is done."""
         self.device_accumulate: Callable[[T], None] | None = None
         # what the library workspaces scale with (planner/workspaces.py): the largest
         # convolution's input + output bytes, and every SDPA call
@@ -366,6 +379,14 @@ def _accumulate(sim: Sim, buf: list, pos: int, g: T) -> None:
 def engine_run(sim: Sim, root: T, seed: T) -> None:
     """engine.cpp's execute() on the simulated graph. Every reference is dropped where the
     engine drops it (storages are freed by reference counting), so the ``del``s matter."""
+    sim.in_backward = True
+    try:
+        _engine_run(sim, root, seed)
+    finally:
+        sim.in_backward = False
+
+
+def _engine_run(sim: Sim, root: T, seed: T) -> None:
     start = root.grad_fn
     if start is None:
         return
@@ -400,6 +421,9 @@ def engine_run(sim: Sim, root: T, seed: T) -> None:
             _accumulate_grad(sim, fn.var, inputs[0])
             del inputs, fn
             continue
+        if fn.pre_hooks:
+            for hook in fn.pre_hooks:
+                hook()
         outputs = call_node(sim, fn, inputs)
         del inputs
         n_out = len(outputs)
@@ -445,6 +469,8 @@ def engine_run(sim: Sim, root: T, seed: T) -> None:
                 heappush(ready, (-nxt.seq, next(tie), nxt))
             del nxt
         del outputs, edges, fn
+    while sim.final_callbacks:
+        sim.final_callbacks.pop(0)()
 
 
 def call_node(sim: Sim, fn: Node, inputs: list) -> list:

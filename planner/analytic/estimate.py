@@ -107,6 +107,22 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup:
             gc.enable()
     reserved = alloc.peak_reserved_bytes
     op, phase, step, module = res.peak_where
+    par = setup.parallel
+    extra: dict = {"flops": res.flops, "bytes_written": res.bytes_written,
+                   "workspace_inputs": {"conv_io_max_bytes": res.conv_io_max,
+                                        "attention_calls": [list(c) for c in res.attention_calls]}}
+    per_rank: tuple[str, ...] = ()
+    if par.gpus > 1:
+        extra.update(gpus=par.gpus, strategy=par.strategy, layout=dict(res.layout),
+                     effective_batch=setup.batch_size * setup.accumulation_steps * par.gpus)
+        per_rank = (
+            f"per rank: rank 0 of {par.gpus} ({par.strategy}); torch.distributed's DDP / FSDP2 transcribed "
+            "(planner/analytic/parallel.py), exact against their trace under a fake process group; "
+            + "; ".join(f"{', '.join(n for n, t in res.layout.items() if t == text)}: {text}"
+                        for text in dict.fromkeys(res.layout.values())),
+            "NCCL's own buffers are outside the caching allocator and not in these figures "
+            "(listed below as a sourced, uncalibrated term)",
+        )
     return MemoryReport(
         source="estimate",
         peak_allocated_bytes=res.peak_bytes,
@@ -120,9 +136,7 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup:
         params=dict(res.params),
         wall_seconds=time.perf_counter() - t0,
         device="analytic (no GPU, no torch)",
-        extra={"flops": res.flops, "bytes_written": res.bytes_written,
-               "workspace_inputs": {"conv_io_max_bytes": res.conv_io_max,
-                                    "attention_calls": [list(c) for c in res.attention_calls]}},
+        extra=extra,
         fragmentation_bytes=alloc.fragmentation_bytes,
         alloc_conf=conf,
         notes=(
@@ -130,7 +144,7 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup:
             "512-byte rounded; checked against the fake-backend profiler by benchmarks/accuracy.py",
             f"peak_reserved: caching-allocator model ({allocator_label(conf)}), not calibrated on a GPU",
             f"device_total: reserved + {DEFAULT_CONTEXT_SOURCE}; cuDNN/cuBLAS workspaces not included",
-        ) + ((
+        ) + per_rank + ((
             "garbage_collection_threshold: not applied: it acts on a fraction of the card's capacity, "
             "and no card was given (--gpu)",
         ) if cfg.garbage_collection_threshold is not None and capacity_bytes is None else ()),
@@ -149,10 +163,16 @@ def library_terms(report: MemoryReport, gpu: GPU | None) -> list:
 
     inputs = report.extra.get("workspace_inputs", {})
     cc = cc_tuple(gpu.compute_capability) if gpu is not None and gpu.compute_capability else None
-    return workspace_terms(
+    terms = workspace_terms(
         compute_capability=cc, gpu_key=gpu.key if gpu is not None else None,
         cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG") or None, cudnn_benchmark=False,
         conv_workspace_hint_bytes=inputs.get("conv_io_max_bytes", 0),
         attention=[tuple(c) for c in inputs.get("attention_calls", [])],
     )
+    world = report.extra.get("gpus") or (report.setup or {}).get("gpus") or 1
+    if world > 1:
+        from planner.workspaces import nccl_term
+
+        terms.insert(len(terms) - 1, nccl_term(world))  # before the context
+    return terms
 

@@ -35,6 +35,8 @@ class Downsample(Mod):
 
 
 class ResBlock(Mod):
+    torch_name = "AEKLResBlock"
+    fsdp_unit = True  # AEKLResBlock: the repeated block with the most parameters (stepfile.repeated_blocks)
     def __init__(self, sim: Sim, cin: int, cout: int, groups: int, dims: int):
         super().__init__()
         self.norm1 = self.add("norm1", GroupNorm(sim, groups, cin))

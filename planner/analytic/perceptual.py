@@ -90,6 +90,8 @@ class Sequential(Mod):
 class Fire(Mod):
     """torchvision.models.squeezenet.Fire."""
 
+    fsdp_unit = True  # squeeze: the repeated block with the most parameters (stepfile.repeated_blocks)
+
     def __init__(self, sim: Sim, inplanes: int, squeeze: int, e1: int, e3: int):
         super().__init__()
         self.squeeze = self.add("squeeze", Conv2d(sim, inplanes, squeeze, 1, trainable=False))
@@ -233,6 +235,9 @@ class LPIPS(Mod):
         self.L = len(self.chns)
         self.net = self.add("net", Trunk(sim, net))
         self.lins = [self.add(f"lin{k}", NetLinLayer(sim, c)) for k, c in enumerate(self.chns)]
+        if net != "squeeze":  # alex, vgg: no Fire; the lin layers are the repeated block with the most parameters
+            for lin in self.lins:
+                lin.fsdp_unit = True
         self.scaling_layer.make_buffers(sim)
 
     def forward(self, in0: T, in1: T) -> T:

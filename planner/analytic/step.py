@@ -9,6 +9,7 @@ iterations, the peak taken over the second.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from planner.analytic import ops as O
 from planner.analytic.engine import _ACC, AllocInfo, Memory, Sim, T
@@ -36,6 +37,8 @@ class SimResult:
     """The largest convolution's input + output bytes (cuDNN workspace hint)."""
     attention_calls: tuple = ()
     """(batch, heads, seq_q, seq_k, head_dim, dtype, backend) per SDPA call with a backward."""
+    layout: dict = None  # type: ignore[assignment]
+    """--gpus N: per network, what each rank holds (planner/analytic/parallel.py layout_text)."""
 
     @property
     def events(self) -> list[tuple[int, int]]:
@@ -58,6 +61,8 @@ class _Ctx:
         self.amp = setup.device.mixed_precision
         self.sim.autocast_dtype = "bf16" if setup.device.amp_dtype == "bfloat16" else "f16"
         self.use_scaler = self.amp and self.sim.autocast_dtype == "f16"
+        self.layout: dict[str, str] = {}
+        """Per network, how each rank holds it (--gpus N --strategy S)."""
         mem = self.sim.mem
 
         def tag_grad(var: T) -> None:
@@ -175,6 +180,16 @@ def kl(z_mu: T, z_sigma: T, dims: list[int]) -> T:
     return kl_loss
 
 
+def wrap(ctx: _Ctx, nets: dict[str, Mod | None]) -> dict[str, Any]:
+    """The trainable networks as ``--gpus N --strategy S`` wraps them (planner/analytic/parallel.py)."""
+    par = ctx.setup.parallel
+    if par.gpus == 1:
+        return nets
+    from planner.analytic.parallel import wrap_networks
+
+    return wrap_networks(ctx.sim, nets, par.strategy, par.gpus, ctx.layout)
+
+
 def simulate(setup: TrainingSetup) -> SimResult:
     if setup.kind == "ldm-stage1":
         return _stage1(setup)
@@ -197,6 +212,7 @@ def _finish(ctx: _Ctx, it2: int, roots: dict[str, Mod]) -> SimResult:
         bytes_written=int(mem.written * scale),
         conv_io_max=ctx.sim.conv_io_max,
         attention_calls=tuple(ctx.sim.attention_calls),
+        layout=dict(ctx.layout),
     )
     _ACC.clear()
     return res
@@ -216,6 +232,10 @@ def _stage1(setup: TrainingSetup) -> SimResult:
         from planner.analytic.perceptual import PerceptualLoss
 
         perceptual = roots["perceptual"] = ctx.register("perceptual", PerceptualLoss(sim, setup))
+    # the perceptual network is wrapped too: its LPIPS lin layers' weights require grad (as torch's
+    # DDP / fully_shard see it; planner/measure/distributed.py wraps every network with one)
+    autoencoder, discriminator, perceptual = wrap(
+        ctx, {"autoencoder": autoencoder, "discriminator": discriminator, "perceptual": perceptual}).values()
     optimizer_g = Optimizer(sim, tr.optimizer, [p for p in autoencoder.parameters() if p.requires_grad], "autoencoder")
     optimizer_d = (
         Optimizer(sim, tr.optimizer, discriminator.parameters(), "discriminator") if discriminator is not None else None

@@ -24,7 +24,7 @@ from planner.analytic.engine import Sim, T
 from planner.analytic.models import Upsample
 from planner.analytic.nn import GroupNorm, Identity, Linear, Mod, MonaiConvolution
 from planner.analytic.optim import GradScaler, Optimizer
-from planner.analytic.step import SimResult, _Ctx, _finish, _float, next_batch, simulated_micro_steps, start_iteration
+from planner.analytic.step import SimResult, _Ctx, _finish, _float, next_batch, simulated_micro_steps, start_iteration, wrap
 from planner.spec import TrainingSetup
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -105,6 +105,7 @@ class WrappedUpsample(Upsample):
 
 
 class DiffusionUNetResnetBlock(Mod):
+    fsdp_unit = True  # the repeated block with the most parameters (stepfile.repeated_blocks)
     def __init__(self, sim: Sim, dims: int, cin: int, temb: int, cout: int, groups: int) -> None:
         super().__init__()
         self.dims = dims
@@ -432,6 +433,7 @@ def simulate_stage2(setup: TrainingSetup) -> SimResult:
     tr = setup.diffusion.training
     roots: dict[str, Mod] = {"unet": ctx.register("unet", DiffusionModelUNet(sim, setup))}
     model = roots["unet"]
+    model = wrap(ctx, {"unet": model})["unet"]
     optimizer = Optimizer(sim, tr.optimizer, model.parameters(), "unet")
     scaler = GradScaler(sim, "unet") if ctx.use_scaler else None
     # the scheduler's alphas_cumprod (1000 fp32), counted with the UNet's parameters

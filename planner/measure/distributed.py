@@ -18,8 +18,9 @@ and holds the same share). The networks are wrapped by torch's own code, not mod
   size (``torch/distributed/fsdp/_fully_shard/_fsdp_param.py`` ``FSDPParam._init_sharded_param``:
   ``torch.chunk`` then ``new_zeros(chunks[0].size())``).
 
-Frozen networks (no trainable parameter: a perceptual net, an EMA copy) stay unwrapped: every
-rank holds them whole.
+Frozen networks (no parameter that requires grad: an EMA copy, a frozen backbone) stay unwrapped:
+every rank holds them whole. A network with any parameter that requires grad is wrapped, whether or
+not an optimizer steps it (MONAI's perceptual loss: its LPIPS lin layers require grad).
 
 The process group is torch's ``"fake"`` backend (``torch.testing._internal.distributed.fake_pg``):
 collectives complete without moving data, which a trace without data does not need; the
@@ -29,7 +30,8 @@ Attribution (``planner/measure/tracker.py`` ``Category``): DDP's buckets, FSDP's
 and reduce-scatter buffers are ``communication``; FSDP's sharded parameters and the unsharded
 (all-gathered) ones are ``parameters``, the unsharded gradients autograd makes and the sharded
 gradients the reduce-scatter writes are ``gradients``, optimizer state (over the sharded
-parameters) is ``optimizer_state``. NCCL's own internal buffers are not traced and not counted.
+parameters) is ``optimizer_state``. NCCL's own buffers are not traced (NCCL allocates them outside
+the caching allocator); the notes give planner/workspaces.py ``nccl_term`` (sourced, uncalibrated).
 
 Patches, each only while it is needed (file and function of torch 2.13 each replaces or wraps):
 
@@ -77,6 +79,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from planner.analytic.parallel import FROZEN, layout_text
 from planner.errors import PlannerError
 from planner.measure.tracker import Category
 
@@ -135,21 +138,17 @@ def wrap(nets: dict[str, torch.nn.Module], strategy: str, world: int, mesh: Any 
     out = Wrapped(dict(nets), dict(nets), strategy, world)
     for name, net in nets.items():
         if not _trainable(net):
-            out.layout[name] = "replicated (frozen: not wrapped)"
+            out.layout[name] = FROZEN
             continue
         if strategy == "ddp":
             d = _ddp(net)
             out.nets[name] = d
             out.ddp[name] = d
-            out.layout[name] = ("replicated (DDP): parameters, gradients and optimizer state whole on every rank, "
-                                "+ gradient buckets")
+            out.layout[name] = layout_text(strategy, world)
         else:
             blocks = _shard(name, net, mesh, reshard=(strategy == "fsdp"))
             out.fsdp[name] = net
-            what = f"each {blocks[0]} ({blocks[1]}) and the rest of the network" if blocks else "the whole network"
-            mode = "ZeRO-3: reshard after forward" if strategy == "fsdp" else "ZeRO-2-like: no reshard after forward"
-            out.layout[name] = (f"sharded (FSDP2 fully_shard, {mode}) over {world} ranks: parameters, gradients and "
-                                f"optimizer state; all-gathered per unit: {what}")
+            out.layout[name] = layout_text(strategy, world, blocks)
     return out
 
 
@@ -285,9 +284,13 @@ def tracing(wrapped: Wrapped | None, tracker: Any) -> Iterator[None]:
     if wrapped is None:
         yield
         return
+    from planner.workspaces import nccl_term
+
+    nccl = nccl_term(wrapped.world)
     tracker.notes.append(f"per rank: rank 0 of {wrapped.world} traced ({wrapped.strategy}, torch.distributed's own code "
-                         f"under a fake process group; ranks are symmetric); NCCL's own buffers and communicator "
-                         f"state are not traced and not counted (uncalibrated)")
+                         f"under a fake process group; ranks are symmetric); NCCL's own buffers are outside the "
+                         f"caching allocator and not in these figures: {nccl.bytes / 2**20:.2f} MiB ({nccl.note}; "
+                         f"sourced, uncalibrated: {nccl.source})")
     with contextlib.ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         # _fsdp_state.py _register_pre_backward_hook: a module returning a view; about in-place

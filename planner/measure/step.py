@@ -203,6 +203,8 @@ class _Runner:
         if setup and setup.device.amp_dtype == "bfloat16":
             self.amp_dtype = torch.bfloat16
         self.use_scaler = self.amp and self.amp_dtype == torch.float16
+        self.wrapped: Any = None  # --gpus: planner.measure.distributed.Wrapped
+        self.nets: dict[str, torch.nn.Module] = {}  # what the step calls (DDP / FSDP-wrapped)
 
     # autocast region: CUDA's on a GPU, CPU's key (carrying the CUDA policy) otherwise
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -303,6 +305,10 @@ def run_step(
     comparing the fake backend against real CPU tensors)."""
     if backend not in ("fake", "cpu", "cuda"):
         raise PlannerError(f"--backend: got {backend!r}, valid: fake, cpu, cuda")
+    world = setup.parallel.gpus if setup is not None and custom_model is None else 1
+    if world > 1 and backend == "cuda":
+        raise PlannerError("--gpus: per-rank figures are traced on the fake (or cpu) backend under a fake process "
+                           "group, not measured on one GPU (use --backend fake)")
     note = progress or (lambda _msg: None)
     runner = _Runner(setup, backend)
     if backend == "fake":
@@ -326,7 +332,10 @@ def run_step(
         user_cuda = contextlib.nullcontext()
     from planner.measure.user_code import quiet_fake_tensor_log
 
-    with quiet_fake_tensor_log(), outer, emulation, user_cuda:
+    from planner.measure.distributed import fake_group
+
+    # the process group and its device mesh are made outside FakeTensorMode (planner/measure/distributed.py)
+    with fake_group(world) as mesh, quiet_fake_tensor_log(), outer, emulation, user_cuda:
         note("building models")
         torch.manual_seed(0)
         if custom_model is not None:
@@ -354,10 +363,27 @@ def run_step(
             for name in ("autoencoder", "discriminator"):
                 if name in roots:
                     roots[name].train()
+            _wrap(runner, roots, mesh, note)
             return _with_setup(_run_stage1(runner, roots, note, keep_timeline), runner, setup.image_shape)
         roots = {"unet": build_unet(setup)}
         roots["unet"].train()
+        _wrap(runner, roots, mesh, note)
         return _with_setup(_run_stage2(runner, roots, note, keep_timeline), runner, setup.unet_input_shape)
+
+
+def _wrap(runner: "_Runner", roots: dict[str, torch.nn.Module], mesh: Any, note: Callable[[str], None]) -> None:
+    """--gpus N --strategy S: torch's DDP / fully_shard around each network with a parameter that
+    requires grad (planner/measure/distributed.py ``wrap``); the step calls ``runner.nets``."""
+    par = runner.setup.parallel if runner.setup is not None else None
+    runner.wrapped = None
+    runner.nets = dict(roots)
+    if par is None or par.gpus == 1:
+        return
+    from planner.measure.distributed import wrap
+
+    note(f"wrapping for {par.strategy} on {par.gpus} ranks")
+    runner.wrapped = wrap(roots, par.strategy, par.gpus, mesh)
+    runner.nets = dict(runner.wrapped.nets)
 
 
 def _param_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -415,6 +441,11 @@ def _with_setup(
         gradient_accumulation_steps=accum,
         backend=runner.backend,
     )
+    if runner.wrapped is not None:
+        w = runner.wrapped
+        info["gpus"], info["strategy"], info["layout"] = w.world, w.strategy, dict(w.layout)
+        info["per_rank"] = (f"figures are per rank: rank 0 of {w.world} traced under a fake process group "
+                            f"({w.strategy}, torch.distributed's own code)")
     if param_counts:
         info["parameter_dtypes"] = dict(param_counts)
         if len(param_counts) > 1:
@@ -559,9 +590,9 @@ def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
 
     setup = runner.setup
     assert setup is not None
-    autoencoder = roots["autoencoder"]
-    discriminator = roots.get("discriminator")
-    perceptual = roots.get("perceptual")
+    autoencoder = runner.nets["autoencoder"]
+    discriminator = runner.nets.get("discriminator")
+    perceptual = runner.nets.get("perceptual")
     tr = setup.autoencoder.training
     optimizer_g = make_optimizer(tr.optimizer, list(autoencoder.parameters()))
     optimizer_d = make_optimizer(tr.optimizer, list(discriminator.parameters())) if discriminator is not None else None
@@ -578,7 +609,9 @@ def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
     images = reconstruction = z_mu = z_sigma = None  # noqa: F841 - script-like liveness
     logits_fake = logits_real = recons_loss = p_loss = generator_loss = kl_loss = loss_g = None  # noqa: F841
     loss_d_fake = loss_d_real = discriminator_loss = loss_d = None  # noqa: F841
-    with modules, tracker:
+    from planner.measure.distributed import tracing
+
+    with modules, tracker, tracing(runner.wrapped, tracker):
         for iteration in (1, 2):
             it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
             for micro in range(accum):
@@ -645,7 +678,7 @@ def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
 
     setup = runner.setup
     assert setup is not None
-    model = roots["unet"]
+    model = runner.nets["unet"]
     optimizer = make_optimizer(setup.diffusion.training.optimizer, list(model.parameters()))
     scaler = runner.scaler()
     scheduler = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
@@ -658,7 +691,9 @@ def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
     tracker.track([scheduler.alphas_cumprod], Category.PARAMETERS, network="unet")
     it2 = 0
     images = noise = timesteps = noise_pred = loss = None  # noqa: F841
-    with modules, tracker:
+    from planner.measure.distributed import tracing
+
+    with modules, tracker, tracing(runner.wrapped, tracker):
         for iteration in (1, 2):
             it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
             for micro in range(accum):
