@@ -109,10 +109,11 @@ CheckpointOpt = Annotated[Optional[str], typer.Option(
 SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="--step: the only SDPA backend enabled: flash, efficient, math (default auto: CUDA's choice).")]
 JobsOpt = Annotated[int, typer.Option("--jobs", min=0, help="--step: trace in this many processes (0: one per core).")]
 GpusOpt = Annotated[Optional[int], typer.Option(
-    "--gpus", help="--step: data-parallel ranks (needs --strategy); every figure is per rank, --batch is per rank.")]
+    "--gpus", help="Data-parallel ranks (needs --strategy); every figure is per rank, --batch is per rank.")]
 StrategyOpt = Annotated[Optional[str], typer.Option(
-    "--strategy", help="--step with --gpus N: ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard, ZeRO-3) or "
-    "fsdp-grad-op (no reshard after forward, ~ZeRO-2); traced under a fake process group.")]
+    "--strategy", help="With --gpus N: ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard, ZeRO-3) or "
+    "fsdp-grad-op (no reshard after forward, ~ZeRO-2); torch.distributed's own code, traced under a fake "
+    "process group (profile, --step) or transcribed (estimate).")]
 
 _STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "--checkpoint"), ("sdpa", "--sdpa"))
 
@@ -129,13 +130,6 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
         else:
             fn(params, out, err)
         return True
-    for key, flag in (("gpus", "--gpus"), ("strategy", "--strategy")):
-        if params.get(key) is not None:
-            raise PlannerError(f"{flag}: only with --step for now (the built-in kinds have no per-rank terms yet)")
-    for text in params.get("sweep") or []:
-        name = text.partition("=")[0].strip()
-        if name in ("gpus", "strategy"):
-            raise PlannerError(f"--sweep {name}: only with --step for now (the built-in kinds have no per-rank terms yet)")
     for key, flag in _STEP_ONLY:
         if params.get(key):
             raise PlannerError(f"{flag}: only with --step (a step file); the built-in steps use their own flags")
@@ -153,7 +147,8 @@ def _overrides(**kw: Any):
 
 
 _SETUP_FLAGS = ("kind", "voxel", "batch", "channels", "attention", "amp", "checkpointing", "flash_attention",
-                "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer", "alloc_conf")
+                "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer", "alloc_conf",
+                "gpus", "strategy")
 
 
 def _setup(params: dict[str, Any]):
@@ -558,6 +553,50 @@ class Prefer(str, Enum):
     quality = "quality"
 
 
+def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool) -> None:
+    """recommend --max-gpus on a built-in step: planner/gpusearch.py over analytic estimates."""
+    import time
+
+    from planner import gpusearch as G
+    from planner.analytic.estimate import estimate
+    from planner.recommend import _check_margin, _tr
+    from planner.report.terminal import setup_line
+    from planner.spec import ParallelSpec, replace
+
+    _check_margin(margin)
+    if setup.parallel.gpus != 1:
+        raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
+    t0 = time.perf_counter()
+
+    def make(b: int, a: int, n: int, strategy: str) -> Any:
+        return replace(_tr(setup, batch_size=b, gradient_accumulation_steps=a), parallel=ParallelSpec(n, strategy))
+
+    def evaluate(s: Any) -> tuple[Any, str]:
+        try:
+            return estimate(s, card.capacity_bytes), "estimated"
+        except PlannerError as exc:
+            return None, str(exc)
+
+    answer, tried, verdict = G.search(setup.batch_size * setup.accumulation_steps, limit,
+                                      card.capacity_bytes * (1 - margin), make, evaluate,
+                                      "vramplan recommend" + (f" --voxel {'x'.join(map(str, setup.data.voxel_size))}"
+                                                              if setup.kind == "ldm-stage1" else ""))
+    seconds = time.perf_counter() - t0
+    budget = card.capacity_bytes * (1 - margin)
+    if as_json:
+        from planner.spec import spec_to_dict
+
+        _print_json({"gpu": {"key": card.key, "name": card.name, **card.capacity_json()}, "budget_bytes": int(budget),
+                     "input": spec_to_dict(setup), "answer": answer.to_json() if answer else None,
+                     "tried": [o.to_json() for o in tried], "verdict": verdict, "seconds": round(seconds, 2),
+                     "not_counted": G.NOT_COUNTED})
+        return
+    G.render(out, f"vramplan recommend --max-gpus {limit}", setup_line(setup), budget, card.capacity_bytes, margin,
+             card.name, answer, tried, verdict, "estimated: DDP / FSDP2 transcribed, exact against their trace",
+             f"{len(tried)} estimates, {seconds:.1f} s")
+    out.print(f"[dim]{card.capacity_note()}[/dim]")
+
+
 @app.command()
 @fail_cleanly
 def recommend(
@@ -594,7 +633,7 @@ def recommend(
     jobs: JobsOpt = 0,
     search: Annotated[Optional[list[str]], typer.Option("--search", help="--step: also search a knob of the step file, knob=v1/v2 (repeatable).")] = None,
     max_knob: Annotated[Optional[str], typer.Option("--max-knob", help="--step: only report the largest value of this integer knob that fits.")] = None,
-    max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=2, help="--step: the fewest GPUs (up to this many) and the DDP/FSDP strategy whose per-rank step fits, at the input's global batch.")] = None,
+    max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=2, help="The fewest GPUs (up to this many) and the DDP/FSDP strategy whose per-rank step fits, at the input's global batch (batch x accumulation).")] = None,
     knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -603,12 +642,12 @@ def recommend(
     Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
     Example: vramplan recommend --step examples/steps/rgbd_policy.py --gpu 24GB
 
+    Example: vramplan recommend --voxel 256x256x64 --batch 4 --max-gpus 8 --gpu 80GB
     Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
     """
     if _step_command(locals(), "recommend"):
         return
-    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step"),
-                        (max_gpus, "--max-gpus")):
+    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step")):
         if value:
             raise PlannerError(f"{flag}: only with --step")
     from planner import recommend as R
@@ -616,6 +655,11 @@ def recommend(
 
     setup = _setup(locals())
     card = parse_gpu(gpu)
+    if max_gpus:
+        if max_batch or max_voxel:
+            raise PlannerError("--max-gpus: give it alone, not with --max-batch/--max-voxel")
+        _builtin_max_gpus(setup, card, margin, max_gpus, as_json)
+        return
     if max_batch or max_voxel:
         cap_json = {"key": card.key, "name": card.name, "memory_bytes": card.memory_bytes, **card.capacity_json()}
         if max_batch:
@@ -672,12 +716,15 @@ def recommend(
         rec = R.recommend(setup, card, margin, prefer.value, frozen)
     best = rec.best
     if as_json:
+        from planner.spec import spec_to_dict
+
         def cand(c):
             return {"changes": c.labels, "tier": R.TIER_NAMES[c.tier], "device_total_bytes": c.exact.device_total_bytes,
                     "seconds_per_sample": c.seconds, "diff": R.yaml_diff(setup, c.setup)}
         _print_json({
             "gpu": {"key": card.key, "name": card.name, "memory_bytes": card.memory_bytes, **card.capacity_json()},
             "budget_bytes": rec.budget_bytes,
+            "input": spec_to_dict(setup),
             "input_device_total_bytes": rec.base.device_total_bytes,
             "input_fits": rec.input_fits,
             "headroom_bytes": rec.headroom_bytes if rec.input_fits else None,
@@ -697,10 +744,12 @@ def recommend(
         return
     from rich.table import Table
 
-    from planner.report.terminal import render_report
+    from planner.report.terminal import render_report, setup_line
 
     out.print(f"[bold]vramplan recommend[/bold] for {card.name} ({card.capacity_bytes / 2**30:.2f} GiB CUDA-reported, margin {margin:.0%}: "
-              f"budget {rec.budget_bytes / 2**30:.2f} GiB); input needs {rec.base.device_total_bytes / 2**30:.2f} GiB")
+              f"budget {rec.budget_bytes / 2**30:.2f} GiB); input needs {rec.base.device_total_bytes / 2**30:.2f} GiB"
+              + (" per rank" if setup.parallel.gpus > 1 else ""))
+    out.print("input: " + setup_line(setup), markup=False)
     out.print(f"[dim]{card.capacity_note()}[/dim]")
     out.print(f"[dim]{rec.considered:,} candidates considered, {rec.verified} estimated exactly, {rec.seconds:.2f} s[/dim]")
     if rec.input_fits:
@@ -831,9 +880,15 @@ def table(
     if out_file is not None:  # before the work, not after it
         check_output_path(out_file, "--out")
     check_gpu_flag(gpu)
-    gpus = [parse_gpu(g) for g in (gpu or [])]
-    speed_gpu = gpus[0] if gpus else parse_gpu("rtx4090")
+    cards = [parse_gpu(g) for g in (gpu or [])]
+    speed_gpu = cards[0] if cards else parse_gpu("rtx4090")
     if seed004:
+        given = [flag for value, flag in ((config, "--config"), (kind, "--kind"), (voxel, "--voxel"), (batch, "--batch"),
+                                          (sweep, "--sweep"), (configs, "--configs"), (gpus, "--gpus"),
+                                          (strategy, "--strategy")) if value]
+        if given:
+            raise PlannerError(f"{given[0]}: not with --seed004 (its table is seed 004's own configurations; "
+                               "it takes --gpu, --measure, --format and --out)")
         from planner.config import setup_from_dict, with_environment
         from planner.report.seed004 import seed004_configs
 
@@ -841,14 +896,15 @@ def table(
     else:
         if voxel and sweep and any(s.split("=")[0].strip() == "voxel" for s in sweep):
             raise PlannerError("--voxel: also swept by --sweep voxel=...; give one of them")
-        rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch), list(sweep or []), list(configs or []))
+        rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch, gpus=gpus, strategy=strategy),
+                            list(sweep or []), list(configs or []))
     if measure == Backend.cpu:
         raise PlannerError("--measure: fake or cuda")
     check_cuda_backend(measure, valid="fake", flag="--measure")
     with err.status("estimating") as status:
         evaluated = T.evaluate(rows, speed_gpu, measure.value if measure else None,
                                lambda i, n: status.update(f"row {i}/{n}"))
-    df = T.frame(evaluated, gpus)
+    df = T.frame(evaluated, cards)
     if seed004:  # the users' guesses beside the figures they guessed
         guessed_mem = df.pop("seed 004 guessed memory")
         guessed_speed = df.pop("seed 004 guessed speed")
@@ -917,20 +973,21 @@ def plot(
         raise PlannerError(f"--out: {one_line(repr(str(out_file)), 80)} must end in .png or .svg")
     check_output_path(out_file, "--out")  # before the work, not after it
     check_gpu_flag(gpu)
-    gpus = [parse_gpu(g) for g in (gpu or [])]
-    rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch), list(sweep or []), [])
+    cards = [parse_gpu(g) for g in (gpu or [])]
+    rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch, gpus=gpus, strategy=strategy),
+                        list(sweep or []), [])
     if len(rows) > P.MAX_SERIES:
         raise PlannerError(f"--sweep: {len(rows)} configurations (valid: at most {P.MAX_SERIES} in one figure)")
     from planner.analytic.estimate import estimate as run_estimate
 
     if what == PlotKind.breakdown:
         labels = [", ".join(f"{k}={v}" for k, v in lab.items()) or "config" for lab, _ in rows]
-        fig = P.breakdown_figure(labels, [run_estimate(s) for _, s in rows], gpus)
+        fig = P.breakdown_figure(labels, [run_estimate(s) for _, s in rows], cards)
     elif what == PlotKind.scaling:
         from planner.report.scaling import scaling_series
 
         series, xlabel = scaling_series(rows, x or "voxel")
-        fig = P.scaling_figure(series, gpus, xlabel)
+        fig = P.scaling_figure(series, cards, xlabel)
     else:
         if len(rows) != 1:
             raise PlannerError("--sweep: the timeline shows one configuration")

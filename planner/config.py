@@ -275,6 +275,8 @@ class Overrides:
     accum: int | None = None
     optimizer: str | None = None
     alloc_conf: str | None = None
+    gpus: int | None = None
+    strategy: str | None = None
 
     def to_dict(self, kind: str) -> dict:
         """Nested override mapping for the model of ``kind``."""
@@ -308,6 +310,10 @@ class Overrides:
             put(f"{model}.training.optimizer", self.optimizer.lower())
         if self.alloc_conf is not None:
             put("device.alloc_conf", self.alloc_conf)
+        if self.gpus is not None:
+            put("parallel.gpus", self.gpus)
+        if self.strategy is not None:
+            put("parallel.strategy", self.strategy)
         stage1_only = {
             "--checkpointing": self.checkpointing,
             "--perceptual/--no-perceptual": self.perceptual,

@@ -395,8 +395,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
 
 
 def _max_gpus(p: dict[str, Any], ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, out: Any, err: Any) -> None:
+    from planner import gpusearch as G
     from planner.measure import stepsearch as S
-    from planner.report.text import TextTable
 
     prog, tick = _progress(err, "tracing")
     with prog:
@@ -405,23 +405,11 @@ def _max_gpus(p: dict[str, Any], ss: StepSetup, sf: Any, card: Any, margin: floa
     if p.get("as_json"):
         _print_json({"gpu": cap, "input": ss.to_json(), "answer": answer.to_json() if answer else None,
                      "tried": [o.to_json() for o in tried], "verdict": verdict, "traces": stats.traces,
-                     "cached_traces": stats.cached, "seconds": round(stats.seconds, 2),
-                     "not_counted": "NCCL's own buffers and communicator state; communication time"})
+                     "cached_traces": stats.cached, "seconds": round(stats.seconds, 2), "not_counted": G.NOT_COUNTED})
         return
-    out.print(f"[bold]vramplan recommend --step --max-gpus {p['max_gpus']}[/bold] for {card.name} per GPU "
-              f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%}); "
-              f"global batch {verdict['global_batch']}")
-    out.print("input: " + ss.label(), markup=False)
-    t = TextTable(title="Tried, fewest GPUs first (per rank; GiB = 2**30 bytes; traced, not measured on GPUs)")
-    for col in ("GPUs", "strategy", "per-rank micro-batch x accum", "device_total GiB", "fits", "how"):
-        t.add_column(col)
-    for o in tried:
-        t.add_row(str(o.setup.gpus), o.setup.strategy, f"{o.setup.batch_size} x {o.setup.accumulation}",
-                  f"{o.report.device_total_bytes / 2**30:.2f}" if o.report else "-", "yes" if o.fits else "no", o.how)
-    out.print(t)
-    out.print(("[bold green]" if answer else "[bold red]") + verdict.get("text", "") + ("[/bold green]" if answer else "[/bold red]"))
-    out.print(f"[dim]{stats.traces} traces ({stats.cached} cached), {stats.seconds:.1f} s; NCCL's own buffers and "
-              "communication time are not counted[/dim]")
+    G.render(out, f"vramplan recommend --step --max-gpus {p['max_gpus']}", ss.label(), cap["budget_bytes"],
+             card.capacity_bytes, margin, card.name, answer, tried, verdict, "traced, not measured on GPUs",
+             f"{stats.traces} traces ({stats.cached} cached), {stats.seconds:.1f} s")
 
 
 VRAMPLAN_KNOBS = ("batch", "accum", "precision", "checkpoint", "sdpa", "optimizer", "gpus", "strategy")

@@ -226,7 +226,7 @@ def test_max_gpus_says_when_more_gpus_do_not_help():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["recommend", "--max-gpus", "4"], "--max-gpus: only with --step"),
+    (["recommend", "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
     (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
     (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--max-batch"], "--max-gpus: give it alone"),
 ])

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from planner.errors import PlannerError
 from planner.gpus import GPU
+from planner.gpusearch import GpuOption, search
 from planner.recommend import SAFETY, TIER_NAMES, SizeSearch, _check_margin, _largest
 from planner.result import MemoryReport
 from planner.steps import PRECISION_HELP, StepSetup
@@ -424,99 +425,24 @@ def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, 
 # --- more GPUs --------------------------------------------------------------------------------------
 
 
-@dataclass
-class GpuOption:
-    setup: StepSetup
-    report: MemoryReport | None
-    fits: bool
-    how: str
-
-    def to_json(self) -> dict:
-        r = self.report
-        return {"gpus": self.setup.gpus, "strategy": self.setup.strategy, "micro_batch": self.setup.batch_size,
-                "accumulation": self.setup.accumulation, "device_total_bytes": r.device_total_bytes if r else None,
-                "peak_allocated_bytes": r.peak_allocated_bytes if r else None,
-                "by_category": dict(r.breakdown.by_category) if r else None, "fits": self.fits, "how": self.how}
-
-
-STRATEGY_ORDER = ("ddp", "fsdp-grad-op", "fsdp")  # least communication first (ZeRO-1/DDP, -2, -3)
-
-
 def max_gpus(base: StepSetup, gpu: GPU, margin: float, limit: int, batch_default: int, jobs: int = 0,
              progress: Callable[[int, int, str], None] | None = None,
              profile: Any = None) -> tuple[GpuOption | None, list[GpuOption], dict[str, Any], Stats]:
-    """The fewest GPUs (1, 2, 4, ... up to ``limit``, dividing the global batch) and the strategy
-    whose per-rank step fits, at the input's global batch (micro-batch x accumulation x GPUs):
-    per GPU count and strategy (DDP, then FSDP with reshard_after_forward=False, then FSDP), the
-    largest per-rank micro-batch that fits, traced. Also what the GPUs buy: the answer's per-rank
-    total against one GPU at the same micro-batch with the accumulation that keeps the global batch
-    (what accumulation alone does), so "more GPUs do not help memory" is said with its figures."""
+    """``recommend --step --max-gpus``: planner/gpusearch.py ``search`` with every option traced."""
     _check_margin(margin)
     if base.gpus != 1:
         raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
-    if limit < 2:
-        raise PlannerError(f"--max-gpus: {limit} (valid: 2 or more)")
     t0 = time.perf_counter()
-    budget = gpu.capacity_bytes * (1 - margin)
-    b0 = base.batch_size or batch_default
-    total = b0 * base.accumulation  # samples per optimizer step, all ranks together
-    counts = [n for n in sorted({1 << k for k in range(limit.bit_length()) if 1 << k <= limit} | {limit})
-              if total % n == 0]
-    tried: list[GpuOption] = []
-    answer: GpuOption | None = None
+    total = (base.batch_size or batch_default) * base.accumulation  # samples per optimizer step, all ranks
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
-        def evaluate(s: StepSetup) -> GpuOption:
+        def evaluate(s: StepSetup) -> tuple[MemoryReport | None, str]:
             rep, _, how = ev.reports([s])[s]
-            opt = GpuOption(s, rep, rep is not None and rep.device_total_bytes <= budget,
-                            how if rep is not None else f"failed: {how}")
-            tried.append(opt)
-            return opt
+            return rep, how
 
-        for n in counts:
-            share = total // n  # samples per rank per optimizer step
-            for strategy in (("none",) if n == 1 else STRATEGY_ORDER):
-                for a in [a for a in range(1, share + 1) if share % a == 0]:
-                    opt = evaluate(replace(base, batch_size=share // a, accumulation=a, gpus=n, strategy=strategy))
-                    if opt.fits:
-                        break
-                    if opt.report is None:
-                        break  # the step cannot run this way: next strategy
-                if opt.fits:
-                    answer = opt
-                    break
-            if answer is not None:
-                break
-        same: GpuOption | None = None
-        if answer is not None and answer.setup.gpus > 1:
-            b = answer.setup.batch_size
-            same = evaluate(replace(base, batch_size=b, accumulation=total // b, gpus=1, strategy="none"))
-        elif answer is None:
-            same = next((o for o in tried if o.setup.gpus == 1 and o.setup.batch_size == 1), None)
+        answer, tried, verdict = search(
+            total, limit, gpu.capacity_bytes * (1 - margin),
+            lambda b, a, n, strategy: replace(base, batch_size=b, accumulation=a, gpus=n, strategy=strategy),
+            evaluate, f"vramplan recommend --step {base.path}")
         stats = ev.stats
-    smallest = min((o for o in tried if o.report is not None), key=lambda o: o.report.device_total_bytes, default=None)
-    verdict: dict[str, Any] = {"global_batch": total}
-    if answer is not None and answer.setup.gpus == 1:
-        verdict["text"] = (f"one GPU suffices: micro-batch {answer.setup.batch_size} x accumulation "
-                           f"{answer.setup.accumulation} fits ({answer.report.device_total_bytes / 2**30:.2f} GiB); "
-                           "more GPUs would buy speed, not memory")
-    elif answer is not None and same is not None and same.report is not None:
-        saved = same.report.device_total_bytes - answer.report.device_total_bytes
-        verdict["saved_per_rank_bytes"] = saved
-        verdict["text"] = (f"{answer.setup.gpus} GPUs with {answer.setup.strategy} fit at micro-batch "
-                           f"{answer.setup.batch_size} per rank ({answer.report.device_total_bytes / 2**30:.2f} GiB); "
-                           f"one GPU at the same micro-batch x accumulation {same.setup.accumulation} needs "
-                           f"{same.report.device_total_bytes / 2**30:.2f} GiB: sharding saves {saved / 2**30:.2f} GiB per rank")
-    elif smallest is not None:
-        one = same.report.device_total_bytes if same is not None and same.report is not None else None
-        cats = smallest.report.breakdown.by_category
-        state = sum(cats.get(k, 0) for k in ("parameters", "gradients", "optimizer_state"))
-        verdict["smallest_per_rank_bytes"] = smallest.report.device_total_bytes
-        verdict["text"] = (f"more GPUs do not help: up to {counts[-1]} GPUs nothing fits; the smallest per-rank "
-                           f"figure is {smallest.report.device_total_bytes / 2**30:.2f} GiB ({smallest.setup.gpus} GPUs, "
-                           f"{smallest.setup.strategy}, micro-batch {smallest.setup.batch_size})"
-                           + (f", one GPU at micro-batch 1 needs {one / 2**30:.2f} GiB" if one else "")
-                           + f"; activations ({cats.get('activations', 0) / 2**30:.2f} GiB) are not sharded, the "
-                           f"networks' state is {state / 2**30:.2f} GiB there: shrink the per-rank step "
-                           f"(`vramplan recommend --step {base.path}`)")
     stats.seconds = time.perf_counter() - t0
     return answer, tried, verdict, stats

@@ -57,6 +57,8 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "kind": ("kind", str, ","),
     "channels": ("channels", str, "/"),
     "attention": ("attention", str, "/"),
+    "gpus": ("gpus", _int("gpus"), ","),
+    "strategy": ("strategy", str.lower, ","),
 }
 
 
@@ -115,7 +117,19 @@ def build_rows(
             kw[KNOBS[knob][0]] = value
             if len(vals) > 1:  # label only what varies
                 label[knob] = text
-        rows.append((label, resolve_setup(base_config, Overrides(**kw))))
+        if kw.get("gpus") == 1 and kw.get("strategy") not in (None, "none"):
+            kw["strategy"] = "none"  # a row of one GPU has nothing to share
+            if "strategy" in label:
+                label["strategy"] = "none"
+        try:
+            setup = resolve_setup(base_config, Overrides(**kw))
+        except PlannerError as exc:
+            if not label:
+                raise
+            raise PlannerError(f"--sweep {', '.join(f'{k}={v}' for k, v in label.items())}: {exc}") from None
+        if any(setup == s for _, s in rows):  # gpus=1 under each swept strategy: one row
+            continue
+        rows.append((label, setup))
     return rows
 
 

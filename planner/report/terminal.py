@@ -58,6 +58,10 @@ def setup_line(setup: TrainingSetup | None) -> str:
         ]
     if setup.device.alloc_conf:
         parts.append(f"alloc_conf {setup.device.alloc_conf}")
+    par = getattr(setup, "parallel", None)
+    if par is not None and par.gpus > 1:
+        parts.append(f"{par.gpus} GPUs {par.strategy}, figures per rank "
+                     f"(global batch {setup.batch_size * setup.accumulation_steps * par.gpus})")
     return ", ".join(parts)
 
 
@@ -87,6 +91,8 @@ def run_line(info: dict) -> str:
     parts.append(f"optimizer {info.get('optimizer', '')}")
     if info.get("gradient_accumulation_steps", 1) > 1:
         parts.append(f"accumulation {info['gradient_accumulation_steps']}")
+    if info.get("gpus"):
+        parts.append(f"rank 0 of {info['gpus']} ({info.get('strategy')}), figures per rank")
     parts.append(f"{info.get('backend', '')} backend")
     return "ran: " + ", ".join(p for p in parts if p)
 
