@@ -13,3 +13,6 @@ bash scripts/setup.sh profile,test
 .venv/bin/python benchmarks/bench_recommend.py --check
 # step-file search (issue 10): candidates and trace counts gated, seconds printed against the targets
 .venv/bin/python benchmarks/bench_step_search.py --check
+# more than one GPU (issue 13): the analytic per-rank peak against torch's DDP / FSDP2 traced under a
+# fake process group, 14 configurations; fails beyond 0.5 %
+.venv/bin/python benchmarks/bench_parallel.py
