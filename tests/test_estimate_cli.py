@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
@@ -49,11 +50,16 @@ def test_unknown_gpu_is_a_one_line_error():
     assert res.output.strip().count("\n") == 0
 
 
-def test_estimate_path_never_imports_torch():
+@pytest.mark.parametrize("args", [
+    ["--voxel", "64x64x32", "--no-perceptual", "--gpu", "24GB", "--json"],
+    # per rank (planner/analytic/parallel.py): DDP / FSDP2 transcribed, still no torch
+    ["--voxel", "64x64x32", "--no-perceptual", "--gpus", "8", "--strategy", "fsdp-grad-op", "--json"],
+])
+def test_estimate_path_never_imports_torch(args):
     code = (
         "import sys\n"
         "from planner.cli import main\n"
-        "sys.argv = ['vramplan', 'estimate', '--voxel', '64x64x32', '--no-perceptual', '--gpu', '24GB', '--json']\n"
+        f"sys.argv = ['vramplan', 'estimate', *{args!r}]\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as e:\n"
