@@ -980,14 +980,22 @@ def plot(
         raise PlannerError(f"--sweep: {len(rows)} configurations (valid: at most {P.MAX_SERIES} in one figure)")
     from planner.analytic.estimate import estimate as run_estimate
 
+    per_rank = any(s.parallel.gpus > 1 for _, s in rows)
     if what == PlotKind.breakdown:
-        labels = [", ".join(f"{k}={v}" for k, v in lab.items()) or "config" for lab, _ in rows]
-        fig = P.breakdown_figure(labels, [run_estimate(s) for _, s in rows], cards)
+        labels = [(", ".join(f"{k}={v}" for k, v in lab.items()) or "config")
+                  + (f" {s.parallel.strategy}" if s.parallel.gpus > 1 and "strategy" not in lab else "")
+                  for lab, s in rows]
+        fig = P.breakdown_figure(labels, [run_estimate(s) for _, s in rows], cards,
+                                 "Memory of one training step by category (device total"
+                                 + (", per rank)" if per_rank else ")"))
     elif what == PlotKind.scaling:
         from planner.report.scaling import scaling_series
 
         series, xlabel = scaling_series(rows, x or "voxel")
-        fig = P.scaling_figure(series, cards, xlabel)
+        fig = P.scaling_figure(series, cards, xlabel, "Peak memory against problem size"
+                               + (" (per rank: " + ", ".join(sorted({f"{s.parallel.gpus} GPUs {s.parallel.strategy}"
+                                                                    for _, s in rows if s.parallel.gpus > 1})) + ")"
+                                  if per_rank else ""))
     else:
         if len(rows) != 1:
             raise PlannerError("--sweep: the timeline shows one configuration")

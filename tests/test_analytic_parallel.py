@@ -230,3 +230,11 @@ def test_recommend_max_gpus_builtin():
     small = json.loads(runner.invoke(app, ["recommend", "--voxel", "64x64x32", "--batch", "2", "--max-gpus", "4",
                                            "--gpu", "24GB", "--json"]).stdout)
     assert small["answer"]["gpus"] == 1 and small["verdict"]["text"].startswith("one GPU suffices")
+
+
+def test_plot_breakdown_per_rank(tmp_path):
+    out = tmp_path / "b.png"
+    r = runner.invoke(app, ["plot", "breakdown", "--voxel", "64x64x32", "--sweep", "gpus=1,2", "--strategy", "fsdp",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 10_000
