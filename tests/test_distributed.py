@@ -469,3 +469,18 @@ def test_bad_parallel_flags_are_one_line_exit_2(tiny, args, needle):
     r = runner.invoke(app, [a.replace("{tiny}", tiny) for a in args])
     assert r.exit_code == 2, r.output
     assert needle in r.output and "Traceback" not in r.output
+
+
+def test_a_missing_torch_internal_is_one_line(monkeypatch):
+    """A torch release that moves an internal the per-rank trace wraps: one line naming it."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param
+
+    from planner.errors import PlannerError
+    from planner.measure.distributed import check_internals
+
+    for strategy in ("ddp", "fsdp", "fsdp-grad-op"):
+        check_internals(strategy)  # torch 2.13 has them all
+    monkeypatch.delattr(_fsdp_param, "alloc_storage")
+    with pytest.raises(PlannerError, match=r"--strategy fsdp: this torch \(.*\) has no "
+                                           r"torch.distributed.fsdp._fully_shard._fsdp_param.alloc_storage"):
+        check_internals("fsdp")

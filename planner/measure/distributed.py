@@ -126,6 +126,35 @@ class Wrapped:
     fsdp: dict[str, torch.nn.Module] = field(default_factory=dict)
 
 
+# The torch internals the attribution patches (module docstring), by strategy: (module, attribute).
+INTERNALS = {
+    "ddp": (("torch.nn.parallel.distributed", "_verify_param_shape_across_processes"),
+            ("torch.nn.parallel.distributed", "_sync_module_states"),
+            ("torch.nn.parallel.distributed", "DistributedDataParallel._pre_forward")),
+    "fsdp": (("torch.distributed.fsdp._fully_shard._fsdp_param", "alloc_storage"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param", "free_storage"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param", "FSDPParam.init_all_gather_outputs"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param", "FSDPParam.init_unsharded_param"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_collectives", "DefaultAllocMixin.allocate")),
+}
+
+
+def check_internals(strategy: str) -> None:
+    """One line naming what this torch lacks, instead of a traceback mid-trace, when a torch
+    release moves an internal the patches wrap (written against torch 2.13)."""
+    import importlib
+
+    for mod_name, attr in INTERNALS["ddp" if strategy == "ddp" else "fsdp"]:
+        try:
+            obj: Any = importlib.import_module(mod_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            raise PlannerError(f"--strategy {strategy}: this torch ({torch.__version__}) has no {mod_name}.{attr}, which "
+                               "the per-rank trace wraps (planner/measure/distributed.py, written against torch 2.13); "
+                               "use torch 2.13 or an estimate without --gpus") from None
+
+
 def _trainable(net: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in net.parameters())
 
@@ -135,6 +164,7 @@ def wrap(nets: dict[str, torch.nn.Module], strategy: str, world: int, mesh: Any 
     FakeTensorMode, after precision casting and checkpoint wrapping, before ``optimizers``)."""
     if strategy not in STRATEGIES:
         raise PlannerError(f"--strategy: got {strategy!r}, valid: {', '.join(STRATEGIES)}")
+    check_internals(strategy)
     out = Wrapped(dict(nets), dict(nets), strategy, world)
     for name, net in nets.items():
         if not _trainable(net):
