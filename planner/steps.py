@@ -148,7 +148,7 @@ class StepSetup:
     def label(self) -> str:
         """One line: the setup this figure describes."""
         parts = [Path(self.path).name if self.path.endswith(".py") else self.path]
-        parts += [f"{k}={_show(v)}" for k, v in self.knobs]
+        parts += [f"{k}={show_value(v)}" for k, v in self.knobs]
         parts.append(f"batch {self.batch_size if self.batch_size is not None else 'default'}"
                      + (f" x accum {self.accumulation}" if self.accumulation > 1 else ""))
         parts.append(PRECISION_HELP[self.precision])
@@ -180,5 +180,6 @@ class StepSetup:
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _show(v: Any) -> str:
-    return ",".join(str(x) for x in v) if isinstance(v, tuple) else str(v)
+def show_value(v: Any, empty: str = "") -> str:
+    """A knob's value as the command line takes it (a tuple comma-separated; ``empty`` for ())."""
+    return (",".join(str(x) for x in v) or empty) if isinstance(v, tuple) else str(v)

@@ -30,7 +30,7 @@ from planner.gpus import GPU
 from planner.gpusearch import GpuOption, search
 from planner.recommend import SAFETY, TIER_NAMES, SizeSearch, _check_margin, _largest
 from planner.result import MemoryReport
-from planner.steps import PRECISION_HELP, StepSetup
+from planner.steps import PRECISION_HELP, StepSetup, show_value
 
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
 ACCUM_CHECK = (2, 3)  # (micro-batch, accumulation) of the trace that checks "A >= 3 is like A = 2"
@@ -301,12 +301,6 @@ def candidates(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[s
     return out
 
 
-def _show(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ",".join(map(str, v)) or "off"
-    return str(v)
-
-
 def _order_key(prefer: str) -> Callable[[Candidate], tuple]:
     if prefer == "speed":
         return lambda c: (c.seconds, c.tier, c.total)
@@ -354,7 +348,7 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
             for part in c.parts:
                 r = ratio.get(part)
                 if r is None:
-                    c.how, c.error = "failed", f"not run: {part[0]} {_show(part[1])} alone failed"
+                    c.how, c.error = "failed", f"not run: {part[0]} {show_value(part[1], 'off')} alone failed"
                     break
                 mem, tim = mem * r[0], (tim * r[1] if tim else None)
             else:
