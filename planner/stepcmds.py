@@ -558,7 +558,9 @@ def table(p: dict[str, Any], out: Any, err: Any) -> None:
     if fmt == "markdown":
         text += ("\nBy trace (FakeTensorMode on the CPU, CUDA emulated), not measured on a GPU; GiB = 2**30 bytes; "
                  "device total = modelled reserved + 426 MiB uncalibrated context; time/sample: uncalibrated roofline, "
-                 "relative to the first row.\n")
+                 "relative to the first row"
+                 + ("; with more than one GPU: all ranks' samples, communication not modelled" if any(
+                     s.gpus > 1 for _, s, _ in rows) else "") + ".\n")
     if p.get("out_file") is not None:
         T.write_text(p["out_file"], text, "--out")
         err.print(f"wrote {p['out_file']}")

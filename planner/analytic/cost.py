@@ -7,7 +7,8 @@ the bytes every op writes. Time for one optimizer step is
     flops / (peak TFLOP/s at the step's precision) + 2 * bytes written / bandwidth
 
 (each written byte is read about once more), divided by the samples the step
-consumes (batch x accumulation). Peak rates are the catalog's vendor figures: fp16
+consumes (batch x accumulation x GPUs: with ``--gpus N`` every rank runs the step on its own
+micro-batch at once; communication is not modelled, so that is the compute-only bound). Peak rates are the catalog's vendor figures: fp16
 tensor-core rate under AMP (bf16 alike), the fp32 rate otherwise. This is an
 uncalibrated model for *comparing* configurations (relative speed), not a
 prediction of wall time; it ignores kernel launch latency and achieved efficiency.
@@ -49,4 +50,4 @@ def seconds_per_sample(setup: TrainingSetup, report: MemoryReport, gpu: GPU) -> 
     step = seconds_per_step(setup, report, gpu)
     if step is None:
         return None
-    return step / (setup.batch_size * setup.accumulation_steps)
+    return step / (setup.batch_size * setup.accumulation_steps * setup.parallel.gpus)

@@ -89,8 +89,9 @@ def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
     """Roofline time per effective sample (``planner.analytic.cost.roofline_seconds``, the
     simulator's model) on the traced step: iteration 2's matmul/conv/attention FLOPs
     (torch.utils.flop_counter's formulas, recomputation included) and the bytes it allocates,
-    over the samples it consumed. Per sample it is the same for accumulation 2 and any higher
-    one. Uncalibrated; for comparing candidates."""
+    over the samples it consumed, on all ranks (``--gpus N``: N ranks step at once; communication
+    not modelled). Per sample it is the same for accumulation 2 and any higher one. Uncalibrated;
+    for comparing candidates."""
     from planner.analytic.cost import roofline_seconds
 
     flops = record.setup.get("flops_iteration2")
@@ -98,7 +99,7 @@ def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
         return None
     written = sum(d for _, d in record.events[record.iteration2_start:] if d > 0)
     step = roofline_seconds(flops, written, gpu, half=precision != "fp32")
-    return step / (record.setup["batch_size"] * record.setup["accumulation"])
+    return step / (record.setup["batch_size"] * record.setup["accumulation"] * record.setup.get("gpus", 1))
 
 
 class Evaluator:

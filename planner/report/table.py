@@ -162,6 +162,8 @@ def frame(rows: list[Row], gpus: list[GPU]):
     import pandas as pd
 
     base_time = rows[0].seconds_per_sample if rows else None
+    speed = ("relative speed (est., no communication)" if any(r.setup.parallel.gpus > 1 for r in rows)
+             else "relative speed (est.)")
     records = []
     for r in rows:
         rec: dict[str, Any] = dict(r.label)
@@ -171,7 +173,7 @@ def frame(rows: list[Row], gpus: list[GPU]):
             # against what CUDA reports for the card (planner.gpus), named in the header
             rec[f"fits {g.key} ({g.capacity_bytes / GIB:.2f} GiB)"] = "yes" if r.estimate.device_total_bytes <= g.capacity_bytes else "no"
         if base_time and r.seconds_per_sample:
-            rec["relative speed (est.)"] = round(base_time / r.seconds_per_sample, 2)
+            rec[speed] = round(base_time / r.seconds_per_sample, 2)
         if r.measured is not None:
             m = r.measured
             rec[f"measured allocated (GiB, {m.source})"] = round(m.peak_allocated_bytes / GIB, 2)
