@@ -554,34 +554,12 @@ class Prefer(str, Enum):
 
 
 def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool) -> None:
-    """recommend --max-gpus on a built-in step: planner/gpusearch.py over analytic estimates."""
-    import time
-
+    """recommend --max-gpus on a built-in step (planner/recommend.py ``max_gpus``)."""
     from planner import gpusearch as G
-    from planner.analytic.estimate import estimate
-    from planner.recommend import _check_margin, _tr
+    from planner.recommend import max_gpus
     from planner.report.terminal import setup_line
-    from planner.spec import ParallelSpec, replace
 
-    _check_margin(margin)
-    if setup.parallel.gpus != 1:
-        raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
-    t0 = time.perf_counter()
-
-    def make(b: int, a: int, n: int, strategy: str) -> Any:
-        return replace(_tr(setup, batch_size=b, gradient_accumulation_steps=a), parallel=ParallelSpec(n, strategy))
-
-    def evaluate(s: Any) -> tuple[Any, str]:
-        try:
-            return estimate(s, card.capacity_bytes), "estimated"
-        except PlannerError as exc:
-            return None, str(exc)
-
-    answer, tried, verdict = G.search(setup.batch_size * setup.accumulation_steps, limit,
-                                      card.capacity_bytes * (1 - margin), make, evaluate,
-                                      "vramplan recommend" + (f" --voxel {'x'.join(map(str, setup.data.voxel_size))}"
-                                                              if setup.kind == "ldm-stage1" else ""))
-    seconds = time.perf_counter() - t0
+    answer, tried, verdict, seconds = max_gpus(setup, card, margin, limit)
     budget = card.capacity_bytes * (1 - margin)
     if as_json:
         from planner.spec import spec_to_dict

@@ -498,6 +498,34 @@ def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int |
     return _largest(fits, 1, limit)
 
 
+def max_gpus(setup: TrainingSetup, gpu: GPU, margin: float, limit: int) -> tuple[Any, list, dict, float]:
+    """``recommend --max-gpus``: planner/gpusearch.py ``search`` over exact analytic estimates.
+    Returns (answer or None, the options tried, the verdict, seconds)."""
+    from planner.analytic.estimate import estimate
+    from planner.gpusearch import search
+    from planner.spec import ParallelSpec
+
+    _check_margin(margin)
+    if setup.parallel.gpus != 1:
+        raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
+    t0 = time.perf_counter()
+
+    def make(b: int, a: int, n: int, strategy: str) -> TrainingSetup:
+        return replace(_tr(setup, batch_size=b, gradient_accumulation_steps=a), parallel=ParallelSpec(n, strategy))
+
+    def evaluate(s: TrainingSetup) -> tuple[MemoryReport | None, str]:
+        try:
+            return estimate(s, gpu.capacity_bytes), "estimated"
+        except PlannerError as exc:
+            return None, str(exc)
+
+    smaller = "vramplan recommend" + (f" --voxel {'x'.join(map(str, setup.data.voxel_size))}"
+                                      if setup.kind == "ldm-stage1" else "")
+    answer, tried, verdict = search(setup.batch_size * setup.accumulation_steps, limit,
+                                    gpu.capacity_bytes * (1 - margin), make, evaluate, smaller)
+    return answer, tried, verdict, time.perf_counter() - t0
+
+
 def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int = 4096) -> SizeSearch:
     """Largest volume at the configuration's aspect ratio that fits.
 

@@ -148,8 +148,6 @@ def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
 
     render_report(report, None, out, title=title)
     out.print("setup: " + ss.label(), markup=False)
-    for name, how in (report.setup or {}).get("layout", {}).items():
-        out.print(f"  {name}: {how}", markup=False)
 
 
 def step_profile(p: dict[str, Any]) -> Any:

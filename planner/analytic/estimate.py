@@ -117,9 +117,7 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup:
                      effective_batch=setup.batch_size * setup.accumulation_steps * par.gpus)
         per_rank = (
             f"per rank: rank 0 of {par.gpus} ({par.strategy}); torch.distributed's DDP / FSDP2 transcribed "
-            "(planner/analytic/parallel.py), exact against their trace under a fake process group; "
-            + "; ".join(f"{', '.join(n for n, t in res.layout.items() if t == text)}: {text}"
-                        for text in dict.fromkeys(res.layout.values())),
+            "(planner/analytic/parallel.py), exact against their trace under a fake process group",
             "NCCL's own buffers are outside the caching allocator and not in these figures "
             "(listed below as a sourced, uncalibrated term)",
         )

@@ -86,20 +86,16 @@ class DDP:
         self.rebuilt = False
         # the first buckets: one per dtype, every trainable parameter (the first backward's order
         # does not matter to their size); made before the trace starts, counted as it starts
-        order = list(reversed(range(len(self.params))))
-        first = assign(self._sizes(order), [NO_LIMIT], True)
-        self.buckets = self._make([[order[i] for i in b] for b in first], "external")
+        self.buckets = self._make(list(reversed(range(len(self.params)))), [NO_LIMIT], True, "external")
         sim.accum_hooks.append(self._mark_ready)
 
-    def _sizes(self, order: list[int]) -> list[tuple[str, int]]:
-        return [(self.params[i].dtype, self.params[i].numel * ITEMSIZE[self.params[i].dtype]) for i in order]
-
-    def _make(self, buckets: list[list[int]], op: str) -> list[T]:
+    def _make(self, order: list[int], limits: list[int], sort: bool, op: str) -> list[T]:
+        """The buckets ``assign`` makes of the parameters taken in ``order``, allocated in turn."""
         sim = self.sim
         out = []
-        for b in buckets:
-            dtype = self.params[b[0]].dtype
-            t = sim.new((sum(self.params[i].numel for i in b),), dtype, op)
+        for b in assign([(self.params[i].dtype, self.params[i].numel * ITEMSIZE[self.params[i].dtype]) for i in order],
+                        limits, sort):
+            t = sim.new((sum(self.params[order[i]].numel for i in b),), self.params[order[b[0]]].dtype, op)
             _tag(sim, t, "communication", self.name)
             out.append(t)
         return out
@@ -115,9 +111,7 @@ class DDP:
         if sim.grad_enabled and not self.rebuilt and self.ready:
             # Reducer::rebuild_buckets -> initialize_buckets: buckets_.clear() first
             self.buckets = []
-            order = list(self.ready)
-            new = assign(self._sizes(order), [FIRST_BUCKET_BYTES, BUCKET_BYTES], False)
-            self.buckets = self._make([[order[i] for i in b] for b in new], "empty")
+            self.buckets = self._make(list(self.ready), [FIRST_BUCKET_BYTES, BUCKET_BYTES], False, "empty")
             self.rebuilt = True
         buffers = self.module.buffers()
         if sim.grad_enabled and buffers:
@@ -159,9 +153,9 @@ class _Unit:
     (torch/distributed/fsdp/_fully_shard/_fsdp_state.py, _fsdp_param_group.py, _fsdp_collectives.py)."""
 
     def __init__(self, sim: Sim, comm: _Comm, network: str, module: Mod, params: list[T], world: int,
-                 reshard_after_forward: bool, is_root: bool) -> None:
+                 reshard_after_forward: bool) -> None:
         self.sim, self.comm, self.network, self.module = sim, comm, network, module
-        self.params, self.world, self.reshard_after_forward, self.is_root = params, world, reshard_after_forward, is_root
+        self.params, self.world, self.reshard_after_forward = params, world, reshard_after_forward
         # FSDPParam._init_sharded_param: torch.chunk on dim 0, padded to the first chunk's size
         self.shard_numel = [-(-p.shape[0] // world) * (p.numel // p.shape[0]) if p.shape else 1 for p in params]
         self.sharded: list[T] = []
@@ -181,16 +175,13 @@ class _Unit:
 
     # -- all-gather (FSDPParamGroup.unshard / wait_for_unshard / reshard)
     def unshard(self) -> None:
-        if self.all_gather_result is not None or self.unshard_done():
+        if self.all_gather_result is not None or self.unsharded:
             return
         sim = self.sim
         # foreach_all_gather: all_gather_output = (sum of the shards' numels * world,)
         out = sim.new((sum(self.shard_numel) * self.world,), self.params[0].dtype, "empty")
         _tag(sim, out, "communication", self.network)
         self.all_gather_result = out
-
-    def unshard_done(self) -> bool:
-        return self.unsharded
 
     def wait_for_unshard(self) -> None:
         if self.all_gather_result is None:
@@ -375,9 +366,9 @@ class FSDP:
         for mod in units:
             ps = [p for p in mod.parameters() if id(p) not in owned]
             owned.update(id(p) for p in ps)
-            made.append(self._hook(_Unit(sim, comm, name, mod, ps, world, reshard_after_forward, False)))
+            made.append(self._hook(_Unit(sim, comm, name, mod, ps, world, reshard_after_forward)))
         rest = [p for p in net.parameters() if id(p) not in owned]
-        root = self._hook(_Unit(sim, comm, name, net, rest, world, reshard_after_forward, True))
+        root = self._hook(_Unit(sim, comm, name, net, rest, world, reshard_after_forward))
         comm.units = [root, *made]
         self.units = comm.units
         shard_of = {id(p): sh for u in self.units for p, sh in zip(u.params, u.sharded)}

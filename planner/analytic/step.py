@@ -8,7 +8,7 @@ iterations, the peak taken over the second.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from planner.analytic import ops as O
@@ -37,7 +37,7 @@ class SimResult:
     """The largest convolution's input + output bytes (cuDNN workspace hint)."""
     attention_calls: tuple = ()
     """(batch, heads, seq_q, seq_k, head_dim, dtype, backend) per SDPA call with a backward."""
-    layout: dict = None  # type: ignore[assignment]
+    layout: dict = field(default_factory=dict)
     """--gpus N: per network, what each rank holds (planner/analytic/parallel.py layout_text)."""
 
     @property

@@ -125,6 +125,14 @@ class Wrapped:
     ddp: dict[str, Any] = field(default_factory=dict)
     fsdp: dict[str, torch.nn.Module] = field(default_factory=dict)
 
+    def info(self) -> dict[str, Any]:
+        """What a trace's record says about the ranks (``StepRecord.setup``; built-in and step files)."""
+        return {"gpus": self.world, "strategy": self.strategy, "layout": dict(self.layout),
+                "per_rank": (f"figures are per rank: rank 0 of {self.world} traced under a fake process group "
+                             f"({self.strategy}, torch.distributed's own code; ranks are symmetric)"),
+                "not_counted": ("NCCL's own buffers (outside the caching allocator; given in the notes, "
+                                "uncalibrated) and communicator state")}
+
 
 # The torch internals the attribution patches (module docstring), by strategy: (module, attribute).
 INTERNALS = {

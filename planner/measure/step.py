@@ -204,7 +204,6 @@ class _Runner:
             self.amp_dtype = torch.bfloat16
         self.use_scaler = self.amp and self.amp_dtype == torch.float16
         self.wrapped: Any = None  # --gpus: planner.measure.distributed.Wrapped
-        self.nets: dict[str, torch.nn.Module] = {}  # what the step calls (DDP / FSDP-wrapped)
 
     # autocast region: CUDA's on a GPU, CPU's key (carrying the CUDA policy) otherwise
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -212,6 +211,10 @@ class _Runner:
             return contextlib.nullcontext()
         dev = "cuda" if self.backend == "cuda" else "cpu"
         return torch.autocast(dev, dtype=self.amp_dtype)
+
+    def nets(self, roots: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+        """What the step calls: the DDP / FSDP-wrapped networks under --gpus, else ``roots``."""
+        return roots if self.wrapped is None else self.wrapped.nets
 
     def device(self) -> torch.device:
         return torch.device("cuda" if self.backend == "cuda" else "cpu")
@@ -373,17 +376,14 @@ def run_step(
 
 def _wrap(runner: "_Runner", roots: dict[str, torch.nn.Module], mesh: Any, note: Callable[[str], None]) -> None:
     """--gpus N --strategy S: torch's DDP / fully_shard around each network with a parameter that
-    requires grad (planner/measure/distributed.py ``wrap``); the step calls ``runner.nets``."""
+    requires grad (planner/measure/distributed.py ``wrap``); the step calls ``runner.nets(roots)``."""
     par = runner.setup.parallel if runner.setup is not None else None
-    runner.wrapped = None
-    runner.nets = dict(roots)
     if par is None or par.gpus == 1:
         return
     from planner.measure.distributed import wrap
 
     note(f"wrapping for {par.strategy} on {par.gpus} ranks")
     runner.wrapped = wrap(roots, par.strategy, par.gpus, mesh)
-    runner.nets = dict(runner.wrapped.nets)
 
 
 def _param_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -442,10 +442,7 @@ def _with_setup(
         backend=runner.backend,
     )
     if runner.wrapped is not None:
-        w = runner.wrapped
-        info["gpus"], info["strategy"], info["layout"] = w.world, w.strategy, dict(w.layout)
-        info["per_rank"] = (f"figures are per rank: rank 0 of {w.world} traced under a fake process group "
-                            f"({w.strategy}, torch.distributed's own code)")
+        info.update(runner.wrapped.info())
     if param_counts:
         info["parameter_dtypes"] = dict(param_counts)
         if len(param_counts) > 1:
@@ -590,9 +587,10 @@ def _run_stage1(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
 
     setup = runner.setup
     assert setup is not None
-    autoencoder = runner.nets["autoencoder"]
-    discriminator = runner.nets.get("discriminator")
-    perceptual = runner.nets.get("perceptual")
+    nets = runner.nets(roots)
+    autoencoder = nets["autoencoder"]
+    discriminator = nets.get("discriminator")
+    perceptual = nets.get("perceptual")
     tr = setup.autoencoder.training
     optimizer_g = make_optimizer(tr.optimizer, list(autoencoder.parameters()))
     optimizer_d = make_optimizer(tr.optimizer, list(discriminator.parameters())) if discriminator is not None else None
@@ -678,7 +676,7 @@ def _run_stage2(runner: _Runner, roots: dict[str, torch.nn.Module], note: Callab
 
     setup = runner.setup
     assert setup is not None
-    model = runner.nets["unet"]
+    model = runner.nets(roots)["unet"]
     optimizer = make_optimizer(setup.diffusion.training.optimizer, list(model.parameters()))
     scaler = runner.scaler()
     scheduler = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)

@@ -588,13 +588,8 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         "parameter_dtypes": _dtype_counts(nets),
     }
     if wrapped is not None:
-        info["gpus"] = setup.gpus
-        info["strategy"] = setup.strategy
-        info["per_rank"] = (f"figures are per rank: rank 0 of {setup.gpus} traced under a fake process group "
-                            f"(ranks are symmetric); batch {batch_size} per rank")
-        info["layout"] = dict(wrapped.layout)
-        info["not_counted"] = ("NCCL's own buffers and communicator state (not traced; uncalibrated, "
-                               "not counted)")
+        info.update(wrapped.info())
+        info["per_rank"] += f"; batch {batch_size} per rank"
     if count_flops:
         info["flops_iteration2"] = flops.total
     return replace(record, setup=info)

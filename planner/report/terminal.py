@@ -108,6 +108,8 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
         console.print(ran, markup=False)  # a --model path is not markup
     if report.params:
         console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in report.params.items()))
+    for name, how in ((report.setup or {}).get("layout") or report.extra.get("layout") or {}).items():
+        console.print(f"  {name}: {how}", markup=False)  # --gpus N: what each rank holds
 
     peak = Table(title="Peak memory (GiB = 2**30 bytes)", title_justify="left")
     peak.add_column("figure")
