@@ -178,6 +178,8 @@ _NOT_FOR_MODEL: tuple[tuple[str, str, str], ...] = (
     ("disc_channels", "--disc-channels", "the --model step has no discriminator"),
     ("no_discriminator", "--no-discriminator", "the --model step has no discriminator"),
     ("accum", "--accum", "the --model step is one batch per optimizer step"),
+    ("gpus", "--gpus", "the --model step runs on one GPU; write a step file (--step) for more"),
+    ("strategy", "--strategy", "the --model step runs on one GPU; write a step file (--step) for more"),
 )
 
 

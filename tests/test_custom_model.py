@@ -147,6 +147,9 @@ def _ok_json(res) -> dict:
         (["--flash-attention"], "error: --flash-attention: does not apply to --model"),
         (["--attention", "F,T"], "error: --attention: does not apply to --model"),
         (["--config", "setup.yaml"], "error: --config: does not apply to --model"),
+        (["--gpus", "2", "--strategy", "ddp"],
+         "error: --gpus: does not apply to --model (the --model step runs on one GPU; write a step file (--step) "
+         "for more); nor do --strategy"),
         (["--batch", "4", "--accum", "2"],
          "error: --batch: does not apply to --model (the batch is the first dimension of --input); nor do --accum"),
     ],
