@@ -19,6 +19,7 @@ from planner.analytic.parallel import BUCKET_BYTES, FIRST_BUCKET_BYTES, assign
 from planner.analytic.step import simulate
 from planner.cli import app
 from planner.config import setup_from_dict
+from tiny_step import rounded as _round  # noqa: E402
 
 runner = CliRunner()
 
@@ -26,10 +27,6 @@ runner = CliRunner()
 UNET = {"num_channels": [8, 8, 16], "attention_levels": [False, False, True], "num_head_channels": [0, 0, 16],
         "num_res_blocks": [1, 1, 1], "norm_num_groups": 8}
 UNET_PARAMS = 131_475
-
-
-def _round(n: int) -> int:
-    return -(-n // 512) * 512
 
 
 def _stage2(gpus: int = 1, strategy: str = "none", **training):

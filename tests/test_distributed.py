@@ -27,6 +27,9 @@ from planner.measure.tracker import category_of
 from planner.steps import StepSetup
 
 from tiny_step import TINY  # noqa: E402
+from tiny_step import numel as _numel  # noqa: E402
+from tiny_step import rounded as _round  # noqa: E402
+from tiny_step import shapes as _shapes  # noqa: E402
 
 BIG = (("hidden", 4096), ("width", 1024))  # 71 MB of parameters: three DDP buckets
 TEN = (("classes", 10),)  # a head of 10 rows: FSDP pads it to a multiple of the world size
@@ -44,24 +47,6 @@ def tiny(tmp_path_factory) -> str:
     p = Path(tmp_path_factory.mktemp("dist_steps")) / "tiny_dist.py"
     p.write_text(textwrap.dedent(TINY))
     return str(p)
-
-
-def _round(nbytes: int) -> int:
-    """The CUDA caching allocator's 512-byte rounding (kMinBlockSize)."""
-    return -(-nbytes // 512) * 512
-
-
-def _shapes(width: int = 128, hidden: int = 512, depth: int = 2, classes: int = 0) -> list[tuple[int, ...]]:
-    """The tiny network's parameter shapes, in parameter order."""
-    block = [(hidden, width), (hidden,), (width, hidden), (width,)]
-    return block * depth + [(classes or width, width), (classes or width,)]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _run(path: str, **kw):

@@ -23,6 +23,7 @@ from planner.measure.stepfile import load, run  # noqa: E402
 from planner.measure.tracker import category_of  # noqa: E402
 from planner.spec import TrainingSetup  # noqa: E402
 from planner.steps import StepSetup  # noqa: E402
+from tiny_step import rounded as _round  # noqa: E402
 
 STEP = str(Path(__file__).resolve().parent.parent / "examples" / "steps" / "ldm_stage2.py")
 
@@ -32,11 +33,6 @@ KNOBS = {"latent": (8, 8, 8), "channels": CHANNELS, "num_head_channels": HEADS, 
 BATCH = 2
 UNET_PARAMS = 131_475
 AMP = {"fp32": (False, "float16"), "amp-fp16": (True, "float16"), "amp-bf16": (True, "bfloat16")}
-
-
-def _round(nbytes: int) -> int:
-    """The CUDA caching allocator's 512-byte rounding (kMinBlockSize)."""
-    return -(-nbytes // 512) * 512
 
 
 def _setup(precision: str, accum: int) -> TrainingSetup:

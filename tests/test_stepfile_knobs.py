@@ -35,26 +35,11 @@ from planner.measure.tracker import category_of
 from planner.steps import StepSetup
 
 from tiny_step import TINY  # noqa: E402
+from tiny_step import numel as _numel  # noqa: E402
+from tiny_step import rounded as _round  # noqa: E402
+from tiny_step import shapes as _shapes  # noqa: E402
 
 HEAVY = dict(knobs=(("classes", 4096),), batch_size=256)
-
-
-def _round(nbytes: int) -> int:
-    """The CUDA caching allocator's 512-byte rounding (kMinBlockSize)."""
-    return -(-nbytes // 512) * 512
-
-
-def _shapes(width: int = 128, hidden: int = 512, depth: int = 2, classes: int = 0) -> list[tuple[int, ...]]:
-    """The tiny network's parameter shapes, in module order."""
-    block = [(hidden, width), (hidden,), (width, hidden), (width,)]
-    return block * depth + [(classes or width, width), (classes or width,)]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _bytes(shapes: list[tuple[int, ...]], itemsize: int) -> int:

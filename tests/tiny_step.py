@@ -2,7 +2,8 @@
 ``depth`` residual ``Block``s ``x + fc2(relu(fc1(x)))`` (fc1: width -> hidden, fc2: hidden -> width) and
 a ``head`` Linear (width -> width, or width -> classes with a cross-entropy loss); AdamW (foreach, as on
 CUDA); fp32. Parameter order: blocks.0.fc1.weight, .fc1.bias, .fc2.weight, .fc2.bias, blocks.1...,
-head.weight, head.bias."""
+head.weight, head.bias. With the helpers those tests share: the allocator's 512-byte rounding,
+the tiny network's parameter shapes and their element counts."""
 
 TINY = '''
 import torch
@@ -56,3 +57,21 @@ def step(nets, opts, b, vp):
     vp.backward(loss, opts["net"])
     vp.step(opts["net"])
 '''
+
+
+def rounded(nbytes: int) -> int:
+    """The CUDA caching allocator's 512-byte rounding (kMinBlockSize)."""
+    return -(-nbytes // 512) * 512
+
+
+def shapes(width: int = 128, hidden: int = 512, depth: int = 2, classes: int = 0) -> list[tuple[int, ...]]:
+    """The tiny network's parameter shapes, in parameter (module) order."""
+    block = [(hidden, width), (hidden,), (width, hidden), (width,)]
+    return block * depth + [(classes or width, width), (classes or width,)]
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
