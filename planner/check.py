@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Callable
 
-from planner.errors import PlannerError, quote
+from planner.errors import NotData, PlannerError, parse_json, quote
 from planner.result import GIB, TOP_MODULES, MemoryReport
 
 BASELINE_VERSION = 1
@@ -301,11 +301,11 @@ GPU_KEYS = ("key", "name", "capacity_bytes", "capacity_source")
 ENTRY_KEYS = ("setup", "engine", *TOTALS, *BREAKDOWNS)
 
 
-def _unknown(obj: dict, known: tuple[str, ...], where: str) -> str | None:
+def _unknown(obj: dict, known: tuple[str, ...], where: str, bad: Callable[[str], PlannerError]) -> None:
+    """A field nobody reads is a typo or another tool's file: refused, naming it."""
     extra = [k for k in obj if k not in known]
-    if not extra:
-        return None
-    return f"{where} has unknown field {quote(extra[0])} (valid: {', '.join(known)})"
+    if extra:
+        raise bad(f"{where} has unknown field {quote(extra[0])} (valid: {', '.join(known)})")
 
 
 def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--update-baseline") -> Baseline:
@@ -322,17 +322,10 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
     def bad(what: str) -> PlannerError:
         return PlannerError(f"{flag}: {shown}: {what}")
 
-    valid = "valid: a JSON baseline written by `vramplan check --update-baseline`"
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise bad(f"not UTF-8 text ({valid})") from None
-    except json.JSONDecodeError as exc:
-        raise bad(f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
-    except RecursionError:
-        raise bad(f"nested too deeply to be a baseline ({valid})") from None
-    except ValueError:  # an integer of over 4,300 digits
-        raise bad(f"not valid JSON (a number too long; {valid})") from None
+        data = parse_json(raw, "a baseline")
+    except NotData as exc:
+        raise bad(f"{exc} (valid: a JSON baseline written by `vramplan check --update-baseline`)") from None
     if not isinstance(data, dict):
         raise bad(f"must hold a JSON object, got {type(data).__name__}")
     version = data.get("version")
@@ -340,18 +333,14 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
         raise bad(f"no 'version' field (valid: {BASELINE_VERSION})")
     if version != BASELINE_VERSION or isinstance(version, bool):
         raise bad(f"'version' is {quote(version)} (valid: {BASELINE_VERSION}; remake it with --update-baseline)")
-    msg = _unknown(data, TOP_KEYS, "the file")
-    if msg:
-        raise bad(msg)
+    _unknown(data, TOP_KEYS, "the file", bad)
     for key in ("tool", "units"):
         if key in data and not isinstance(data[key], str):
             raise bad(f"'{key}' must be a string, got {quote(data[key])}")
     gpu = data.get("gpu")
     if not isinstance(gpu, dict) or not isinstance(gpu.get("key"), str) or not gpu["key"]:
         raise bad(f"'gpu' must be an object with a 'key' string, got {quote(gpu)}")
-    msg = _unknown(gpu, GPU_KEYS, "gpu")
-    if msg:
-        raise bad(msg)
+    _unknown(gpu, GPU_KEYS, "gpu", bad)
     for key in ("name", "capacity_source"):
         if key in gpu and not isinstance(gpu[key], str):
             raise bad(f"gpu.{key} must be a string, got {quote(gpu[key])}")
@@ -367,9 +356,7 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
         where = f"setups[{quote(name)}]"
         if not isinstance(entry, dict):
             raise bad(f"{where} must be an object, got {quote(entry)}")
-        msg = _unknown(entry, ENTRY_KEYS, where)
-        if msg:
-            raise bad(msg)
+        _unknown(entry, ENTRY_KEYS, where, bad)
         if not isinstance(entry.get("setup"), str):
             raise bad(f"{where}.setup must be a string describing the setup, got {quote(entry.get('setup'))}")
         if "engine" in entry and not isinstance(entry["engine"], str):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from planner.errors import PlannerError, one_line, quote
+from planner.errors import NotData, PlannerError, parse_json, quote
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, MemoryReport
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -243,14 +243,9 @@ def load(name: str, directory: Path | None = None) -> DeviceProfile:
     if len(raw) > MAX_PROFILE_BYTES:
         raise PlannerError(f"{where} is {len(raw):,} bytes (valid: a profile under {MAX_PROFILE_BYTES:,} bytes)")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise PlannerError(f"{where} is not UTF-8 text (byte at offset {exc.start})") from None
-    except RecursionError:
-        raise PlannerError(f"{where} is nested too deeply to be a profile") from None
-    except ValueError as exc:  # json.JSONDecodeError, or an integer of over 4,300 digits
-        why = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "a number too long"
-        raise PlannerError(f"{where} is not valid JSON ({one_line(why, 120)})") from None
+        data = parse_json(raw, "a profile")
+    except NotData as exc:
+        raise PlannerError(f"{where} is {exc}") from None
     return DeviceProfile.from_json(data, where)
 
 

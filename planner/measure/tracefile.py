@@ -20,6 +20,7 @@ import zlib
 from enum import Enum
 from typing import Any, Callable
 
+from planner.errors import NotData, parse_json
 from planner.measure.step import StepRecord
 from planner.measure.tracker import Category, Phase, StorageInfo, TimelinePoint, TrackerResult
 
@@ -29,8 +30,9 @@ MAX_ENTRY_BYTES = 1 << 30
 """Largest decompressed entry read (a gzip bomb in a restored cache is refused, not inflated)."""
 
 
-class BadEntry(ValueError):
-    """An entry that is not a trace this version wrote: the message names the field."""
+class BadEntry(NotData):
+    """An entry that is not a trace this version wrote: the message says why, naming the field.
+    (Bytes that are not JSON raise :class:`planner.errors.NotData`, its base.)"""
 
 
 # --- the schema: one node per value shape ----------------------------------------------------------
@@ -132,6 +134,15 @@ class _Bad(Exception):
         self.why, self.path = why, []
 
 
+def _at(f: Callable[[Any], Any], v: Any, label: str, key: Any) -> Any:
+    """``f(v)``; a failure inside gets ``label.format(key)`` on its path (formatted only then)."""
+    try:
+        return f(v)
+    except _Bad as e:
+        e.path.append(label.format(key))
+        raise
+
+
 def _decoder(node: tuple, ctx: dict) -> Callable[[Any], Any]:
     """The schema node compiled into a function from JSON value to Python value (raising _Bad);
     ``ctx['info']``: the record's storages, for ("live",) references."""
@@ -200,18 +211,10 @@ def _decoder(node: tuple, ctx: dict) -> Callable[[Any], Any]:
             for i, p in enumerate(v):
                 if type(p) is not list or len(p) != 2:
                     raise _Bad(f"[{i}]: a [key, value] pair expected, got {_short(p)}")
-                try:
-                    k = key(p[0])
-                except _Bad as e:
-                    e.path.append(f"[{i}] key")
-                    raise
+                k = _at(key, p[0], "[{}] key", i)
                 if k in out:
                     raise _Bad(f"key {k!r} given twice")
-                try:
-                    out[k] = value(p[1])
-                except _Bad as e:
-                    e.path.append(f"[{k!r}]")
-                    raise
+                out[k] = _at(value, p[1], "[{!r}]", k)
             return out
         return pairs
     if kind == "obj":
@@ -220,14 +223,7 @@ def _decoder(node: tuple, ctx: dict) -> Callable[[Any], Any]:
         def obj(v: Any) -> dict:
             if type(v) is not dict:
                 raise _Bad(f"an object expected, got {_short(v)}")
-            out = {}
-            for k, x in v.items():
-                try:
-                    out[k] = value(x)
-                except _Bad as e:
-                    e.path.append(f"[{k!r}]")
-                    raise
-            return out
+            return {k: _at(value, x, "[{!r}]", k) for k, x in v.items()}
         return obj
     if kind == "plain":
         def plain(v: Any) -> Any:
@@ -260,11 +256,7 @@ def _decoder(node: tuple, ctx: dict) -> Callable[[Any], Any]:
                 x for x in (f"missing {missing}" if missing else "", f"unknown {extra}" if extra else "") if x))
         kw = {}
         for k, f in decoders.items():
-            try:
-                kw[k] = f(v[k])
-            except _Bad as e:
-                e.path.append(f".{k}")
-                raise
+            kw[k] = _at(f, v[k], ".{}", k)
             if cls is StepRecord and k == "info":
                 ctx["info"] = kw[k]
         return cls(**kw)
@@ -321,8 +313,9 @@ def dumps(record: StepRecord, key: str) -> bytes:
 
 
 def loads(raw: bytes, key: str) -> StepRecord:
-    """The record in an entry written by :func:`dumps` under ``key``; BadEntry saying why not
-    (not gzip, not JSON, too deep, another format, version or key, a field of the wrong type)."""
+    """The record in an entry written by :func:`dumps` under ``key``; NotData (BadEntry past the
+    JSON) saying why not: not gzip, not JSON, too deep, another format, version or key, a field
+    of the wrong type."""
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
             text = f.read(MAX_ENTRY_BYTES + 1)
@@ -330,14 +323,7 @@ def loads(raw: bytes, key: str) -> StepRecord:
         raise BadEntry(f"not a gzip-compressed trace ({exc})") from None
     if len(text) > MAX_ENTRY_BYTES:
         raise BadEntry(f"over {MAX_ENTRY_BYTES:,} bytes decompressed")
-    try:
-        body = json.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadEntry(f"not UTF-8 text (byte at offset {exc.start})") from None
-    except RecursionError:
-        raise BadEntry("nested too deeply to be a trace") from None
-    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
-        raise BadEntry(f"not valid JSON ({str(exc)[:80]})") from None
+    body = parse_json(text, "a trace")
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise BadEntry(f"not a {FORMAT} entry")
     if body.get("version") != VERSION or isinstance(body.get("version"), bool):

@@ -86,26 +86,27 @@ def _private_folder(folder: Path, create: bool) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        _warn(f"trace cache {folder} cannot be used ({exc.strerror or exc}); tracing without it")
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        _warn(f"trace cache {folder} is not a folder; tracing without it (set VRAMPLAN_CACHE to a folder, or off)")
-        return False
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        _warn(f"trace cache {folder} is owned by another user (uid {st.st_uid}); tracing without it "
-              "(set VRAMPLAN_CACHE to a folder of your own, or off)")
-        return False
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        _warn(f"trace cache {folder} can be written by others (mode {stat.S_IMODE(st.st_mode):o}); tracing without "
-              f"it (make it private: chmod 700 {folder}, or set VRAMPLAN_CACHE=off)")
-        return False
-    return True
+        st, why = None, f"cannot be used ({exc.strerror or exc})"
+    if st is None:
+        pass
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a folder"
+    elif hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        why = f"is owned by another user (uid {st.st_uid})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"can be written by others (mode {stat.S_IMODE(st.st_mode):o})"
+    else:
+        return True
+    _warn(f"trace cache {folder} {why}; tracing without it (use a folder of your own that only you can write: "
+          f"chmod 700 {folder}, or another VRAMPLAN_CACHE; VRAMPLAN_CACHE=off disables the cache)")
+    return False
 
 
 def cached(setup: StepSetup) -> Any | None:
     """The setup's StepRecord from the cache, or None (no entry, no usable folder). An entry is
     data (:mod:`planner.measure.tracefile`), checked field by field; a corrupt or foreign one is
     a miss with one warning line, and is overwritten by the next trace."""
+    from planner.errors import NotData
     from planner.measure import tracefile
 
     path = _path(setup)
@@ -120,7 +121,7 @@ def cached(setup: StepSetup) -> Any | None:
         return None
     try:
         return tracefile.loads(raw, path.name.removesuffix(".json.gz"))
-    except tracefile.BadEntry as exc:
+    except NotData as exc:
         _warn(f"trace cache entry {path} ignored: {exc}; tracing again")
         return None
 
