@@ -263,16 +263,19 @@ def measure(ts: list[Target], card: Any, flags: dict[str, Any] | None = None, *,
     flags = flags or {}
     errs: dict[str, str] = {}
     done = {}
+    stats: dict[str, Any] = {}
     for t in ts:
         if t.kind == "config":
+            t0 = time.perf_counter()
             try:
                 done[t.name] = _config_report(t, card)
             except PlannerError as exc:
                 errs[t.name] = str(exc)
+                stats.setdefault("error_seconds", {})[t.name] = time.perf_counter() - t0
     steps = [t for t in ts if t.kind == "step"]
-    stats: dict[str, Any] = {}
     if steps:
-        found, stats = _step_reports(steps, flags, card, jobs, progress, errs)
+        found, step_stats = _step_reports(steps, flags, card, jobs, progress, errs)
+        stats.update(step_stats)
         done.update(found)
     if errs and errors is None:
         raise PlannerError(next(errs[t.name] for t in ts if t.name in errs))
@@ -901,9 +904,9 @@ def run(args: list[str], *, gpu: str, margin: float = DEFAULT_MARGIN, baseline: 
     measured, stats = measure(ts, card, flags, jobs=jobs, progress=progress, errors=errors)
     judged = {o.name: o for o in judge(measured, card, margin, old, tol or 0.0)}
     budget = int(card.capacity_bytes * (1 - margin))
-    share = stats.get("seconds_each")
-    outcomes = [judged[t.name] if t.name in judged else
-                Outcome.error_case(t, errors[t.name], budget, share if t.kind == "step" else None) for t in ts]
+    took = {**{t.name: stats.get("seconds_each") for t in ts if t.kind == "step"}, **stats.pop("error_seconds", {})}
+    outcomes = [judged[t.name] if t.name in judged else Outcome.error_case(t, errors[t.name], budget, took.get(t.name))
+                for t in ts]
     notes = []
     if old is not None:
         if old.gpu.get("key") != card.key:

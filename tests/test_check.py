@@ -466,3 +466,13 @@ def test_failing_step_file_is_an_error_case_beside_the_others(repo):
     r = check(*SETUPS[:2], "broken.py", "--gpu", "24GB", "--baseline", "vram.json", "--update-baseline")
     assert r.exit_code == 2
     assert list(json.loads(Path("vram.json").read_text())["setups"]) == SETUPS
+
+
+def test_invalid_config_is_an_error_case_with_a_time(repo):
+    Path("configs/bad.yaml").write_text("kind: ldm-stage9\n")
+    r = check("configs/stage1.yaml", "configs/bad.yaml", "--gpu", "24GB", "--junit", "out.xml")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "configs/bad.yaml: kind: got 'ldm-stage9'" in r.stderr
+    assert "ok   configs/stage1.yaml" in r.stdout and "ERROR configs/bad.yaml" in r.stdout
+    cases = ET.parse("out.xml").getroot().find("testsuite").findall("testcase")
+    assert [c.find("error") is not None for c in cases] == [False, True]
+    assert all(float(c.get("time")) >= 0 for c in cases)
