@@ -1131,7 +1131,8 @@ def check(
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: the budget is capacity x (1 - margin).")] = 0.05,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON: also fail when a peak grows by more than --tolerance.")] = None,
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Growth allowed against --baseline, a fraction (default 0.02).")] = None,
-    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Write --baseline from these setups instead of comparing.")] = False,
+    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Merge these setups' figures into --baseline instead of comparing: adds new setups, replaces checked ones, keeps the others; says what it added, changed and kept.")] = False,
+    prune_baseline: Annotated[bool, typer.Option("--prune-baseline", help="With --update-baseline: also remove the baseline's setups not checked now.")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Step files: micro-batch size.")] = None,
     accum: Annotated[Optional[int], typer.Option("--accum", min=1, help="Step files: gradient accumulation steps.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="Step files: fp32, amp-fp16, amp-bf16, fp16-master, bf16-master, fp16, bf16.")] = None,
@@ -1141,7 +1142,8 @@ def check(
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file (one test case per setup).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fail (exit 1) when a setup does not fit the GPU with the margin, or grew against a baseline.
+    """Fail (exit 1) when a setup does not fit the GPU with the margin, or grew against a baseline
+    (exit 2 when a setup cannot be measured; the others are still checked and reported).
 
     Step flags apply to every step file given. On GitHub Actions (GITHUB_ACTIONS=true) failures
     are also ::error annotations, and a table is appended to $GITHUB_STEP_SUMMARY when set.
@@ -1159,7 +1161,7 @@ def check(
         check_output_path(junit, "--junit")
     flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs}
     kw = dict(gpu=gpu, margin=margin, baseline=baseline, tolerance=tolerance, update_baseline=update_baseline,
-              flags=flags, jobs=jobs)
+              prune_baseline=prune_baseline, flags=flags, jobs=jobs)
     if any(str(s).lower().endswith(".py") for s in setups) and sys.stderr.isatty():  # CI logs: no progress bar
         from planner.stepcmds import _progress
 
@@ -1190,6 +1192,8 @@ def check(
             out.print(line, markup=False)
         for line in notes:
             sys.stdout.write(line + "\n")
+    for o in res.errors:  # bad input, as any: one line each on stderr (the report says the rest)
+        sys.stderr.write(f"error: {one_line(o.error or '')}\n")
     if res.exit_code:
         raise typer.Exit(res.exit_code)
 
