@@ -155,15 +155,14 @@ def fit_profiles(results: list[dict], name: str, out: Path) -> dict[str, str]:
 
 
 def render(results: list[dict]) -> list[str]:
-    lines = [f"{'item':<34} {'figure':<9} {'estimate MiB':>13} {'measured MiB':>13} {'error':>9}"]
+    from planner.compare import figure_header, figure_lines
+
+    lines = [figure_header()]
     for e in results:
         if "comparison" not in e:
-            lines.append(f"{e['name']:<34} {e.get('error') or e.get('compare_error')}")
+            lines.append(f"{e['name'][:34]:<34} {e.get('error') or e.get('compare_error')}")
             continue
-        for r in e["comparison"]["figures"]:
-            pct = f"{r['error_pct']:+8.2f}%" if r["error_pct"] is not None else "      n/a"
-            lines.append(f"{e['name'][:34]:<34} {r['figure']:<9} {r['estimated_bytes'] / 2**20:>13.1f} "
-                         f"{r['measured_bytes'] / 2**20:>13.1f} {pct}")
+        lines += figure_lines(e["comparison"]["figures"], e["name"])
     return lines
 
 

@@ -449,6 +449,9 @@ def calibrate(
     checkpoint: CheckpointOpt = None,
     batch: BatchOpt = None,
     accum: AccumOpt = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Fit on recorded run files (vramplan record), e.g. --from runs/*.json.")] = None,
+    runs: Annotated[Optional[list[str]], typer.Argument(help="More run files after --from (as the shell expands runs/*.json).", show_default=False)] = None,
+    validate: Annotated[Optional[str], typer.Option("--validate", help="--from: check this existing profile on the runs instead of fitting one.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a grid of configurations and fit a device profile's residual terms by least squares.
@@ -461,7 +464,17 @@ def calibrate(
     Example: vramplan calibrate --name fake --backend fake
 
     Example: vramplan calibrate --step examples/steps/template.py --sweep batch=8,16,32 --name mine --backend cuda --gpu rtx4090
+
+    Example: vramplan calibrate --from runs/*.json --name my-a100   (runs written by vramplan record)
     """
+    if from_ is not None or runs or validate:
+        from planner.compare import calibrate_command
+
+        for key, flag in (("step", "--step"), ("grid", "--grid"), ("only", "--only"), ("sweep", "--sweep")):
+            if locals()[key]:
+                raise PlannerError(f"{flag}: does not apply to --from (each run file holds its own setup)")
+        calibrate_command(locals(), out)
+        return
     if step:
         from planner import stepcmds
 
@@ -516,6 +529,62 @@ def calibrate(
     r = prof.residuals
     out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
               f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
+
+
+@app.command()
+@fail_cleanly
+def record(
+    out_file: Annotated[Path, typer.Option("--out", help="The run file to write (JSON, schema vramplan-run/1).")],
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="cuda (your GPU) or fake (checks the pipeline).")] = Backend.cuda,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run two iterations of a setup on your GPU and record its real counters with the setup in a run file.
+
+    In your own loop: `with planner.record.record("run.json", step=..., steps=3) as rec:` and
+    `rec.step()` after each optimizer step (LightningRecorder / HFRecorder for callbacks).
+
+    Example: vramplan record --step examples/steps/rgbd_policy.py --precision amp-bf16 --out runs/rgbd.json
+    """
+    from planner.config import check_cuda_backend
+    from planner.record import record_command
+
+    if backend == Backend.cpu:
+        raise PlannerError("--backend: got 'cpu', valid: cuda, fake (record measures a GPU or checks the pipeline)")
+    check_cuda_backend(backend, valid="fake")
+    record_command(locals(), None if step else _setup(locals()), out)
+
+
+@app.command()
+@fail_cleanly
+def compare(
+    run: Annotated[Path, typer.Argument(help="A run file written by vramplan record (or planner.record).")],
+    profile_name: Annotated[Optional[str], typer.Option("--profile", help="Device profile to apply to the estimate.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Estimate vs measured per figure (allocated, reserved, context, device) and category for a recorded run.
+
+    Example: vramplan compare runs/rgbd.json --json
+    """
+    from planner.compare import compare_command
+
+    compare_command(locals(), out)
 
 
 @app.command(name="profiles")

@@ -59,14 +59,15 @@ def comparison(run: dict[str, Any], report: Any) -> dict[str, Any]:
     rows = []
     for figure, attr, key in FIGURES:
         est, meas = int(getattr(report, attr)), got[key]
-        rows.append({"figure": figure, "estimated_bytes": est, "measured_bytes": meas, "error_bytes": est - meas,
+        rows.append({"figure": figure, "estimated_bytes": est, "measured_bytes": meas,
+                     "error_bytes": est - meas if meas is not None else None,
                      "error_pct": round(100.0 * (est - meas) / meas, 4) if meas else None})
     cats = dict(report.breakdown.by_category)
     cats["not in the estimate (workspaces, kernel scratch)"] = max(0, got["peak_allocated_bytes"]
                                                                    - report.peak_allocated_bytes)
     return {"setup": run["setup"], "device": run["device"], "basis": basis_of(run), "figures": rows,
             "categories_estimated_bytes": cats, "measured": got,
-            "underestimates": [r["figure"] for r in rows if r["error_bytes"] < 0]}
+            "underestimates": [r["figure"] for r in rows if (r["error_bytes"] or 0) < 0]}
 
 
 def compare_file(path: str, profile: str | None = None, base: Path | None = None) -> dict[str, Any]:
@@ -78,12 +79,26 @@ def compare_file(path: str, profile: str | None = None, base: Path | None = None
     return out
 
 
-def render(cmp: dict[str, Any]) -> list[str]:
-    lines = [f"run {cmp['run']} on {cmp['device']['name']} ({cmp['device']['backend']}), estimate by {cmp['basis']}",
-             f"{'figure':<10} {'estimated MiB':>14} {'measured MiB':>13} {'error':>9}"]
-    for r in cmp["figures"]:
+def figure_lines(figures: list[dict[str, Any]], label: str | None = None, width: int = 34) -> list[str]:
+    """One line per figure: estimated and measured MiB and the error; with ``label`` (an item's
+    name) each line starts with it and no header is made (:func:`figure_header`)."""
+    out = [] if label is not None else [figure_header(None)]
+    head = f"{label[:width]:<{width}} " if label is not None else ""
+    for r in figures:
         pct = f"{r['error_pct']:+8.2f}%" if r["error_pct"] is not None else "      n/a"
-        lines.append(f"{r['figure']:<10} {r['estimated_bytes'] / 2**20:>14.1f} {r['measured_bytes'] / 2**20:>13.1f} {pct}")
+        meas = f"{r['measured_bytes'] / 2**20:>13.1f}" if r["measured_bytes"] is not None else f"{'not measured':>13}"
+        out.append(f"{head}{r['figure']:<10} {r['estimated_bytes'] / 2**20:>14.1f} {meas} {pct}")
+    return out
+
+
+def figure_header(width: int | None = 34) -> str:
+    head = f"{'item':<{width}} " if width else ""
+    return f"{head}{'figure':<10} {'estimated MiB':>14} {'measured MiB':>13} {'error':>9}"
+
+
+def render(cmp: dict[str, Any]) -> list[str]:
+    lines = [f"run {cmp['run']} on {cmp['device']['name']} ({cmp['device']['backend']}), estimate by {cmp['basis']}"]
+    lines += figure_lines(cmp["figures"])
     lines.append("categories at the estimated peak (MiB; counters do not split by category):")
     for name, b in cmp["categories_estimated_bytes"].items():
         lines.append(f"  {name:<48} {b / 2**20:>10.1f}")
@@ -143,3 +158,81 @@ def validate_profile(profile_name: str, paths: list[str]) -> dict[str, Any]:
     worst = {f: max((abs(r[f]) for r in rows if r[f] is not None), default=None) for f, _, _ in FIGURES}
     return {"profile": profile_name, "runs": rows, "worst_abs_error_pct": worst,
             "underestimated_runs": sum(1 for r in rows if r["underestimates"])}
+
+
+# --- the commands (planner/cli.py registers them; the logic is here) -----------------------------------
+
+def run_paths(first: str | None, rest: list[str] | None) -> list[str]:
+    """``--from A [B ...]`` as the shell expands ``--from runs/*.json``; a folder stands for its
+    ``*.json`` files and a quoted pattern (``'runs/*.json'``) is expanded here."""
+    import glob
+
+    given = ([first] if first else []) + [str(p) for p in (rest or [])]
+    if rest and not first:
+        raise PlannerError(f"{quote(str(rest[0]))}: calibrate takes run files only after --from "
+                           "(e.g. vramplan calibrate --from runs/*.json --name mine)")
+    paths: list[str] = []
+    for g in given:
+        if any(c in g for c in "*?["):
+            hits = sorted(glob.glob(g))
+            if not hits:
+                raise PlannerError(f"--from: no file matches {quote(g)}")
+            paths += hits
+        elif Path(g).is_dir():
+            hits = sorted(str(p) for p in Path(g).glob("*.json"))
+            if not hits:
+                raise PlannerError(f"--from: the folder {quote(g)} holds no .json run files")
+            paths += hits
+        else:
+            paths.append(g)
+    return paths
+
+
+def calibrate_command(p: dict[str, Any], out: Any) -> None:
+    """``vramplan calibrate --from RUNS [--validate PROFILE]``."""
+    from planner import profiles
+    from planner.cli import _print_json
+    from planner.config import check_gpu_flag
+    from planner.gpus import parse_gpu
+
+    paths = run_paths(p.get("from_"), p.get("runs"))
+    if p.get("validate"):
+        res = validate_profile(p["validate"], paths)
+        if p.get("as_json"):
+            _print_json(res)
+            return
+        for r in res["runs"]:
+            out.print(f"{r['run']}: " + ", ".join(f"{f} {r[f]:+.2f}%" if r[f] is not None else f"{f} n/a"
+                                                   for f, _, _ in FIGURES)
+                      + (f"  UNDER: {', '.join(r['underestimates'])}" if r["underestimates"] else ""), markup=False)
+        out.print(f"profile {res['profile']}: worst |error| " + ", ".join(
+            f"{f} {v:.2f}%" for f, v in res["worst_abs_error_pct"].items() if v is not None)
+            + f"; {res['underestimated_runs']} of {len(res['runs'])} runs under-estimated", markup=False)
+        return
+    profiles.check_name(p["name"])
+    check_gpu_flag(p.get("gpu"))
+    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    prof = calibrate_from(p["name"], paths, card.key if card else None)
+    path = profiles.save(prof)
+    if p.get("as_json"):
+        _print_json({"path": str(path), **prof.to_json()})
+        return
+    r = prof.residuals
+    out.print(f"wrote {path}: {len(paths)} runs on {prof.device.get('name')} (basis {prof.basis}, "
+              f"{'real hardware' if prof.hardware else 'not real hardware'})", markup=False)
+    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + "
+              f"{prof.reserved_offset_bytes:,} B; context {prof.context_bytes:,} B ({prof.context_source})", markup=False)
+    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
+              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%", markup=False)
+
+
+def compare_command(p: dict[str, Any], out: Any) -> None:
+    """``vramplan compare RUN [--profile NAME] [--json]``."""
+    from planner.cli import _print_json
+
+    cmp = compare_file(str(p["run"]), p.get("profile_name"))
+    if p.get("as_json"):
+        _print_json(cmp)
+        return
+    for line in render(cmp):
+        out.print(line, markup=False)

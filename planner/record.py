@@ -42,7 +42,8 @@ after the first step (lazily loaded kernels), with the reserved bytes at that mo
 
 What a run measured (:func:`measured`): the peaks over steps 2.. (step 1 is the warm-up, as
 vramplan's estimate is of iteration 2, optimizer state present), or step 1 when it is the only
-one; the context = used after the first step - reserved then - used before init (0 when unknown).
+one; the context = used after the first step - reserved then - used before init (that reading
+0 when NVML was not there; null when the first step was not seen).
 """
 
 from __future__ import annotations
@@ -375,12 +376,12 @@ def step_setup_of(run: dict[str, Any], base: Path | None = None) -> Any:
     return ss
 
 
-def measured(run: dict[str, Any]) -> dict[str, int]:
+def measured(run: dict[str, Any]) -> dict[str, int | None]:
     """What a validated run measured (see the module docstring for which steps count)."""
     rows = run["steps"]
     steady = [r for r in rows if r["step"] >= 2] or rows
     ctx = run["context"]
-    context = 0
+    context = None  # not measured (the recorder did not see the first step)
     if ctx["used_after_first_step_bytes"] is not None and ctx["reserved_after_first_step_bytes"] is not None:
         context = max(0, ctx["used_after_first_step_bytes"] - ctx["reserved_after_first_step_bytes"]
                       - (ctx["used_before_init_bytes"] or 0))
@@ -465,3 +466,31 @@ def _torch_version() -> str:
     import torch
 
     return str(torch.__version__)
+
+
+def record_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
+    """``vramplan record --out run.json``: two iterations of the setup (``--step`` + knobs, or the
+    built-in ``builtin`` TrainingSetup) on ``--backend`` (cuda; fake checks the pipeline), written
+    as a run file."""
+    from planner.cli import _print_json
+    from planner.config import check_output_path
+
+    path = check_output_path(p["out_file"], "--out")
+    backend = getattr(p.get("backend"), "value", p.get("backend")) or "cuda"
+    if p.get("step"):
+        from planner import stepcmds
+
+        setup = {"kind": "step", "step": stepcmds.step_setup(p).to_json()}
+    else:
+        from planner.spec import spec_to_dict
+
+        setup = {"kind": "builtin", "config": spec_to_dict(builtin)}
+    data = Session(backend).run(setup)
+    write_run(path, data)
+    if p.get("as_json"):
+        _print_json({"path": str(path), **data})
+        return
+    got = measured(data)
+    out.print(f"wrote {path} ({data['device']['name']}): allocated {got['peak_allocated_bytes']:,} B, reserved "
+              f"{got['peak_reserved_bytes']:,} B, context {got['context_bytes']:,} B, device used "
+              f"{got['device_used_bytes']:,} B; compare: vramplan compare {path}", markup=False)
