@@ -587,6 +587,39 @@ def compare(
     compare_command(locals(), out)
 
 
+@app.command()
+@fail_cleanly
+def snapshot(
+    out_file: Annotated[Path, typer.Option("--out", help="The snapshot to write: .pickle (PyTorch's viewers) or .json.")],
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export the traced step as a PyTorch memory snapshot (torch.cuda.memory._snapshot format).
+
+    Open the .pickle at https://pytorch.org/memory_viz or with torch.cuda._memory_viz.
+
+    Example: vramplan snapshot --step examples/steps/rgbd_policy.py --out rgbd.pickle
+    """
+    from planner.snapshot import snapshot_command
+
+    snapshot_command(locals(), None if step else _setup(locals()), out)
+
+
 @app.command(name="profiles")
 @fail_cleanly
 def list_profiles(as_json: JsonOpt = False) -> None:
