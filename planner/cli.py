@@ -519,16 +519,10 @@ def calibrate(
             prof = run_calibrate(name, entries, backend.value, card.key if card else None, tick)
         except ImportError as exc:
             raise PlannerError(f"calibrate needs the measuring extra ({exc.name} is missing)") from None
-    path = profiles.save(prof)
-    if as_json:
-        _print_json({"path": str(path), **prof.to_json()})
-        return
-    out.print(f"wrote {path}: {len(prof.measurements)} measurements on {prof.device.get('name', backend.value)}")
-    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + {prof.reserved_offset_bytes:,} B; "
-              f"context {prof.context_bytes:,} B ({prof.context_source})")
-    r = prof.residuals
-    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
-              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
+    from planner.calibrate import save_and_report
+
+    save_and_report(prof, as_json, out, lambda path: f"wrote {path}: {len(prof.measurements)} measurements on "
+                    f"{prof.device.get('name', backend.value)}")
 
 
 @app.command()
@@ -591,27 +585,20 @@ def compare(
 @fail_cleanly
 def snapshot(
     out_file: Annotated[Path, typer.Option("--out", help="The snapshot to write: .pickle (PyTorch's viewers) or .json.")],
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
-    channels: ChannelsOpt = None,
-    attention: AttentionOpt = None,
-    amp: AmpOpt = None,
-    checkpointing: CkptOpt = None,
-    flash_attention: FlashOpt = None,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
     step: StepOpt = None,
     knob: KnobOpt = None,
+    batch: BatchOpt = None,
+    accum: AccumOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     sdpa: SdpaOpt = None,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export the traced step as a PyTorch memory snapshot (torch.cuda.memory._snapshot format).
 
-    Open the .pickle at https://pytorch.org/memory_viz or with torch.cuda._memory_viz.
+    A step file with its knobs, or a built-in configuration (--config YAML). Open the .pickle at
+    https://pytorch.org/memory_viz or with torch.cuda._memory_viz.
 
     Example: vramplan snapshot --step examples/steps/rgbd_policy.py --out rgbd.pickle
     """

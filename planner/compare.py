@@ -213,17 +213,13 @@ def calibrate_command(p: dict[str, Any], out: Any) -> None:
     check_gpu_flag(p.get("gpu"))
     card = parse_gpu(p["gpu"]) if p.get("gpu") else None
     prof = calibrate_from(p["name"], paths, card.key if card else None)
-    path = profiles.save(prof)
-    if p.get("as_json"):
-        _print_json({"path": str(path), **prof.to_json()})
+    from planner.calibrate import save_and_report
+
+    if save_and_report(prof, bool(p.get("as_json")), out, lambda path: f"wrote {path}: {len(paths)} runs on "
+                       f"{prof.device.get('name')} (basis {prof.basis}, "
+                       f"{'real hardware' if prof.hardware else 'not real hardware'})"):
         return
-    r = prof.residuals
-    out.print(f"wrote {path}: {len(paths)} runs on {prof.device.get('name')} (basis {prof.basis}, "
-              f"{'real hardware' if prof.hardware else 'not real hardware'})", markup=False)
-    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + "
-              f"{prof.reserved_offset_bytes:,} B; context {prof.context_bytes:,} B ({prof.context_source})", markup=False)
-    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
-              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%", markup=False)
+    out.print(f"use it: vramplan compare {paths[0]} --profile {prof.name}", markup=False)
 
 
 def compare_command(p: dict[str, Any], out: Any) -> None:
