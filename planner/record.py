@@ -14,8 +14,10 @@ Use it in a plain loop::
 or as a callback: ``LightningRecorder(path, ...)`` (``Trainer(callbacks=[...])``: its hook is
 ``on_train_batch_end``) and ``HFRecorder(path, ...)`` (``Trainer(callbacks=[...])``: its hook is
 ``on_step_end``). Neither subclasses ``lightning.Callback`` / ``transformers.TrainerCallback``
-(neither is installed here): both are duck-typed — every other ``on_*`` hook is a no-op — so a
-framework that requires the base class needs ``class Mine(LightningRecorder, Callback): pass``.
+(neither is installed here, so neither was run): both are duck-typed — every other ``on_*`` hook
+is a no-op. Hugging Face's ``CallbackHandler`` only calls ``on_*`` hooks; Lightning also calls
+``setup``/``teardown``/``state_key``/``state_dict``, so there mix in its base class:
+``class Mine(LightningRecorder, lightning.pytorch.Callback): pass``.
 
 The run file (schema ``vramplan-run/1``; every field validated on load by :func:`load_run`)::
 
