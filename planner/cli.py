@@ -288,6 +288,7 @@ def profile(
 
 def _library_terms_json(report: Any, card: Any) -> dict:
     from planner.analytic.estimate import library_terms
+    from planner.band import band_for
 
     terms = library_terms(report, card)
     return {
@@ -296,17 +297,25 @@ def _library_terms_json(report: Any, card: Any) -> dict:
         "terms": [{"name": t.name, "bytes": t.bytes, "source": t.source, "calibrated": t.calibrated,
                    "note": t.note} for t in terms],
         "total_bytes": sum(t.bytes for t in terms),
+        "device_band": band_for(report, card).to_json(card.capacity_bytes if card else None),
     }
 
 
 def _print_library_terms(report: Any, card: Any) -> None:
     from planner.analytic.estimate import library_terms
+    from planner.band import band_for
     from planner.workspaces import render_lines
 
     out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
               "the context line is the generation's reading where known):")
     for line in render_lines(library_terms(report, card)):
         out.print(f"  {line}", markup=False)  # sources quote file paths and URLs
+    band = band_for(report, card)
+    if card is not None:
+        out.print(f"Band ({card.name}): {band.verdict(card.capacity_bytes)[1]}", markup=False)
+    else:
+        out.print(f"Band: device_total {band.low / 2**30:.2f} .. {band.high / 2**30:.2f} GiB "
+                  f"(point {band.point / 2**30:.2f} GiB)", markup=False)
 
 
 @app.command()
