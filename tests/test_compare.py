@@ -171,6 +171,6 @@ def test_mixed_bases_and_devices_are_refused(runs):
 
 
 def test_help_has_examples():
-    for cmd in ("record", "compare", "calibrate"):
+    for cmd in ("record", "compare", "calibrate", "snapshot"):
         r = _cli(cmd, "--help")
         assert r.exit_code == 0 and "Example: vramplan " + cmd in r.output
