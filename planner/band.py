@@ -136,3 +136,16 @@ def band_for(report: MemoryReport, card: object | None) -> DeviceBand:
 
     workspaces = sum(t.bytes for t in library_terms(report, card) if t.name != "CUDA context")
     return device_band(report, workspaces, module_loading=os.environ.get("CUDA_MODULE_LOADING") or "LAZY")
+
+
+def band_json(report: MemoryReport, card: object | None) -> dict:
+    """The ``device_band`` of a command's ``--json`` (with the verdict when a card is given)."""
+    return band_for(report, card).to_json(getattr(card, "capacity_bytes", None))
+
+
+def band_line(report: MemoryReport, card: object | None) -> str:
+    """The band's one line under a report (its verdict on ``card`` when one is given)."""
+    band = band_for(report, card)
+    if card is not None:
+        return f"Band ({getattr(card, 'name', '')}): {band.verdict(getattr(card, 'capacity_bytes'))[1]}"
+    return f"Band: device_total {band.low / GIB:.2f} .. {band.high / GIB:.2f} GiB (point {band.point / GIB:.2f} GiB)"

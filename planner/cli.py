@@ -14,6 +14,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from planner.band import band_json
 from planner.errors import PlannerError, one_line, usage_message
 
 try:  # typer >= 0.16 vendors click; older ones depend on it
@@ -276,6 +277,7 @@ def profile(
         data = report.to_json()
         if chosen != "cuda":  # on a GPU the allocator already holds these buffers
             data["library_terms"] = _library_terms_json(report, None)
+            data["device_band"] = band_json(report, None)
         _print_json(data)
         return
     from planner.report.terminal import render_report
@@ -288,7 +290,6 @@ def profile(
 
 def _library_terms_json(report: Any, card: Any) -> dict:
     from planner.analytic.estimate import library_terms
-    from planner.band import band_for
 
     terms = library_terms(report, card)
     return {
@@ -297,25 +298,19 @@ def _library_terms_json(report: Any, card: Any) -> dict:
         "terms": [{"name": t.name, "bytes": t.bytes, "source": t.source, "calibrated": t.calibrated,
                    "note": t.note} for t in terms],
         "total_bytes": sum(t.bytes for t in terms),
-        "device_band": band_for(report, card).to_json(card.capacity_bytes if card else None),
     }
 
 
 def _print_library_terms(report: Any, card: Any) -> None:
     from planner.analytic.estimate import library_terms
-    from planner.band import band_for
+    from planner.band import band_line
     from planner.workspaces import render_lines
 
     out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
               "the context line is the generation's reading where known):")
     for line in render_lines(library_terms(report, card)):
         out.print(f"  {line}", markup=False)  # sources quote file paths and URLs
-    band = band_for(report, card)
-    if card is not None:
-        out.print(f"Band ({card.name}): {band.verdict(card.capacity_bytes)[1]}", markup=False)
-    else:
-        out.print(f"Band: device_total {band.low / 2**30:.2f} .. {band.high / 2**30:.2f} GiB "
-                  f"(point {band.point / 2**30:.2f} GiB)", markup=False)
+    out.print(band_line(report, card), markup=False)
 
 
 @app.command()
@@ -410,6 +405,7 @@ def estimate(
         data["gpu"] = v.to_json() if v else None
         data["next_step"] = v.next_step if v and not v.fits else None
         data["library_terms"] = _library_terms_json(report, card)
+        data["device_band"] = band_json(report, card)
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
 

@@ -139,6 +139,9 @@ def _print_verdict(v: Any, report: Any, ss: StepSetup, out: Any) -> None:
     style = "bold green" if v.fits else "bold red"
     out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB)")
     out.print(f"[dim]{v.gpu.capacity_note()}[/dim]")
+    from planner.band import band_line
+
+    out.print(band_line(report, v.gpu), markup=False)
     if not v.fits:
         out.print(f"next: vramplan recommend --step {ss.path} --gpu {v.gpu.key}", markup=False)
 
@@ -243,6 +246,9 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
         data["gpu"] = v.to_json() if v else None
         data["step_setup"] = ss.to_json()
         data["how"] = how
+        from planner.band import band_json
+
+        data["device_band"] = band_json(report, card)
         _print_json(data)
         return
     _render(report, ss, out, "vramplan " + ("profile" if fresh else "estimate") + f" --step ({how})")

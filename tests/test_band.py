@@ -68,11 +68,29 @@ def test_estimate_prints_and_emits_the_band():
     r = CliRunner().invoke(app, ["estimate", "--voxel", "64x64x64", "--gpu", "24GB", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
-    band = data["library_terms"]["device_band"]
+    band = data["device_band"]
     alloc = next(t for t in band["terms"] if t["name"] == "allocator (reserved)")
     assert (alloc["low_bytes"], alloc["point_bytes"]) == (data["peak_allocated_bytes"], data["peak_reserved_bytes"])
     assert alloc["high_bytes"] == 2 * data["peak_reserved_bytes"] - data["peak_allocated_bytes"]
     assert band["point_bytes"] == data["device_total_bytes"]  # reserved + the 426 MiB context
     assert band["verdict"] == "fits"
     r = CliRunner().invoke(app, ["estimate", "--voxel", "64x64x64", "--gpu", "24GB"])
+    assert "Band (generic 24 GB card): fits even at the top of the band" in r.output
+
+
+def test_step_file_estimate_has_the_band(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_step import TINY
+
+    (tmp_path / "tiny.py").write_text(TINY)
+    r = CliRunner().invoke(app, ["estimate", "--step", str(tmp_path / "tiny.py"), "--gpu", "24GB", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    # the tiny step: 5,697,536 B allocated (tests/test_stepfile_knobs.py), 6 MiB reserved (3 small segments)
+    alloc = next(t for t in data["device_band"]["terms"] if t["name"] == "allocator (reserved)")
+    assert (alloc["low_bytes"], alloc["point_bytes"], alloc["high_bytes"]) == (5_697_536, 6 * MIB, 12 * MIB - 5_697_536)
+    r = CliRunner().invoke(app, ["estimate", "--step", str(tmp_path / "tiny.py"), "--gpu", "24GB"])
     assert "Band (generic 24 GB card): fits even at the top of the band" in r.output
