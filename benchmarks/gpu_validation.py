@@ -1,6 +1,6 @@
 """The GPU kit: measure vramplan's figures on a real CUDA card, keep the raw data, fit a profile.
 
-    python benchmarks/gpu_validation.py                 # on a CUDA machine (~8 min on one H100)
+    python benchmarks/gpu_validation.py                 # on a CUDA machine (budget: 480 s; never yet run on one)
     python benchmarks/gpu_validation.py --dry-run       # the same code on the fake backend (CI, < 60 s)
 
 Plan: a dozen configurations of the built-in grid (benchmarks/grid.py) and the note examples

@@ -175,3 +175,35 @@ def test_no_cuda_is_one_line():
         record.Session("cuda")
     with pytest.raises(PlannerError, match="valid: cuda, fake"):
         record.Session("rocm")
+
+
+def test_session_cuda_runs_a_builtin_config(cuda, monkeypatch):
+    import planner.measure.step as step
+
+    seen = []
+    monkeypatch.setattr(step, "run_step", lambda setup, backend: seen.append((setup.data.voxel_size, backend)))
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    session = record.Session("cuda")
+    cuda.i = 2
+    run = session.run(record.setup_json(config={"kind": "ldm-stage1", "data": {"voxel_size": [32, 32, 32]}}))
+    assert seen == [((32, 32, 32), "cuda")]
+    assert run["setup"]["kind"] == "builtin" and run["steps"][0]["max_reserved_bytes"] == 4096 * MIB
+
+
+def test_kit_records_an_item_error_and_the_budget_and_goes_on(tmp_path):
+    kit = _kit()
+
+    class Failing:
+        backend, before, after_init = "fake", 0, DEFAULT_CONTEXT_BYTES
+
+        def run(self, setup, base):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+
+    items = [("a", {"kind": "none"}), ("b", {"kind": "none"})]
+    ctx, results = kit.measure_all(items, Failing(), tmp_path, deadline=float("inf"))
+    assert [r["error"] for r in results] == ["RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"] * 2
+    assert ctx == {"used_before_init_bytes": 0, "used_after_init_bytes": DEFAULT_CONTEXT_BYTES,
+                   "context_at_init_bytes": DEFAULT_CONTEXT_BYTES}
+    _, results = kit.measure_all(items, Failing(), tmp_path, deadline=0.0)
+    assert [r["error"] for r in results] == ["skipped: the time budget ran out"] * 2
+    assert kit.render(results)[1].startswith("a ")
