@@ -14,7 +14,6 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from planner.band import band_json
 from planner.errors import PlannerError, one_line, usage_message
 
 try:  # typer >= 0.16 vendors click; older ones depend on it
@@ -277,6 +276,8 @@ def profile(
         data = report.to_json()
         if chosen != "cuda":  # on a GPU the allocator already holds these buffers
             data["library_terms"] = _library_terms_json(report, None)
+            from planner.band import band_json
+
             data["device_band"] = band_json(report, None)
         _print_json(data)
         return
@@ -405,6 +406,8 @@ def estimate(
         data["gpu"] = v.to_json() if v else None
         data["next_step"] = v.next_step if v and not v.fits else None
         data["library_terms"] = _library_terms_json(report, card)
+        from planner.band import band_json
+
         data["device_band"] = band_json(report, card)
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
