@@ -75,7 +75,7 @@ def measure_all(items: list[tuple[str, dict]], session: "Session", runs_dir: Pat
     """Phase 1: each item on the session's backend; returns the session's context readings and
     per item its run file path or its error."""
     from planner.errors import PlannerError
-    from planner.record import write_run
+    from planner.record import nvml_used_bytes, write_run
 
     backend = session.backend
     results = []
@@ -90,6 +90,8 @@ def measure_all(items: list[tuple[str, dict]], session: "Session", runs_dir: Pat
             run = session.run(setup, ROOT)
             path = write_run(runs_dir / f"{i:02d}-{slug(name)}.json", run)
             entry["run"] = str(path)
+            if backend == "cuda":  # the device as NVML sees it too (mem_get_info's figure is in the run)
+                entry["nvml_used_bytes"] = nvml_used_bytes()
         except PlannerError as exc:
             entry["error"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - a CUDA OOM or a kernel error is a finding, not a crash
