@@ -11,9 +11,9 @@ Use it in a plain loop::
             train_step(batch)
             rec.step()          # after each optimizer step; the file is written after `steps`
 
-or as a callback: ``LightningRecorder(path, ...)`` (``Trainer(callbacks=[...])``: its hook is
-``on_train_batch_end``) and ``HFRecorder(path, ...)`` (``Trainer(callbacks=[...])``: its hook is
-``on_step_end``). Neither subclasses ``lightning.Callback`` / ``transformers.TrainerCallback``
+or as a callback: ``LightningRecorder(path, ...)`` (``Trainer(callbacks=[...])``: it starts at
+``on_train_start`` and records at ``on_train_batch_end``) and ``HFRecorder(path, ...)``
+(``Trainer(callbacks=[...])``: ``on_train_begin``, then ``on_step_end``). Neither subclasses ``lightning.Callback`` / ``transformers.TrainerCallback``
 (neither is installed here, so neither was run): both are duck-typed — every other ``on_*`` hook
 is a no-op. Hugging Face's ``CallbackHandler`` only calls ``on_*`` hooks; Lightning also calls
 ``setup``/``teardown``/``state_key``/``state_dict``, so there mix in its base class:
@@ -154,7 +154,9 @@ class Recorder:
 
     ``start()`` (or ``with``) reads the device before and after CUDA is initialised; the file is
     written when ``steps`` steps are recorded, or at ``stop()`` / the end of the ``with`` block
-    if at least one was. Later calls to :meth:`step` do nothing (no overhead past the window)."""
+    if at least one was. Later calls to :meth:`step` do nothing (no overhead past the window); a
+    :meth:`step` before :meth:`start` starts the window instead of recording a step whose peak
+    it never saw begin."""
 
     def __init__(self, path: str | Path, *, steps: int = 3, step: str | None = None,
                  knobs: dict[str, Any] | None = None, config: dict | None = None, **step_options: Any) -> None:
@@ -184,8 +186,9 @@ class Recorder:
         return self
 
     def step(self) -> None:
-        if self.device is None:
+        if self.device is None:  # not started: this call opens the window (its step is not counted)
             self.start()
+            return
         if len(self.rows) >= self.steps:
             return
         import torch
@@ -228,6 +231,9 @@ class LightningRecorder(_Callback):
     """Lightning ``Callback``-shaped (``on_train_batch_end``; with gradient accumulation this is
     per batch, so pass ``steps`` in batches)."""
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.start()
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.step()
 
@@ -237,6 +243,9 @@ class LightningRecorder(_Callback):
 
 class HFRecorder(_Callback):
     """Hugging Face ``TrainerCallback``-shaped (``on_step_end``: after each optimizer step)."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step()

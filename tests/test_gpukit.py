@@ -141,11 +141,15 @@ def test_recorder_plain_loop_records_n_steps_and_the_context(cuda, tmp_path):
 def test_framework_callbacks_are_duck_typed(cuda, tmp_path):
     hf = record.HFRecorder(tmp_path / "hf.json", steps=1)
     hf.on_init_end(None, None, None)  # any other hook: a no-op
+    hf.on_train_begin(None, None, None)
+    assert cuda.resets == 1  # the window opens at the start of training
     hf.on_step_end(None, None, None)
     assert (tmp_path / "hf.json").is_file()
     pl = record.LightningRecorder(tmp_path / "pl.json", steps=2)
     pl.on_fit_start(None, None)
-    pl.on_train_batch_end(None, None, None, None, 0)
+    pl.on_train_batch_end(None, None, None, None, 0)  # not started: this only opens the window
+    assert pl.rows == []
+    pl.on_train_batch_end(None, None, None, None, 1)
     assert not (tmp_path / "pl.json").exists()  # one of two steps
     pl.on_train_end(None, None)  # stops early: writes what it has
     assert len(record.load_run(tmp_path / "pl.json")["steps"]) == 1
