@@ -276,6 +276,9 @@ def profile(
         data = report.to_json()
         if chosen != "cuda":  # on a GPU the allocator already holds these buffers
             data["library_terms"] = _library_terms_json(report, None)
+            from planner.band import band_json
+
+            data["device_band"] = band_json(report, None)
         _print_json(data)
         return
     from planner.report.terminal import render_report
@@ -301,12 +304,14 @@ def _library_terms_json(report: Any, card: Any) -> dict:
 
 def _print_library_terms(report: Any, card: Any) -> None:
     from planner.analytic.estimate import library_terms
+    from planner.band import band_line
     from planner.workspaces import render_lines
 
     out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
               "the context line is the generation's reading where known):")
     for line in render_lines(library_terms(report, card)):
         out.print(f"  {line}", markup=False)  # sources quote file paths and URLs
+    out.print(band_line(report, card), markup=False)
 
 
 @app.command()
@@ -401,6 +406,9 @@ def estimate(
         data["gpu"] = v.to_json() if v else None
         data["next_step"] = v.next_step if v and not v.fits else None
         data["library_terms"] = _library_terms_json(report, card)
+        from planner.band import band_json
+
+        data["device_band"] = band_json(report, card)
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
 
@@ -449,6 +457,9 @@ def calibrate(
     checkpoint: CheckpointOpt = None,
     batch: BatchOpt = None,
     accum: AccumOpt = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Fit on recorded run files (vramplan record), e.g. --from runs/*.json.")] = None,
+    runs: Annotated[Optional[list[str]], typer.Argument(help="More run files after --from (as the shell expands runs/*.json).", show_default=False)] = None,
+    validate: Annotated[Optional[str], typer.Option("--validate", help="--from: check this existing profile on the runs instead of fitting one.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a grid of configurations and fit a device profile's residual terms by least squares.
@@ -461,7 +472,17 @@ def calibrate(
     Example: vramplan calibrate --name fake --backend fake
 
     Example: vramplan calibrate --step examples/steps/template.py --sweep batch=8,16,32 --name mine --backend cuda --gpu rtx4090
+
+    Example: vramplan calibrate --from runs/*.json --name my-a100   (runs written by vramplan record)
     """
+    if from_ is not None or runs or validate:
+        from planner.compare import calibrate_command
+
+        for key, flag in (("step", "--step"), ("grid", "--grid"), ("only", "--only"), ("sweep", "--sweep")):
+            if locals()[key]:
+                raise PlannerError(f"{flag}: does not apply to --from (each run file holds its own setup)")
+        calibrate_command(locals(), out)
+        return
     if step:
         from planner import stepcmds
 
@@ -506,16 +527,92 @@ def calibrate(
             prof = run_calibrate(name, entries, backend.value, card.key if card else None, tick)
         except ImportError as exc:
             raise PlannerError(f"calibrate needs the measuring extra ({exc.name} is missing)") from None
-    path = profiles.save(prof)
-    if as_json:
-        _print_json({"path": str(path), **prof.to_json()})
-        return
-    out.print(f"wrote {path}: {len(prof.measurements)} measurements on {prof.device.get('name', backend.value)}")
-    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + {prof.reserved_offset_bytes:,} B; "
-              f"context {prof.context_bytes:,} B ({prof.context_source})")
-    r = prof.residuals
-    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
-              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
+    from planner.calibrate import save_and_report
+
+    save_and_report(prof, as_json, out, lambda path: f"wrote {path}: {len(prof.measurements)} measurements on "
+                    f"{prof.device.get('name', backend.value)}")
+
+
+@app.command()
+@fail_cleanly
+def record(
+    out_file: Annotated[Path, typer.Option("--out", help="The run file to write (JSON, schema vramplan-run/1).")],
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="cuda (your GPU) or fake (checks the pipeline).")] = Backend.cuda,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run two iterations of a setup on your GPU and record its real counters with the setup in a run file.
+
+    In your own loop: `with planner.record.record("run.json", step=..., steps=3) as rec:` and
+    `rec.step()` after each optimizer step (LightningRecorder / HFRecorder for callbacks).
+
+    Example: vramplan record --step examples/steps/rgbd_policy.py --precision amp-bf16 --out runs/rgbd.json
+    """
+    from planner.config import check_cuda_backend
+    from planner.record import record_command
+
+    if backend == Backend.cpu:
+        raise PlannerError("--backend: got 'cpu', valid: cuda, fake (record measures a GPU or checks the pipeline)")
+    check_cuda_backend(backend, valid="fake")
+    record_command(locals(), None if step else _setup(locals()), out)
+
+
+@app.command()
+@fail_cleanly
+def compare(
+    run: Annotated[Path, typer.Argument(help="A run file written by vramplan record (or planner.record).")],
+    profile_name: Annotated[Optional[str], typer.Option("--profile", help="Device profile to apply to the estimate.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Estimate vs measured per figure (allocated, reserved, context, device) and category for a recorded run.
+
+    Example: vramplan compare runs/rgbd.json --json
+    """
+    from planner.compare import compare_command
+
+    compare_command(locals(), out)
+
+
+@app.command()
+@fail_cleanly
+def snapshot(
+    out_file: Annotated[Path, typer.Option("--out", help="The snapshot to write: .pickle (PyTorch's viewers) or .json.")],
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    batch: BatchOpt = None,
+    accum: AccumOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export the traced step as a PyTorch memory snapshot (torch.cuda.memory._snapshot format).
+
+    A step file with its knobs, or a built-in configuration (--config YAML). Open the .pickle at
+    https://pytorch.org/memory_viz or with torch.cuda._memory_viz.
+
+    Example: vramplan snapshot --step examples/steps/rgbd_policy.py --out rgbd.pickle
+    """
+    from planner.snapshot import snapshot_command
+
+    snapshot_command(locals(), None if step else _setup(locals()), out)
 
 
 @app.command(name="profiles")

@@ -236,17 +236,23 @@ def load(name: str, directory: Path | None = None) -> DeviceProfile:
         raise PlannerError(f"--profile: unknown profile {quote(name)} (available: {', '.join(names) or 'none'}, "
                            f"or a path to a .json file)")
     where = f"--profile: {quote(str(path))}"
+    data = read_json_file(path, where, MAX_PROFILE_BYTES, "a profile")
+    return DeviceProfile.from_json(data, where)
+
+
+def read_json_file(path: Path, where: str, limit: int, what: str) -> Any:
+    """The JSON value a data file holds (never code), or one PlannerError line naming ``where``:
+    unreadable, over ``limit`` bytes, not UTF-8, not JSON, nested too deeply."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise PlannerError(f"{where} cannot be read ({exc.strerror})") from None
-    if len(raw) > MAX_PROFILE_BYTES:
-        raise PlannerError(f"{where} is {len(raw):,} bytes (valid: a profile under {MAX_PROFILE_BYTES:,} bytes)")
+    if len(raw) > limit:
+        raise PlannerError(f"{where} is {len(raw):,} bytes (valid: {what} under {limit:,} bytes)")
     try:
-        data = parse_json(raw, "a profile")
+        return parse_json(raw, what)
     except NotData as exc:
         raise PlannerError(f"{where} is {exc}") from None
-    return DeviceProfile.from_json(data, where)
 
 
 def for_gpu(gpu_key: str, directory: Path | None = None, basis: str = "analytic") -> DeviceProfile | None:

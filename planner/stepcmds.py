@@ -139,6 +139,9 @@ def _print_verdict(v: Any, report: Any, ss: StepSetup, out: Any) -> None:
     style = "bold green" if v.fits else "bold red"
     out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB)")
     out.print(f"[dim]{v.gpu.capacity_note()}[/dim]")
+    from planner.band import band_line
+
+    out.print(band_line(report, v.gpu), markup=False)
     if not v.fits:
         out.print(f"next: vramplan recommend --step {ss.path} --gpu {v.gpu.key}", markup=False)
 
@@ -182,17 +185,11 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     prog, tick = _progress(err, "calibrating")
     with prog:
         prof = calibrate_step(p["name"], setups, backend, card.key if card else None, tick)
-    path = profiles.save(prof)
-    if p.get("as_json"):
-        _print_json({"path": str(path), **prof.to_json()})
+    from planner.calibrate import save_and_report
+
+    if save_and_report(prof, p.get("as_json"), out, lambda path: f"wrote {path}: {len(prof.measurements)} points "
+                       f"({'; '.join(lab for lab, _ in setups)}) of {ss.label()} on {prof.device.get('name', backend)}"):
         return
-    out.print(f"wrote {path}: {len(prof.measurements)} points ({'; '.join(lab for lab, _ in setups)}) of {ss.label()} "
-              f"on {prof.device.get('name', backend)}", markup=False)
-    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + "
-              f"{prof.reserved_offset_bytes:,} B; context {prof.context_bytes:,} B ({prof.context_source})", markup=False)
-    r = prof.residuals
-    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
-              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
     if backend != "cuda":
         out.print("[yellow]fake backend: each point is the step's trace against a fresh trace of itself, so the terms "
                   "are the identity; this checks the pipeline and calibrates nothing (use --backend cuda on a GPU)[/yellow]")
@@ -249,6 +246,9 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
         data["gpu"] = v.to_json() if v else None
         data["step_setup"] = ss.to_json()
         data["how"] = how
+        from planner.band import band_json
+
+        data["device_band"] = band_json(report, card)
         _print_json(data)
         return
     _render(report, ss, out, "vramplan " + ("profile" if fresh else "estimate") + f" --step ({how})")
