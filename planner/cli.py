@@ -96,6 +96,10 @@ AllocConfOpt = Annotated[Optional[str], typer.Option(
     "--alloc-conf", help="CUDA caching-allocator settings, PYTORCH_CUDA_ALLOC_CONF syntax (e.g. expandable_segments:True); "
     "default: that environment variable if set, else torch's defaults.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Your own nn.Module: package.module:factory or path/to/file.py:factory, in a plain MSE step "
+    "with Adam (AMP fp16 unless --precision says otherwise); takes every step-file flag.")]
+InputOpt = Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64 (batch first).")]
 StepOpt = Annotated[Optional[str], typer.Option(
     "--step", help="Your own training step: a step file (path/to/step.py or package.module), "
     "see examples/steps/template.py. Takes --knob, --batch, --accum, --precision, --checkpoint, --sdpa, --optimizer.")]
@@ -118,9 +122,39 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
 _STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "--checkpoint"), ("sdpa", "--sdpa"))
 
 
+def _model_as_step(params: dict[str, Any]) -> dict[str, Any]:
+    """``--model FACTORY --input BxS...`` as the step file it is (planner/stepfiles/model_step.py):
+    ``--knob model=FACTORY --knob input=S... --batch B``, AMP fp16 unless --precision/--amp say
+    otherwise (as ``profile --model``)."""
+    model, shape = params.get("model"), params.get("input_shape")
+    if not model:
+        if shape:
+            raise PlannerError("--input: only used with --model package.module:factory")
+        return params
+    if params.get("step"):
+        raise PlannerError("--model: give either --step (a step file) or --model (a module factory), not both")
+    if not shape:
+        raise PlannerError("--input: give the batch shape with --model, e.g. --input 2x1x96x96x64")
+    from planner.config import parse_shape
+    from planner.stepfiles import MODEL_STEP
+
+    dims = parse_shape(shape, "--input", 2, 6)
+    if params.get("batch") not in (None, dims[0]):
+        raise PlannerError(f"--batch: with --model the batch is --input's first dimension ({dims[0]}); "
+                           f"change --input, or use recommend --max-batch")
+    knobs = [*(params.get("knob") or []), f"model={model}", f"input={'x'.join(map(str, dims[1:]))}"]
+    precision = params.get("precision")
+    if precision is None and params.get("amp") is None:
+        precision = "amp-fp16"
+    return {**params, "step": MODEL_STEP, "knob": knobs, "batch": dims[0], "precision": precision,
+            "model": None, "input_shape": None, "as_flag": "--model"}
+
+
 def _step_command(params: dict[str, Any], name: str) -> bool:
-    """Run the --step form of command ``name`` when --step is given (True); step-only flags
-    without --step are errors naming them."""
+    """Run the --step form of command ``name`` when --step (or --model) is given (True);
+    step-only flags without --step are errors naming them."""
+    if name != "profile":
+        params = _model_as_step(params)
     if params.get("step"):
         from planner import stepcmds
 
@@ -342,6 +376,8 @@ def estimate(
     profile_name: Annotated[
         Optional[str], typer.Option("--profile", help="Device profile from profiles/ (see `vramplan profiles`).")
     ] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
@@ -356,6 +392,7 @@ def estimate(
 
     Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
     Example: vramplan estimate --step examples/steps/template.py --knob width=256 --precision amp-bf16 --gpu 8GB
+    Example: vramplan estimate --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
     if _step_command(locals(), "estimate"):
         return
@@ -700,6 +737,8 @@ def recommend(
     max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
     write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
@@ -718,6 +757,7 @@ def recommend(
 
     Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
     Example: vramplan recommend --step examples/steps/rgbd_policy.py --gpu 24GB
+    Example: vramplan recommend --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB --max-batch
 
     Example: vramplan recommend --voxel 256x256x64 --batch 4 --max-gpus 8 --gpu 80GB
     Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
@@ -923,6 +963,8 @@ def table(
     seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file.")] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
@@ -940,6 +982,7 @@ def table(
 
     Example: vramplan table --sweep batch=1,2,4 --sweep amp=on,off --voxel 96x96x64 --gpu 24GB
     Example: vramplan table --step examples/steps/template.py --sweep width=64,256 --sweep precision=fp32,amp-bf16 --gpu 8GB
+    Example: vramplan table --model nets.py:make_net --input 2x1x96x96x96 --sweep batch=1,2,4 --gpu 24GB
     """
     if out_file is not None:
         from planner.config import check_output_path
@@ -1014,6 +1057,8 @@ def plot(
     gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
@@ -1221,10 +1266,10 @@ def oom(
 @app.command()
 @fail_cleanly
 def check(
-    setups: Annotated[list[str], typer.Argument(
-        metavar="CONFIG_OR_STEP...", show_default=False,
-        help="Setups to check: built-in config YAMLs (analytic, no torch) and step files .py (traced, cached).")],
     gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")],
+    setups: Annotated[Optional[list[str]], typer.Argument(
+        metavar="CONFIG_OR_STEP...", show_default=False,
+        help="Setups to check: built-in config YAMLs (analytic, no torch) and step files .py (traced, cached).")] = None,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: the budget is capacity x (1 - margin).")] = 0.05,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON: also fail when a peak grows by more than --tolerance.")] = None,
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Growth allowed against --baseline, a fraction (default 0.02).")] = None,
@@ -1237,6 +1282,8 @@ def check(
     knob: Annotated[Optional[list[str]], typer.Option("--knob", help="Step files: a knob, name=value (repeatable).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=0, help="Step files: trace in this many processes (0: one per core).")] = 0,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file (one test case per setup).")] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fail (exit 1) when a setup does not fit the GPU with the margin, or grew against a baseline
@@ -1248,6 +1295,8 @@ def check(
     Example: vramplan check examples/seed004_high_res.yaml --gpu 24GB --baseline vram.json
 
     Example: vramplan check cfg.yaml steps/train.py --knob width=64 --gpu 24GB --junit vram.xml
+
+    Example: vramplan check --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
     import os
 
@@ -1257,6 +1306,14 @@ def check(
     if junit is not None:
         check_output_path(junit, "--junit")
     flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs}
+    if model or input_shape:
+        if setups:
+            raise PlannerError("--model: check takes either setups (configs, step files) or --model, not both")
+        as_step = _model_as_step({**flags, "model": model, "input_shape": input_shape})
+        flags = {k: as_step[k] for k in flags}
+        setups = [as_step["step"]]
+    if not setups:
+        raise PlannerError("check: give the setups to check (config .yaml or step file .py), or --model FACTORY --input SHAPE")
     kw = dict(gpu=gpu, margin=margin, baseline=baseline, tolerance=tolerance, update_baseline=update_baseline,
               prune_baseline=prune_baseline, flags=flags, jobs=jobs)
     if any(str(s).lower().endswith(".py") for s in setups) and sys.stderr.isatty():  # CI logs: no progress bar

@@ -40,9 +40,11 @@ def reject_builtin_flags(p: dict[str, Any]) -> None:
         v = p.get(key)
         if v is None or v is False or v == []:
             continue
-        raise PlannerError(f"{'--no-' + flag[2:] if v is False else flag}: does not apply to --step ({why})")
+        raise PlannerError(f"{'--no-' + flag[2:] if v is False else flag}: does not apply to "
+                           f"{p.get('as_flag', '--step')} ({why})")
     if p.get("no_discriminator"):
-        raise PlannerError("--no-discriminator: does not apply to --step (the step file's own networks decide)")
+        raise PlannerError(f"--no-discriminator: does not apply to {p.get('as_flag', '--step')} (the step file's own "
+                           f"networks decide)")
 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:

