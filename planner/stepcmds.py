@@ -355,7 +355,7 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                      "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
                      "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
-                     "failed": stats.failed, "seconds": round(stats.seconds, 2),
+                     "failed": stats.failed, "notes": stats.notes, "seconds": round(stats.seconds, 2),
                      "time_model": "roofline over the traced step's FLOPs and bytes, uncalibrated (relative)"})
         return
     from planner.report.text import TextTable
@@ -390,6 +390,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     out.print(t)
     for label, e in stats.failed.items():
         out.print(f"[yellow]could not trace {label}: {e}[/yellow]", markup=True)
+    for note in stats.notes:
+        out.print(f"note: {note}", markup=False)
     out.print(f"[dim]{summary}. Time per sample: roofline over the traced FLOPs and bytes ({card.name} rates), "
               f"uncalibrated, relative to 'as is'.[/dim]")
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -137,7 +136,10 @@ class KnownValues(TorchDispatchMode):
         super().__init__()
         # the user's DECLARE answers instead of a stand-in
         self._declared = any(str(k).startswith("aten::_local_scalar_dense") for k in declared)
-        self._aliases: dict[int, list[weakref.ref]] = {}  # id(fake storage) -> fake tensors with values
+        # id(fake storage) -> its write generation: a value is valid while the generation it was
+        # taken at is current (no reference to any tensor is kept: a weakref would stop
+        # torch.utils.swap_tensors, which .half()/.to() use on parameters)
+        self._generation: dict[int, int] = {}
         self.standins: Counter[tuple[str, str, str]] = Counter()  # (user line, library line, value) -> uses
         self._lib = None
         self.last_int: DataInt | None = None  # the latest integer stand-in (SizeGuard marks what Python got)
@@ -148,7 +150,13 @@ class KnownValues(TorchDispatchMode):
         if not isinstance(t, torch.Tensor):
             return None
         if isinstance(t, FakeTensor):
-            return getattr(t, _VALUE, None)
+            entry = getattr(t, _VALUE, None)
+            if entry is None:
+                return None
+            key, generation, real = entry
+            st = id(t.untyped_storage())
+            ok = key == st and generation == self._generation.get(st, 0) and real.dtype == t.dtype
+            return real if ok else None
         # a plain tensor is its own value; a wrapper subclass (DTensor, a functional tensor) is not
         # computed on (no_dispatch on a wrapper subclass can crash the process)
         return t if type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" else None
@@ -156,18 +164,14 @@ class KnownValues(TorchDispatchMode):
     def _set(self, fake: torch.Tensor, real: torch.Tensor) -> None:
         if not isinstance(fake, FakeTensor) or real.numel() > VALUE_LIMIT or fake.shape != real.shape:
             return
-        setattr(fake, _VALUE, real)
-        self._aliases.setdefault(id(fake.untyped_storage()), []).append(weakref.ref(fake))
+        st = id(fake.untyped_storage())
+        setattr(fake, _VALUE, (st, self._generation.get(st, 0), real))
 
     def _forget(self, fake: torch.Tensor) -> None:
         """``fake`` and every tensor sharing its storage lose their values."""
-        if not isinstance(fake, FakeTensor):
-            return
-        for ref in self._aliases.pop(id(fake.untyped_storage()), []):
-            t = ref()
-            if t is not None:
-                t.__dict__.pop(_VALUE, None)
-        fake.__dict__.pop(_VALUE, None)
+        if isinstance(fake, FakeTensor):
+            st = id(fake.untyped_storage())
+            self._generation[st] = self._generation.get(st, 0) + 1
 
     # -- dispatch ---------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -225,7 +229,7 @@ class KnownValues(TorchDispatchMode):
         if len(fakes) != len(reals):
             return
         for f, r in zip(fakes, reals):
-            if isinstance(f, FakeTensor) and isinstance(r, torch.Tensor) and _VALUE not in f.__dict__:
+            if isinstance(f, FakeTensor) and isinstance(r, torch.Tensor) and self.value(f) is None:
                 self._set(f, r)
 
     def _overwrite(self, func: Any, args: tuple, kwargs: dict, target: torch.Tensor) -> None:
@@ -233,13 +237,11 @@ class KnownValues(TorchDispatchMode):
             return
         with no_dispatch():
             blank = torch.empty(target.shape, dtype=target.dtype)
-        setattr(target, _VALUE, blank)  # the prior value does not matter: it is overwritten whole
+        self._set(target, blank)  # the prior value does not matter: it is overwritten whole
         try:
             self._run_real(func, args, kwargs)
         except Exception:  # noqa: BLE001
-            target.__dict__.pop(_VALUE, None)
-            return
-        self._aliases.setdefault(id(target.untyped_storage()), []).append(weakref.ref(target))
+            self._forget(target)
 
     def _from_values(self, func: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> Any:
         """An op whose output shape (or value) depends on values, run on the known values."""
