@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from planner.errors import PlannerError, one_line, usage_message
+from planner.gpu_rule import GPU_HELP
 
 try:  # typer >= 0.16 vendors click; older ones depend on it
     from typer._click.exceptions import UsageError as _UsageError
@@ -237,7 +238,7 @@ def profile(
     sdpa: SdpaOpt = None,
     gpus: GpusOpt = None,
     strategy: StrategyOpt = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="--step: card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help=f"--step: card to check against. {GPU_HELP}")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the peak memory of two iterations of the reference training step, or of your own (--step).
@@ -329,7 +330,7 @@ def estimate(
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
-        Optional[str], typer.Option("--gpu", help="Card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")
+        Optional[str], typer.Option("--gpu", help=f"Card to check against. {GPU_HELP}")
     ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also run the profiler (fake backend) and show the error per category.")
@@ -438,7 +439,7 @@ def calibrate(
     name: Annotated[str, typer.Option("--name", help="Profile name: writes profiles/<name>.json.")] = "fake",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML list of configurations (default: benchmarks/grid.py).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="fake (anywhere) or cuda (a real GPU).")] = Backend.fake,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog card this profile is for (cuda backend).")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --backend cuda: the card from `vramplan gpus` this profile is for (--gpu NAME then picks it).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
     step: StepOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
@@ -479,7 +480,7 @@ def calibrate(
     from planner import profiles
     from planner.calibrate import calibrate as run_calibrate
     from planner.calibrate import load_grid
-    from planner.gpus import parse_gpu
+    from planner.gpus import calibration_card
 
     from planner.config import check_cuda_backend, check_gpu_flag
 
@@ -488,7 +489,7 @@ def calibrate(
     check_cuda_backend(backend, valid="fake")
     profiles.check_name(name)  # before the measurements: the file it will write
     check_gpu_flag(gpu)
-    card = parse_gpu(gpu) if gpu is not None else None
+    card = calibration_card(gpu, backend.value)
     entries = load_grid(grid)
     if only is not None:
         if not only.strip():
@@ -596,7 +597,7 @@ def recommend(
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")] = "24GB",
+    gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
     prefer: Annotated[Prefer, typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = Prefer.risk,
     freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention.")] = None,
@@ -821,7 +822,7 @@ def table(
                      "Knobs: batch voxel amp checkpointing flash perceptual discriminator disc_layers disc_channels accum optimizer kind channels attention."),
     ] = None,
     configs: Annotated[Optional[list[Path]], typer.Option("--configs", help="One row per YAML file (repeatable).")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Add a 'fits' column per card (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Add a 'fits' column per card (repeatable). {GPU_HELP}")] = None,
     measure: Annotated[Optional[Backend], typer.Option("--measure", help="Also profile each row (fake or cuda backend).")] = None,
     seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
@@ -914,7 +915,7 @@ def plot(
     voxel: VoxelOpt = None,
     batch: BatchOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="knob=v1,v2 as for `vramplan table` (breakdown: one bar per row; scaling: one line per row).")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Draw this card's capacity (repeatable). {GPU_HELP}")] = None,
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
     step: StepOpt = None,
@@ -983,7 +984,7 @@ def plot(
 
         with err.status("profiling the step (fake backend)"):
             points, phases, peak_i = timeline_data(rows[0][1])
-        fig = P.timeline_figure(points, phases, peak_i)
+        fig = P.timeline_figure(points, phases, peak_i, gpus=cards)
     P.save(fig, out_file, "--out")
     err.print(f"wrote {out_file}")
 
@@ -1127,7 +1128,7 @@ def check(
     setups: Annotated[list[str], typer.Argument(
         metavar="CONFIG_OR_STEP...", show_default=False,
         help="Setups to check: built-in config YAMLs (analytic, no torch) and step files .py (traced, cached).")],
-    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")],
+    gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")],
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: the budget is capacity x (1 - margin).")] = 0.05,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON: also fail when a peak grows by more than --tolerance.")] = None,
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Growth allowed against --baseline, a fraction (default 0.02).")] = None,

@@ -165,7 +165,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     from planner import profiles
     from planner.calibrate import calibrate_step
     from planner.config import check_cuda_backend, check_gpu_flag
-    from planner.gpus import parse_gpu
+    from planner.gpus import calibration_card
 
     backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
     if backend == "cpu":
@@ -173,7 +173,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     check_cuda_backend(p.get("backend"), valid="fake")
     profiles.check_name(p["name"])
     check_gpu_flag(p.get("gpu"))
-    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    card = calibration_card(p.get("gpu"), backend)
     ss = step_setup(p)
     sf = _load(ss)
     ss = _filled(ss, sf)

@@ -85,7 +85,7 @@ def test_recommend_takes_expandable_segments_when_fragmentation_breaks_the_fit(m
     base = _est_default()
     exp = _est_default(["--alloc-conf", "expandable_segments:True"])
     assert exp["device_total_bytes"] <= 4.5 * 2**30 < base["device_total_bytes"]
-    res = runner.invoke(app, ["recommend", "--gpu", "4.5GiB", "--margin", "0", "--freeze",
+    res = runner.invoke(app, ["recommend", "--gpu", "exact:4.5GiB", "--margin", "0", "--freeze",
                               "flash,checkpointing,batch,amp", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
@@ -160,7 +160,7 @@ def test_garbage_collection_threshold_acts_on_the_given_card_and_says_so_without
     assert any(n.startswith("garbage_collection_threshold: not applied") for n in no_card["notes"])
     # a card exactly as large as the default reserved peak: the threshold is half of it
     cap = default["peak_reserved_bytes"]
-    with_card = _est(["--alloc-conf", conf, "--gpu", f"{cap}B"])
+    with_card = _est(["--alloc-conf", conf, "--gpu", f"exact:{cap}B"])
     res = simulate(resolve_setup(None, Overrides(voxel="64x64x32")))
     want = replay(res.events, res.iteration2_start, parse_alloc_conf(conf), capacity_bytes=cap)
     assert with_card["peak_reserved_bytes"] == want.peak_reserved_bytes < default["peak_reserved_bytes"]
