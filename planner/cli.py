@@ -1012,9 +1012,10 @@ def oom(
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
-        Optional[str], typer.Option("--gpu", help="Card to recommend for (default: the message's capacity, less other processes).")
+        Optional[str], typer.Option("--gpu", help=f"With a setup: card to recommend for (default: the message's capacity, less other processes). {GPU_HELP}")
     ] = None,
-    margin: Annotated[float, typer.Option("--margin", help="Safety margin of the recommendation, a fraction of the card.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option(
+        "--margin", help="With a setup: safety margin of the recommendation, a fraction of the card (default 0.05).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain a CUDA out-of-memory message; with a setup (--config or setup flags), name the tensor it was and what fits.
@@ -1036,11 +1037,13 @@ def oom(
     given = config is not None or any(
         params.get(k) is not None and not (k == "no_discriminator" and not params[k]) for k in _SETUP_FLAGS)
     if gpu is not None and not gpu.strip():
-        raise PlannerError("--gpu: empty value (valid: 24GB, 24GiB, 23.55GiB or a name from `vramplan gpus`)")
-    if not 0 <= margin < 1:
+        raise PlannerError("--gpu: empty value (valid: a size as sold like 24GB, an exact capacity like exact:23.55GiB, or a name from `vramplan gpus`)")
+    if margin is not None and not 0 <= margin < 1:
         raise PlannerError(f"--margin: {margin} must be in [0, 1)")
-    if gpu is not None and not given:
-        raise PlannerError("--gpu: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    for value, flag in ((gpu, "--gpu"), (margin, "--margin")):
+        if value is not None and not given:
+            raise PlannerError(f"{flag}: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    margin = 0.05 if margin is None else margin
     data = O.explain_json(report)
     lines = list(data["explanation"])
     setup_data: dict[str, Any] | None = None
@@ -1114,6 +1117,8 @@ def oom(
                   "(another setup, other processes, or fragmentation, above).")
     elif r["nothing_fits"]:
         need = f"; it would take a {r['card_needed']}" if r["card_needed"] else ""
+        if O.diagnosis(report) == "other_memory":  # a larger card is not the answer to memory others hold
+            need = f"; {O.fmt(report.elsewhere_bytes)} of the card is held outside this process: free that first"
         out.print(f"[bold red]Nothing in the search space fits {setup_data['gpu']['name']}[/bold red]{need}.")
     else:
         out.print(f"[bold]Recommended for {setup_data['gpu']['name']}[/bold] (budget {O.fmt(r['budget_bytes'])}, "
