@@ -72,8 +72,17 @@ def test_text_states_the_settings_and_fragmentation(monkeypatch):
     res = runner.invoke(app, ["estimate", *SMALL, "--alloc-conf", "expandable_segments:True"])
     assert res.exit_code == 0, res.output
     assert "alloc_conf expandable_segments:True" in res.stdout  # the setup line
-    assert "fragmentation at the reserved peak" in res.stdout
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in res.stdout
+    # issue 23: the cache's state when the live tensors peak, on its own line after the table, not as an
+    # indented term of the sum (the reserved-peak figure printed ~all of reserved and read as if it added up)
+    data = json.loads(runner.invoke(app, ["estimate", *SMALL, "--alloc-conf", "expandable_segments:True",
+                                          "--json"]).stdout)
+    free, largest = data["free_at_allocated_peak_bytes"], data["largest_free_block_bytes"]
+    assert 0 <= largest <= free <= data["peak_reserved_bytes"]  # a free block is part of the free cache
+    assert "fragmentation at the reserved peak" not in res.stdout
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("allocator cache when the live tensors peak"))
+    assert "not a term of the sum above" in line and f"({free:,} B) reserved but free" in line
+    assert "largest free block" in line and f"({largest:,} B)" in line
 
 
 def test_recommend_takes_expandable_segments_when_fragmentation_breaks_the_fit(monkeypatch):
