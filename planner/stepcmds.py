@@ -140,7 +140,11 @@ def _print_verdict(v: Any, report: Any, ss: StepSetup, out: Any) -> None:
     out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB)")
     out.print(f"[dim]{v.gpu.capacity_note()}[/dim]")
     if not v.fits:
-        out.print(f"next: vramplan recommend --step {ss.path} --gpu {v.gpu.key}", markup=False)
+        import shlex
+
+        # the --gpu as typed: an exact capacity's key is rounded to 0.01 GiB
+        out.print(f"next: vramplan recommend --step {ss.path} --gpu {shlex.quote(v.gpu.given or v.gpu.key)}",
+                  markup=False)
 
 
 def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
