@@ -30,6 +30,16 @@ What the message says comes from ``c10/cuda/CUDACachingAllocator.cpp``
   process has"; in a container whose PID namespace hides the own PID, the own
   process appears as a plain "Process N" line. torch 2.1 printed "total capacty".
 
+What the figures say, in order (:func:`causes`): a request larger than the card; a per-process cap
+that binds; memory held outside this process when it is most of the card (other processes, other
+ranks on the same GPU: free that before anything else); a small-pool request (<= 1 MiB tensors);
+memory free but refused; fragmentation of PyTorch's cache; capacity. Fragmentation advice names the
+setting this message's torch advises (expandable_segments, or max_split_size_mb with a value
+derived from the request) and quotes only the message's own sentence. Figures that cannot all be
+true are refused (:func:`problems`) after a line break inside the message was tried as a terminal
+wrap through a word or figure (:func:`parse_oom`). The 25 real messages behind the tests are in
+tests/data/oom_messages/, each with its source.
+
 Every size is printed by ``format_size``: "N bytes" for small ones, else KiB, MiB
 or GiB with two decimals, the next unit only past 1024 of one (the public messages
 show "0 bytes", "1002.00 MiB" and "125537.24 GiB"). "Tried to
