@@ -742,6 +742,11 @@ def _cause_text(oom: OomReport, cause: str, found: list[str]) -> str:
         return (f"mostly capacity, partly fragmentation: free ({fmt(oom.free_bytes)}) plus reserved-but-unallocated "
                 f"({fmt(oom.reserved_unallocated_bytes)}) would have covered the request, neither alone. {setting}{why} "
                 f"may be enough; otherwise the step needs less memory.{quote}")
+    if cause == "capacity" and "other_memory" in found:
+        whole = f"exact:{oom.capacity_text.replace(' ', '')}" if oom.capacity_text else "the card"
+        return ("capacity of what the others left: even the free memory and every cached byte together were too "
+                "little for the request. Free the memory held outside this process first; whether the step fits "
+                f"the whole card is a recommendation with --gpu {whole}.")
     if cause == "capacity":
         return ("capacity. Even the free memory and every cached byte together were too little; allocator settings "
                 "will not help: the step needs less memory (see the recommendation) or a larger card.")

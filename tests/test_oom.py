@@ -788,3 +788,26 @@ def test_cli_container_message_never_sends_a_small_step_to_a_smaller_card(tmp_pa
 def test_cli_margin_without_a_setup_is_refused():
     res = runner.invoke(app, ["oom", "--margin", "0.2", _fixture("zero-dce-52-1x")[1]])
     assert res.exit_code == 2 and res.output.strip().startswith("error: --margin: only used with a setup")
+
+
+def test_cli_other_process_holding_the_card_is_named_not_a_larger_card(tmp_path):
+    # the 2.x layout (c10/cuda/CUDACachingAllocator.cpp) with another program holding 23.20 of 23.64 GiB and this
+    # process 440 MiB: 23.64 GiB - 4.00 MiB - 440.00 MiB = 23.21 GiB (98 %) outside this process
+    msg = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of "
+           "23.64 GiB of which 4.00 MiB is free. Process 4242 has 23.20 GiB memory in use. Including non-PyTorch "
+           "memory, this process has 440.00 MiB memory in use. Of the allocated memory 10.00 MiB is allocated by "
+           "PyTorch, and 2.00 MiB is reserved by PyTorch but unallocated.")
+    r = parse_oom(msg)
+    assert causes(r) == ["other_memory", "capacity"]
+    assert r.elsewhere_bytes == B("23.64 GiB") - B("4.00 MiB") - B("440.00 MiB")
+    text = "\n".join(explain(r))
+    assert "Diagnosis: memory held outside this process: 23.21 GiB of the card's 23.64 GiB (98 %)" in text
+    assert "--gpu exact:23.64GiB" in text and "larger card" not in text
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(SMALL)
+    res = runner.invoke(app, ["oom", msg, "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    # the recommendation is for what the other program leaves: 23.64 - 23.20 GiB = 0.44 GiB; nothing fits it,
+    # and the answer is to free the card, not "it would take a <larger card>"
+    assert "it would take" not in res.stdout
+    assert "23.21 GiB of the card is held outside this process: free that first" in res.stdout
