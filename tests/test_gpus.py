@@ -448,3 +448,15 @@ def test_timeline_draws_the_cards_capacity_labelled_by_name():
     labels = [t.get_text() for t in ax.texts]
     assert "exactly 24.00 GiB (24.00 GiB CUDA-reported)" in labels
     assert not any("25769803776" in t for t in labels)  # never raw bytes
+
+
+@pytest.mark.parametrize("command", ["profile", "estimate", "recommend", "table", "plot", "oom", "check"])
+def test_every_gpu_flag_states_the_one_rule(command):
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.split())
+    assert "A bare size is a card as sold, a whole number of GB" in text and "exact:SIZE is exactly that capacity" in text
