@@ -316,13 +316,14 @@ def _collapse(text: str) -> str:
 
 
 def _score(rep: OomReport | None) -> tuple:
-    """Better reading first: found, consistent (fewest problems), most figures read."""
+    """Better reading first: found, most figures read, then fewest contradictions (a wrap through a word hides a
+    figure; one through a number misreads it, which the contradiction with another figure shows)."""
     if rep is None:
         return (0, 0, 0)
     figures = sum(v is not None for v in (rep.capacity_bytes, rep.free_bytes, rep.allocated_bytes,
                                           rep.reserved_bytes, rep.reserved_unallocated_bytes,
                                           rep.process_in_use_bytes, rep.allowed_bytes, rep.gpu_index))
-    return (1, -len(problems(rep)), figures + len(rep.other_processes))
+    return (1, figures + len(rep.other_processes), -len(problems(rep)))
 
 
 def _try(pieces: list[str], joins: set[int]) -> OomReport | None:
@@ -341,8 +342,8 @@ def parse_oom(text: str | bytes) -> OomReport:
     message without its "CUDA out of memory." prefix (then its GPU figures must be there); at
     most :data:`MAX_INPUT_BYTES`. Figures the message lacks are None. A line break inside the
     message may be a terminal's wrap through a word or a figure: each is read both ways and kept
-    joined only where that reading is the better one (:func:`_score`: consistent figures first,
-    then more of them), recorded in ``repairs``. Raises :class:`PlannerError` (one line, never
+    joined only where that reading is the better one (:func:`_score`: more figures read, then
+    fewer contradictions), recorded in ``repairs``. Raises :class:`PlannerError` (one line, never
     quoting the input) when no message is found and when the figures contradict each other
     whichever way the breaks are read (:func:`problems`).
     """
@@ -358,11 +359,17 @@ def parse_oom(text: str | bytes) -> OomReport:
     breaks = list(range(min(len(pieces) - 1, _MAX_BREAKS)))
     joins: set[int] = set()
     best = _try(pieces, joins)
-    for i in breaks:
-        cand = _try(pieces, joins | {i})
-        if _score(cand) > _score(best):
-            joins.add(i)
-            best = cand
+    for _ in range(3):  # greedy, to a fixpoint: a join may only pay once another figure is read
+        changed = False
+        for i in breaks:
+            if i in joins:
+                continue
+            cand = _try(pieces, joins | {i})
+            if _score(cand) > _score(best):
+                joins.add(i)
+                best, changed = cand, True
+        if not changed:
+            break
     if best is None:
         _parse_spaced(spaced)  # raises the one-line "no message" error
         raise AssertionError  # pragma: no cover

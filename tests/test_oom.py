@@ -744,10 +744,14 @@ def test_wrapped_figure_is_repaired_where_one_reading_is_consistent():
     assert r.reserved_bytes == B("14.28 GiB") and r.repairs == ("14.2⏎8 read as 14.28",)
     assert r.reserved_unallocated_bytes == B("14.28 GiB") - B("14.23 GiB") > 0
     assert "Line wrap repaired: 14.2⏎8 read as 14.28" in "\n".join(explain(r))
-    # wraps through "Tried to allocate" and "capacity" too: each break is read joined only where that reads more
+    # wraps through "Tried to allocate", "capacity" and "already allocated" too: each break is read joined only
+    # where that reads more figures, or the same with fewer contradictions ("14.2⏎8" pays only once "allocated"
+    # is read: 8 GiB reserved contradicts 14.23 GiB allocated)
     r = parse_oom(COLAB.format(reserved="14.2\n8 GiB").replace("allocate", "allo\ncate").replace("capacity", "capa\ncity"))
-    assert (r.request_bytes, r.capacity_bytes, r.reserved_bytes) == (B("3.35 GiB"), B("15.78 GiB"), B("14.28 GiB"))
-    assert r.repairs == ("allo⏎cate read as allocate", "capa⏎city; read as capacity;", "14.2⏎8 read as 14.28")
+    assert (r.request_bytes, r.capacity_bytes, r.allocated_bytes, r.reserved_bytes) == (
+        B("3.35 GiB"), B("15.78 GiB"), B("14.23 GiB"), B("14.28 GiB"))
+    assert r.repairs == ("allo⏎cate read as allocate", "capa⏎city; read as capacity;", "allo⏎cated; read as allocated;",
+                         "14.2⏎8 read as 14.28")
     # a paste whose line break replaced a space is left alone
     assert parse_oom(COLAB.format(reserved="14.28 GiB").replace("already ", "already\n")).repairs == ()
 
