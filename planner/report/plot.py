@@ -136,7 +136,7 @@ def timeline_figure(points: list[tuple[int, dict[str, int]]], phases: list[tuple
     for g in gpus:
         ax.axhline(g.capacity_bytes / GIB, linestyle="--", color="black", linewidth=1)
         ax.text(xs[0] if xs else 0, g.capacity_bytes / GIB, f"{g.label} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)",
-                va="bottom")
+                va="top")  # below its line: the phase names sit above the highest line
     span = (xs[-1] - xs[0]) if len(xs) > 1 else 1
     for i, (start, name) in enumerate(phases):
         end = phases[i + 1][0] if i + 1 < len(phases) else (xs[-1] if xs else start)
