@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from planner.errors import PlannerError, one_line, usage_message
+from planner.gpu_rule import GPU_HELP
 
 try:  # typer >= 0.16 vendors click; older ones depend on it
     from typer._click.exceptions import UsageError as _UsageError
@@ -271,7 +272,7 @@ def profile(
     sdpa: SdpaOpt = None,
     gpus: GpusOpt = None,
     strategy: StrategyOpt = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="--step: card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help=f"--step: card to check against. {GPU_HELP}")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the peak memory of two iterations of the reference training step, or of your own (--step).
@@ -368,7 +369,7 @@ def estimate(
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
-        Optional[str], typer.Option("--gpu", help="Card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")
+        Optional[str], typer.Option("--gpu", help=f"Card to check against. {GPU_HELP}")
     ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also run the profiler (fake backend) and show the error per category.")
@@ -483,7 +484,7 @@ def calibrate(
     name: Annotated[str, typer.Option("--name", help="Profile name: writes profiles/<name>.json.")] = "fake",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML list of configurations (default: benchmarks/grid.py).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="fake (anywhere) or cuda (a real GPU).")] = Backend.fake,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog card this profile is for (cuda backend).")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --backend cuda: the card from `vramplan gpus` this profile is for (--gpu NAME then picks it).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
     step: StepOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
@@ -537,7 +538,7 @@ def calibrate(
     from planner import profiles
     from planner.calibrate import calibrate as run_calibrate
     from planner.calibrate import load_grid
-    from planner.gpus import parse_gpu
+    from planner.gpus import calibration_card
 
     from planner.config import check_cuda_backend, check_gpu_flag
 
@@ -546,7 +547,7 @@ def calibrate(
     check_cuda_backend(backend, valid="fake")
     profiles.check_name(name)  # before the measurements: the file it will write
     check_gpu_flag(gpu)
-    card = parse_gpu(gpu) if gpu is not None else None
+    card = calibration_card(gpu, backend.value)
     entries = load_grid(grid)
     if only is not None:
         if not only.strip():
@@ -730,7 +731,7 @@ def recommend(
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")] = "24GB",
+    gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
     prefer: Annotated[Prefer, typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = Prefer.risk,
     freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention.")] = None,
@@ -958,7 +959,7 @@ def table(
                      "Knobs: batch voxel amp checkpointing flash perceptual discriminator disc_layers disc_channels accum optimizer kind channels attention."),
     ] = None,
     configs: Annotated[Optional[list[Path]], typer.Option("--configs", help="One row per YAML file (repeatable).")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Add a 'fits' column per card (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Add a 'fits' column per card (repeatable). {GPU_HELP}")] = None,
     measure: Annotated[Optional[Backend], typer.Option("--measure", help="Also profile each row (fake or cuda backend).")] = None,
     seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
@@ -1054,7 +1055,7 @@ def plot(
     voxel: VoxelOpt = None,
     batch: BatchOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="knob=v1,v2 as for `vramplan table` (breakdown: one bar per row; scaling: one line per row).")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Draw this card's capacity (repeatable). {GPU_HELP}")] = None,
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
     model: ModelOpt = None,
@@ -1125,7 +1126,7 @@ def plot(
 
         with err.status("profiling the step (fake backend)"):
             points, phases, peak_i = timeline_data(rows[0][1])
-        fig = P.timeline_figure(points, phases, peak_i)
+        fig = P.timeline_figure(points, phases, peak_i, gpus=cards)
     P.save(fig, out_file, "--out")
     err.print(f"wrote {out_file}")
 
@@ -1153,9 +1154,10 @@ def oom(
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
-        Optional[str], typer.Option("--gpu", help="Card to recommend for (default: the message's capacity, less other processes).")
+        Optional[str], typer.Option("--gpu", help=f"With a setup: card to recommend for (default: the message's capacity, less other processes). {GPU_HELP}")
     ] = None,
-    margin: Annotated[float, typer.Option("--margin", help="Safety margin of the recommendation, a fraction of the card.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option(
+        "--margin", help="With a setup: safety margin of the recommendation, a fraction of the card (default 0.05).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain a CUDA out-of-memory message; with a setup (--config or setup flags), name the tensor it was and what fits.
@@ -1177,11 +1179,13 @@ def oom(
     given = config is not None or any(
         params.get(k) is not None and not (k == "no_discriminator" and not params[k]) for k in _SETUP_FLAGS)
     if gpu is not None and not gpu.strip():
-        raise PlannerError("--gpu: empty value (valid: 24GB, 24GiB, 23.55GiB or a name from `vramplan gpus`)")
-    if not 0 <= margin < 1:
+        raise PlannerError("--gpu: empty value (valid: a size as sold like 24GB, an exact capacity like exact:23.55GiB, or a name from `vramplan gpus`)")
+    if margin is not None and not 0 <= margin < 1:
         raise PlannerError(f"--margin: {margin} must be in [0, 1)")
-    if gpu is not None and not given:
-        raise PlannerError("--gpu: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    for value, flag in ((gpu, "--gpu"), (margin, "--margin")):
+        if value is not None and not given:
+            raise PlannerError(f"{flag}: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    margin = 0.05 if margin is None else margin
     data = O.explain_json(report)
     lines = list(data["explanation"])
     setup_data: dict[str, Any] | None = None
@@ -1255,6 +1259,8 @@ def oom(
                   "(another setup, other processes, or fragmentation, above).")
     elif r["nothing_fits"]:
         need = f"; it would take a {r['card_needed']}" if r["card_needed"] else ""
+        if O.diagnosis(report) == "other_memory":  # a larger card is not the answer to memory others hold
+            need = f"; {O.fmt(report.elsewhere_bytes)} of the card is held outside this process: free that first"
         out.print(f"[bold red]Nothing in the search space fits {setup_data['gpu']['name']}[/bold red]{need}.")
     else:
         out.print(f"[bold]Recommended for {setup_data['gpu']['name']}[/bold] (budget {O.fmt(r['budget_bytes'])}, "
@@ -1266,7 +1272,7 @@ def oom(
 @app.command()
 @fail_cleanly
 def check(
-    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")],
+    gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")],
     setups: Annotated[Optional[list[str]], typer.Argument(
         metavar="CONFIG_OR_STEP...", show_default=False,
         help="Setups to check: built-in config YAMLs (analytic, no torch) and step files .py (traced, cached).")] = None,

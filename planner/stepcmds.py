@@ -145,7 +145,11 @@ def _print_verdict(v: Any, report: Any, ss: StepSetup, out: Any) -> None:
 
     out.print(band_line(report, v.gpu), markup=False)
     if not v.fits:
-        out.print(f"next: vramplan recommend --step {ss.path} --gpu {v.gpu.key}", markup=False)
+        import shlex
+
+        # the --gpu as typed: an exact capacity's key is rounded to 0.01 GiB
+        out.print(f"next: vramplan recommend --step {ss.path} --gpu {shlex.quote(v.gpu.given or v.gpu.key)}",
+                  markup=False)
 
 
 def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
@@ -170,7 +174,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     from planner import profiles
     from planner.calibrate import calibrate_step
     from planner.config import check_cuda_backend, check_gpu_flag
-    from planner.gpus import parse_gpu
+    from planner.gpus import calibration_card
 
     backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
     if backend == "cpu":
@@ -178,7 +182,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     check_cuda_backend(p.get("backend"), valid="fake")
     profiles.check_name(p["name"])
     check_gpu_flag(p.get("gpu"))
-    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    card = calibration_card(p.get("gpu"), backend)
     ss = step_setup(p)
     sf = _load(ss)
     ss = _filled(ss, sf)

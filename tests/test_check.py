@@ -135,7 +135,7 @@ def test_update_then_unchanged_passes(repo):
     # text: every setup states what it describes and the card's capacity
     r = check(*SETUPS, "--gpu", "24GB", "--baseline", "vram.json")
     assert r.exit_code == 0, r.output
-    assert "capacity used: 23.64 GiB" in r.stdout
+    assert "capacity used: 24GB -> card sold as 24 GB: 23.64 GiB (25,383,256,719 B) as CUDA reports it" in r.stdout
     assert "setup: ldm-stage1, voxel 64x64x32, batch 1, channels [32, 64, 64]" in r.stdout
     assert "setup: step.py, batch 4, fp32" in r.stdout
     assert "result: all 3 setups pass (exit 0)" in r.stdout
@@ -180,7 +180,7 @@ def test_tolerance_lets_small_growth_pass(repo):
 
 def test_setup_that_stops_fitting_fails(repo):
     # --gpu 2.0GiB is taken literally: 2 * 2**30 B; budget int(2147483648 * (1 - 0.05)) = 2040109465 B
-    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "--gpu", "2.0GiB")
+    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "--gpu", "exact:2GiB")
     assert code == 1
     assert out["gpu"]["capacity_bytes"] == 2 * 2**30 and out["gpu"]["budget_bytes"] == 2040109465
     fits = {s["name"]: s["fits"] for s in out["setups"]}
@@ -190,13 +190,13 @@ def test_setup_that_stops_fitting_fails(repo):
     bad = out["setups"][1]
     assert bad["status"] == "fail" and bad["failures"][0].startswith("does not fit")
     # a larger margin moves the budget: 2147483648 * 0.5 = 1073741824 B
-    code, out = check_json("configs/stage1.yaml", "--gpu", "2.0GiB", "--margin", "0.5")
+    code, out = check_json("configs/stage1.yaml", "--gpu", "exact:2GiB", "--margin", "0.5")
     assert out["gpu"]["budget_bytes"] == 1073741824
     assert code == (0 if out["setups"][0]["device_total_bytes"] <= 1073741824 else 1)
 
 
 def test_update_baseline_writes_but_fails_when_not_fitting(repo):
-    r = check("configs/stage2.yaml", "--gpu", "2.0GiB", "--baseline", "vram.json", "--update-baseline")
+    r = check("configs/stage2.yaml", "--gpu", "exact:2GiB", "--baseline", "vram.json", "--update-baseline")
     assert r.exit_code == 1
     assert json.loads(Path("vram.json").read_text())["setups"]["configs/stage2.yaml"]["device_total_bytes"] > 0
     assert "DOES NOT FIT" in r.stdout
@@ -327,7 +327,7 @@ def test_ci_outputs_junit_annotations_summary(repo, monkeypatch):
     assert ann[0].startswith("::error file=configs/stage1.yaml,title=vramplan check%3A memory grew::FAIL configs/stage1.yaml: ")
     assert "%25" in ann[0] and "activations +" in ann[0]  # '%' escaped as GitHub requires
     assert "[setup: ldm-stage1, voxel 64x64x32, batch 1, channels [32, 64, 128]" in ann[0]
-    assert "GPU generic 24 GB card (24GB): budget 22.46 GiB = capacity 23.64 GiB" in ann[0]
+    assert "GPU card sold as 24 GB (24GB): budget 22.46 GiB = capacity 23.64 GiB" in ann[0]
     assert ann[1].startswith("::warning file=configs/new.yaml,title=vramplan check%3A no baseline::new configs/new.yaml")
 
     md = summary.read_text()

@@ -94,14 +94,14 @@ def test_assert_fits_failure_message(user):
         from planner.pytest_plugin import assert_fits
 
         def test_stage2_on_a_small_card():
-            assert_fits("configs/stage2.yaml", gpu="2.0GiB")
+            assert_fits("configs/stage2.yaml", gpu="exact:2GiB")
     """)
     res = user.runpytest("-q", "test_fit.py")
     res.assert_outcomes(failed=1)
     text = res.stdout.str()
     # budget int(2 * 2**30 * 0.95) = 2040109465 B = 1.90 GiB
     assert "vramplan: FAIL configs/stage2.yaml: does not fit" in text and "budget 1.90 GiB" in text
-    assert "capacity used: 2.00 GiB (2147483648 B)" in text
+    assert "capacity used: exact:2GiB -> exactly 2.00 GiB (2,147,483,648 B) as CUDA reports it" in text
     assert "setup: ldm-stage2" in text
 
 
