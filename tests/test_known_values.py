@@ -231,3 +231,20 @@ def test_reduced_losses_keep_the_unreduced_storage(fake: bool) -> None:
             before = tracker.current
             bce = F.binary_cross_entropy(p, torch.rand(1000, 1000))  # target 4,000,256 + result 4,000,256
             assert tracker.current - before == 2 * 4_000_256 and bce.shape == ()
+
+
+# --- when autocast costs memory ---------------------------------------------------------------------
+
+
+def test_amp_costing_memory_is_said_with_the_op_that_holds_fp32_outputs() -> None:
+    from planner.measure.precision_note import amp_costs_more
+
+    step = str(Path(__file__).resolve().parents[1] / "examples" / "steps" / "ldm_stage1.py")
+    amp, fp32 = _trace(Path(step), precision="amp-fp16"), _trace(Path(step), precision="fp32")
+    # MONAI's AutoencoderKL at its default 96x96x64 (the analytic estimate agrees:
+    # `vramplan estimate --voxel 96x96x64 [--no-amp] --json`: 3,934,089,216 vs 3,771,077,120 B)
+    assert (amp.tracker.peak_bytes, fp32.tracker.peak_bytes) == (3_934_089_216, 3_771_077_120)
+    note = amp_costs_more(amp, fp32)
+    assert note.startswith("under CUDA autocast (amp-fp16) this step uses MORE memory than fp32 (3.66 vs 3.51 GiB")
+    assert "native_group_norm runs in fp32 under CUDA autocast" in note
+    assert amp_costs_more(fp32, amp) is None  # the other way round there is nothing to say
