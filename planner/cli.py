@@ -752,6 +752,7 @@ def recommend(
     max_knob: Annotated[Optional[str], typer.Option("--max-knob", help="--step: only report the largest value of this integer knob that fits.")] = None,
     max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=2, help="The fewest GPUs (up to this many) and the DDP/FSDP strategy whose per-rank step fits, at the input's global batch (batch x accumulation).")] = None,
     knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
+    knob_min: Annotated[Optional[int], typer.Option("--knob-min", min=1, help="--max-knob: the smallest value to try (default: the step's own value, rounded down to --knob-step).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The cheapest configuration that fits a GPU, with what each change saves.
@@ -765,7 +766,7 @@ def recommend(
     """
     if _step_command(locals(), "recommend"):
         return
-    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step")):
+    for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step"), (knob_min, "--knob-min")):
         if value:
             raise PlannerError(f"{flag}: only with --step")
     from planner import recommend as R

@@ -412,6 +412,10 @@ class SizeSearch:
     estimates: int = 0
     constraints: dict | None = None
     """max_voxel: the step and minimum side per network (planner.shapes.constraints)."""
+    rejected: dict = field(default_factory=dict)
+    """Sizes the step itself rejected (its one-line error), searched past as not fitting."""
+    start: int = 0
+    """Where the search started (the step's own value for --max-knob)."""
 
     def __iter__(self):
         return iter((self.value, self.report))

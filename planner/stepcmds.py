@@ -296,10 +296,12 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                     valid = ", ".join(k for k, v in sf.knobs.items() if isinstance(v.default, int) and not isinstance(v.default, bool))
                     raise PlannerError(f"--max-knob: '{max_knob}' is not an integer knob of '{ss.path}' (valid: {valid or 'none'})")
                 step = p.get("knob_step") or 1
-                if ss.knob_dict.get(max_knob) is not None:
-                    raise PlannerError(f"--knob {max_knob}: is what --max-knob searches; leave it out")
-                res, stats = S.max_knob(ss, max_knob, step, card, margin, p.get("knob_limit") or 4096, tick,
-                                        profile=step_profile(p))
+                if p.get("knob") and any(str(k).split("=")[0].strip().replace("-", "_") == max_knob for k in p["knob"]):
+                    raise PlannerError(f"--knob {max_knob}: is what --max-knob searches; leave it out (--knob-min sets "
+                                       f"where the search starts)")
+                start = p.get("knob_min") or knob.default
+                res, stats = S.max_knob(ss, max_knob, step, card, margin, max(p.get("knob_limit") or 4096, start), tick,
+                                        profile=step_profile(p), start=start)
                 what = f"{max_knob}"
             else:
                 res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=step_profile(p))
@@ -307,19 +309,22 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         value, rep = res.value, res.report
         result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
                   "capped": res.capped, "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting,
+                  "start": res.start, "rejected": {str(k): v for k, v in res.rejected.items()},
                   "gpu": cap, "setup": ss.to_json(), "traces": stats.traces, "cached_traces": stats.cached,
                   "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2)}
         if p.get("as_json"):
             _print_json(result)
             return
         if not value:
-            out.print(f"even {what} {p.get('knob_step') or 1 if max_knob else 1} does not fit {card.name}")
+            out.print(f"even {what} {res.start or 1} does not fit {card.name}" + (" (or the step rejects it)" if res.rejected else ""))
         elif res.capped:
             out.print(f"{what} {value} (the search cap) still fits {card.name} "
                       f"(device_total {rep.device_total_bytes / 2**30:.2f} GiB): the largest is at least that")
         else:
             out.print(f"largest {what} that fits {card.name}: {value} (device_total {rep.device_total_bytes / 2**30:.2f} GiB; "
                       f"budget {cap['budget_bytes'] / 2**30:.2f} GiB with margin {margin:.0%})")
+        for k, why in res.rejected.items():
+            out.print(f"[yellow]{what} {k}: the step rejects it ({why})[/yellow]", markup=True)
         if res.smaller_not_fitting:
             out.print(f"[yellow]note: smaller sizes that do NOT fit (memory is not monotone in the size): "
                       f"{', '.join(map(str, res.smaller_not_fitting))}[/yellow]")
@@ -371,6 +376,15 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         low = min((c for c in ordered if c.report is not None), key=lambda c: c.total)
         out.print(f"[bold red]nothing fits[/bold red]: the smallest candidate needs {low.total / 2**30:.2f} GiB "
                   f"({'; '.join(low.changes) or 'as is'})")
+    elif not best.changes:
+        out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
+                  f"{cap['budget_bytes'] / 2**30:.2f} GiB budget; nothing needs to change")
+        faster = [c for c in ordered if c.report is not None and c.changes and c.total <= cap["budget_bytes"]
+                  and c.seconds < best.seconds]
+        if faster:
+            out.print("faster settings that also fit (traced): " + "; ".join(
+                f"{', '.join(c.changes)} ({c.seconds / best.seconds:.2f}x the time per sample, "
+                f"{c.total / 2**30:.2f} GiB)" for c in sorted(faster, key=lambda c: c.seconds)[:3]), markup=False)
     else:
         out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.changes) or 'as is'} "
                   f"-> device_total {best.total / 2**30:.2f} GiB")

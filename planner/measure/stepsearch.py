@@ -278,7 +278,10 @@ def candidates(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[s
         splits = [(b0, base.accumulation)]
     knob_sets: list[dict[str, Any]] = [{}]
     for name, values in search_knobs.items():
-        knob_sets = [{**ks, name: v} for ks in knob_sets for v in values]
+        # the step's own value first: the input itself is always a candidate ("as is")
+        own = base.knob_dict.get(name)
+        tried = [own] + [v for v in values if v != own]
+        knob_sets = [{**ks, **({} if v is None else {name: v})} for ks in knob_sets for v in tried]
     out = []
     for p in precisions:
         for ck in ckpts:
@@ -384,6 +387,8 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     ordered = sorted(cands, key=key)
     fitting = [c for c in ordered if c.report is not None and c.total <= budget]
     stats.seconds = time.perf_counter() - t0
+    if as_is in fitting:  # it fits as it is: nothing to change; the others are only faster settings
+        return as_is, [as_is] + [c for c in ordered if c is not as_is], stats
     return (fitting[0] if fitting else None), ordered, stats
 
 
@@ -399,30 +404,40 @@ def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jo
 
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,
-             progress: Callable[[int, int, str], None] | None = None, profile: Any = None) -> tuple[SizeSearch, Stats]:
-    """The largest value (a multiple of ``step``) of an integer knob whose device total fits."""
+             progress: Callable[[int, int, str], None] | None = None, profile: Any = None,
+             start: int = 1) -> tuple[SizeSearch, Stats]:
+    """The largest value (a multiple of ``step``) of an integer knob whose device total fits,
+    searched from ``start`` (rounded down to a multiple of ``step``, at least ``step``); a value
+    the step rejects (its one-line error) counts as not fitting and is named in ``rejected``."""
     return _search(lambda k: base.with_knobs(**{name: k * step}), step, gpu, margin, max(1, limit // step),
-                   Evaluator(gpu, 1, progress, profile=profile))
+                   Evaluator(gpu, 1, progress, profile=profile), lo=max(1, start // step), skip_rejected=True)
 
 
 def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, limit: int,
-            ev: Evaluator) -> tuple[SizeSearch, Stats]:
+            ev: Evaluator, lo: int = 1, skip_rejected: bool = False) -> tuple[SizeSearch, Stats]:
     _check_margin(margin)
     budget = gpu.capacity_bytes * (1 - margin)
     t0 = time.perf_counter()
+    rejected: dict[int, str] = {}
 
     def fits(k: int) -> MemoryReport | None:
-        rep = ev.report(at(k))
+        try:
+            rep = ev.report(at(k))
+        except PlannerError as exc:
+            if not skip_rejected:
+                raise
+            rejected[k * unit] = str(exc)
+            return None
         return rep if rep.device_total_bytes <= budget else None
 
     with ev:
-        res = _largest(fits, 1, limit)
+        res = _largest(fits, min(lo, limit), limit)
     ev.stats.seconds = time.perf_counter() - t0
     if unit != 1:
-        res = replace(res, value=res.value * unit, cap=res.cap * unit,
-                      smaller_not_fitting=[k * unit for k in res.smaller_not_fitting],
+        res = replace(res, value=res.value * unit, cap=None if res.cap is None else res.cap * unit,
+                      smaller_not_fitting=[k * unit for k in res.smaller_not_fitting if k * unit not in rejected],
                       larger_fitting_skipped=[k * unit for k in res.larger_fitting_skipped])
-    return res, ev.stats
+    return replace(res, rejected=dict(sorted(rejected.items())), start=min(lo, limit) * unit), ev.stats
 
 
 # --- more GPUs --------------------------------------------------------------------------------------
