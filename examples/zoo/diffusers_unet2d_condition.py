@@ -1,0 +1,58 @@
+"""diffusers ``UNet2DConditionModel`` (Stable Diffusion's denoiser) built from its config (no
+download), trained as diffusers' text-to-image example does on latents with text embeddings:
+``DDPMScheduler.add_noise``, noise prediction with cross-attention, MSE against the noise.
+
+    vramplan profile --step examples/zoo/diffusers_unet2d_condition.py --precision amp-fp16
+    full size, Stable Diffusion 1.x's UNet (benchmarks/bench_zoo.py --full):
+        --knob block_out_channels=320,640,1280,1280 --knob cross_attention_dim=768 --knob attention_head_dim=8
+        --knob latent=64 --knob norm_num_groups=32 --batch 4
+"""
+
+import torch
+import torch.nn.functional as F
+
+from _zoo import adamw
+
+MODEL = "UNet2DConditionModel"
+FULL = {"block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
+        "latent": 64, "norm_num_groups": 32}
+FULL_BATCH = 4
+TOKENS = 77
+
+
+def networks(block_out_channels: tuple = (16, 32), cross_attention_dim: int = 16, attention_head_dim: int = 2,
+             norm_num_groups: int = 8, latent: int = 8):
+    from diffusers import UNet2DConditionModel
+
+    levels = len(block_out_channels)
+    return {"model": UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2,
+                                          block_out_channels=tuple(block_out_channels),
+                                          down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+                                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+                                          cross_attention_dim=cross_attention_dim,
+                                          attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups)}
+
+
+def optimizers(nets):
+    return adamw(nets)
+
+
+def batch(batch_size: int = 2, latent: int = 8, cross_attention_dim: int = 16):
+    return (torch.randn(batch_size, 4, latent, latent, device="cuda"),
+            torch.randn(batch_size, TOKENS, cross_attention_dim, device="cuda"))
+
+
+def step(nets, opts, batch, vp):
+    from diffusers import DDPMScheduler
+
+    latents, text = batch
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    vp.zero_grad(opts["model"])
+    with vp.autocast():
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, 1000, (latents.shape[0],), device=latents.device).long()
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        pred = nets["model"](noisy, timesteps, encoder_hidden_states=text).sample
+        vp.keep.loss = F.mse_loss(pred.float(), noise.float())
+    vp.backward(vp.keep.loss, opts["model"])
+    vp.step(opts["model"])

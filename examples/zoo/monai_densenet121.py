@@ -1,0 +1,38 @@
+"""MONAI DenseNet121 in 3D, a volume classifier trained with cross-entropy as in MONAI's
+3D classification tutorial.
+
+    vramplan profile --step examples/zoo/monai_densenet121.py
+    full size (benchmarks/bench_zoo.py --full): --knob init_features=64 --knob growth_rate=32 --knob roi=96,96,96 --batch 2
+"""
+
+import torch
+
+from _zoo import adamw
+
+MODEL = "DenseNet121"
+FULL = {"init_features": 64, "growth_rate": 32, "roi": (96, 96, 96)}
+FULL_BATCH = 2
+
+
+def networks(init_features: int = 8, growth_rate: int = 4):
+    from monai.networks.nets import DenseNet121
+
+    return {"model": DenseNet121(spatial_dims=3, in_channels=1, out_channels=2, init_features=init_features,
+                                 growth_rate=growth_rate)}
+
+
+def optimizers(nets):
+    return adamw(nets)
+
+
+def batch(batch_size: int = 2, roi: tuple = (32, 32, 32)):
+    return torch.randn(batch_size, 1, *roi, device="cuda"), torch.randint(0, 2, (batch_size,), device="cuda")
+
+
+def step(nets, opts, batch, vp):
+    image, label = batch
+    vp.zero_grad(opts["model"])
+    with vp.autocast():
+        vp.keep.loss = torch.nn.CrossEntropyLoss()(nets["model"](image), label)
+    vp.backward(vp.keep.loss, opts["model"])
+    vp.step(opts["model"])

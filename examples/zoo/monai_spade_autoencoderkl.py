@@ -1,0 +1,67 @@
+"""MONAI SPADEAutoencoderKL (a semantic-map-conditioned decoder) with a PatchDiscriminator, as
+MONAI's generation/spade_ldm tutorial trains stage 1 (2D): L1 reconstruction, KL,
+PatchAdversarialLoss (least squares).
+
+    vramplan profile --step examples/zoo/monai_spade_autoencoderkl.py
+    full size (benchmarks/bench_zoo.py --full): --knob channels=64,128,128,128 --knob norm_num_groups=32
+        --knob roi=128,128 --batch 8
+"""
+
+import torch
+import torch.nn.functional as F
+
+from _zoo import adamw
+
+MODEL = "SPADEAutoencoderKL + PatchDiscriminator"
+FULL = {"channels": (64, 128, 128, 128), "norm_num_groups": 32, "roi": (128, 128)}
+FULL_BATCH = 8
+LABELS = 6
+KL_WEIGHT, ADV_WEIGHT = 1e-6, 0.01
+
+
+def networks(channels: tuple = (8, 16, 16), norm_num_groups: int = 8):
+    from monai.networks.nets import PatchDiscriminator, SPADEAutoencoderKL
+
+    return {"autoencoder": SPADEAutoencoderKL(spatial_dims=2, label_nc=LABELS, in_channels=1, out_channels=1,
+                                              channels=tuple(channels), latent_channels=3, num_res_blocks=1,
+                                              norm_num_groups=norm_num_groups,
+                                              attention_levels=(False,) * len(channels),
+                                              with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
+                                              spade_intermediate_channels=4 * channels[0]),
+            "discriminator": PatchDiscriminator(spatial_dims=2, num_layers_d=3, channels=channels[0],
+                                                in_channels=1, out_channels=1)}
+
+
+def optimizers(nets):
+    return adamw(nets)
+
+
+def batch(batch_size: int = 2, roi: tuple = (32, 32)):
+    labels = torch.randint(0, LABELS, (batch_size, *roi), device="cuda")
+    seg = F.one_hot(labels, LABELS).movedim(-1, 1).float()
+    return torch.randn(batch_size, 1, *roi, device="cuda"), seg
+
+
+def step(nets, opts, batch, vp):
+    from monai.losses import PatchAdversarialLoss
+
+    images, seg = batch
+    adv = PatchAdversarialLoss(criterion="least_squares")
+    ae, disc, k = nets["autoencoder"], nets["discriminator"], vp.keep
+    vp.zero_grad(opts["autoencoder"])
+    with vp.autocast():
+        k.reconstruction, z_mu, z_sigma = ae(images, seg)
+        logits_fake = disc(k.reconstruction.contiguous().float())[-1]
+        kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2)) - 1, dim=[1, 2, 3])
+        kl = torch.sum(kl) / kl.shape[0]
+        k.loss_g = (F.l1_loss(k.reconstruction.float(), images.float()) + KL_WEIGHT * kl
+                    + ADV_WEIGHT * adv(logits_fake, target_is_real=True, for_discriminator=False))
+    vp.backward(k.loss_g, opts["autoencoder"])
+    vp.step(opts["autoencoder"])
+    vp.zero_grad(opts["discriminator"])
+    with vp.autocast():
+        fake = adv(disc(k.reconstruction.contiguous().detach())[-1], target_is_real=False, for_discriminator=True)
+        real = adv(disc(images.contiguous().detach())[-1], target_is_real=True, for_discriminator=True)
+        k.loss_d = ADV_WEIGHT * (fake + real) * 0.5
+    vp.backward(k.loss_d, opts["discriminator"])
+    vp.step(opts["discriminator"])

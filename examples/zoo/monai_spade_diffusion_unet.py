@@ -1,0 +1,53 @@
+"""MONAI SPADEDiffusionModelUNet (a diffusion UNet conditioned on a semantic map through SPADE
+normalisation) as MONAI's generation/spade_ldm tutorial trains stage 2 (2D): DDPMScheduler noise,
+noise prediction given the map, MSE against the noise.
+
+    vramplan profile --step examples/zoo/monai_spade_diffusion_unet.py
+    full size (benchmarks/bench_zoo.py --full): --knob channels=128,256,512 --knob num_head_channels=32
+        --knob roi=64,64 --batch 8
+"""
+
+import torch
+import torch.nn.functional as F
+
+from _zoo import adamw
+
+MODEL = "SPADEDiffusionModelUNet"
+FULL = {"channels": (128, 256, 512), "num_head_channels": 32, "roi": (64, 64)}
+FULL_BATCH = 8
+LABELS = 6
+
+
+def networks(channels: tuple = (8, 16, 16), num_head_channels: int = 8):
+    from monai.networks.nets import SPADEDiffusionModelUNet
+
+    return {"model": SPADEDiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=3, label_nc=LABELS,
+                                             channels=tuple(channels), attention_levels=(False, True, True),
+                                             num_res_blocks=1, num_head_channels=num_head_channels,
+                                             norm_num_groups=8, spade_intermediate_channels=4 * channels[0])}
+
+
+def optimizers(nets):
+    return adamw(nets)
+
+
+def batch(batch_size: int = 2, roi: tuple = (16, 16)):
+    labels = torch.randint(0, LABELS, (batch_size, *roi), device="cuda")
+    seg = F.one_hot(labels, LABELS).movedim(-1, 1).float()
+    return torch.randn(batch_size, 3, *roi, device="cuda"), seg
+
+
+def step(nets, opts, batch, vp):
+    from monai.networks.schedulers import DDPMScheduler
+
+    latents, seg = batch
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    vp.zero_grad(opts["model"])
+    with vp.autocast():
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, 1000, (latents.shape[0],), device=latents.device).long()
+        noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        pred = nets["model"](x=noisy, timesteps=timesteps, seg=seg)
+        vp.keep.loss = F.mse_loss(pred.float(), noise.float())
+    vp.backward(vp.keep.loss, opts["model"])
+    vp.step(opts["model"])
