@@ -53,6 +53,11 @@ class Entry:
     path: str  # examples/zoo/<file>.py, relative to the repository root
     full: tuple[tuple[str, Any], ...]  # the benchmark's full-size knobs (the step file's FULL)
     full_batch: int | None  # the benchmark's batch size (FULL_BATCH), None: the file's default
+    variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)  # knob sets traced besides the defaults (VARIANTS)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
 
 
 def entries() -> list[Entry]:
@@ -63,20 +68,21 @@ def entries() -> list[Entry]:
             continue
         mod = _read_constants(p)
         prefix = p.stem.split("_", 1)[0]
+        variants = ((),) + tuple(tuple(sorted(v.items())) for v in mod.get("VARIANTS", ()))
         out.append(Entry(LIBRARIES[prefix], mod["MODEL"], str(p.relative_to(ROOT)),
-                         tuple(sorted(mod.get("FULL", {}).items())), mod.get("FULL_BATCH")))
+                         tuple(sorted(mod.get("FULL", {}).items())), mod.get("FULL_BATCH"), variants))
     return out
 
 
 def _read_constants(path: Path) -> dict[str, Any]:
-    """MODEL, FULL and FULL_BATCH from a step file's source, without importing it (literals only)."""
+    """MODEL, FULL, FULL_BATCH and VARIANTS from a step file's source, without importing it (literals only)."""
     import ast
 
     found: dict[str, Any] = {}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             name = node.targets[0].id
-            if name in ("MODEL", "FULL", "FULL_BATCH"):
+            if name in ("MODEL", "FULL", "FULL_BATCH", "VARIANTS"):
                 found[name] = ast.literal_eval(node.value)
     if "MODEL" not in found:
         raise ValueError(f"{path}: no MODEL = '...' constant")
@@ -161,6 +167,7 @@ class Outcome:
     entry: Entry
     precision: str
     full: bool
+    knobs: tuple[tuple[str, Any], ...] = ()
     peak: int | None = None  # vramplan's peak_allocated_bytes (iteration 2)
     memtracker: int | None = None  # MemTracker's peak over iteration 2, same rules
     params: int | None = None  # parameters in the trace
@@ -169,16 +176,20 @@ class Outcome:
     record: Any = field(default=None, repr=False)
 
 
-def trace(entry: Entry, precision: str = "fp32", full: bool = False, memtracker: bool = True) -> Outcome:
-    """Trace the entry under vramplan (fake backend), MemTracker inside it when asked."""
+def trace(entry: Entry, precision: str = "fp32", full: bool = False, memtracker: bool = True,
+          knobs: tuple[tuple[str, Any], ...] = ()) -> Outcome:
+    """Trace the entry under vramplan (fake backend), MemTracker inside it when asked; ``knobs``
+    (a variant) over the small or full size's."""
     from planner.errors import PlannerError
     from planner.measure import stepfile
     from planner.steps import StepSetup
 
-    knobs = entry.full if full else ()
+    merged = dict(entry.full if full else ())
+    merged.update(knobs)
     batch = entry.full_batch if full else None
-    setup = StepSetup(path=str(ROOT / entry.path), knobs=knobs, batch_size=batch, precision=precision)
-    out = Outcome(entry, precision, full)
+    setup = StepSetup(path=str(ROOT / entry.path), knobs=tuple(sorted(merged.items())), batch_size=batch,
+                      precision=precision)
+    out = Outcome(entry, precision, full, tuple(knobs))
     trackers: list[Any] = []
 
     def observer(nets: dict, opts: dict) -> Any:
@@ -204,14 +215,16 @@ def trace(entry: Entry, precision: str = "fp32", full: bool = False, memtracker:
     return out
 
 
-def real_params(entry: Entry) -> int:
-    """Parameters of ``networks()`` (default knobs) built normally on the CPU, real tensors."""
+def real_params(entry: Entry, knobs: tuple[tuple[str, Any], ...] = ()) -> int:
+    """Parameters of ``networks()`` (default knobs, ``knobs`` over them) built normally on the
+    CPU, real tensors."""
     import torch
 
     from planner.measure import stepfile
 
     sf = stepfile.load(str(ROOT / entry.path))
     values = {k.name: k.default for k in sf.knobs.values() if "networks" in k.owners}
+    values.update((k, v) for k, v in knobs if k in values)
     torch.manual_seed(0)
     nets = sf.fn("networks")(**values)
     nets = nets if isinstance(nets, dict) else {"model": nets}

@@ -4,7 +4,7 @@ trained on reconstruction MSE plus the posterior's KL (``vae.encode(x).latent_di
 
     vramplan profile --step examples/zoo/diffusers_autoencoderkl.py
     full size, Stable Diffusion's VAE at 256 pixels (benchmarks/bench_zoo.py --full):
-        --knob block_out_channels=128,256,512,512 --knob norm_num_groups=32 --knob resolution=256 --batch 4
+        --knob layers_per_block=2 --knob block_out_channels=128,256,512,512 --knob norm_num_groups=32 --knob resolution=256 --batch 4
 """
 
 import torch
@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from _zoo import adamw
 
 MODEL = "AutoencoderKL"
-FULL = {"block_out_channels": (128, 256, 512, 512), "norm_num_groups": 32, "resolution": 256}
+FULL = {"layers_per_block": 2, "block_out_channels": (128, 256, 512, 512), "norm_num_groups": 32, "resolution": 256}
 FULL_BATCH = 4
 KL_WEIGHT = 1e-6
 
 
-def networks(block_out_channels: tuple = (8, 16), norm_num_groups: int = 8):
+def networks(layers_per_block: int = 1, block_out_channels: tuple = (8, 16), norm_num_groups: int = 8):
     from diffusers import AutoencoderKL
 
     levels = len(block_out_channels)
-    return {"model": AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    return {"model": AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=layers_per_block,
                                    block_out_channels=tuple(block_out_channels), norm_num_groups=norm_num_groups,
                                    down_block_types=("DownEncoderBlock2D",) * levels,
                                    up_block_types=("UpDecoderBlock2D",) * levels)}

@@ -4,7 +4,7 @@ MSE against the noise.
 
     vramplan profile --step examples/zoo/diffusers_unet2d.py
     full size, the example's 128-pixel model (benchmarks/bench_zoo.py --full):
-        --knob block_out_channels=128,128,256,256,512,512 --knob resolution=128 --batch 16
+        --knob layers_per_block=2 --knob block_out_channels=128,128,256,256,512,512 --knob resolution=128 --batch 16
 """
 
 import torch
@@ -13,17 +13,17 @@ import torch.nn.functional as F
 from _zoo import adamw
 
 MODEL = "UNet2DModel"
-FULL = {"block_out_channels": (128, 128, 256, 256, 512, 512), "resolution": 128}
+FULL = {"layers_per_block": 2, "block_out_channels": (128, 128, 256, 256, 512, 512), "resolution": 128}
 FULL_BATCH = 16
 
 
-def networks(block_out_channels: tuple = (8, 16), resolution: int = 16):
+def networks(layers_per_block: int = 1, block_out_channels: tuple = (8, 16), resolution: int = 16):
     from diffusers import UNet2DModel
 
     levels = len(block_out_channels)
     down = ("DownBlock2D",) * (levels - 2) + ("AttnDownBlock2D", "DownBlock2D")
     up = ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * (levels - 2)
-    return {"model": UNet2DModel(sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=2,
+    return {"model": UNet2DModel(sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=layers_per_block,
                                  block_out_channels=tuple(block_out_channels), norm_num_groups=8,
                                  down_block_types=down[-levels:], up_block_types=up[:levels])}
 

@@ -4,7 +4,7 @@ download), trained as diffusers' text-to-image example does on latents with text
 
     vramplan profile --step examples/zoo/diffusers_unet2d_condition.py --precision amp-fp16
     full size, Stable Diffusion 1.x's UNet (benchmarks/bench_zoo.py --full):
-        --knob block_out_channels=320,640,1280,1280 --knob cross_attention_dim=768 --knob attention_head_dim=8
+        --knob layers_per_block=2 --knob block_out_channels=320,640,1280,1280 --knob cross_attention_dim=768 --knob attention_head_dim=8
         --knob latent=64 --knob norm_num_groups=32 --batch 4
 """
 
@@ -14,18 +14,18 @@ import torch.nn.functional as F
 from _zoo import adamw
 
 MODEL = "UNet2DConditionModel"
-FULL = {"block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
+FULL = {"layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
         "latent": 64, "norm_num_groups": 32}
 FULL_BATCH = 4
 TOKENS = 77
 
 
-def networks(block_out_channels: tuple = (16, 32), cross_attention_dim: int = 16, attention_head_dim: int = 2,
+def networks(layers_per_block: int = 1, block_out_channels: tuple = (16, 32), cross_attention_dim: int = 16, attention_head_dim: int = 2,
              norm_num_groups: int = 8, latent: int = 8):
     from diffusers import UNet2DConditionModel
 
     levels = len(block_out_channels)
-    return {"model": UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2,
+    return {"model": UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
                                           block_out_channels=tuple(block_out_channels),
                                           down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
                                           up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),

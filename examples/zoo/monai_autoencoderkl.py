@@ -33,7 +33,7 @@ def optimizers(nets):
     return adamw(nets)
 
 
-def batch(batch_size: int = 1, roi: tuple = (32, 32, 16)):
+def batch(batch_size: int = 1, roi: tuple = (32, 32, 32)):
     return torch.randn(batch_size, 1, *roi, device="cuda")
 
 

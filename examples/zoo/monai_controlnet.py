@@ -17,11 +17,11 @@ FULL = {"channels": (128, 256, 256), "num_head_channels": 256, "roi": (64, 64)}
 FULL_BATCH = 16
 
 
-def networks(channels: tuple = (8, 16, 16), num_head_channels: int = 16):
+def networks(channels: tuple = (8, 16), num_head_channels: int = 16):
     from monai.networks.nets import ControlNet, DiffusionModelUNet
 
     kw = dict(spatial_dims=2, in_channels=1, num_res_blocks=1, channels=tuple(channels),
-              attention_levels=(False, True, True), num_head_channels=num_head_channels, norm_num_groups=8)
+              attention_levels=(False,) + (True,) * (len(channels) - 1), num_head_channels=num_head_channels, norm_num_groups=8)
     model = DiffusionModelUNet(out_channels=1, **kw)
     model.requires_grad_(False)
     controlnet = ControlNet(conditioning_embedding_num_channels=(16,), **kw)

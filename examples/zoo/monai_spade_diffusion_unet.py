@@ -18,11 +18,11 @@ FULL_BATCH = 8
 LABELS = 6
 
 
-def networks(channels: tuple = (8, 16, 16), num_head_channels: int = 8):
+def networks(channels: tuple = (8, 16), num_head_channels: int = 8):
     from monai.networks.nets import SPADEDiffusionModelUNet
 
     return {"model": SPADEDiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=3, label_nc=LABELS,
-                                             channels=tuple(channels), attention_levels=(False, True, True),
+                                             channels=tuple(channels), attention_levels=(False,) + (True,) * (len(channels) - 1),
                                              num_res_blocks=1, num_head_channels=num_head_channels,
                                              norm_num_groups=8, spade_intermediate_channels=4 * channels[0])}
 
