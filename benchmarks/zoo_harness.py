@@ -39,8 +39,8 @@ ZOO = ROOT / "examples" / "zoo"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: every model is built from a config
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded: every model is built from a config
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 LIBRARIES = {"monai": "monai", "hf": "transformers", "diffusers": "diffusers"}

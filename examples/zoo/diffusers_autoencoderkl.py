@@ -10,7 +10,7 @@ trained on reconstruction MSE plus the posterior's KL (``vae.encode(x).latent_di
 import torch
 import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers
 
 MODEL = "AutoencoderKL"
 FULL = {"layers_per_block": 2, "block_out_channels": (128, 256, 512, 512), "norm_num_groups": 32, "resolution": 256}
@@ -26,10 +26,6 @@ def networks(layers_per_block: int = 1, block_out_channels: tuple = (8, 16), nor
                                    block_out_channels=tuple(block_out_channels), norm_num_groups=norm_num_groups,
                                    down_block_types=("DownEncoderBlock2D",) * levels,
                                    up_block_types=("UpDecoderBlock2D",) * levels)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 2, resolution: int = 16):

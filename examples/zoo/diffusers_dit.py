@@ -9,9 +9,8 @@ half of the output is split off).
 """
 
 import torch
-import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers, noise_prediction
 
 MODEL = "DiTTransformer2DModel"
 FULL = {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "latent": 32}
@@ -27,10 +26,6 @@ def networks(num_layers: int = 2, num_attention_heads: int = 2, attention_head_d
                                            num_embeds_ada_norm=1000)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, latent: int = 8):
     return (torch.randn(batch_size, 4, latent, latent, device="cuda"),
             torch.randint(0, 1000, (batch_size,), device="cuda"))
@@ -40,14 +35,5 @@ def step(nets, opts, batch, vp):
     from diffusers import DDPMScheduler
 
     latents, labels = batch
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    vp.zero_grad(opts["model"])
-    with vp.autocast():
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, 1000, (latents.shape[0],), device=latents.device).long()
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        pred = nets["model"](noisy, timestep=timesteps, class_labels=labels).sample
-        eps, _sigma = pred.chunk(2, dim=1)
-        vp.keep.loss = F.mse_loss(eps.float(), noise.float())
-    vp.backward(vp.keep.loss, opts["model"])
-    vp.step(opts["model"])
+    noise_prediction(nets, opts, vp, latents, DDPMScheduler(num_train_timesteps=1000),
+                     lambda noisy, t: nets["model"](noisy, timestep=t, class_labels=labels).sample.chunk(2, dim=1)[0])

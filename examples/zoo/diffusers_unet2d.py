@@ -8,9 +8,8 @@ MSE against the noise.
 """
 
 import torch
-import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers, noise_prediction
 
 MODEL = "UNet2DModel"
 FULL = {"layers_per_block": 2, "block_out_channels": (128, 128, 256, 256, 512, 512), "resolution": 128}
@@ -28,10 +27,6 @@ def networks(layers_per_block: int = 1, block_out_channels: tuple = (8, 16), res
                                  down_block_types=down[-levels:], up_block_types=up[:levels])}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, resolution: int = 16):
     return torch.randn(batch_size, 3, resolution, resolution, device="cuda")
 
@@ -39,12 +34,5 @@ def batch(batch_size: int = 2, resolution: int = 16):
 def step(nets, opts, images, vp):
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    vp.zero_grad(opts["model"])
-    with vp.autocast():
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, 1000, (images.shape[0],), device=images.device).long()
-        noisy = scheduler.add_noise(images, noise, timesteps)
-        vp.keep.loss = F.mse_loss(nets["model"](noisy, timesteps).sample.float(), noise.float())
-    vp.backward(vp.keep.loss, opts["model"])
-    vp.step(opts["model"])
+    noise_prediction(nets, opts, vp, images, DDPMScheduler(num_train_timesteps=1000),
+                     lambda noisy, t: nets["model"](noisy, t).sample)

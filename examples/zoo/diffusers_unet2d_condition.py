@@ -9,9 +9,8 @@ download), trained as diffusers' text-to-image example does on latents with text
 """
 
 import torch
-import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers, noise_prediction
 
 MODEL = "UNet2DConditionModel"
 FULL = {"layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
@@ -33,10 +32,6 @@ def networks(layers_per_block: int = 1, block_out_channels: tuple = (16, 32), cr
                                           attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, latent: int = 8, cross_attention_dim: int = 16):
     return (torch.randn(batch_size, 4, latent, latent, device="cuda"),
             torch.randn(batch_size, TOKENS, cross_attention_dim, device="cuda"))
@@ -46,13 +41,5 @@ def step(nets, opts, batch, vp):
     from diffusers import DDPMScheduler
 
     latents, text = batch
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    vp.zero_grad(opts["model"])
-    with vp.autocast():
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, 1000, (latents.shape[0],), device=latents.device).long()
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        pred = nets["model"](noisy, timesteps, encoder_hidden_states=text).sample
-        vp.keep.loss = F.mse_loss(pred.float(), noise.float())
-    vp.backward(vp.keep.loss, opts["model"])
-    vp.step(opts["model"])
+    noise_prediction(nets, opts, vp, latents, DDPMScheduler(num_train_timesteps=1000),
+                     lambda noisy, t: nets["model"](noisy, t, encoder_hidden_states=text).sample)

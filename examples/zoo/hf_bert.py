@@ -9,7 +9,7 @@ its own masked-LM loss (``labels``: the token at 15 % of positions, -100 elsewhe
 
 import torch
 
-from _zoo import adamw, model_loss
+from _zoo import adamw as optimizers, model_loss as step
 
 MODEL = "BERT"
 FULL = {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -29,15 +29,7 @@ def networks(num_hidden_layers: int = 2, hidden_size: int = 32, num_attention_he
     return {"model": BertForMaskedLM(config)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, seq: int = 32, vocab_size: int = 128):
     ids = torch.randint(1, vocab_size, (batch_size, seq), device="cuda")
     masked = torch.rand(batch_size, seq, device="cuda") < 0.15
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.where(masked, ids, -100)}
-
-
-def step(nets, opts, batch, vp):
-    model_loss(nets, opts, batch, vp)

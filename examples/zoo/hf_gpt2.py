@@ -7,9 +7,7 @@ default where torch has it) or "eager".
         --knob vocab_size=50257 --knob seq=1024 --batch 8
 """
 
-import torch
-
-from _zoo import adamw, model_loss
+from _zoo import adamw as optimizers, causal_lm_batch, model_loss as step
 
 MODEL = "GPT-2"
 FULL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "seq": 1024}
@@ -26,14 +24,5 @@ def networks(n_layer: int = 2, n_embd: int = 32, n_head: int = 2, vocab_size: in
     return {"model": GPT2LMHeadModel(config)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, seq: int = 32, vocab_size: int = 128):
-    ids = torch.randint(0, vocab_size, (batch_size, seq), device="cuda")
-    return {"input_ids": ids, "labels": ids}
-
-
-def step(nets, opts, batch, vp):
-    model_loss(nets, opts, batch, vp)
+    return causal_lm_batch(batch_size, seq, vocab_size)

@@ -8,9 +8,7 @@ attention, rotary embeddings), trained on its own causal-LM loss (``labels=input
         --knob seq=2048 --batch 1
 """
 
-import torch
-
-from _zoo import adamw, model_loss
+from _zoo import adamw as optimizers, causal_lm_batch, model_loss as step
 
 MODEL = "Llama"
 FULL = {"num_hidden_layers": 16, "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
@@ -32,14 +30,5 @@ def networks(num_hidden_layers: int = 2, hidden_size: int = 32, intermediate_siz
     return {"model": LlamaForCausalLM(config)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, seq: int = 32, vocab_size: int = 128):
-    ids = torch.randint(0, vocab_size, (batch_size, seq), device="cuda")
-    return {"input_ids": ids, "labels": ids}
-
-
-def step(nets, opts, batch, vp):
-    model_loss(nets, opts, batch, vp)
+    return causal_lm_batch(batch_size, seq, vocab_size)

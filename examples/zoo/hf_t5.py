@@ -9,7 +9,7 @@ labels). ``attn_implementation``: "sdpa" or "eager".
 
 import torch
 
-from _zoo import adamw, model_loss
+from _zoo import adamw as optimizers, model_loss as step
 
 MODEL = "T5"
 FULL = {"num_layers": 6, "d_model": 512, "d_ff": 2048, "num_heads": 8, "d_kv": 64, "vocab_size": 32128,
@@ -28,14 +28,6 @@ def networks(num_layers: int = 2, d_model: int = 32, d_ff: int = 64, num_heads: 
     return {"model": T5ForConditionalGeneration(config)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, seq: int = 32, target: int = 16, vocab_size: int = 128):
     return {"input_ids": torch.randint(2, vocab_size, (batch_size, seq), device="cuda"),
             "labels": torch.randint(2, vocab_size, (batch_size, target), device="cuda")}
-
-
-def step(nets, opts, batch, vp):
-    model_loss(nets, opts, batch, vp)

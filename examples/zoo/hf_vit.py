@@ -8,7 +8,7 @@ trained on its own classification loss (``labels=``). ``attn_implementation``: "
 
 import torch
 
-from _zoo import adamw, model_loss
+from _zoo import adamw as optimizers, model_loss as step
 
 MODEL = "ViT"
 FULL = {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -28,14 +28,6 @@ def networks(num_hidden_layers: int = 2, hidden_size: int = 32, num_attention_he
     return {"model": ViTForImageClassification(config)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, image_size: int = 32):
     return {"pixel_values": torch.randn(batch_size, 3, image_size, image_size, device="cuda"),
             "labels": torch.randint(0, 10, (batch_size,), device="cuda")}
-
-
-def step(nets, opts, batch, vp):
-    model_loss(nets, opts, batch, vp)

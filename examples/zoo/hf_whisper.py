@@ -10,7 +10,7 @@ download), trained on its own speech-to-text loss (``labels=``; log-mel features
 
 import torch
 
-from _zoo import adamw, model_loss
+from _zoo import adamw as optimizers, model_loss as step
 
 MODEL = "Whisper"
 FULL = {"layers": 6, "d_model": 512, "heads": 8, "ffn": 2048, "num_mel_bins": 80, "max_source_positions": 1500,
@@ -31,15 +31,7 @@ def networks(layers: int = 2, d_model: int = 32, heads: int = 2, ffn: int = 64, 
     return {"model": WhisperForConditionalGeneration(config)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, num_mel_bins: int = 16, max_source_positions: int = 32, target: int = 16,
           vocab_size: int = 128):
     return {"input_features": torch.randn(batch_size, num_mel_bins, 2 * max_source_positions, device="cuda"),
             "labels": torch.randint(2, vocab_size, (batch_size, target), device="cuda")}
-
-
-def step(nets, opts, batch, vp):
-    model_loss(nets, opts, batch, vp)

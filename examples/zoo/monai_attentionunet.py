@@ -4,7 +4,7 @@
     full size (benchmarks/bench_zoo.py --full): --knob channels=16,32,64,128,256 --knob roi=96,96,96 --batch 2
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "AttentionUnet"
 FULL = {'channels': (16, 32, 64, 128, 256), 'roi': (96, 96, 96)}
@@ -16,10 +16,6 @@ def networks(channels: tuple = (4, 8, 16)):
 
     return {"model": AttentionUnet(spatial_dims=3, in_channels=1, out_channels=2, channels=tuple(channels),
                                  strides=(2,) * (len(channels) - 1))}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (16, 16, 16)):

@@ -4,7 +4,7 @@
     full size (benchmarks/bench_zoo.py --full): --knob features=32,32,64,128,256,32 --knob roi=96,96,96 --batch 2
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "BasicUNet"
 FULL = {'features': (32, 32, 64, 128, 256, 32), 'roi': (96, 96, 96)}
@@ -15,10 +15,6 @@ def networks(features: tuple = (4, 4, 8, 8, 16, 4)):
     from monai.networks.nets import BasicUNet
 
     return {"model": BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=tuple(features))}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (32, 32, 32)):

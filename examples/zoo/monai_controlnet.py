@@ -10,7 +10,7 @@ a conditioning mask, ControlNetDiffusionInferer's noise prediction, MSE against 
 import torch
 import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers
 
 MODEL = "ControlNet + frozen DiffusionModelUNet"
 FULL = {"channels": (128, 256, 256), "num_head_channels": 256, "roi": (64, 64)}
@@ -27,10 +27,6 @@ def networks(channels: tuple = (8, 16), num_head_channels: int = 16):
     controlnet = ControlNet(conditioning_embedding_num_channels=(16,), **kw)
     controlnet.load_state_dict(model.state_dict(), strict=False)
     return {"controlnet": controlnet, "unet": model}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 2, roi: tuple = (16, 16)):

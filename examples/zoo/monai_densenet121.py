@@ -6,9 +6,7 @@ DenseNet-121's (6, 12, 24, 16), the library's default.
     full size (benchmarks/bench_zoo.py --full): --knob init_features=64 --knob growth_rate=32 --knob block_config=6,12,24,16 --knob roi=96,96,96 --batch 2
 """
 
-import torch
-
-from _zoo import adamw
+from _zoo import adamw as optimizers, classification_batch, classify
 
 MODEL = "DenseNet121"
 FULL = {"init_features": 64, "growth_rate": 32, "block_config": (6, 12, 24, 16), "roi": (96, 96, 96)}
@@ -22,18 +20,9 @@ def networks(init_features: int = 8, growth_rate: int = 4, block_config: tuple =
                                  growth_rate=growth_rate, block_config=tuple(block_config))}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, roi: tuple = (32, 32, 32)):
-    return torch.randn(batch_size, 1, *roi, device="cuda"), torch.randint(0, 2, (batch_size,), device="cuda")
+    return classification_batch(batch_size, roi)
 
 
 def step(nets, opts, batch, vp):
-    image, label = batch
-    vp.zero_grad(opts["model"])
-    with vp.autocast():
-        vp.keep.loss = torch.nn.CrossEntropyLoss()(nets["model"](image), label)
-    vp.backward(vp.keep.loss, opts["model"])
-    vp.step(opts["model"])
+    classify(nets, opts, batch, vp)

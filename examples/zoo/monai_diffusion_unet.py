@@ -9,7 +9,7 @@ DiffusionInferer's noise prediction, MSE against the noise.
 import torch
 import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers
 
 MODEL = "DiffusionModelUNet"
 FULL = {"channels": (256, 256, 512), "num_head_channels": (0, 0, 512), "num_res_blocks": 2, "roi": (64, 64, 64)}
@@ -22,10 +22,6 @@ def networks(channels: tuple = (8, 8, 16), num_head_channels: tuple = (0, 0, 16)
     return {"model": DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=tuple(channels),
                                         attention_levels=(False, False, True), num_head_channels=tuple(num_head_channels),
                                         num_res_blocks=num_res_blocks, norm_num_groups=8)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (16, 16, 16)):

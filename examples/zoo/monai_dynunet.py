@@ -9,7 +9,7 @@ their weighted sum (weights 0.5**i, normalised).
 
 import torch
 
-from _zoo import adamw, segmentation_batch
+from _zoo import segmentation_batch
 
 MODEL = "DynUNet"
 FULL = {"filters": (32, 64, 128, 256, 320), "roi": (128, 128, 128)}

@@ -4,7 +4,7 @@
     full size (benchmarks/bench_zoo.py --full): --knob width=16 --knob roi=96,96,96 --batch 1
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "HighResNet"
 FULL = {'width': 16, 'roi': (96, 96, 96)}
@@ -26,10 +26,6 @@ def _layers(width):
             {"name": "res_3", "n_features": 4 * w, "kernels": (3, 3), "repeat": 3},
             {"name": "conv_1", "n_features": 5 * w, "kernel_size": 1},
             {"name": "conv_2", "kernel_size": 1})
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (16, 16, 16)):

@@ -4,7 +4,7 @@
     full size (benchmarks/bench_zoo.py --full): --knob init_filters=16 --knob blocks_down=1,2,2,4 --knob roi=224,224,144 --batch 1
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "SegResNet"
 FULL = {'init_filters': 16, 'blocks_down': (1, 2, 2, 4), 'roi': (224, 224, 144)}
@@ -16,10 +16,6 @@ def networks(init_filters: int = 8, blocks_down: tuple = (1, 1, 1)):
 
     return {"model": SegResNet(spatial_dims=3, in_channels=4, out_channels=3, init_filters=init_filters, blocks_down=tuple(blocks_down),
                              blocks_up=(1,) * (len(blocks_down) - 1), dropout_prob=0.2)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (16, 16, 16)):

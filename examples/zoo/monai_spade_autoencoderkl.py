@@ -10,7 +10,7 @@ PatchAdversarialLoss (least squares).
 import torch
 import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers, autoencoder_gan
 
 MODEL = "SPADEAutoencoderKL + PatchDiscriminator"
 FULL = {"channels": (64, 128, 128, 128), "norm_num_groups": 32, "roi": (128, 128)}
@@ -32,10 +32,6 @@ def networks(channels: tuple = (8, 16, 16), norm_num_groups: int = 8):
                                                 in_channels=1, out_channels=1)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, roi: tuple = (32, 32)):
     labels = torch.randint(0, LABELS, (batch_size, *roi), device="cuda")
     seg = F.one_hot(labels, LABELS).movedim(-1, 1).float()
@@ -43,25 +39,5 @@ def batch(batch_size: int = 2, roi: tuple = (32, 32)):
 
 
 def step(nets, opts, batch, vp):
-    from monai.losses import PatchAdversarialLoss
-
     images, seg = batch
-    adv = PatchAdversarialLoss(criterion="least_squares")
-    ae, disc, k = nets["autoencoder"], nets["discriminator"], vp.keep
-    vp.zero_grad(opts["autoencoder"])
-    with vp.autocast():
-        k.reconstruction, z_mu, z_sigma = ae(images, seg)
-        logits_fake = disc(k.reconstruction.contiguous().float())[-1]
-        kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2)) - 1, dim=[1, 2, 3])
-        kl = torch.sum(kl) / kl.shape[0]
-        k.loss_g = (F.l1_loss(k.reconstruction.float(), images.float()) + KL_WEIGHT * kl
-                    + ADV_WEIGHT * adv(logits_fake, target_is_real=True, for_discriminator=False))
-    vp.backward(k.loss_g, opts["autoencoder"])
-    vp.step(opts["autoencoder"])
-    vp.zero_grad(opts["discriminator"])
-    with vp.autocast():
-        fake = adv(disc(k.reconstruction.contiguous().detach())[-1], target_is_real=False, for_discriminator=True)
-        real = adv(disc(images.contiguous().detach())[-1], target_is_real=True, for_discriminator=True)
-        k.loss_d = ADV_WEIGHT * (fake + real) * 0.5
-    vp.backward(k.loss_d, opts["discriminator"])
-    vp.step(opts["discriminator"])
+    autoencoder_gan(nets, opts, images, vp, seg, kl_weight=KL_WEIGHT, adv_weight=ADV_WEIGHT)

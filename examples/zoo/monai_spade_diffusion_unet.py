@@ -10,7 +10,7 @@ noise prediction given the map, MSE against the noise.
 import torch
 import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers, noise_prediction
 
 MODEL = "SPADEDiffusionModelUNet"
 FULL = {"channels": (128, 256, 512), "num_head_channels": 32, "roi": (64, 64)}
@@ -27,10 +27,6 @@ def networks(channels: tuple = (8, 16), num_head_channels: int = 8):
                                              norm_num_groups=8, spade_intermediate_channels=4 * channels[0])}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, roi: tuple = (16, 16)):
     labels = torch.randint(0, LABELS, (batch_size, *roi), device="cuda")
     seg = F.one_hot(labels, LABELS).movedim(-1, 1).float()
@@ -41,13 +37,5 @@ def step(nets, opts, batch, vp):
     from monai.networks.schedulers import DDPMScheduler
 
     latents, seg = batch
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    vp.zero_grad(opts["model"])
-    with vp.autocast():
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, 1000, (latents.shape[0],), device=latents.device).long()
-        noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
-        pred = nets["model"](x=noisy, timesteps=timesteps, seg=seg)
-        vp.keep.loss = F.mse_loss(pred.float(), noise.float())
-    vp.backward(vp.keep.loss, opts["model"])
-    vp.step(opts["model"])
+    noise_prediction(nets, opts, vp, latents, DDPMScheduler(num_train_timesteps=1000),
+                     lambda noisy, t: nets["model"](x=noisy, timesteps=t, seg=seg))

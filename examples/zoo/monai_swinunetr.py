@@ -5,7 +5,7 @@ checkpointing in the Swin stages (``use_checkpoint=True``), 14 organ classes.
     full size (benchmarks/bench_zoo.py --full): --knob feature_size=48 --knob roi=96,96,96 --batch 1
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "SwinUNETR"
 FULL = {"feature_size": 48, "roi": (96, 96, 96)}
@@ -16,10 +16,6 @@ def networks(feature_size: int = 12):
     from monai.networks.nets import SwinUNETR
 
     return {"model": SwinUNETR(in_channels=1, out_channels=14, feature_size=feature_size, use_checkpoint=True)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (32, 32, 32)):

@@ -6,7 +6,7 @@ residual blocks), trained with DiceCELoss.
         --knob feature_size=16 --knob roi=96,96,96 --batch 2
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "UNETR"
 FULL = {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "feature_size": 16, "roi": (96, 96, 96)}
@@ -20,10 +20,6 @@ def networks(roi: tuple = (32, 32, 32), hidden_size: int = 48, mlp_dim: int = 96
     return {"model": UNETR(in_channels=1, out_channels=14, img_size=tuple(roi), feature_size=feature_size,
                            hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads, proj_type="perceptron",
                            norm_name="instance", res_block=True, dropout_rate=0.0)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (32, 32, 32)):

@@ -5,9 +5,7 @@
         --knob num_heads=12 --knob roi=96,96,96 --batch 2
 """
 
-import torch
-
-from _zoo import adamw
+from _zoo import adamw as optimizers, classification_batch, classify
 
 MODEL = "ViT (3D)"
 FULL = {"hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12, "roi": (96, 96, 96)}
@@ -23,19 +21,9 @@ def networks(roi: tuple = (32, 32, 32), hidden_size: int = 48, mlp_dim: int = 96
                          num_classes=2)}
 
 
-def optimizers(nets):
-    return adamw(nets)
-
-
 def batch(batch_size: int = 2, roi: tuple = (32, 32, 32)):
-    return torch.randn(batch_size, 1, *roi, device="cuda"), torch.randint(0, 2, (batch_size,), device="cuda")
+    return classification_batch(batch_size, roi)
 
 
 def step(nets, opts, batch, vp):
-    image, label = batch
-    vp.zero_grad(opts["model"])
-    with vp.autocast():
-        logits, _hidden = nets["model"](image)
-        vp.keep.loss = torch.nn.CrossEntropyLoss()(logits, label)
-    vp.backward(vp.keep.loss, opts["model"])
-    vp.step(opts["model"])
+    classify(nets, opts, batch, vp, logits=lambda out: out[0])

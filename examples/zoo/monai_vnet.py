@@ -4,7 +4,7 @@
     full size (benchmarks/bench_zoo.py --full): --knob roi=128,128,64 --batch 1
 """
 
-from _zoo import adamw, segmentation_batch, supervised
+from _zoo import adamw as optimizers, segmentation_batch, supervised
 
 MODEL = "VNet"
 FULL = {'roi': (128, 128, 64)}
@@ -15,10 +15,6 @@ def networks():
     from monai.networks.nets import VNet
 
     return {"model": VNet(spatial_dims=3, in_channels=1, out_channels=2)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (32, 32, 32)):

@@ -10,7 +10,7 @@ MONAI's SSIMLoss added to the reconstruction term.
 import torch
 import torch.nn.functional as F
 
-from _zoo import adamw
+from _zoo import adamw as optimizers
 
 MODEL = "VQVAE"
 FULL = {"channels": (256, 256), "num_res_channels": 256, "embedding_dim": 32, "roi": (96, 96, 96)}
@@ -25,10 +25,6 @@ def networks(channels: tuple = (8, 8), num_res_channels: int = 8, embedding_dim:
                            downsample_parameters=((2, 4, 1, 1),) * len(channels),
                            upsample_parameters=((2, 4, 1, 1, 0),) * len(channels),
                            num_embeddings=256, embedding_dim=embedding_dim)}
-
-
-def optimizers(nets):
-    return adamw(nets)
 
 
 def batch(batch_size: int = 1, roi: tuple = (16, 16, 16)):
