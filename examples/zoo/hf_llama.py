@@ -3,7 +3,8 @@ attention, rotary embeddings), trained on its own causal-LM loss (``labels=input
 ``attn_implementation``: "sdpa" or "eager".
 
     vramplan profile --step examples/zoo/hf_llama.py
-    full size, Llama-3.2-1B's shape (benchmarks/bench_zoo.py --full): --knob num_hidden_layers=16 --knob hidden_size=2048
+    full size, Llama-3.2-1B's shape with LlamaConfig's untied embeddings (1.50 B parameters; the released
+    model ties them: 1.24 B) (benchmarks/bench_zoo.py --full): --knob num_hidden_layers=16 --knob hidden_size=2048
         --knob intermediate_size=8192 --knob num_attention_heads=32 --knob num_key_value_heads=8 --knob vocab_size=128256
         --knob seq=2048 --batch 1
 """
