@@ -114,12 +114,14 @@ def _rounded_everywhere() -> Iterator[None]:
         mt._WeakRefInfo._calculate_mem_consumed = orig
 
 
-def _same_rules_tracker() -> Any:
+def _same_rules_tracker(host_counters: bool = False) -> Any:
+    """MemTracker with the tracker's rules; ``host_counters=True`` leaves MemTracker's own rule
+    (Adam's step counters counted as device memory) to show that the comparison can tell."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     class SameRules(MemTracker):
         def _track(self, reftype: Any, t: Any) -> None:
-            if self._in_opt and t.dim() == 0:
+            if self._in_opt and t.dim() == 0 and not host_counters:
                 return  # a host-side step counter (or the scalar added to it)
             super()._track(reftype, t)
 
@@ -128,7 +130,7 @@ def _same_rules_tracker() -> Any:
 
             for state in optimizer.state.values():
                 for key, val in state.items():
-                    if isinstance(val, torch.Tensor) and key != "step":
+                    if isinstance(val, torch.Tensor) and (key != "step" or host_counters):
                         self._update_and_maybe_create_winfos(val, reftype)
 
     mt = SameRules()
@@ -177,9 +179,9 @@ class Outcome:
 
 
 def trace(entry: Entry, precision: str = "fp32", full: bool = False, memtracker: bool = True,
-          knobs: tuple[tuple[str, Any], ...] = ()) -> Outcome:
+          knobs: tuple[tuple[str, Any], ...] = (), host_counters: bool = False) -> Outcome:
     """Trace the entry under vramplan (fake backend), MemTracker inside it when asked; ``knobs``
-    (a variant) over the small or full size's."""
+    (a variant) over the small or full size's; ``host_counters``: see :func:`_same_rules_tracker`."""
     from planner.errors import PlannerError
     from planner.measure import stepfile
     from planner.steps import StepSetup
@@ -193,7 +195,7 @@ def trace(entry: Entry, precision: str = "fp32", full: bool = False, memtracker:
     trackers: list[Any] = []
 
     def observer(nets: dict, opts: dict) -> Any:
-        mt = _same_rules_tracker()
+        mt = _same_rules_tracker(host_counters)
         mt.track_external(*nets.values(), *opts.values())
         trackers.append(mt)
         return mt

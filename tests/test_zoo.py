@@ -104,3 +104,14 @@ def test_harness_agrees_on_the_examples_and_changes_nothing(entry: Entry, precis
     without = trace(entry, precision, full=True, memtracker=False)
     assert with_mt.error is None and without.error is None, (with_mt.error, without.error)
     assert with_mt.memtracker == with_mt.peak == without.peak, (with_mt.peak, with_mt.memtracker, without.peak)
+
+
+def test_the_comparison_can_tell_a_rule_apart():
+    """Left to its own rule (Adam's ``state["step"]`` counters are device tensors to MemTracker;
+    on a CUDA run with capturable=False they live on the host), MemTracker counts exactly the
+    step counters more. template.py at depth 2 has 16 parameter tensors (inp and out: weight and
+    bias, 2 + 2; each of 2 blocks: norm, fc1, fc2 weight and bias, 6): 16 fp32 0-dim counters of
+    4 B, each rounded to one 512-byte block, alive through iteration 2: 16 * 512 = 8,192 B."""
+    out = trace(_TEMPLATE, "fp32", full=True, host_counters=True)
+    assert out.error is None, out.error
+    assert out.memtracker - out.peak == 16 * 512
