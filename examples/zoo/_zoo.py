@@ -21,6 +21,13 @@ def segmentation_batch(batch_size, roi, classes, in_channels=1):
     return image, label
 
 
+def semantic_batch(batch_size, roi, channels, labels):
+    """An image (or latent) and a one-hot semantic map of ``labels`` classes (SPADE's condition)."""
+    label = torch.randint(0, labels, (batch_size, *roi), device="cuda")
+    seg = torch.nn.functional.one_hot(label, labels).movedim(-1, 1).float()
+    return torch.randn(batch_size, channels, *roi, device="cuda"), seg
+
+
 def supervised(nets, opts, batch, vp, loss_fn, name="model"):
     """``loss_fn(model(x), y)``; backward; step (MONAI's supervised tutorials, per iteration)."""
     x, y = batch

@@ -7,10 +7,7 @@ PatchAdversarialLoss (least squares).
         --knob roi=128,128 --batch 8
 """
 
-import torch
-import torch.nn.functional as F
-
-from _zoo import adamw as optimizers, autoencoder_gan
+from _zoo import adamw as optimizers, semantic_batch, autoencoder_gan
 
 MODEL = "SPADEAutoencoderKL + PatchDiscriminator"
 FULL = {"channels": (64, 128, 128, 128), "norm_num_groups": 32, "roi": (128, 128)}
@@ -33,9 +30,7 @@ def networks(channels: tuple = (8, 16, 16), norm_num_groups: int = 8):
 
 
 def batch(batch_size: int = 2, roi: tuple = (32, 32)):
-    labels = torch.randint(0, LABELS, (batch_size, *roi), device="cuda")
-    seg = F.one_hot(labels, LABELS).movedim(-1, 1).float()
-    return torch.randn(batch_size, 1, *roi, device="cuda"), seg
+    return semantic_batch(batch_size, roi, 1, LABELS)
 
 
 def step(nets, opts, batch, vp):

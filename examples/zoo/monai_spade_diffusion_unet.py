@@ -7,10 +7,7 @@ noise prediction given the map, MSE against the noise.
         --knob roi=64,64 --batch 8
 """
 
-import torch
-import torch.nn.functional as F
-
-from _zoo import adamw as optimizers, noise_prediction
+from _zoo import adamw as optimizers, semantic_batch, noise_prediction
 
 MODEL = "SPADEDiffusionModelUNet"
 FULL = {"channels": (128, 256, 512), "num_head_channels": 32, "roi": (64, 64)}
@@ -28,9 +25,7 @@ def networks(channels: tuple = (8, 16), num_head_channels: int = 8):
 
 
 def batch(batch_size: int = 2, roi: tuple = (16, 16)):
-    labels = torch.randint(0, LABELS, (batch_size, *roi), device="cuda")
-    seg = F.one_hot(labels, LABELS).movedim(-1, 1).float()
-    return torch.randn(batch_size, 3, *roi, device="cuda"), seg
+    return semantic_batch(batch_size, roi, 3, LABELS)
 
 
 def step(nets, opts, batch, vp):
