@@ -145,7 +145,9 @@ def efficient_rejection(
                     break
     return (
         r or _sdpa_nonzero_lengths(qs, ks) or _sdpa_last_dim_strides(qs, strides, mask_stride, False)
-        or _sdpa_batch_heads(qs, ks, vs, enable_gqa)
+        # check_batch_size_and_num_heads_dense<false /*supports_grouped_query_attention=*/>:
+        # enable_gqa does not apply, so grouped k/v heads are rejected (torch runs math)
+        or _sdpa_batch_heads(qs, ks, vs, False)
         or _sdpa_dtype(dtypes, ("f16", "f32", "bf16") if cc[0] >= 8 else ("f16", "f32"))
     )
 

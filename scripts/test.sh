@@ -3,7 +3,7 @@
 # Speed is gated only as ratios to a reference timed in the same run (benchmarks/speed.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh profile,test
+bash scripts/setup.sh profile,test,zoo
 .venv/bin/python -m pytest -q
 # vramplan's own memory gate on its examples (issue 11): the built-in seed-004 config (analytic)
 # and a small step file (traced); fails when one stops fitting or grows >2 % against the baseline.

@@ -208,9 +208,23 @@ def test_num_heads_mismatch_runs_math_unless_gqa():
     # enable_gqa: check_grouped_query_attention (k heads == v heads, dividing q heads)
     assert sdpa_backend(q, k, k, enable_gqa=True) == "flash"
     c = sdpa_backend(q, t(1, 3, 64, 32), t(1, 3, 64, 32), enable_gqa=True)
-    assert c == "math" and c.why == "key/value heads (3) do not divide query heads (8)"
+    # (memory-efficient never takes grouped heads: check_batch_size_and_num_heads_dense<false>)
+    assert c == "math" and c.why == ("flash: key/value heads (3) do not divide query heads (8); "
+                                     "memory-efficient: q/k/v numbers of heads differ (8/3/3)")
     c = sdpa_backend(q, k, t(1, 4, 64, 32), enable_gqa=True)
-    assert c == "math" and c.why == "key and value have different numbers of heads (2/4)"
+    assert c == "math" and c.why == ("flash: key and value have different numbers of heads (2/4); "
+                                     "memory-efficient: q/k/v numbers of heads differ (8/2/4)")
+
+
+def test_gqa_is_flash_only_mem_efficient_rejects_grouped_heads():
+    # sdp_utils.cpp can_use_mem_efficient_attention instantiates
+    # check_batch_size_and_num_heads_dense<false /*supports_grouped_query_attention=*/>: fp32 (flash
+    # out by dtype) with 2 k/v heads for 8 query heads runs math even with enable_gqa (a Llama
+    # config's grouped-query attention in fp32); equal heads with enable_gqa stay efficient
+    q, k = t(1, 8, 64, 32, dtype=torch.float32), t(1, 2, 64, 32, dtype=torch.float32)
+    c = sdpa_backend(q, k, k, enable_gqa=True)
+    assert c == "math" and "memory-efficient: q/k/v numbers of heads differ (8/2/2)" in c.reasons
+    assert sdpa_backend(q, q, q, enable_gqa=True) == "efficient"
 
 
 def test_misaligned_storage_offset_rules_out_mem_efficient():

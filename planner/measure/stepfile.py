@@ -448,8 +448,13 @@ def _with_masters(o: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, dict
 
 
 def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], None] | None = None,
-        keep_timeline: bool = True, count_flops: bool = False) -> Any:
-    """Two iterations of the step file's step under the tracker; the peak over the second."""
+        keep_timeline: bool = True, count_flops: bool = False,
+        observer: Callable[[dict, dict], contextlib.AbstractContextManager] | None = None) -> Any:
+    """Two iterations of the step file's step under the tracker; the peak over the second.
+
+    ``observer(nets, opts)``, when given, returns a context manager entered around each of the
+    two iterations, innermost (a second opinion such as torch's MemTracker sees the same ops on
+    the same tensors; tests/test_zoo.py)."""
     from planner.measure.cuda_emulation import CudaEmulation
     from planner.measure.step import (
         StepRecord,
@@ -549,6 +554,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         gc.disable()  # collected per op instead (see _collect_young_garbage_per_op)
         from planner.measure.declared_ops import OpSite, explain
 
+        watch = observer(nets, opts) if observer is not None else contextlib.nullcontext()
         site = OpSite(modules)  # entered last: it sees the op the user's code called
         from planner.measure.distributed import tracing
 
@@ -556,7 +562,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
             for iteration in (1, 2):
                 it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
                 vp.iteration = iteration
-                with flops.counting(iteration == 2):
+                with flops.counting(iteration == 2), watch:
                     for micro in range(setup.accumulation):
                         vp.micro = micro
                         tracker.step, tracker.phase, tracker.network_hint = f"it{iteration}", Phase.DATA, "data"
