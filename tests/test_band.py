@@ -75,7 +75,7 @@ def test_estimate_prints_and_emits_the_band():
     assert band["point_bytes"] == data["device_total_bytes"]  # reserved + the 426 MiB context
     assert band["verdict"] == "fits"
     r = CliRunner().invoke(app, ["estimate", "--voxel", "64x64x64", "--gpu", "24GB"])
-    assert "Band (generic 24 GB card): fits even at the top of the band" in r.output
+    assert "Band (card sold as 24 GB): fits even at the top of the band" in r.output
 
 
 def test_step_file_estimate_has_the_band(tmp_path):
@@ -93,4 +93,4 @@ def test_step_file_estimate_has_the_band(tmp_path):
     alloc = next(t for t in data["device_band"]["terms"] if t["name"] == "allocator (reserved)")
     assert (alloc["low_bytes"], alloc["point_bytes"], alloc["high_bytes"]) == (5_729_792, 6 * MIB, 12 * MIB - 5_729_792)
     r = CliRunner().invoke(app, ["estimate", "--step", str(tmp_path / "tiny.py"), "--gpu", "24GB"])
-    assert "Band (generic 24 GB card): fits even at the top of the band" in r.output
+    assert "Band (card sold as 24 GB): fits even at the top of the band" in r.output

@@ -10,9 +10,10 @@ here, full sizes in ``benchmarks/bench_zoo.py --full``) is traced in fp32 and ch
   512-byte rounding per storage, host-side optimizer step counters excluded, the peak of
   iteration 2. Every entry that traces agrees exactly: no difference needs explaining.
 
-Entries that stop today at ``aten::_local_scalar_dense`` (a value read off a tensor that a trace
-without data does not have) are strict xfails naming the library's line; when constant tensors
-keep their values they must pass, and the mark must go. Any other failure fails the test.
+Every entry traces: the ones that read values off constant tensors (MONAI's Dice/Tversky losses:
+``torch.arange(2, ndim).tolist()``; SwinUNETR's constructor: ``.item()`` over a ``linspace``;
+transformers' ViT initialisation: ``nn.init.trunc_normal_``'s rejection loop) get them from
+planner/measure/values.py. Any failure fails the test.
 """
 
 from __future__ import annotations
@@ -26,37 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from zoo_harness import Entry, available, entries, real_params, trace  # noqa: E402
 
-_DICE = ("monai/losses/dice.py:200 DiceLoss.forward: torch.arange(2, len(input.shape)).tolist() "
-         "(the dims to reduce over, a constant tensor read back)")
-_LOCAL_SCALAR = {
-    "monai_basicunet": _DICE + " via DiceCELoss",
-    "monai_unet": _DICE + " via DiceFocalLoss",
-    "monai_dynunet": _DICE + " via DiceCELoss",
-    "monai_unetr": _DICE + " via DiceCELoss",
-    "monai_vnet": _DICE + " via DiceFocalLoss",
-    "monai_segresnet": "monai/losses/dice.py:449 GeneralizedDiceLoss.forward: torch.arange(2, len(input.shape)).tolist()",
-    "monai_attentionunet": "monai/losses/tversky.py:162 TverskyLoss.forward: torch.arange(2, len(input.shape)).tolist()",
-    "monai_highresnet": "monai/losses/tversky.py:162 TverskyLoss.forward: torch.arange(2, len(input.shape)).tolist()",
-    "monai_swinunetr": ("monai/networks/nets/swin_unetr.py:1189 SwinTransformer.__init__: "
-                        "[x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))] in networks()"),
-    "hf_vit": ("torch/nn/init.py:114 _no_grad_trunc_normal_: tensor.new_tensor(a).item() (then the rejection "
-               "loop's `if not mask.any()` at :119 on values drawn at random), reached from "
-               "transformers/models/vit/modeling_vit.py:328 ViTPreTrainedModel._init_weights in networks()"),
-}
-
-
-class LocalScalarDense(Exception):
-    """The trace stopped at aten::_local_scalar_dense (the mechanism issue 19 adds)."""
-
-
 def _cases() -> list:
     out = []
     for e in entries():
         for variant in e.variants:
             marks = [pytest.mark.skipif(not available(e.library), reason=f"{e.library} is not installed "
                                         f"(pip install -e '.[zoo]')")]
-            if e.name in _LOCAL_SCALAR:
-                marks.append(pytest.mark.xfail(strict=True, raises=LocalScalarDense, reason=_LOCAL_SCALAR[e.name]))
             tag = ",".join(f"{k}={v}" for k, v in variant)
             out.append(pytest.param(e, variant, marks=marks, id=e.name + (f"[{tag}]" if tag else "")))
     return out
@@ -79,8 +55,6 @@ def test_the_zoo_is_whole():
 def test_zoo_entry_traces_and_agrees_with_memtracker(entry: Entry, variant: tuple):
     out = trace(entry, "fp32", knobs=variant)
     if out.error is not None:
-        if "_local_scalar_dense" in out.error:
-            raise LocalScalarDense(out.error)
         pytest.fail(f"{entry.path}: {out.error}")
     assert out.params == real_params(entry, variant)
     # MemTracker counts the same storages after the same ops: equal to the byte

@@ -18,7 +18,7 @@ def networks(feature_size: int = 12):
     return {"model": SwinUNETR(in_channels=1, out_channels=14, feature_size=feature_size, use_checkpoint=True)}
 
 
-def batch(batch_size: int = 1, roi: tuple = (32, 32, 32)):
+def batch(batch_size: int = 1, roi: tuple = (64, 64, 64)):  # 64: the bottleneck needs 2 voxels (5 halvings)
     return segmentation_batch(batch_size, roi, classes=14)
 
 
