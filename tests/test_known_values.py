@@ -248,3 +248,24 @@ def test_amp_costing_memory_is_said_with_the_op_that_holds_fp32_outputs() -> Non
     assert note.startswith("under CUDA autocast (amp-fp16) this step uses MORE memory than fp32 (3.66 vs 3.51 GiB")
     assert "native_group_norm runs in fp32 under CUDA autocast" in note
     assert amp_costs_more(fp32, amp) is None  # the other way round there is nothing to say
+
+
+def test_a_data_dependent_shape_inside_a_library_names_the_library_line(tmp_path: Path, monkeypatch) -> None:
+    from planner.measure import user_code
+
+    lib = tmp_path / "site"
+    lib.mkdir()
+    (lib / "fakelib.py").write_text("def positives(x):\n    return x[x > 0]\n")
+    monkeypatch.syspath_prepend(str(lib))
+    dirs = user_code._library_dirs()
+    monkeypatch.setattr(user_code, "_library_dirs", lambda: (*dirs, str(lib) + "/"))
+    step = tmp_path / "lib_step.py"
+    step.write_text(SIZE_FROM_DATA.replace("        n = (y > 0).sum().item()\n        pad = y.new_zeros(n, y.shape[1])\n"
+                                           "        loss = torch.cat([y, pad]).pow(2).mean()",
+                                           "        import fakelib\n        loss = fakelib.positives(y).mean()"))
+    with pytest.raises(PlannerError) as err:
+        _trace(step)
+    text = str(err.value)
+    assert "aten::index (boolean-mask indexing x[mask]) has a data-dependent output shape" in text
+    # the user's line (the call into the library: lib_step.py:18) and the library's own line
+    assert "lib_step.py:18, in the libra" in text and "fakelib.py:2)" in text

@@ -345,7 +345,11 @@ def explain(exc: BaseException, where: OpSite | str | None = None, origin: str =
         op = site_op  # what the user's code called: aten::index for x[mask], not its inner nonzero
     module = module or (where if isinstance(where, str) else "")
     line = user_frame(err) or user_frame(exc)
-    at = ", ".join(p for p in (f"in {module}" if module else "", f"at {line}" if line else "") if p)
+    from planner.measure.values import user_and_library_lines
+
+    _, library = user_and_library_lines(traceback.extract_tb(err.__traceback__))
+    at = ", ".join(p for p in (f"in {module}" if module else "", f"at {line}" if line else "",
+                               f"in the library at {library}" if library else "") if p)
     at = f" ({at})" if at else ""
     declare_in = "the step file" if origin == "step" else "the model's file"
     what, hint = _HINTS.get(op, ("", None))

@@ -141,7 +141,6 @@ class KnownValues(TorchDispatchMode):
         # torch.utils.swap_tensors, which .half()/.to() use on parameters)
         self._generation: dict[int, int] = {}
         self.standins: Counter[tuple[str, str, str]] = Counter()  # (user line, library line, value) -> uses
-        self._lib = None
         self.last_int: DataInt | None = None  # the latest integer stand-in (SizeGuard marks what Python got)
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -279,23 +278,7 @@ class KnownValues(TorchDispatchMode):
 
     def _lines(self) -> tuple[str, str]:
         """(the user's innermost line, the innermost library line below it) at this call."""
-        from planner.measure.user_code import _library_dirs, _short
-
-        if self._lib is None:
-            self._lib = _library_dirs()
-        user = lib = ""
-        for f in reversed(traceback.extract_stack()):
-            if f.filename.startswith("<frozen"):
-                continue
-            path = f.filename if f.filename.startswith("<") else str(Path(f.filename).resolve())
-            if path.startswith(_OURS) or (path.startswith(_TORCH) and not path[len(_TORCH):].startswith(_TORCH_API)):
-                continue  # vramplan, or torch's dispatch machinery (modes, fake tensors, dynamo wrappers)
-            if path.startswith(self._lib) and not path.startswith("<"):
-                lib = lib or f"{_short(f.filename)}:{f.lineno}"
-            else:
-                user = f"{_short(f.filename)}:{f.lineno}"
-                break
-        return user, lib
+        return user_and_library_lines(traceback.extract_stack())
 
     def notes(self) -> list[str]:
         """One line per place that used a stand-in value, for the report."""
@@ -412,6 +395,29 @@ def _data_int(value: Any, depth: int = 0) -> DataInt | None:
     if depth < 2 and isinstance(value, dict):
         return next((m for v in value.values() if (m := _data_int(v, depth + 1)) is not None), None)
     return None
+
+
+def user_and_library_lines(frames: list) -> tuple[str, str]:
+    """(the user's innermost ``file:line``, the innermost installed-library line below it) among
+    ``frames`` (outermost first: ``traceback.extract_stack()``/``extract_tb``); vramplan's frames and
+    torch's dispatch machinery (modes, fake tensors, dynamo wrappers) are passed over, torch's own
+    API files (``nn/init.py``, ``nn/functional.py`` ...) count as a library."""
+    from planner.measure.user_code import _library_dirs, _short
+
+    lib_dirs = _library_dirs()
+    user = lib = ""
+    for f in reversed(frames):
+        if f.filename.startswith("<frozen"):
+            continue
+        path = f.filename if f.filename.startswith("<") else str(Path(f.filename).resolve())
+        if path.startswith(_OURS) or (path.startswith(_TORCH) and not path[len(_TORCH):].startswith(_TORCH_API)):
+            continue
+        if path.startswith(lib_dirs) and not path.startswith("<"):
+            lib = lib or f"{_short(f.filename)}:{f.lineno}"
+        else:
+            user = f"{_short(f.filename)}:{f.lineno}"
+            break
+    return user, lib
 
 
 def active_notes() -> list[str]:
