@@ -71,7 +71,7 @@ def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except PlannerError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None  # 2; 3 and 4 for user code stopped or ended (isolate.py)
 
     return wrapper
 
@@ -107,6 +107,10 @@ CheckpointOpt = Annotated[Optional[str], typer.Option(
     "--checkpoint", help="--step: wrap these module classes in torch's non-reentrant checkpoint wrapper: "
     "ClassName[,ClassName] or auto (the repeated block holding the most parameters).")]
 SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="--step: the only SDPA backend enabled: flash, efficient, math (default auto: CUDA's choice).")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help=(
+    "--step/--model: seconds each call into your code (import, one trace) may take; then it is stopped, naming the "
+    "file:line it was at, exit code 3 (exit 4: your code ended the trace without a result, e.g. sys.exit). "
+    "Default 600."))]
 JobsOpt = Annotated[int, typer.Option("--jobs", min=0, help="--step: trace in this many processes (0: one per core).")]
 GpusOpt = Annotated[Optional[int], typer.Option(
     "--gpus", help="Data-parallel ranks (needs --strategy); every figure is per rank, --batch is per rank.")]
@@ -121,7 +125,7 @@ _STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "
 def _step_command(params: dict[str, Any], name: str) -> bool:
     """Run the --step form of command ``name`` when --step is given (True); step-only flags
     without --step are errors naming them."""
-    if params.get("step"):
+    if params.get("step") is not None:
         from planner import stepcmds
 
         fn = stepcmds.estimate if name in ("estimate", "profile") else getattr(stepcmds, name)
@@ -131,8 +135,10 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
             fn(params, out, err)
         return True
     for key, flag in _STEP_ONLY:
-        if params.get(key):
+        if params.get(key) is not None:
             raise PlannerError(f"{flag}: only with --step (a step file); the built-in steps use their own flags")
+    if params.get("timeout") is not None and not params.get("model"):
+        raise PlannerError("--timeout: only with --step or --model (it stops your code; the built-in steps run none)")
     if params.get("jobs"):
         raise PlannerError("--jobs: only with --step")
     return False
@@ -231,6 +237,7 @@ def profile(
     ] = None,
     input_shape: Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64.")] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -265,13 +272,13 @@ def profile(
         ) from None
     chosen = backend.value if backend else _default_backend()
     with err.status(f"profiling on the {chosen} backend") as status:
-        report = run_profile(
-            setup,
-            chosen,
-            custom_model=model,
-            custom_input=shape,
-            progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"),
-        )
+        if model:  # the user's factory runs in a worker process, under --timeout
+            from planner.measure import isolate
+
+            isolate.set_timeout(timeout)
+            report = isolate.profile_model(setup, chosen, custom_model=model, custom_input=shape)
+        else:
+            report = run_profile(setup, chosen, progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"))
     if as_json:
         data = report.to_json()
         if chosen != "cuda":  # on a GPU the allocator already holds these buffers
@@ -338,6 +345,7 @@ def estimate(
         Optional[str], typer.Option("--profile", help="Device profile from profiles/ (see `vramplan profiles`).")
     ] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -441,6 +449,7 @@ def calibrate(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog card this profile is for (cuda backend).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
         "--sweep", help="--step: the points to measure, knob=v1,v2 (repeatable; batch, accum, precision, checkpoint, "
         "sdpa, optimizer and the step file's knobs).")] = None,
@@ -604,6 +613,7 @@ def recommend(
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
     write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -827,6 +837,7 @@ def table(
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file.")] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -918,6 +929,7 @@ def plot(
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,

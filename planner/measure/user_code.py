@@ -78,9 +78,36 @@ def quiet_fake_tensor_log() -> Iterator[None]:
             # conv weights do on size-1 dimensions; a performance note about the traced run,
             # not about the user's setup, and it would land in --json's stderr
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            # torch.nn.init on a 0-element weight (a knob of 0): the trace refuses it in one line
+            # (stepfile._refuse_empty), the warning would be a second
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
             yield
     finally:
         log.disabled = was
+
+def check_source_encoding(path: Path, spec: str) -> None:
+    """Refuse a source file Python itself would not run: its bytes must decode in its declared
+    encoding, UTF-8 by default (PEP 263). ``compile()`` of the bytes, as importlib does, lets an
+    undecodable byte through inside a comment (CPython 3.11's string tokenizer does not check
+    comments), where ``python file.py`` stops with "SyntaxError: Non-UTF-8 code starting with ..."."""
+    import io
+    import tokenize
+
+    try:
+        data = path.read_bytes()
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        data.decode(encoding)
+    except OSError as exc:
+        raise PlannerError(f"--model: cannot read '{path}' ({exc.strerror or exc})") from None
+    except SyntaxError as exc:  # an unknown coding declaration
+        raise PlannerError(f"--model: '{spec}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PlannerError(
+            f"--model: '{_short(str(path))}' line {line}: byte 0x{data[exc.start]:02x} is not {encoding} "
+            f"(Python refuses to run it: SyntaxError, PEP 263); save the file as UTF-8 or declare its encoding "
+            f"in a '# -*- coding: ... -*-' line") from None
+
 
 def _import_module(mod_part: str, spec: str) -> Any:
     """``package.module`` (the current directory first, as ``python -m`` does) or a ``.py`` path."""
@@ -90,6 +117,7 @@ def _import_module(mod_part: str, spec: str) -> Any:
         if not path.is_file():
             raise PlannerError(f"--model: no such file '{mod_part}' (in '{spec}')")
         path = path.resolve()
+        check_source_encoding(path, spec)
         folder = str(path.parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)  # its sibling modules import as they would from a script
