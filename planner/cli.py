@@ -1150,6 +1150,7 @@ def check(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Step files: checkpoint these module classes (ClassName[,ClassName] or auto).")] = None,
     knob: Annotated[Optional[list[str]], typer.Option("--knob", help="Step files: a knob, name=value (repeatable).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=0, help="Step files: trace in this many processes (0: one per core).")] = 0,
+    timeout: TimeoutOpt = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file (one test case per setup).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -1169,7 +1170,8 @@ def check(
 
     if junit is not None:
         check_output_path(junit, "--junit")
-    flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs}
+    flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs,
+             "timeout": timeout}
     kw = dict(gpu=gpu, margin=margin, baseline=baseline, tolerance=tolerance, update_baseline=update_baseline,
               flags=flags, jobs=jobs)
     if any(str(s).lower().endswith(".py") for s in setups) and sys.stderr.isatty():  # CI logs: no progress bar

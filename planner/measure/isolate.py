@@ -27,6 +27,7 @@ ignore SIGINT; the parent's KeyboardInterrupt kills them).
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import os
 import re
@@ -87,6 +88,7 @@ def timeout() -> float:
 _FRAME = re.compile(r'^\s*File "(.*)", line (\d+) in (.*)$')
 
 
+@functools.lru_cache(maxsize=1)
 def library_dirs() -> tuple[str, ...]:
     """Folders that are not the user's code: vramplan, the standard library, installed packages."""
     dirs = {str(Path(__file__).resolve().parents[1])}
@@ -97,7 +99,8 @@ def library_dirs() -> tuple[str, ...]:
     return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
 
 
-def _short(filename: str) -> str:
+def short_path(filename: str) -> str:
+    """``filename`` relative to the working directory where it is under it."""
     try:
         rel = os.path.relpath(filename)
     except ValueError:
@@ -113,10 +116,10 @@ def user_site(dump: str) -> str:
     frames = [m.groups() for m in map(_FRAME.match, dump.splitlines()) if m]
     for path, line, fn in frames:
         if not path.startswith("<") and not str(Path(path).resolve()).startswith(lib):
-            return f"{_short(path)}:{line} in {fn.strip()}()"
+            return f"{short_path(path)}:{line} in {fn.strip()}()"
     if frames:
         path, line, fn = frames[0]
-        return f"{_short(path)}:{line} in {fn.strip()}() (not in your code: none of it was running)"
+        return f"{short_path(path)}:{line} in {fn.strip()}() (not in your code: none of it was running)"
     return ""
 
 
@@ -132,7 +135,7 @@ def _frame_lines(frame: Any) -> str:
 # --- the worker --------------------------------------------------------------------------------------
 
 
-def _serve(conn: Any, stack_path: str) -> None:
+def _serve(conn: Any, stack_path: str, parent: int) -> None:
     """The worker's loop: receive (cwd, environ, warm, fn, args); import ``warm`` (torch, the
     tracer: the timeout does not count them) and say "started"; run ``fn(*args)``; send the
     outcome."""
@@ -141,6 +144,7 @@ def _serve(conn: Any, stack_path: str) -> None:
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent(parent)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     stack = open(stack_path, "w")  # noqa: SIM115 - open for the worker's life
@@ -186,6 +190,22 @@ def _serve(conn: Any, stack_path: str) -> None:
             conn.send(("bug", f"the result of {getattr(fn, '__name__', fn)} cannot be sent back: {exc}"))
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this worker when the process that started it dies, even by SIGKILL or
+    SIGTERM (no atexit then), so that user code looping in it does not run on as an orphan
+    (prctl PR_SET_PDEATHSIG = 1)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
 def _where(exc: BaseException) -> str:
     import traceback
 
@@ -201,7 +221,7 @@ class _Worker:
         fd, self.stack_path = tempfile.mkstemp(prefix="vramplan-stack-", suffix=".txt")
         os.close(fd)
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, self.stack_path), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, self.stack_path, os.getpid()), daemon=True)
         self.proc.start()
         child.close()
 

@@ -29,7 +29,6 @@ import inspect
 import os
 import re
 import sys
-import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from planner.errors import PlannerError
+from planner.measure.isolate import short_path as _short
 
 MAX_USER_MESSAGE = 200
 """Characters of the user's exception message quoted in the one-line error."""
@@ -138,6 +138,12 @@ def _import_module(mod_part: str, spec: str) -> Any:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # a console script's sys.path[0] is its bin folder, not the cwd
+    try:
+        found = importlib.util.find_spec(mod_part)
+    except Exception:  # noqa: BLE001 - import_module below says what is wrong
+        found = None
+    if found is not None and found.origin and found.origin.endswith(".py"):
+        check_source_encoding(Path(found.origin), spec)
     try:
         return importlib.import_module(mod_part)
     except ModuleNotFoundError as exc:
@@ -289,12 +295,10 @@ def swappable_fake_params() -> Iterator[None]:
 
 
 def _library_dirs() -> tuple[str, ...]:
-    dirs = {str(Path(torch.__file__).resolve().parent), str(Path(__file__).resolve().parents[1])}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        p = sysconfig.get_paths().get(key)
-        if p:
-            dirs.add(str(Path(p).resolve()))
-    return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+    """Not the user's code: vramplan, the standard library, installed packages, torch wherever it is."""
+    from planner.measure.isolate import library_dirs
+
+    return library_dirs() + (str(Path(torch.__file__).resolve().parent) + os.sep,)
 
 
 def user_frame(exc: BaseException) -> str:
@@ -306,14 +310,6 @@ def user_frame(exc: BaseException) -> str:
     lib = _library_dirs()
     ours = [f for f in frames if not f.filename.startswith("<") and not str(Path(f.filename).resolve()).startswith(lib)]
     return f"{_short(ours[-1].filename)}:{ours[-1].lineno}" if ours else ""
-
-
-def _short(filename: str) -> str:
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if rel.startswith("..") else rel
 
 
 def message(exc: BaseException) -> str:
