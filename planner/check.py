@@ -142,8 +142,8 @@ def targets(args: list[str], flags: dict[str, Any] | None = None, base_dir: Path
     if not any(t.kind == "step" for t in out):
         for key, flag in STEP_FLAGS:
             if flags.get(key) not in (None, 0):  # jobs defaults to 0; an empty --checkpoint '' is given
-                raise PlannerError(f"{flag}: applies to step files (.py) only, and none is given; "
-                                   "a built-in config sets it in its YAML")
+                raise PlannerError(f"{flag}: applies to step files (.py) only, and none is given"
+                                   + ("" if key in ("jobs", "timeout") else "; a built-in config sets it in its YAML"))
     seen: set[str] = set()
     for t in out:
         if t.name in seen:

@@ -213,3 +213,16 @@ def test_model_factory_runs_isolated(tmp_path):
     r = runner.invoke(app, ["profile", "--model", f"{f}:make", "--input", "2x4", "--backend", "fake",
                             "--timeout", "3", "--json"])
     one_line_error(r, isolate.EXIT_TIMEOUT, "--model", f"factory.py:6 in make()")
+
+
+def test_check_takes_timeout_for_step_files_only(tmp_path):
+    one_line_error(runner.invoke(app, ["check", "examples/seed004_high_res.yaml", "--gpu", "24GB", "--timeout", "3"]),
+                   2, "--timeout: applies to step files (.py) only")
+
+
+def test_search_commands_stop_a_hang_too(tmp_path):
+    # recommend/table trace through the worker pool (traces.trace_many): the same stop, exit 3
+    p = write(tmp_path, "loops.py", STEP_FIRST, "    while True:\n        pass\n")
+    r = runner.invoke(app, ["table", "--step", str(p), "--sweep", "batch=2,3", "--timeout", "5"])
+    line = one_line_error(r, isolate.EXIT_TIMEOUT, "ran longer than 5 s")
+    assert any(f"loops.py:{n} in step()" in line for n in (line_of(p, "pass"), line_of(p, "pass") - 1)), line

@@ -149,7 +149,8 @@ def _serve(conn: Any, stack_path: str, parent: int) -> None:
     sys.stdout = sys.stderr
     stack = open(stack_path, "w")  # noqa: SIM115 - open for the worker's life
     faulthandler.enable(file=stack, all_threads=True)
-    faulthandler.register(signal.SIGUSR1, file=stack, all_threads=True)
+    if hasattr(signal, "SIGUSR1"):  # not on Windows: a timeout there names no line
+        faulthandler.register(signal.SIGUSR1, file=stack, all_threads=True)
     real_exit = os._exit
 
     def _exit(code: int) -> None:  # os._exit: note who called it, then exit
@@ -169,11 +170,11 @@ def _serve(conn: Any, stack_path: str, parent: int) -> None:
             except ImportError:
                 pass  # the call that needs it says what is missing
         conn.send(("started",))
-        os.chdir(cwd)
-        if env != dict(os.environ):
-            os.environ.clear()
-            os.environ.update(env)
         try:
+            os.chdir(cwd)
+            if env != dict(os.environ):
+                os.environ.clear()
+                os.environ.update(env)
             outcome: tuple = ("ok", fn(*args))
         except PlannerError as exc:
             outcome = ("error", str(exc), getattr(exc, "exit_code", 2))
@@ -290,7 +291,7 @@ class Workers:
         try:
             while pending or running:
                 while pending and len(running) < max(1, jobs):
-                    w = self._idle.pop() if self._idle else _Worker()
+                    w = self._take()
                     item = pending.pop(0)
                     try:
                         w.send(fn, (item,), warm)
@@ -320,6 +321,15 @@ class Workers:
         finally:
             for w, _, _ in running.values():  # interrupted mid-call: no reuse
                 w.kill()
+
+    def _take(self) -> _Worker:
+        """An idle worker that is still alive, else a new one."""
+        while self._idle:
+            w = self._idle.pop()
+            if w.proc.is_alive():
+                return w
+            w.kill()
+        return _Worker()
 
     @staticmethod
     def _started(w: _Worker) -> bool:

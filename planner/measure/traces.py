@@ -85,7 +85,7 @@ def _store(setup: StepSetup, record: Any) -> None:
         pass  # a read-only cache folder only costs speed
 
 
-def trace(setup: StepSetup, *, progress: Callable[[str], None] | None = None, use_cache: bool = True) -> Any:
+def trace(setup: StepSetup, *, use_cache: bool = True) -> Any:
     """The StepRecord of ``setup`` (fake backend, no timeline), from the cache when there, else
     traced in a worker process under the timeout (``planner/measure/isolate.py``)."""
     if use_cache:
