@@ -226,3 +226,9 @@ def test_search_commands_stop_a_hang_too(tmp_path):
     r = runner.invoke(app, ["table", "--step", str(p), "--sweep", "batch=2,3", "--timeout", "5"])
     line = one_line_error(r, isolate.EXIT_TIMEOUT, "ran longer than 5 s")
     assert any(f"loops.py:{n} in step()" in line for n in (line_of(p, "pass"), line_of(p, "pass") - 1)), line
+
+
+def test_a_knob_default_that_cannot_come_back_is_one_line(tmp_path):
+    # the worker returns the knobs' defaults; a lambda cannot be pickled back
+    p = write(tmp_path, "lam.py", "def networks(width: int = 8):", "def networks(width: int = 8, act=lambda x: x):")
+    one_line_error(runner.invoke(app, ["estimate", "--step", str(p)]), 2, "not picklable", "knob defaults must be plain values")

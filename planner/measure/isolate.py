@@ -187,8 +187,9 @@ def _serve(conn: Any, stack_path: str, parent: int) -> None:
         sys.stderr.flush()
         try:
             conn.send(outcome)
-        except Exception as exc:  # noqa: BLE001 - a result that does not pickle
-            conn.send(("bug", f"the result of {getattr(fn, '__name__', fn)} cannot be sent back: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - a result that does not pickle (a knob default such as a lambda)
+            conn.send(("error", f"step: what your code returned cannot be passed back from the worker process "
+                                f"(not picklable: {exc}); knob defaults must be plain values", 2))
 
 
 def _die_with_parent(parent: int) -> None:
