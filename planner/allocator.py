@@ -478,9 +478,30 @@ class AllocatorStats:
     garbage collection can make it, the measured window's peak starts there.)"""
     config: AllocatorConfig = _DEFAULT_CONFIG
     """The allocator settings replayed."""
+    free_at_allocated_peak_bytes: int = 0
+    """Reserved minus allocated when allocated first reaches its peak: the cached free blocks while the
+    live tensors peak (what fragmentation costs when it matters; at the reserved peak the cache may be
+    full of free blocks, which says little)."""
+    largest_free_block_at_allocated_peak_bytes: int = 0
+    """The largest cached free block of the large pool at that moment: the largest request (> 1 MiB) the
+    cache could have served then; a larger one needs a new segment from the driver."""
 
 
-class CachingAllocatorModel:
+class _AllocatedPeak:
+    """What both models record when allocated reaches a new peak (AllocatorStats' *_at_allocated_peak_bytes)."""
+
+    def _allocated_peak(self) -> None:
+        self.peak_allocated = self.allocated
+        self.free_at_peak = self.reserved - self.allocated
+        large = self._pools[False]
+        self.largest_at_peak = large[-1][0] if large else 0
+
+    def stats(self) -> AllocatorStats:
+        return AllocatorStats(self.peak_allocated, self.peak_reserved, self.segments, self.fragmentation, self.config,
+                              self.free_at_peak, self.largest_at_peak)
+
+
+class CachingAllocatorModel(_AllocatedPeak):
     """The default configuration (fast path: ~13,000 events per estimate)."""
 
     config = _DEFAULT_CONFIG
@@ -495,6 +516,8 @@ class CachingAllocatorModel:
         self.peak_allocated = 0
         self.fragmentation = 0
         self.segments = 0
+        self.free_at_peak = 0
+        self.largest_at_peak = 0
         self._live: dict[int, _Block] = {}
 
     @property
@@ -539,7 +562,7 @@ class CachingAllocatorModel:
         self._live[key] = block
         self.allocated += block.size
         if self.allocated > self.peak_allocated:
-            self.peak_allocated = self.allocated
+            self._allocated_peak()
 
     def free(self, key: int) -> None:
         block = self._live.pop(key, None)
@@ -570,20 +593,17 @@ class CachingAllocatorModel:
 
     def reset_peaks(self) -> None:
         """``torch.cuda.reset_peak_memory_stats()``: peaks restart from the current values."""
-        self.peak_allocated = self.allocated
+        self._allocated_peak()
         if self.reserved < self.peak_reserved:  # never here (reserved never shrinks); kept for symmetry
             self.peak_reserved = self.reserved
             self.fragmentation = self.reserved - self.requested
-
-    def stats(self) -> AllocatorStats:
-        return AllocatorStats(self.peak_allocated, self.peak_reserved, self.segments, self.fragmentation, self.config)
 
 
 _NO_MAX_SPLIT = 1 << 62  # max_split_size's default, std::numeric_limits<size_t>::max()
 _EXPANDABLE_VA = 1 << 48  # virtual address range one expandable segment reserves (only its start matters)
 
 
-class ConfiguredAllocatorModel:
+class ConfiguredAllocatorModel(_AllocatedPeak):
     """The caching allocator under any :class:`AllocatorConfig` (slower than
     :class:`CachingAllocatorModel`, which :func:`replay` uses for the default; with the
     default config both give identical results).
@@ -625,6 +645,8 @@ class ConfiguredAllocatorModel:
         self.peak_allocated = 0
         self.fragmentation = 0
         self.segments = 0
+        self.free_at_peak = 0
+        self.largest_at_peak = 0
         self.gc_released_bytes = 0
         self._live: dict[int, _Block] = {}
 
@@ -774,7 +796,7 @@ class ConfiguredAllocatorModel:
         self.requested += req
         self.allocated += block.size
         if self.allocated > self.peak_allocated:
-            self.peak_allocated = self.allocated
+            self._allocated_peak()
 
     def free(self, key: int) -> None:
         """``free_block``: merge with free neighbours (``try_merge_blocks``), cache."""
@@ -811,13 +833,11 @@ class ConfiguredAllocatorModel:
 
     def reset_peaks(self) -> None:
         """``torch.cuda.reset_peak_memory_stats()``: peaks restart from the current values."""
-        self.peak_allocated = self.allocated
+        self._allocated_peak()
         if self.reserved < self.peak_reserved:
             self.peak_reserved = self.reserved
             self.fragmentation = self.reserved - self.requested
 
-    def stats(self) -> AllocatorStats:
-        return AllocatorStats(self.peak_allocated, self.peak_reserved, self.segments, self.fragmentation, self.config)
 
 
 def make_model(

@@ -188,3 +188,28 @@ def fit(name: str, device: dict, points: list[dict], hardware: bool, gpu_key: st
         measurements=points,
         residuals={"allocated": summary(res_alloc), "reserved": summary(res_res), "points": len(points)},
     )
+
+
+def summary_lines(prof: DeviceProfile) -> list[str]:
+    """The fitted terms and residuals of a profile, as calibrate prints them (every form)."""
+    r = prof.residuals
+    return [f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + "
+            f"{prof.reserved_offset_bytes:,} B; context {prof.context_bytes:,} B ({prof.context_source})",
+            f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
+            f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%"]
+
+
+def save_and_report(prof: DeviceProfile, as_json: bool, out: Any, headline: Callable[[Path], str]) -> bool:
+    """Save the profile under profiles/; print its JSON (returns True) or ``headline(path)`` and
+    :func:`summary_lines` (returns False: the caller may add its own lines)."""
+    from planner import profiles
+    from planner.cli import _print_json
+
+    path = profiles.save(prof)
+    if as_json:
+        _print_json({"path": str(path), **prof.to_json()})
+        return True
+    out.print(headline(path), markup=False)
+    for line in summary_lines(prof):
+        out.print(line, markup=False)
+    return False

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Callable
 
-from planner.errors import PlannerError, quote
+from planner.errors import NotData, PlannerError, parse_json, quote
 from planner.result import GIB, TOP_MODULES, MemoryReport
 
 BASELINE_VERSION = 1
@@ -161,6 +161,7 @@ class Measured:
 
     target: Target
     report: MemoryReport
+    """(An error case's, :meth:`Outcome.error_case`, is an empty placeholder that no output reads.)"""
     setup: str
     """One line: what ran (kind/step file, shapes or knobs, batch, precision)."""
     setup_detail: dict[str, Any]
@@ -205,47 +206,82 @@ def _config_report(t: Target, card: Any) -> Measured:
                     time.perf_counter() - t0)
 
 
+def _named(t: Target, msg: str) -> str:
+    """The error of one setup, naming it (unless it names the file already)."""
+    return msg if msg.startswith(t.arg) or quote(t.arg) in msg else f"{t.name}: {msg}"
+
+
 def _step_reports(ts: list[Target], flags: dict[str, Any], card: Any, jobs: int,
-                  progress: Callable[[int, int, str], None] | None) -> tuple[dict[str, Measured], dict[str, Any]]:
+                  progress: Callable[[int, int, str], None] | None,
+                  errors: dict[str, str]) -> tuple[dict[str, Measured], dict[str, Any]]:
+    """The step-file setups' reports, traced together; a setup whose file or code fails is put
+    in ``errors`` (name -> one line) and left out. Each case's seconds: an equal share of the
+    wall time of the traces made together (they run in parallel; ``stats`` has the total)."""
     from planner import stepcmds
 
+    t0 = time.perf_counter()
     setups = {}
+    p = {"step": "", **{k: flags.get(k) for k, _ in STEP_FLAGS if k != "jobs"}}
+    stepcmds.step_setup({**p, "step": str(ts[0].path)})  # the flags themselves: bad input, before any file
     for t in ts:
-        p = {"step": str(t.path), **{k: flags.get(k) for k, _ in STEP_FLAGS if k != "jobs"}}
-        ss = stepcmds.step_setup(p)
-        sf = stepcmds._load(ss)  # the file's functions and knobs, checked before any tracing
-        setups[t.name] = stepcmds._filled(ss, sf)
+        try:
+            ss = stepcmds.step_setup({**p, "step": str(t.path)})
+            sf = stepcmds._load(ss)  # the file's functions and knobs, checked before any tracing
+            setups[t.name] = stepcmds._filled(ss, sf)
+        except PlannerError as exc:
+            errors[t.name] = _named(t, str(exc))
     from planner.measure.stepsearch import Evaluator
 
-    t0 = time.perf_counter()
     with Evaluator(card, jobs, progress) as ev:
         reps = ev.reports(list(dict.fromkeys(setups.values())))
+    seconds = time.perf_counter() - t0
     out = {}
     for t in ts:
+        if t.name not in setups:
+            continue
         ss = setups[t.name]
         rep, _, how = reps[ss]
         if rep is None:  # the user's code rejected the setup: `how` is its one-line error
-            raise PlannerError(how if t.arg in how or ss.path in how else f"{t.name}: {how}")
+            errors[t.name] = _named(t, how)
+            continue
         engine = ("by trace: the step file under FakeTensorMode on the CPU, CUDA emulated, "
                   + ("derived from traces at other micro-batches" if how == "derived" else "traced at this size")
                   + "; uncalibrated")
-        out[t.name] = Measured(t, rep, ss.label(), ss.to_json(), engine)
-    stats = {"traces": ev.stats.traces, "cached_traces": ev.stats.cached, "seconds": round(time.perf_counter() - t0, 2)}
+        out[t.name] = Measured(t, rep, ss.label(), ss.to_json(), engine, seconds / len(ts))
+    stats = {"traces": ev.stats.traces, "cached_traces": ev.stats.cached, "seconds": round(seconds, 2),
+             "seconds_each": seconds / len(ts)}
     return out, stats
 
 
 def measure(ts: list[Target], card: Any, flags: dict[str, Any] | None = None, *, jobs: int = 0,
-            progress: Callable[[int, int, str], None] | None = None) -> tuple[list[Measured], dict[str, Any]]:
+            progress: Callable[[int, int, str], None] | None = None,
+            errors: dict[str, str] | None = None) -> tuple[list[Measured], dict[str, Any]]:
     """Every target's report (in the order given) and trace statistics (empty without step files).
-    Built-in configs first: they are fast, and a bad one fails before any tracing."""
+    Built-in configs first: they are fast. A setup that cannot be measured (its config, its step
+    file or the user's code fails) raises its PlannerError, or with ``errors`` given is left out
+    of the reports and its one-line message put there (the others are still measured)."""
     flags = flags or {}
-    done = {t.name: _config_report(t, card) for t in ts if t.kind == "config"}
-    steps = [t for t in ts if t.kind == "step"]
+    errs: dict[str, str] = {}
+    done = {}
     stats: dict[str, Any] = {}
+    for t in ts:
+        if t.kind == "config":
+            t0 = time.perf_counter()
+            try:
+                done[t.name] = _config_report(t, card)
+            except PlannerError as exc:
+                errs[t.name] = str(exc)
+                stats.setdefault("error_seconds", {})[t.name] = time.perf_counter() - t0
+    steps = [t for t in ts if t.kind == "step"]
     if steps:
-        found, stats = _step_reports(steps, flags, card, jobs, progress)
+        found, step_stats = _step_reports(steps, flags, card, jobs, progress, errs)
+        stats.update(step_stats)
         done.update(found)
-    return [done[t.name] for t in ts], stats
+    if errs and errors is None:
+        raise PlannerError(next(errs[t.name] for t in ts if t.name in errs))
+    if errors is not None:
+        errors.update(errs)
+    return [done[t.name] for t in ts if t.name in done], stats
 
 
 # --- the baseline file -------------------------------------------------------------------------
@@ -259,13 +295,26 @@ class Baseline:
     margin: float | None = None
 
 
-def _bytes_ok(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def _bytes_ok(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+TOP_KEYS = ("version", "tool", "units", "gpu", "margin", "setups")
+GPU_KEYS = ("key", "name", "capacity_bytes", "capacity_source")
+ENTRY_KEYS = ("setup", "engine", *TOTALS, *BREAKDOWNS)
+
+
+def _unknown(obj: dict, known: tuple[str, ...], where: str, bad: Callable[[str], PlannerError]) -> None:
+    """A field nobody reads is a typo or another tool's file: refused, naming it."""
+    extra = [k for k in obj if k not in known]
+    if extra:
+        raise bad(f"{where} has unknown field {quote(extra[0])} (valid: {', '.join(known)})")
 
 
 def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--update-baseline") -> Baseline:
     """The baseline at ``path``, validated field by field; anything wrong is one PlannerError
-    line naming the file and the field."""
+    line naming the file and the field. Every figure is a whole number of bytes; the totals are
+    positive (a growth is a fraction of them) and ordered allocated <= reserved <= device total."""
     from planner.config import read_input_file
 
     shown = quote(str(path))
@@ -277,11 +326,9 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
         return PlannerError(f"{flag}: {shown}: {what}")
 
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise bad("not UTF-8 text (valid: a JSON baseline written by `vramplan check --update-baseline`)") from None
-    except json.JSONDecodeError as exc:
-        raise bad(f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+        data = parse_json(raw, "a baseline")
+    except NotData as exc:
+        raise bad(f"{exc} (valid: a JSON baseline written by `vramplan check --update-baseline`)") from None
     if not isinstance(data, dict):
         raise bad(f"must hold a JSON object, got {type(data).__name__}")
     version = data.get("version")
@@ -289,11 +336,19 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
         raise bad(f"no 'version' field (valid: {BASELINE_VERSION})")
     if version != BASELINE_VERSION or isinstance(version, bool):
         raise bad(f"'version' is {quote(version)} (valid: {BASELINE_VERSION}; remake it with --update-baseline)")
+    _unknown(data, TOP_KEYS, "the file", bad)
+    for key in ("tool", "units"):
+        if key in data and not isinstance(data[key], str):
+            raise bad(f"'{key}' must be a string, got {quote(data[key])}")
     gpu = data.get("gpu")
     if not isinstance(gpu, dict) or not isinstance(gpu.get("key"), str) or not gpu["key"]:
         raise bad(f"'gpu' must be an object with a 'key' string, got {quote(gpu)}")
-    if "capacity_bytes" in gpu and not _bytes_ok(gpu["capacity_bytes"]):
-        raise bad(f"gpu.capacity_bytes must be a non-negative integer, got {quote(gpu['capacity_bytes'])}")
+    _unknown(gpu, GPU_KEYS, "gpu", bad)
+    for key in ("name", "capacity_source"):
+        if key in gpu and not isinstance(gpu[key], str):
+            raise bad(f"gpu.{key} must be a string, got {quote(gpu[key])}")
+    if "capacity_bytes" in gpu and not _bytes_ok(gpu["capacity_bytes"], 1):
+        raise bad(f"gpu.capacity_bytes must be a positive integer, got {quote(gpu['capacity_bytes'])}")
     margin = data.get("margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1):
         raise bad(f"'margin' must be a number in [0, 1), got {quote(margin)}")
@@ -304,13 +359,18 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
         where = f"setups[{quote(name)}]"
         if not isinstance(entry, dict):
             raise bad(f"{where} must be an object, got {quote(entry)}")
+        _unknown(entry, ENTRY_KEYS, where, bad)
         if not isinstance(entry.get("setup"), str):
             raise bad(f"{where}.setup must be a string describing the setup, got {quote(entry.get('setup'))}")
+        if "engine" in entry and not isinstance(entry["engine"], str):
+            raise bad(f"{where}.engine must be a string, got {quote(entry['engine'])}")
         for key in TOTALS:
             if key not in entry:
                 raise bad(f"{where} has no '{key}'")
-            if not _bytes_ok(entry[key]):
-                raise bad(f"{where}.{key} must be a non-negative integer of bytes, got {quote(entry[key])}")
+            if not _bytes_ok(entry[key], 1):
+                raise bad(f"{where}.{key} must be a positive integer of bytes, got {quote(entry[key])}")
+        if not entry[TOTALS[0]] <= entry[TOTALS[1]] <= entry[TOTALS[2]]:
+            raise bad(f"{where}: figures out of order ({' <= '.join(f'{k} {entry[k]:,}' for k in TOTALS)} must hold)")
         for key in BREAKDOWNS:
             d = entry.get(key)
             if not isinstance(d, dict):
@@ -344,21 +404,62 @@ def write_baseline(path: str | Path, data: dict[str, Any], flag: str = "--baseli
         raise PlannerError(f"{flag}: {quote(str(path))} cannot be written ({exc.strerror or exc})") from None
 
 
+@dataclass(frozen=True)
+class BaselineChanges:
+    """What ``--update-baseline`` did to the file: setup names added, changed (figures or
+    description differ), unchanged, removed (``--prune-baseline`` only) and kept (in the file,
+    not checked now, left as they were)."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        def part(verb: str, names: list[str]) -> str:
+            shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+            return f"{verb} {len(names)}" + (f" ({shown})" if names else "")
+
+        out = "; ".join([part("added", self.added), part("changed", self.changed), part("unchanged", self.unchanged),
+                         part("removed", self.removed)])
+        if self.kept:
+            out += f"; {part('kept', self.kept)} not checked now (--prune-baseline removes them)"
+        return out
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {k: list(getattr(self, k)) for k in ("added", "changed", "unchanged", "removed", "kept")}
+
+
 def merge_into_baseline(path: str | Path, card: Any, margin: float, measured: list[Measured],
-                        flag: str = "--baseline") -> None:
-    """Add or replace these setups' entries in the baseline at ``path`` (made when missing);
-    the pytest plugin's update mode."""
+                        flag: str = "--baseline", *, prune: bool = False, keep_card: bool = True) -> BaselineChanges:
+    """Add or replace these setups' entries in the baseline at ``path`` (made when missing),
+    keeping every other entry unless ``prune``. ``keep_card``: an existing file keeps its GPU
+    and margin (the pytest plugin's update mode); else they become ``card`` and ``margin``
+    (``vramplan check --update-baseline --gpu …``). A baseline that exists but does not read is
+    refused, never overwritten."""
+    entries: dict[str, dict[str, Any]] = {}
+    data = baseline_json(card, margin, entries)
     if Path(path).exists():
         old = read_baseline(path, flag)
-        data = baseline_json(card, margin, dict(old.setups))
-        data["gpu"] = old.gpu
-        if old.margin is not None:
-            data["margin"] = old.margin
-    else:
-        data = baseline_json(card, margin, {})
-    for m in measured:
-        data["setups"][m.target.name] = m.entry()
+        entries.update(old.setups)
+        if keep_card:
+            data["gpu"] = old.gpu
+            if old.margin is not None:
+                data["margin"] = old.margin
+    ch = BaselineChanges()
+    now = {m.target.name: m.entry() for m in measured}
+    for name, entry in now.items():
+        (ch.added if name not in entries else ch.unchanged if entries[name] == entry else ch.changed).append(name)
+        entries[name] = entry
+    for name in [n for n in entries if n not in now]:
+        if prune:
+            del entries[name]
+            ch.removed.append(name)
+        else:
+            ch.kept.append(name)
     write_baseline(path, data, flag)
+    return ch
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -373,12 +474,23 @@ class Outcome:
     fits: bool
     old: dict[str, Any] | None = None
     status: str = "ok"
-    """'ok', 'fail' or 'new' (no baseline entry; not a failure)."""
+    """'ok', 'fail', 'new' (no baseline entry; not a failure) or 'error' (not measured: ``error``)."""
     failures: list[str] = field(default_factory=list)
     growth: dict[str, dict[str, Any]] = field(default_factory=dict)
     diff: dict[str, dict[str, int]] = field(default_factory=dict)
     capped: dict[str, bool] = field(default_factory=dict)
     """Per breakdown: a top-10 list was full on one side, so a module outside it counts as 0."""
+    error: str | None = None
+    """Why the setup could not be measured (its config, step file or the user's code failed)."""
+
+    @classmethod
+    def error_case(cls, t: Target, error: str, budget: int, seconds: float | None) -> "Outcome":
+        """A setup that could not be measured: no figures, only its error."""
+        from planner.result import Breakdown
+
+        empty = MemoryReport("not measured", 0, 0, 0, Breakdown({}, {}), "", 0, "")
+        m = Measured(t, empty, f"{t.name} (not measured)", {}, "not measured", seconds)
+        return cls(m, budget, False, status="error", error=error)
 
     @property
     def name(self) -> str:
@@ -424,8 +536,10 @@ class Outcome:
 
     def headline(self) -> str:
         """One line: the verdict, the setup's name, and why."""
-        tag = {"ok": "ok", "fail": "FAIL", "new": "new"}[self.status]
+        tag = {"ok": "ok", "fail": "FAIL", "new": "new", "error": "ERROR"}[self.status]
         head = f"{tag} {self.name}: "
+        if self.error is not None:
+            return head + f"not measured: {self.error}"
         if self.failures:
             text = "; ".join(self.failures)
             grew = self.grew_text()
@@ -443,6 +557,8 @@ class Outcome:
     def lines(self, tolerance: float | None) -> list[str]:
         """The setup's report: setup, totals (old -> new), what grew and where, the verdict."""
         r = self.measured.report
+        if self.error is not None:
+            return [f"ERROR {self.name}", f"  not measured: {self.error}"]
         tag = {"ok": "ok  ", "fail": "FAIL", "new": "new "}[self.status]
         out = [f"{tag} {self.name}" + ("  (new: no baseline)" if self.status == "new" else "")]
         out.append(f"  setup: {self.measured.setup}")
@@ -474,6 +590,9 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         m, r = self.measured, self.measured.report
+        if self.error is not None:
+            return {"name": self.name, "file": m.target.arg, "kind": m.target.kind, "status": "error",
+                    "error": self.error, "message": self.headline()}
         return {
             "name": self.name,
             "file": m.target.arg,
@@ -561,14 +680,16 @@ def gpu_line(card: Any, margin: float) -> str:
 def junit_xml(outcomes: list[Outcome], card: Any, margin: float, tolerance: float | None,
               baseline_path: str | None) -> bytes:
     """One <testcase> per setup; a <failure> with the headline (message) and the report (text)
-    when it fails."""
+    when it fails, an <error> when it could not be measured."""
     import xml.etree.ElementTree as ET
 
     failures = sum(o.failed for o in outcomes)
+    errors = str(sum(o.error is not None for o in outcomes))
     secs = sum(o.measured.seconds or 0.0 for o in outcomes)
-    root = ET.Element("testsuites", name="vramplan check", tests=str(len(outcomes)), failures=str(failures), errors="0")
+    root = ET.Element("testsuites", name="vramplan check", tests=str(len(outcomes)), failures=str(failures),
+                      errors=errors)
     suite = ET.SubElement(root, "testsuite", name="vramplan check", tests=str(len(outcomes)), failures=str(failures),
-                          errors="0", skipped="0", time=f"{secs:.3f}")
+                          errors=errors, skipped="0", time=f"{secs:.3f}")
     props = ET.SubElement(suite, "properties")
     for k, v in (("gpu", card.key), ("gpu_name", card.name), ("capacity_bytes", str(card.capacity_bytes)),
                  ("capacity_source", card.capacity_source or "as given"), ("margin", str(margin)),
@@ -581,7 +702,9 @@ def junit_xml(outcomes: list[Outcome], card: Any, margin: float, tolerance: floa
             attrs["time"] = f"{o.measured.seconds:.3f}"
         case = ET.SubElement(suite, "testcase", attrs)
         text = "\n".join(o.lines(tolerance))
-        if o.failed:
+        if o.error is not None:
+            ET.SubElement(case, "error", message=o.headline(), type="setup not measured").text = text
+        elif o.failed:
             kind = "memory budget" if not o.fits else "memory regression"
             f = ET.SubElement(case, "failure", message=o.headline(), type=kind)
             f.text = text
@@ -603,9 +726,11 @@ def github_annotations(outcomes: list[Outcome], card: Any, margin: float) -> lis
     lines = []
     for o in outcomes:
         f = _gh_escape(o.measured.target.arg, prop=True)
-        text = _gh_escape(f"{o.headline()} [setup: {o.measured.setup}; {gpu_line(card, margin)}]")
-        if o.failed:
-            title = _gh_escape("vramplan check: " + ("does not fit" if not o.fits else "memory grew"), prop=True)
+        text = _gh_escape(o.headline() if o.error is not None else
+                          f"{o.headline()} [setup: {o.measured.setup}; {gpu_line(card, margin)}]")
+        if o.failed or o.error is not None:
+            why = "not measured" if o.error is not None else "does not fit" if not o.fits else "memory grew"
+            title = _gh_escape(f"vramplan check: {why}", prop=True)
             lines.append(f"::error file={f},title={title}::{text}")
         elif o.status == "new":
             title = _gh_escape("vramplan check: no baseline", prop=True)
@@ -620,7 +745,7 @@ def _md(text: str) -> str:
 def summary_markdown(outcomes: list[Outcome], card: Any, margin: float, tolerance: float | None,
                      baseline_path: str | None) -> str:
     """A markdown table for ``$GITHUB_STEP_SUMMARY``: one row per setup."""
-    failed = sum(o.failed for o in outcomes)
+    failed = sum(o.failed or o.error is not None for o in outcomes)
     head = f"### vramplan check: {failed} of {len(outcomes)} setups failed" if failed else \
         f"### vramplan check: all {len(outcomes)} setups pass"
     lines = [head, "", _md(gpu_line(card, margin)) + ("" if baseline_path is None else
@@ -629,6 +754,9 @@ def summary_markdown(outcomes: list[Outcome], card: Any, margin: float, toleranc
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for o in outcomes:
         r = o.measured.report
+        if o.error is not None:
+            lines.append(f"| `{_md(o.name)}` | **ERROR** | – | – | – | – | {_md(o.error)} |")
+            continue
 
         def fig(key: str) -> str:
             g = o.growth.get(key)
@@ -657,25 +785,34 @@ class CheckResult:
     """None without a baseline comparison."""
     baseline_path: str | None
     updated: bool
-    """The baseline file was (re)written from these setups."""
+    """The baseline file was updated from these setups (merged; what changed: ``changes``)."""
     outcomes: list[Outcome]
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    changes: BaselineChanges | None = None
 
     @property
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.failed]
 
     @property
+    def errors(self) -> list[Outcome]:
+        """Setups that could not be measured."""
+        return [o for o in self.outcomes if o.error is not None]
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """2 when a setup could not be measured (as for any bad input; the others are still
+        reported), else 1 when one failed, else 0."""
+        return 2 if self.errors else 1 if self.failed else 0
 
     def text_lines(self) -> list[str]:
         n = len(self.outcomes)
         out = [f"vramplan check: {n} setup{'s' if n != 1 else ''}; {gpu_line(self.card, self.margin)}",
                self.card.capacity_note()]
         if self.updated:
-            out.append(f"baseline: wrote {self.baseline_path} ({n} setups; no comparison made)")
+            assert self.changes is not None
+            out.append(f"baseline: updated {self.baseline_path}: {self.changes.text()}; no comparison made")
         elif self.baseline_path is not None:
             out.append(f"baseline: {self.baseline_path}, tolerance {self.tolerance:.1%} on peak_allocated and device_total")
         else:
@@ -688,8 +825,11 @@ class CheckResult:
         if self.stats.get("traces") or self.stats.get("cached_traces"):
             out.append(f"step files: {self.stats['traces']} traces ({self.stats['cached_traces']} from the trace cache), "
                        f"{self.stats['seconds']:.1f} s")
-        bad = self.failed
-        out.append(f"result: {len(bad)} of {n} setups failed (exit 1)" if bad else f"result: all {n} setups pass (exit 0)")
+        bad, errs = self.failed, self.errors
+        if errs:
+            out.append(f"result: {len(errs)} of {n} setups not measured, {len(bad)} failed (exit 2)")
+        else:
+            out.append(f"result: {len(bad)} of {n} setups failed (exit 1)" if bad else f"result: all {n} setups pass (exit 0)")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -699,9 +839,11 @@ class CheckResult:
                     "capacity_note": self.card.capacity_note(), "margin": self.margin,
                     "budget_bytes": int(self.card.capacity_bytes * (1 - self.margin))},
             "baseline": None if self.baseline_path is None else
-            {"path": self.baseline_path, "tolerance": self.tolerance, "updated": self.updated},
+            {"path": self.baseline_path, "tolerance": self.tolerance, "updated": self.updated,
+             "changes": self.changes.to_json() if self.changes is not None else None},
             "setups": [o.to_json() for o in self.outcomes],
             "failed": len(self.failed),
+            "errors": len(self.errors),
             "exit_code": self.exit_code,
             "notes": self.notes,
             "trace_stats": self.stats or None,
@@ -720,11 +862,14 @@ def check_margin(margin: float, flag: str = "--margin") -> None:
 
 
 def run(args: list[str], *, gpu: str, margin: float = DEFAULT_MARGIN, baseline: str | Path | None = None,
-        tolerance: float | None = None, update_baseline: bool = False, flags: dict[str, Any] | None = None,
-        jobs: int = 0, base_dir: Path | None = None,
+        tolerance: float | None = None, update_baseline: bool = False, prune_baseline: bool = False,
+        flags: dict[str, Any] | None = None, jobs: int = 0, base_dir: Path | None = None,
         progress: Callable[[int, int, str], None] | None = None) -> CheckResult:
     """Check every setup against the budget and, with ``baseline``, against its stored figures
-    (``update_baseline``: write them instead). Every input is checked before any work."""
+    (``update_baseline``: merge them into the file instead: add new setups, replace checked
+    ones, keep the rest; ``prune_baseline``: also remove the setups not checked now). Every
+    input is checked before any work; a setup that cannot be measured is an error case beside
+    the others' verdicts, and keeps its baseline entry."""
     from planner.config import check_gpu_flag
     from planner.gpus import parse_gpu
 
@@ -737,6 +882,11 @@ def run(args: list[str], *, gpu: str, margin: float = DEFAULT_MARGIN, baseline: 
             raise PlannerError("--tolerance: applies to a baseline comparison; give --baseline FILE")
     if update_baseline and baseline is None:
         raise PlannerError("--update-baseline: give --baseline FILE to write")
+    if prune_baseline and not update_baseline:
+        raise PlannerError("--prune-baseline: applies with --update-baseline (it removes the baseline's setups "
+                           "not checked now)")
+    if update_baseline and tolerance is not None:
+        raise PlannerError("--tolerance: applies to a comparison; --update-baseline writes the figures instead")
     ts = targets(args, flags, base_dir)
     bpath = None if baseline is None else str(baseline)
     old = None
@@ -745,11 +895,18 @@ def run(args: list[str], *, gpu: str, margin: float = DEFAULT_MARGIN, baseline: 
             from planner.config import check_output_path
 
             check_output_path(bpath, "--baseline")
+            if Path(bpath).exists():
+                read_baseline(bpath)  # merged into: a file that does not read is refused, never overwritten
         else:
             old = read_baseline(bpath)
     tol = None if bpath is None or update_baseline else (DEFAULT_TOLERANCE if tolerance is None else tolerance)
-    measured, stats = measure(ts, card, flags, jobs=jobs, progress=progress)
-    outcomes = judge(measured, card, margin, old, tol or 0.0)
+    errors: dict[str, str] = {}
+    measured, stats = measure(ts, card, flags, jobs=jobs, progress=progress, errors=errors)
+    judged = {o.name: o for o in judge(measured, card, margin, old, tol or 0.0)}
+    budget = int(card.capacity_bytes * (1 - margin))
+    took = {**{t.name: stats.get("seconds_each") for t in ts if t.kind == "step"}, **stats.pop("error_seconds", {})}
+    outcomes = [judged[t.name] if t.name in judged else Outcome.error_case(t, errors[t.name], budget, took.get(t.name))
+                for t in ts]
     notes = []
     if old is not None:
         if old.gpu.get("key") != card.key:
@@ -765,7 +922,11 @@ def run(args: list[str], *, gpu: str, margin: float = DEFAULT_MARGIN, baseline: 
             if g and not o.failed and g["fraction"] < -(tol or 0.0):
                 notes.append(f"{o.name}: device_total shrank {fmt_fraction(g['fraction'])}; lock it in with "
                              f"--update-baseline")
+    changes = None
     if update_baseline:
         assert bpath is not None
-        write_baseline(bpath, baseline_json(card, margin, {m.target.name: m.entry() for m in measured}))
-    return CheckResult(card, margin, tol, bpath, update_baseline, outcomes, stats, notes)
+        changes = merge_into_baseline(bpath, card, margin, measured, prune=prune_baseline, keep_card=False)
+        if errors:
+            notes.append(f"{len(errors)} setup(s) not measured keep their baseline entries, if any: "
+                         + ", ".join(list(errors)[:5]))
+    return CheckResult(card, margin, tol, bpath, update_baseline, outcomes, stats, notes, changes)

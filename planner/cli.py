@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from planner.errors import PlannerError, one_line, usage_message
+from planner.gpu_rule import GPU_HELP
 
 try:  # typer >= 0.16 vendors click; older ones depend on it
     from typer._click.exceptions import UsageError as _UsageError
@@ -96,6 +97,10 @@ AllocConfOpt = Annotated[Optional[str], typer.Option(
     "--alloc-conf", help="CUDA caching-allocator settings, PYTORCH_CUDA_ALLOC_CONF syntax (e.g. expandable_segments:True); "
     "default: that environment variable if set, else torch's defaults.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Your own nn.Module: package.module:factory or path/to/file.py:factory, in a plain MSE step "
+    "with Adam (AMP fp16 unless --precision says otherwise); takes every step-file flag.")]
+InputOpt = Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64 (batch first).")]
 StepOpt = Annotated[Optional[str], typer.Option(
     "--step", help="Your own training step: a step file (path/to/step.py or package.module), "
     "see examples/steps/template.py. Takes --knob, --batch, --accum, --precision, --checkpoint, --sdpa, --optimizer.")]
@@ -122,9 +127,39 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
 _STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "--checkpoint"), ("sdpa", "--sdpa"))
 
 
+def _model_as_step(params: dict[str, Any]) -> dict[str, Any]:
+    """``--model FACTORY --input BxS...`` as the step file it is (planner/stepfiles/model_step.py):
+    ``--knob model=FACTORY --knob input=S... --batch B``, AMP fp16 unless --precision/--amp say
+    otherwise (as ``profile --model``)."""
+    model, shape = params.get("model"), params.get("input_shape")
+    if not model:
+        if shape:
+            raise PlannerError("--input: only used with --model package.module:factory")
+        return params
+    if params.get("step") is not None:
+        raise PlannerError("--model: give either --step (a step file) or --model (a module factory), not both")
+    if not shape:
+        raise PlannerError("--input: give the batch shape with --model, e.g. --input 2x1x96x96x64")
+    from planner.config import parse_shape
+    from planner.stepfiles import MODEL_STEP
+
+    dims = parse_shape(shape, "--input", 2, 6)
+    if params.get("batch") not in (None, dims[0]):
+        raise PlannerError(f"--batch: with --model the batch is --input's first dimension ({dims[0]}); "
+                           f"change --input, or use recommend --max-batch")
+    knobs = [*(params.get("knob") or []), f"model={model}", f"input={'x'.join(map(str, dims[1:]))}"]
+    precision = params.get("precision")
+    if precision is None and params.get("amp") is None:
+        precision = "amp-fp16"
+    return {**params, "step": MODEL_STEP, "knob": knobs, "batch": dims[0], "precision": precision,
+            "model": None, "input_shape": None, "as_flag": "--model"}
+
+
 def _step_command(params: dict[str, Any], name: str) -> bool:
-    """Run the --step form of command ``name`` when --step is given (True); step-only flags
-    without --step are errors naming them."""
+    """Run the --step form of command ``name`` when --step (or --model) is given (True);
+    step-only flags without --step are errors naming them."""
+    if name != "profile":
+        params = _model_as_step(params)
     if params.get("step") is not None:
         from planner import stepcmds
 
@@ -244,7 +279,7 @@ def profile(
     sdpa: SdpaOpt = None,
     gpus: GpusOpt = None,
     strategy: StrategyOpt = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="--step: card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help=f"--step: card to check against. {GPU_HELP}")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the peak memory of two iterations of the reference training step, or of your own (--step).
@@ -283,6 +318,9 @@ def profile(
         data = report.to_json()
         if chosen != "cuda":  # on a GPU the allocator already holds these buffers
             data["library_terms"] = _library_terms_json(report, None)
+            from planner.band import band_json
+
+            data["device_band"] = band_json(report, None)
         _print_json(data)
         return
     from planner.report.terminal import render_report
@@ -308,12 +346,14 @@ def _library_terms_json(report: Any, card: Any) -> dict:
 
 def _print_library_terms(report: Any, card: Any) -> None:
     from planner.analytic.estimate import library_terms
+    from planner.band import band_line
     from planner.workspaces import render_lines
 
     out.print("Outside the trace (sourced, uncalibrated; listed, not added to device_total; "
               "the context line is the generation's reading where known):")
     for line in render_lines(library_terms(report, card)):
         out.print(f"  {line}", markup=False)  # sources quote file paths and URLs
+    out.print(band_line(report, card), markup=False)
 
 
 @app.command()
@@ -336,7 +376,7 @@ def estimate(
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
-        Optional[str], typer.Option("--gpu", help="Card to check against: 24GB, 24GiB or a name from `vramplan gpus`.")
+        Optional[str], typer.Option("--gpu", help=f"Card to check against. {GPU_HELP}")
     ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also run the profiler (fake backend) and show the error per category.")
@@ -344,6 +384,8 @@ def estimate(
     profile_name: Annotated[
         Optional[str], typer.Option("--profile", help="Device profile from profiles/ (see `vramplan profiles`).")
     ] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
@@ -359,6 +401,7 @@ def estimate(
 
     Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
     Example: vramplan estimate --step examples/steps/template.py --knob width=256 --precision amp-bf16 --gpu 8GB
+    Example: vramplan estimate --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
     if _step_command(locals(), "estimate"):
         return
@@ -409,6 +452,9 @@ def estimate(
         data["gpu"] = v.to_json() if v else None
         data["next_step"] = v.next_step if v and not v.fits else None
         data["library_terms"] = _library_terms_json(report, card)
+        from planner.band import band_json
+
+        data["device_band"] = band_json(report, card)
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
 
@@ -446,7 +492,7 @@ def calibrate(
     name: Annotated[str, typer.Option("--name", help="Profile name: writes profiles/<name>.json.")] = "fake",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML list of configurations (default: benchmarks/grid.py).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="fake (anywhere) or cuda (a real GPU).")] = Backend.fake,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog card this profile is for (cuda backend).")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --backend cuda: the card from `vramplan gpus` this profile is for (--gpu NAME then picks it).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
     step: StepOpt = None,
     timeout: TimeoutOpt = None,
@@ -458,6 +504,9 @@ def calibrate(
     checkpoint: CheckpointOpt = None,
     batch: BatchOpt = None,
     accum: AccumOpt = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Fit on recorded run files (vramplan record), e.g. --from runs/*.json.")] = None,
+    runs: Annotated[Optional[list[str]], typer.Argument(help="More run files after --from (as the shell expands runs/*.json).", show_default=False)] = None,
+    validate: Annotated[Optional[str], typer.Option("--validate", help="--from: check this existing profile on the runs instead of fitting one.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a grid of configurations and fit a device profile's residual terms by least squares.
@@ -470,7 +519,17 @@ def calibrate(
     Example: vramplan calibrate --name fake --backend fake
 
     Example: vramplan calibrate --step examples/steps/template.py --sweep batch=8,16,32 --name mine --backend cuda --gpu rtx4090
+
+    Example: vramplan calibrate --from runs/*.json --name my-a100   (runs written by vramplan record)
     """
+    if from_ is not None or runs or validate:
+        from planner.compare import calibrate_command
+
+        for key, flag in (("step", "--step"), ("grid", "--grid"), ("only", "--only"), ("sweep", "--sweep")):
+            if locals()[key]:
+                raise PlannerError(f"{flag}: does not apply to --from (each run file holds its own setup)")
+        calibrate_command(locals(), out)
+        return
     if step:
         from planner import stepcmds
 
@@ -488,7 +547,7 @@ def calibrate(
     from planner import profiles
     from planner.calibrate import calibrate as run_calibrate
     from planner.calibrate import load_grid
-    from planner.gpus import parse_gpu
+    from planner.gpus import calibration_card
 
     from planner.config import check_cuda_backend, check_gpu_flag
 
@@ -497,7 +556,7 @@ def calibrate(
     check_cuda_backend(backend, valid="fake")
     profiles.check_name(name)  # before the measurements: the file it will write
     check_gpu_flag(gpu)
-    card = parse_gpu(gpu) if gpu is not None else None
+    card = calibration_card(gpu, backend.value)
     entries = load_grid(grid)
     if only is not None:
         if not only.strip():
@@ -515,16 +574,92 @@ def calibrate(
             prof = run_calibrate(name, entries, backend.value, card.key if card else None, tick)
         except ImportError as exc:
             raise PlannerError(f"calibrate needs the measuring extra ({exc.name} is missing)") from None
-    path = profiles.save(prof)
-    if as_json:
-        _print_json({"path": str(path), **prof.to_json()})
-        return
-    out.print(f"wrote {path}: {len(prof.measurements)} measurements on {prof.device.get('name', backend.value)}")
-    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + {prof.reserved_offset_bytes:,} B; "
-              f"context {prof.context_bytes:,} B ({prof.context_source})")
-    r = prof.residuals
-    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
-              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
+    from planner.calibrate import save_and_report
+
+    save_and_report(prof, as_json, out, lambda path: f"wrote {path}: {len(prof.measurements)} measurements on "
+                    f"{prof.device.get('name', backend.value)}")
+
+
+@app.command()
+@fail_cleanly
+def record(
+    out_file: Annotated[Path, typer.Option("--out", help="The run file to write (JSON, schema vramplan-run/1).")],
+    config: ConfigOpt = None,
+    kind: KindOpt = None,
+    voxel: VoxelOpt = None,
+    batch: BatchOpt = None,
+    channels: ChannelsOpt = None,
+    attention: AttentionOpt = None,
+    amp: AmpOpt = None,
+    checkpointing: CkptOpt = None,
+    flash_attention: FlashOpt = None,
+    accum: AccumOpt = None,
+    optimizer: OptimOpt = None,
+    alloc_conf: AllocConfOpt = None,
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="cuda (your GPU) or fake (checks the pipeline).")] = Backend.cuda,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run two iterations of a setup on your GPU and record its real counters with the setup in a run file.
+
+    In your own loop: `with planner.record.record("run.json", step=..., steps=3) as rec:` and
+    `rec.step()` after each optimizer step (LightningRecorder / HFRecorder for callbacks).
+
+    Example: vramplan record --step examples/steps/rgbd_policy.py --precision amp-bf16 --out runs/rgbd.json
+    """
+    from planner.config import check_cuda_backend
+    from planner.record import record_command
+
+    if backend == Backend.cpu:
+        raise PlannerError("--backend: got 'cpu', valid: cuda, fake (record measures a GPU or checks the pipeline)")
+    check_cuda_backend(backend, valid="fake")
+    record_command(locals(), None if step else _setup(locals()), out)
+
+
+@app.command()
+@fail_cleanly
+def compare(
+    run: Annotated[Path, typer.Argument(help="A run file written by vramplan record (or planner.record).")],
+    profile_name: Annotated[Optional[str], typer.Option("--profile", help="Device profile to apply to the estimate.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Estimate vs measured per figure (allocated, reserved, context, device) and category for a recorded run.
+
+    Example: vramplan compare runs/rgbd.json --json
+    """
+    from planner.compare import compare_command
+
+    compare_command(locals(), out)
+
+
+@app.command()
+@fail_cleanly
+def snapshot(
+    out_file: Annotated[Path, typer.Option("--out", help="The snapshot to write: .pickle (PyTorch's viewers) or .json.")],
+    step: StepOpt = None,
+    knob: KnobOpt = None,
+    batch: BatchOpt = None,
+    accum: AccumOpt = None,
+    precision: PrecisionOpt = None,
+    checkpoint: CheckpointOpt = None,
+    sdpa: SdpaOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export the traced step as a PyTorch memory snapshot (torch.cuda.memory._snapshot format).
+
+    A step file with its knobs, or a built-in configuration (--config YAML). Open the .pickle at
+    https://pytorch.org/memory_viz or with torch.cuda._memory_viz.
+
+    Example: vramplan snapshot --step examples/steps/rgbd_policy.py --out rgbd.pickle
+    """
+    from planner.snapshot import snapshot_command
+
+    snapshot_command(locals(), None if step else _setup(locals()), out)
 
 
 @app.command(name="profiles")
@@ -605,13 +740,15 @@ def recommend(
     accum: AccumOpt = None,
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")] = "24GB",
+    gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
     prefer: Annotated[Prefer, typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = Prefer.risk,
     freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention.")] = None,
     max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
     write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
@@ -631,6 +768,7 @@ def recommend(
 
     Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
     Example: vramplan recommend --step examples/steps/rgbd_policy.py --gpu 24GB
+    Example: vramplan recommend --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB --max-batch
 
     Example: vramplan recommend --voxel 256x256x64 --batch 4 --max-gpus 8 --gpu 80GB
     Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
@@ -831,11 +969,13 @@ def table(
                      "Knobs: batch voxel amp checkpointing flash perceptual discriminator disc_layers disc_channels accum optimizer kind channels attention."),
     ] = None,
     configs: Annotated[Optional[list[Path]], typer.Option("--configs", help="One row per YAML file (repeatable).")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Add a 'fits' column per card (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Add a 'fits' column per card (repeatable). {GPU_HELP}")] = None,
     measure: Annotated[Optional[Backend], typer.Option("--measure", help="Also profile each row (fake or cuda backend).")] = None,
     seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file.")] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
@@ -854,6 +994,7 @@ def table(
 
     Example: vramplan table --sweep batch=1,2,4 --sweep amp=on,off --voxel 96x96x64 --gpu 24GB
     Example: vramplan table --step examples/steps/template.py --sweep width=64,256 --sweep precision=fp32,amp-bf16 --gpu 8GB
+    Example: vramplan table --model nets.py:make_net --input 2x1x96x96x96 --sweep batch=1,2,4 --gpu 24GB
     """
     if out_file is not None:
         from planner.config import check_output_path
@@ -925,9 +1066,11 @@ def plot(
     voxel: VoxelOpt = None,
     batch: BatchOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="knob=v1,v2 as for `vramplan table` (breakdown: one bar per row; scaling: one line per row).")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="Draw this card's capacity (repeatable).")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Draw this card's capacity (repeatable). {GPU_HELP}")] = None,
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     step: StepOpt = None,
     timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
@@ -995,7 +1138,7 @@ def plot(
 
         with err.status("profiling the step (fake backend)"):
             points, phases, peak_i = timeline_data(rows[0][1])
-        fig = P.timeline_figure(points, phases, peak_i)
+        fig = P.timeline_figure(points, phases, peak_i, gpus=cards)
     P.save(fig, out_file, "--out")
     err.print(f"wrote {out_file}")
 
@@ -1023,9 +1166,10 @@ def oom(
     optimizer: OptimOpt = None,
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
-        Optional[str], typer.Option("--gpu", help="Card to recommend for (default: the message's capacity, less other processes).")
+        Optional[str], typer.Option("--gpu", help=f"With a setup: card to recommend for (default: the message's capacity, less other processes). {GPU_HELP}")
     ] = None,
-    margin: Annotated[float, typer.Option("--margin", help="Safety margin of the recommendation, a fraction of the card.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option(
+        "--margin", help="With a setup: safety margin of the recommendation, a fraction of the card (default 0.05).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain a CUDA out-of-memory message; with a setup (--config or setup flags), name the tensor it was and what fits.
@@ -1047,11 +1191,13 @@ def oom(
     given = config is not None or any(
         params.get(k) is not None and not (k == "no_discriminator" and not params[k]) for k in _SETUP_FLAGS)
     if gpu is not None and not gpu.strip():
-        raise PlannerError("--gpu: empty value (valid: 24GB, 24GiB, 23.55GiB or a name from `vramplan gpus`)")
-    if not 0 <= margin < 1:
+        raise PlannerError("--gpu: empty value (valid: a size as sold like 24GB, an exact capacity like exact:23.55GiB, or a name from `vramplan gpus`)")
+    if margin is not None and not 0 <= margin < 1:
         raise PlannerError(f"--margin: {margin} must be in [0, 1)")
-    if gpu is not None and not given:
-        raise PlannerError("--gpu: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    for value, flag in ((gpu, "--gpu"), (margin, "--margin")):
+        if value is not None and not given:
+            raise PlannerError(f"{flag}: only used with a setup (--config CFG.yaml or the setup flags), for the recommendation")
+    margin = 0.05 if margin is None else margin
     data = O.explain_json(report)
     lines = list(data["explanation"])
     setup_data: dict[str, Any] | None = None
@@ -1125,6 +1271,8 @@ def oom(
                   "(another setup, other processes, or fragmentation, above).")
     elif r["nothing_fits"]:
         need = f"; it would take a {r['card_needed']}" if r["card_needed"] else ""
+        if O.diagnosis(report) == "other_memory":  # a larger card is not the answer to memory others hold
+            need = f"; {O.fmt(report.elsewhere_bytes)} of the card is held outside this process: free that first"
         out.print(f"[bold red]Nothing in the search space fits {setup_data['gpu']['name']}[/bold red]{need}.")
     else:
         out.print(f"[bold]Recommended for {setup_data['gpu']['name']}[/bold] (budget {O.fmt(r['budget_bytes'])}, "
@@ -1136,14 +1284,15 @@ def oom(
 @app.command()
 @fail_cleanly
 def check(
-    setups: Annotated[list[str], typer.Argument(
+    gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")],
+    setups: Annotated[Optional[list[str]], typer.Argument(
         metavar="CONFIG_OR_STEP...", show_default=False,
-        help="Setups to check: built-in config YAMLs (analytic, no torch) and step files .py (traced, cached).")],
-    gpu: Annotated[str, typer.Option("--gpu", help="Card to fit: 24GB, 24GiB or a name from `vramplan gpus`.")],
+        help="Setups to check: built-in config YAMLs (analytic, no torch) and step files .py (traced, cached).")] = None,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: the budget is capacity x (1 - margin).")] = 0.05,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON: also fail when a peak grows by more than --tolerance.")] = None,
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Growth allowed against --baseline, a fraction (default 0.02).")] = None,
-    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Write --baseline from these setups instead of comparing.")] = False,
+    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Merge these setups' figures into --baseline instead of comparing: adds new setups, replaces checked ones, keeps the others; says what it added, changed and kept.")] = False,
+    prune_baseline: Annotated[bool, typer.Option("--prune-baseline", help="With --update-baseline: also remove the baseline's setups not checked now.")] = False,
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Step files: micro-batch size.")] = None,
     accum: Annotated[Optional[int], typer.Option("--accum", min=1, help="Step files: gradient accumulation steps.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="Step files: fp32, amp-fp16, amp-bf16, fp16-master, bf16-master, fp16, bf16.")] = None,
@@ -1152,9 +1301,12 @@ def check(
     jobs: Annotated[int, typer.Option("--jobs", min=0, help="Step files: trace in this many processes (0: one per core).")] = 0,
     timeout: TimeoutOpt = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file (one test case per setup).")] = None,
+    model: ModelOpt = None,
+    input_shape: InputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fail (exit 1) when a setup does not fit the GPU with the margin, or grew against a baseline.
+    """Fail (exit 1) when a setup does not fit the GPU with the margin, or grew against a baseline
+    (exit 2 when a setup cannot be measured; the others are still checked and reported).
 
     Step flags apply to every step file given. On GitHub Actions (GITHUB_ACTIONS=true) failures
     are also ::error annotations, and a table is appended to $GITHUB_STEP_SUMMARY when set.
@@ -1162,6 +1314,8 @@ def check(
     Example: vramplan check examples/seed004_high_res.yaml --gpu 24GB --baseline vram.json
 
     Example: vramplan check cfg.yaml steps/train.py --knob width=64 --gpu 24GB --junit vram.xml
+
+    Example: vramplan check --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
     import os
 
@@ -1172,8 +1326,16 @@ def check(
         check_output_path(junit, "--junit")
     flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs,
              "timeout": timeout}
+    if model or input_shape:
+        if setups:
+            raise PlannerError("--model: check takes either setups (configs, step files) or --model, not both")
+        as_step = _model_as_step({**flags, "model": model, "input_shape": input_shape})
+        flags = {k: as_step[k] for k in flags}
+        setups = [as_step["step"]]
+    if not setups:
+        raise PlannerError("check: give the setups to check (config .yaml or step file .py), or --model FACTORY --input SHAPE")
     kw = dict(gpu=gpu, margin=margin, baseline=baseline, tolerance=tolerance, update_baseline=update_baseline,
-              flags=flags, jobs=jobs)
+              prune_baseline=prune_baseline, flags=flags, jobs=jobs)
     if any(str(s).lower().endswith(".py") for s in setups) and sys.stderr.isatty():  # CI logs: no progress bar
         from planner.stepcmds import _progress
 
@@ -1204,6 +1366,8 @@ def check(
             out.print(line, markup=False)
         for line in notes:
             sys.stdout.write(line + "\n")
+    for o in res.errors:  # bad input, as any: one line each on stderr (the report says the rest)
+        sys.stderr.write(f"error: {one_line(o.error or '')}\n")
     if res.exit_code:
         raise typer.Exit(res.exit_code)
 

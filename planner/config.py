@@ -414,7 +414,7 @@ def check_gpu_flag(gpu: Any, flag: str = "--gpu") -> None:
         if g is None:
             continue
         if not str(g).strip():
-            raise PlannerError(f"{flag}: empty value (valid: a size like 24GB or 24GiB, or a name from `vramplan gpus`)")
+            raise PlannerError(f"{flag}: empty value (valid: a size as sold like 24GB, an exact capacity like exact:23.55GiB, or a name from `vramplan gpus`)")
         from planner.gpus import parse_gpu
 
         try:  # the catalog's message, prefixed with the flag it came from

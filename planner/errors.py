@@ -89,3 +89,26 @@ class PlannerError(ValueError):
 
     def __init__(self, message: object = "") -> None:
         super().__init__(one_line(str(message)))
+
+
+class NotData(ValueError):
+    """Bytes that do not hold the JSON document expected; the message says why in a few words
+    ("not UTF-8 text (…)", "nested too deeply to be …", "not valid JSON (…)")."""
+
+
+def parse_json(raw: bytes, kind: str) -> Any:
+    """The JSON document in ``raw`` (a profile, a baseline, a trace-cache entry), or NotData
+    saying why not. ``json.loads`` raises RecursionError on deep nesting (100,000 ``[``) and a
+    bare ValueError on an integer of over 4,300 digits: both are reported, never raised."""
+    import json
+
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise NotData(f"not UTF-8 text (byte at offset {exc.start})") from None
+    except RecursionError:
+        raise NotData(f"nested too deeply to be {kind}") from None
+    except json.JSONDecodeError as exc:
+        raise NotData(f"not valid JSON (line {exc.lineno} column {exc.colno}: {_clip(exc.msg, 80)})") from None
+    except ValueError:
+        raise NotData("not valid JSON (a number too long)") from None

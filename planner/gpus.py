@@ -30,17 +30,27 @@ no public figure was found the entry says "estimate" and uses
 ECC-on cards and the others separately). ``GPU.capacity_bytes`` is what every
 verdict compares the device total with.
 
-``--gpu`` given as a size
--------------------------
-* A whole number of GB or GiB (``"24GB"``, ``"24GiB"``) names a *marketed*
-  size class: a card sold as "24 GB". Its capacity is the median of the
-  sourced ``cuda_total_bytes`` of the catalog cards of that size (24 GB:
-  21.99, 23.64, 23.70 GiB -> 23.64 GiB); for a size no sourced card has, it is
-  N GiB x ``ESTIMATE_RATIO``, and the capacity source says it is an assumption.
-  "24GB" and "24GiB" are the same class: vendors' "GB" on a card is GiB.
-* Anything else is taken literally, as an exact capacity: a figure with a
-  decimal point (``"23.55GiB"``, ``"24.0GB"`` = 24 * 10**9 bytes), or one in
-  MB, MiB or bytes (``"24000MB"``, ``"143771MiB"``, ``"25769803776B"``).
+``--gpu`` given as a size: one rule
+----------------------------------
+:data:`SIZE_RULE` (printed in the ``--help`` of every command that takes ``--gpu``):
+
+* A bare size is the size a card is *sold* as, as written on the box, where a
+  vendor's "GB" is GiB (and "MB" MiB): ``24GB``, ``24GiB``, ``8192MB`` all name a
+  card sold as 24 (resp. 8) GB. It must come to a whole number of GiB. Its
+  capacity is what CUDA reports for such a card: the median of the sourced
+  ``cuda_total_bytes`` of the catalog cards of that size (24 GB: 21.99, 23.64,
+  23.70 GiB -> 23.64 GiB); for a size no sourced card has, N GiB x
+  ``ESTIMATE_RATIO``, and the capacity source says it is an assumption.
+* ``exact:SIZE`` (or ``=SIZE``) is exactly that capacity as CUDA reports it, in
+  bytes: SI units are decimal (``exact:24GB`` = 24 * 10**9 B), IEC units binary
+  (``exact:23.55GiB`` = 23.55 * 2**30 B, rounded to a byte).
+* Any other bare size (``23.55GiB``, ``.5GB``, ``24000MB``) is refused with the
+  ``exact:`` spelling to use: no card is sold as 23.55 GB, and reading it either
+  way silently would be a guess.
+
+The card's name says what was taken: "card sold as 24 GB" or "exactly 23.55 GiB";
+:meth:`GPU.capacity_note` prints ``24GB -> card sold as 24 GB: 23.64 GiB as CUDA
+reports it (source)``.
 
 Throughput figures
 ------------------
@@ -62,6 +72,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Optional
 
 from planner.errors import PlannerError
+from planner.gpu_rule import GPU_HELP, SIZE_RULE
 
 GIB = 2**30
 """Bytes in a gibibyte (binary gigabyte)."""
@@ -102,6 +113,8 @@ class GPU:
     the "total capacity" of an OOM message); None means "the same as memory_bytes"."""
     capacity_source: str = ""
     """Where ``cuda_total_bytes`` comes from: a public OOM report, an estimate, or the user's exact figure."""
+    given: str = ""
+    """For a card given by size: the --gpu text as typed (outputs say what it was taken as)."""
 
     @property
     def capacity_bytes(self) -> int:
@@ -115,12 +128,22 @@ class GPU:
 
     def capacity_note(self) -> str:
         """One line for outputs: which capacity was used and where it came from."""
-        return (f"capacity used: {self.capacity_bytes / GIB:.2f} GiB ({self.capacity_bytes} B) "
-                f"CUDA-reported total of {self.name}; source: {self.capacity_source or 'as given'}")
+        if not self.given:
+            return (f"capacity used: {self.capacity_bytes / GIB:.2f} GiB ({self.capacity_bytes:,} B) "
+                    f"CUDA-reported total of {self.name}; source: {self.capacity_source or 'as given'}")
+        figure = "" if self.name.startswith("exactly ") else f": {self.capacity_bytes / GIB:.2f} GiB"
+        return (f"capacity used: {self.given} -> {self.name}{figure} ({self.capacity_bytes:,} B) as CUDA reports it; "
+                f"source: {self.capacity_source or 'as given'}")
 
     def capacity_json(self) -> dict:
         return {"capacity_bytes": self.capacity_bytes, "capacity_source": self.capacity_source,
                 "capacity_estimated": self.capacity_estimated}
+
+    @property
+    def label(self) -> str:
+        """How figures and tables name the card: the catalog key, or for a card given by size its name
+        ("card sold as 24 GB", "exactly 23.55 GiB"), never raw bytes."""
+        return self.name if self.is_generic else self.key
 
     @property
     def memory_gib(self) -> float:
@@ -429,11 +452,20 @@ def marketed_capacity(gib: int) -> tuple[int, str]:
                        f"({listed} GiB; see `vramplan gpus`)")
     return int(gib * GIB * ESTIMATE_RATIO), (
         f"assumption: no sourced catalog card of {gib} GB; {gib} GiB x {ESTIMATE_RATIO:.4f} (median "
-        "reported/physical ratio of the sourced catalog cards); give the exact figure, e.g. --gpu 23.55GiB")
+        "reported/physical ratio of the sourced catalog cards); give the exact figure, e.g. --gpu exact:23.55GiB")
 
 
-_SIZE_UNITS = {"gb": (GB, "GB"), "gib": (GIB, "GiB"), "mb": (MB, "MB"), "mib": (MIB, "MiB"), "b": (1, "B")}
-_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(gib|gb|mib|mb|b)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"tb": (10**12, "TB"), "tib": (2**40, "TiB"), "gb": (GB, "GB"), "gib": (GIB, "GiB"),
+               "mb": (MB, "MB"), "mib": (MIB, "MiB"), "kb": (10**3, "KB"), "kib": (2**10, "KiB"), "b": (1, "B")}
+"""Units of ``exact:SIZE``: SI decimal, IEC binary."""
+_SOLD_UNITS = {"tb": 2**40, "tib": 2**40, "gb": GIB, "gib": GIB, "mb": MIB, "mib": MIB, "kb": 2**10, "kib": 2**10, "b": 1}
+"""Units of a bare (sold-as) size: a vendor's "GB" on the box is GiB (module docstring)."""
+_SIZE_RE = re.compile(r"^\s*(exact:|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(tib|tb|gib|gb|mib|mb|kib|kb|b)\s*$",
+                      re.IGNORECASE)
+MAX_SIZE_BYTES = 2**50
+"""Largest --gpu size accepted (1 PiB): far above any GPU, small enough for every figure to stay exact."""
+
+
 _VENDOR_PREFIXES = ("nvidia", "geforce", "tesla", "quadro")
 
 
@@ -471,42 +503,65 @@ _INDEX = _build_index()
 
 def _valid_forms() -> str:
     keys = ", ".join(g.key for g in CATALOG)
-    return f"give a size like 24GB or 24GiB, or one of: {keys}"
+    return f"give a size as sold like 24GB, an exact capacity like exact:23.55GiB, or one of: {keys}"
 
 
-def _parse_size(text: str, number: str, unit: str) -> GPU:
+def gib_text(nbytes: int) -> str:
+    """A capacity as a label: GiB to two decimals (never raw bytes)."""
+    return f"{nbytes / GIB:.2f} GiB"
+
+
+def _parse_size(text: str, exact: bool, number: str, unit: str) -> GPU:
+    shown_text = text.strip()
+    digits = number.lstrip("+-").split(".")[0]
+    if len(digits) > 16:  # Decimal would take it, but no figure downstream should see a 10**300-byte card
+        raise PlannerError(f"bad GPU size {shown_text[:40]!r}: {len(digits)} digits; a GPU size is at most "
+                           f"{MAX_SIZE_BYTES // GIB:,} GiB; give a size like 24GB or exact:23.55GiB")
     try:
         amount = Decimal(number)
     except InvalidOperation:  # pragma: no cover - the regex admits only decimals
-        raise PlannerError(f"bad GPU size {text!r}: {_valid_forms()}") from None
-    scale, unit_label = _SIZE_UNITS[unit.lower()]
-    # Round to the nearest byte; fractional sizes such as "23.55GiB" are
-    # rarely a whole number of bytes.
-    nbytes = int((amount * scale).to_integral_value(rounding=ROUND_HALF_EVEN))
+        raise PlannerError(f"bad GPU size {shown_text!r}: {_valid_forms()}") from None
+    scale = (_SIZE_UNITS[unit.lower()][0] if exact else _SOLD_UNITS[unit.lower()])
+    value = amount * scale
+    nbytes = int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
     if amount <= 0 or nbytes <= 0:
-        raise PlannerError(
-            f"bad GPU size {text!r}: the size must be greater than zero; give a size like 24GB or 24GiB"
-        )
-    marketed = "." not in number and unit_label in ("GB", "GiB")
-    if marketed:
-        # "24GB" / "24GiB": a card sold as 24 GB (24 GiB of DRAM); budget against
+        raise PlannerError(f"bad GPU size {shown_text!r}: the size must be greater than zero; give a size like 24GB "
+                           "or exact:23.55GiB")
+    if nbytes > MAX_SIZE_BYTES:
+        raise PlannerError(f"bad GPU size {shown_text!r}: larger than any GPU (at most {MAX_SIZE_BYTES // GIB:,} GiB); "
+                           "give a size like 24GB or exact:23.55GiB")
+    if not exact:
+        if value % GIB:
+            raise PlannerError(
+                f"bad GPU size {shown_text!r}: a bare size is a card as sold, a whole number of GB (24GB, 24GiB, "
+                f"8192MB); for exactly this capacity as CUDA reports it write exact:{shown_text.lstrip('+')}")
+        # "24GB" / "24GiB" / "24576MiB": a card sold as 24 GB (24 GiB of DRAM); budget against
         # what CUDA reports for that size class.
-        gib = int(amount)
+        gib = int(value // GIB)
         capacity, source = marketed_capacity(gib)
-        return _generic(f"{gib}{unit_label}", f"generic {gib} GB card", gib * GIB,
-                        "user-given marketed size; no catalog entry", capacity, source)
+        return _generic(f"{gib}GB", f"card sold as {gib} GB", gib * GIB,
+                        "user-given size as sold; no catalog entry", capacity, source, given=shown_text)
+    unit_label = _SIZE_UNITS[unit.lower()][1]
     shown = format(amount.normalize(), "f")
-    if "." in number and "." not in shown:
-        shown += ".0"  # "24.0GB" stays visibly an exact figure, not the marketed "24GB"
-    return _generic(f"{shown}{unit_label}", f"generic {shown} {unit_label} GPU", nbytes,
-                    "user-given memory size; no catalog entry", nbytes, f"exact figure as given (--gpu {text.strip()})")
+    label = gib_text(nbytes) if nbytes >= 10 * MIB else f"{nbytes / MIB:.3f} MiB"
+    key = f"exact:{shown}{unit_label}" if unit_label != "B" else f"exact:{label.replace(' ', '')}"
+    return _generic(key, f"exactly {label}", nbytes,
+                    "user-given exact capacity; no catalog entry", nbytes,
+                    f"exact figure as given (--gpu {shown_text})", given=shown_text)
 
 
-def _generic(key: str, name: str, memory_bytes: int, source: str, capacity: int, capacity_source: str) -> GPU:
+def _generic(key: str, name: str, memory_bytes: int, source: str, capacity: int, capacity_source: str,
+             given: str = "") -> GPU:
     """A card known only by its size: no speed figures, no bf16 claim."""
     return GPU(key=key, name=name, memory_bytes=memory_bytes, bf16=False, fp16_tflops=None, fp32_tflops=None,
                bandwidth_gbs=None, compute_capability=None, aliases=(), source=source,
-               cuda_total_bytes=capacity, capacity_source=capacity_source)
+               cuda_total_bytes=capacity, capacity_source=capacity_source, given=given)
+
+
+def exact_gpu(nbytes: int, source: str) -> GPU:
+    """A card of exactly ``nbytes`` as CUDA reports it (e.g. an OOM message's capacity), named in GiB."""
+    return _generic(f"exact:{gib_text(nbytes).replace(' ', '')}", f"exactly {gib_text(nbytes)}", nbytes,
+                    "exact capacity; no catalog entry", nbytes, source)
 
 
 def parse_gpu(text: str) -> GPU:
@@ -514,29 +569,30 @@ def parse_gpu(text: str) -> GPU:
 
     Accepted forms:
 
-    * a marketed size: a whole number of GB or GiB, ``"24GB"``/``"24 gb"``/
-      ``"24GiB"``: a card sold as 24 GB (memory_bytes 24 GiB), budgeted against
-      the CUDA-reported capacity of that size class (:func:`marketed_capacity`).
-    * an exact capacity, taken literally: a figure with a decimal point
-      (``"23.55GiB"``, rounded to the nearest byte; ``"24.0GB"`` = 24 * 10**9
-      bytes) or one in ``MB``/``MiB``/``B`` (handy for nvidia-smi's totals and
-      torch's ``total_memory``).
+    * a size as sold (:data:`SIZE_RULE`): a whole number of GB, a vendor's GB
+      being GiB, ``"24GB"``/``"24 gb"``/``"24GiB"``/``"24576MiB"``: a card sold
+      as 24 GB (memory_bytes 24 GiB), budgeted against the CUDA-reported
+      capacity of that size class (:func:`marketed_capacity`).
+    * an exact capacity as CUDA reports it: ``"exact:23.55GiB"`` (rounded to
+      the nearest byte), ``"exact:24GB"`` = 24 * 10**9 bytes,
+      ``"exact:143771MiB"`` (nvidia-smi's total), ``"=25769803776B"``.
       Either way the result is a generic card: bf16 False, throughput and
-      bandwidth None.
+      bandwidth None. A bare size that is no whole number of GB is refused.
     * a catalog key, marketing name or alias, ignoring case, spaces, dashes,
       underscores and a leading "NVIDIA"/"GeForce"/"Tesla"/"Quadro":
       ``"RTX 4090"``, ``"rtx-4090"``, ``"4090"``, ``"a100-80gb"``, ``"h100"``.
 
     Raises :class:`PlannerError` with a one-line message for an unknown or
-    ambiguous name (``"a100"``: 40 or 80 GB?) and for a size that is not
-    greater than zero.
+    ambiguous name (``"a100"``: 40 or 80 GB?), for a size that is not
+    greater than zero or above :data:`MAX_SIZE_BYTES`, and for a bare size
+    that is no whole number of GB (naming the ``exact:`` spelling).
     """
     if not isinstance(text, str):
         raise PlannerError(f"unknown GPU {text!r}: {_valid_forms()}")
 
     m = _SIZE_RE.match(text)
     if m:
-        return _parse_size(text, m.group(1), m.group(2))
+        return _parse_size(text, bool(m.group(1)), m.group(2), m.group(3))
 
     form = _norm(text)
     if form in _INDEX:
@@ -554,6 +610,22 @@ def parse_gpu(text: str) -> GPU:
             f"unknown GPU {text!r} (did you mean {candidates[0].key}?): {_valid_forms()}"
         )
     raise PlannerError(f"unknown GPU {text!r}: {_valid_forms()}")
+
+
+def calibration_card(text: str | None, backend: str) -> GPU | None:
+    """calibrate's --gpu: the catalog card a hardware profile is for. Only with --backend cuda (a fake-backend
+    profile is never picked by --gpu, planner/profiles.py for_gpu), and a catalog name, not a size (a size
+    names no card whose profile --gpu could later pick)."""
+    if text is None:
+        return None
+    if backend != "cuda":
+        raise PlannerError(f"--gpu: only with --backend cuda (got {backend}): a fake-backend profile is never picked "
+                           "by --gpu; give --profile NAME to use it")
+    card = parse_gpu(text)
+    if card.is_generic:
+        raise PlannerError(f"--gpu: calibrate takes a card from `vramplan gpus` (e.g. rtx4090), not a size "
+                           f"({text.strip()!r}): the profile is picked by that card's name")
+    return card
 
 
 def catalog_rows() -> list[dict]:
@@ -579,4 +651,5 @@ def catalog_rows() -> list[dict]:
     ]
 
 
-__all__ = ["GB", "GIB", "GPU", "CATALOG", "ESTIMATE_RATIO", "catalog_rows", "cc_tuple", "marketed_capacity", "parse_gpu"]
+__all__ = ["GB", "GIB", "GPU", "GPU_HELP", "CATALOG", "ESTIMATE_RATIO", "MAX_SIZE_BYTES", "SIZE_RULE", "catalog_rows", "cc_tuple",
+           "calibration_card", "exact_gpu", "gib_text", "marketed_capacity", "parse_gpu"]

@@ -30,6 +30,16 @@ What the message says comes from ``c10/cuda/CUDACachingAllocator.cpp``
   process has"; in a container whose PID namespace hides the own PID, the own
   process appears as a plain "Process N" line. torch 2.1 printed "total capacty".
 
+What the figures say, in order (:func:`causes`): a request larger than the card; a per-process cap
+that binds; memory held outside this process when it is most of the card (other processes, other
+ranks on the same GPU: free that before anything else); a small-pool request (<= 1 MiB tensors);
+memory free but refused; fragmentation of PyTorch's cache; capacity. Fragmentation advice names the
+setting this message's torch advises (expandable_segments, or max_split_size_mb with a value
+derived from the request) and quotes only the message's own sentence. Figures that cannot all be
+true are refused (:func:`problems`) after a line break inside the message was tried as a terminal
+wrap through a word or figure (:func:`parse_oom`). The 25 real messages behind the tests are in
+tests/data/oom_messages/, each with its source.
+
 Every size is printed by ``format_size``: "N bytes" for small ones, else KiB, MiB
 or GiB with two decimals, the next unit only past 1024 of one (the public messages
 show "0 bytes", "1002.00 MiB" and "125537.24 GiB"). "Tried to
@@ -45,7 +55,7 @@ pytorch/pytorch issue #16417 is no segment size.)
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
@@ -57,26 +67,14 @@ MAX_INPUT_BYTES = 1 << 20
 
 
 SOURCE = "c10/cuda/CUDACachingAllocator.cpp (pytorch/pytorch), DeviceCachingAllocator::malloc"
-FRAGMENTATION_TEXT = (
-    "If reserved but unallocated memory is large try setting "
-    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
-)
-"""What PyTorch's own OOM message (torch >= 2.2) advises; torch 2.0-2.1 said '... try
-setting max_split_size_mb to avoid fragmentation', torch 1.x 'If reserved memory is
->> allocated memory try setting max_split_size_mb to avoid fragmentation.'"""
-CACHED_COMMENT = (
-    "Note that at this point free_cached_blocks has already returned all possible \"cached\" "
-    "memory to the driver. The only remaining \"cached\" memory is split from a larger block "
-    "that is partially in-use."
-)
-"""The allocator's comment above the OOM message (same file): why reserved-but-unallocated
-memory that is larger than the request means fragmentation."""
-
 _UNITS = {"bytes": 1, "byte": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = r"(\d+(?:\.\d+)?)\s*(bytes|byte|B|KiB|MiB|GiB|TiB)\b"
+_SIZE = r"(?<![\d.])(\d++(?:\.\d++)?)\s*(bytes|byte|B|KiB|MiB|GiB|TiB)\b"
+# possessive digits, never starting inside a run of them: linear time on a 50,000-digit figure
 _FLAGS = re.IGNORECASE
 
-_START = r"(?:CUDA|HIP) out of memory\.?\s*Tried to allocate\s+" + _SIZE
+_PREFIX = r"(?:CUDA|HIP) out of memory"
+_START = r"(?:(?:CUDA|HIP) out of memory\.?\s*)?Tried to allocate\s+" + _SIZE
+_ALLOC_CONF = r"\b(PYTORCH_(?:CUDA_|HIP_)?ALLOC_CONF)\b"
 _GPU2 = r"GPU\s*(\d*)\s*has a total capac(?:i)?ty of\s+" + _SIZE + r"\s+of which\s+" + _SIZE + r"\s+is free"
 _PROC = r"Process\s+(\d+)\s+has\s+" + _SIZE + r"\s+memory in use"
 _SELF = r"Including non-PyTorch memory,\s*this process has\s+" + _SIZE + r"\s+memory in use"
@@ -119,8 +117,18 @@ class Size:
     """Half a unit of the last printed digit: the true size is within nbytes ± tolerance."""
 
 
+MAX_FIGURE_DIGITS = 12
+"""Most digits a figure of the message may have on either side of its point: format_size prints two decimals,
+and 12 integer digits of GiB (~10**21 B) is past any size_t the allocator can print (2**64 B = 16 EiB)."""
+
+
 def size_bytes(number: str, unit: str) -> Size:
     """'23.55', 'GiB' -> Size(23.55 * 2**30 rounded half-even to a byte, ± 0.005 GiB)."""
+    whole, _, frac = number.partition(".")
+    if len(whole) > MAX_FIGURE_DIGITS or len(frac) > MAX_FIGURE_DIGITS:
+        raise PlannerError(f"MESSAGE: a figure of {len(whole):,}+{len(frac):,} digits ('{number[:12]}... {unit}'): "
+                           f"no allocator prints that (format_size prints at most 2 decimals of a size_t); "
+                           "paste the message as PyTorch printed it")
     try:
         value = Decimal(number)
     except InvalidOperation:  # pragma: no cover - the regex admits only decimals
@@ -192,6 +200,14 @@ class OomReport:
     """'CUDA' or 'HIP' (ROCm builds print the same message)."""
     messages_found: int = 1
     """How many OOM messages the text held (the last one is read)."""
+    prefix_missing: bool = False
+    """The paste lacks "CUDA out of memory." (its GPU figures are there: :func:`parse_oom` requires them)."""
+    alloc_conf_env: str = ""
+    """The allocator setting's variable the message names (PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, ...)."""
+    hint_text: str = ""
+    """The message's own advice sentence, verbatim ("If reserved ... to avoid fragmentation.")."""
+    repairs: tuple[str, ...] = ()
+    """Line breaks read as a terminal's wrap through a word or figure ('16.9⏎4 read as 16.94')."""
 
     @property
     def outside_pytorch_bytes(self) -> int | None:
@@ -203,7 +219,49 @@ class OomReport:
 
     @property
     def other_processes_bytes(self) -> int:
+        """Every 'Process N has X memory in use' line, this process's own one in a container included."""
         return sum(b for _, b in self.other_processes)
+
+    @property
+    def own_process(self) -> tuple[int, int] | None:
+        """2.x without a 'this process has' line (a container whose PID namespace hides the own PID from
+        NVML): the 'Process N' line that is this process, i.e. the smallest one at least as large as
+        PyTorch's reserve (allocated where the reserve is not printed). None when there is a 'this
+        process' line or no line is that large."""
+        if self.format != "2.x" or self.process_in_use_bytes is not None:
+            return None
+        floor = self.reserved_bytes if self.reserved_bytes is not None else self.allocated_bytes
+        if floor is None:
+            return None
+        fits = sorted((b, p) for p, b in self.other_processes if b + _SLACK >= floor)
+        return (fits[0][1], fits[0][0]) if fits else None
+
+    @property
+    def foreign_processes(self) -> tuple[tuple[int, int], ...]:
+        """The 'Process N' lines that are other programs (this process's own line in a container excluded)."""
+        own = self.own_process
+        return tuple(pb for pb in self.other_processes if own is None or pb[0] != own[0])
+
+    @property
+    def foreign_bytes(self) -> int:
+        return sum(b for _, b in self.foreign_processes)
+
+    @property
+    def own_bytes(self) -> int | None:
+        """This process on the card as NVML sees it: the 'this process has' figure, or its container line."""
+        if self.process_in_use_bytes is not None:
+            return self.process_in_use_bytes
+        own = self.own_process
+        return own[1] if own else None
+
+    @property
+    def elsewhere_bytes(self) -> int | None:
+        """Held on the card outside this process: capacity - free - this process (NVML's figure); where the
+        message has none, capacity - free - reserved, which also counts this process's CUDA context."""
+        if self.capacity_bytes is None or self.free_bytes is None:
+            return None
+        own = self.own_bytes
+        return self.capacity_bytes - self.free_bytes - own if own is not None else self.outside_pytorch_bytes
 
     @property
     def shortfall_bytes(self) -> int | None:
@@ -215,6 +273,10 @@ class OomReport:
         d["other_processes"] = [{"pid": p, "bytes": b} for p, b in self.other_processes]
         d["outside_pytorch_bytes"] = self.outside_pytorch_bytes
         d["other_processes_bytes"] = self.other_processes_bytes
+        d["own_process"] = {"pid": self.own_process[0], "bytes": self.own_process[1]} if self.own_process else None
+        d["foreign_processes_bytes"] = self.foreign_bytes
+        d["elsewhere_bytes"] = self.elsewhere_bytes
+        d["repairs"] = list(self.repairs)
         d["shortfall_bytes"] = self.shortfall_bytes
         return d
 
@@ -231,14 +293,122 @@ def _read_text(text: str | bytes) -> str:
     return text
 
 
+_SLACK = 11 << 20
+"""Two printed figures compared: each is good to half its last digit (0.005 GiB ~ 5.4 MiB), so two of
+them may differ by up to ~10.7 MiB without contradicting each other."""
+_MAX_BREAKS = 64
+"""Line breaks inside the message tried as terminal wraps (each is one more parse of a ~3000-character window)."""
+_BACK = 80  # characters before "Tried to allocate" that belong to the message (its prefix, wrapped)
+
+
+def _collapse(text: str) -> str:
+    """Whitespace runs -> one space, except a bare line break between two word characters, kept as '\n':
+    a terminal's hard wrap inside a word or a figure ('16.9⏎4 GiB', 'fre⏎e'), or a paste whose line
+    ends replaced a space ('memory⏎14.12 GiB'); which of the two it is, only the figures tell."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+
+    def one(m: re.Match) -> str:
+        i, j = m.start(), m.end()
+        soft = (m.group(0) == "\n" and 0 < i and j < len(text)
+                and (text[i - 1].isalnum() or text[i - 1] == ".") and (text[j].isalnum() or text[j] == "."))
+        return "\n" if soft else " "
+    return re.sub(r"\s+", one, text)
+
+
+def _score(rep: OomReport | None) -> tuple:
+    """Better reading first: found, most figures read, then fewest contradictions (a wrap through a word hides a
+    figure; one through a number misreads it, which the contradiction with another figure shows)."""
+    if rep is None:
+        return (0, 0, 0)
+    figures = sum(v is not None for v in (rep.capacity_bytes, rep.free_bytes, rep.allocated_bytes,
+                                          rep.reserved_bytes, rep.reserved_unallocated_bytes,
+                                          rep.process_in_use_bytes, rep.allowed_bytes, rep.gpu_index))
+    return (1, figures + len(rep.other_processes), -len(problems(rep)))
+
+
+def _try(pieces: list[str], joins: set[int]) -> OomReport | None:
+    """Parse the window cut at its line breaks (``pieces``), break ``i`` joined when i is in ``joins``."""
+    spaced = pieces[0] + "".join(("" if i in joins else " ") + p for i, p in enumerate(pieces[1:]))
+    try:
+        return _parse_spaced(spaced)
+    except PlannerError:
+        return None
+
+
 def parse_oom(text: str | bytes) -> OomReport:
     """The figures of the last CUDA (or HIP) out-of-memory message in ``text``.
 
-    ``text`` may be the bare message, a wrapped copy of it, or a whole pasted traceback;
-    at most :data:`MAX_INPUT_BYTES`. Figures the message lacks are None. Raises
-    :class:`PlannerError` (one line, never quoting the input) when no message is found.
+    ``text`` may be the bare message, a wrapped copy of it, a whole pasted traceback, or the
+    message without its "CUDA out of memory." prefix (then its GPU figures must be there); at
+    most :data:`MAX_INPUT_BYTES`. Figures the message lacks are None. A line break inside the
+    message may be a terminal's wrap through a word or a figure: each is read both ways and kept
+    joined only where that reading is the better one (:func:`_score`: more figures read, then
+    fewer contradictions), recorded in ``repairs``. Raises :class:`PlannerError` (one line, never
+    quoting the input) when no message is found and when the figures contradict each other
+    whichever way the breaks are read (:func:`problems`).
     """
-    text = " ".join(_read_text(text).split())  # line wrapping, tabs, CRLF -> single spaces
+    text = _collapse(_read_text(text))
+    spaced = text.replace("\n", " ")  # same indices as text
+    starts = list(_finditer(_START, spaced))
+    if starts:
+        lo = max(0, starts[-1].start() - _BACK)
+        window = text[lo: min(len(text), starts[-1].end() + _WINDOW)]
+    else:  # perhaps a wrap through "Tried to allocate" itself: a short paste is worth trying
+        window = text if len(text) <= 2 * _WINDOW else ""
+    pieces = window.split("\n")
+    breaks = list(range(min(len(pieces) - 1, _MAX_BREAKS)))
+    joins: set[int] = set()
+    best = _try(pieces, joins)
+    for _ in range(3):  # greedy, to a fixpoint: a join may only pay once another figure is read
+        changed = False
+        for i in breaks:
+            if i in joins:
+                continue
+            cand = _try(pieces, joins | {i})
+            if _score(cand) > _score(best):
+                joins.add(i)
+                best, changed = cand, True
+        if not changed:
+            break
+    if best is None:
+        _parse_spaced(spaced)  # raises the one-line "no message" error
+        raise AssertionError  # pragma: no cover
+    wrong = problems(best)
+    if wrong:
+        wrapped = " (a figure split by a line wrap? paste the message unwrapped)" if breaks else ""
+        raise PlannerError(f"MESSAGE: the figures contradict each other: {'; '.join(wrong)}{wrapped}")
+    ends = [(pieces[i].split(" ")[-1][-12:], pieces[i + 1].split(" ")[0][:12]) for i in sorted(joins)]
+    repairs = tuple(f"{a}⏎{b} read as {a}{b}" for a, b in ends)
+    return replace(best, messages_found=max(len(starts), 1), repairs=repairs)
+
+
+def problems(oom: OomReport) -> list[str]:
+    """What no real message can say: each an impossible pair of figures, beyond print precision
+    (:data:`_SLACK`). Allocated above the capacity is not here: Windows' shared GPU memory does
+    that (see :func:`explain`)."""
+    out: list[str] = []
+    cap, free, alloc, res = oom.capacity_bytes, oom.free_bytes, oom.allocated_bytes, oom.reserved_bytes
+    if oom.request_bytes <= 0:
+        out.append("a request of 0 bytes (the allocator never fails on one)")
+    if cap is not None and cap <= 0:
+        out.append("a total capacity of 0 bytes")
+    if cap is not None and free is not None and cap > 0 and free > cap + _SLACK:
+        out.append(f"free {fmt(free)} > total capacity {fmt(cap)}")
+    if alloc is not None and res is not None and res + _SLACK < alloc:
+        out.append(f"reserved by PyTorch {fmt(res)} < allocated {fmt(alloc)} (reserved includes allocated)")
+    if oom.process_in_use_bytes is not None and res is not None and oom.process_in_use_bytes + _SLACK < res:
+        out.append(f"this process has {fmt(oom.process_in_use_bytes)} in use < PyTorch's reserved {fmt(res)}")
+    if oom.private_pool_bytes is not None and alloc is not None and oom.private_pool_bytes > alloc + _SLACK:
+        out.append(f"private pools {fmt(oom.private_pool_bytes)} > allocated {fmt(alloc)} (pools are part of it)")
+    if oom.allowed_bytes is not None and cap is not None and cap > 0 and oom.allowed_bytes > cap + _SLACK:
+        out.append(f"allowed {fmt(oom.allowed_bytes)} > total capacity {fmt(cap)} (a fraction of it)")
+    if cap is not None and cap > 0 and oom.other_processes_bytes > cap + _SLACK:
+        out.append(f"other processes {fmt(oom.other_processes_bytes)} > total capacity {fmt(cap)}")
+    return out
+
+
+def _parse_spaced(text: str) -> OomReport:
+    """parse_oom on text whose whitespace is single spaces."""
     starts = list(_finditer(_START, text))
     if not starts:
         hint = ("it mentions 'out of memory' but not 'Tried to allocate N MiB'"
@@ -246,23 +416,33 @@ def parse_oom(text: str | bytes) -> OomReport:
         raise PlannerError("MESSAGE: no CUDA out-of-memory message (expected 'CUDA out of memory. Tried to "
                            f"allocate <size> ...' from torch 1.x or 2.x; {hint})")
     start = starts[-1]
-    backend = "HIP" if start.group(0).upper().startswith("HIP") else "CUDA"
+    head = start.group(0)
+    prefixed = bool(re.match(_PREFIX, head, _FLAGS))
+    backend = "HIP" if head.upper().startswith("HIP") else "CUDA"
     request = _size(start)
     # the message runs to the next one (a repeated traceback) or a window's end
     end = min(start.end() + _WINDOW, len(text))
     body = text[start.end():end]
-    nxt = re.search(r"(?:CUDA|HIP) out of memory", body, _FLAGS)
+    nxt = re.search(_PREFIX + r"|Tried to allocate", body, _FLAGS)
     if nxt:
         body = body[: nxt.start()]
+    env = _search(_ALLOC_CONF, body)
+    hint = _search(r"If reserved (?:but unallocated )?memory is .{0,80}? to avoid fragmentation\.", body)
     common = dict(
         request_bytes=request.nbytes, request_text=request.text, request_tolerance=request.tolerance,
         hint_expandable_segments=bool(_search(_EXPANDABLE, body)), hint_max_split_size=bool(_search(_MAX_SPLIT, body)),
-        backend=backend, messages_found=len(starts),
+        backend=backend, messages_found=len(starts), prefix_missing=not prefixed,
+        alloc_conf_env=env.group(1) if env else "", hint_text=hint.group(0) if hint else "",
     )
     g2 = _search(_GPU2, body)
     if g2 or _search(_ALLOC2, body) or _search(_UNALLOC2, body):
-        return _parse_2x(body, g2, common)
-    return _parse_1x(body, common)
+        rep = _parse_2x(body, g2, common)
+    else:
+        rep = _parse_1x(body, common)
+    if not prefixed and (rep.capacity_bytes is None or rep.free_bytes is None):
+        raise PlannerError("MESSAGE: 'Tried to allocate' without 'CUDA out of memory' and without the GPU's total "
+                           "capacity and free figures: not a CUDA out-of-memory message (paste the whole message)")
+    return rep
 
 
 def _parse_2x(body: str, g2: re.Match | None, common: dict) -> OomReport:
@@ -324,33 +504,82 @@ def _parse_1x(body: str, common: dict) -> OomReport:
 
 # --- explanation -------------------------------------------------------------------------------
 
-def diagnosis(oom: OomReport) -> str:
-    """One word for what ran out:
+OTHER_MEMORY_SHARE = 0.5
+"""Memory held outside this process counts as the cause first when it is more than this share of the card."""
+MIN_MAX_SPLIT_MB = 21
+"""max_split_size_mb must be above kLargeBuffer / 1 MiB = 20 (c10/cuda/CUDACachingAllocator.cpp,
+parseMaxSplitSize: 'max_split_size_mb too small, must be > 20')."""
+
+
+def causes(oom: OomReport) -> list[str]:
+    """What ran out, most decisive first (:func:`diagnosis` is the first):
 
     * ``request_exceeds_card``: the request alone is larger than the card (or the allowed cap);
-    * ``fragmentation``: PyTorch held more reserved-but-unallocated memory than the request,
-      in blocks none of which could take it;
-    * ``free_but_refused``: the driver reported more free memory than the request and still
-      refused the cudaMalloc (the last few tens of MiB of a card are often unusable);
+    * ``per_process_cap``: a per-process cap ('X allowed') binds: reserved + request > allowed (within
+      the figures' print precision, :data:`_SLACK`);
+    * ``other_memory``: memory held outside this process (other processes, other ranks, another
+      program) is most of the card (> :data:`OTHER_MEMORY_SHARE`): free that first;
+    * ``small_pool``: a request of at most 2 MiB (a <= 1 MiB tensor's kSmallBuffer segment, or
+      the tensor itself in old releases): only the small pool serves it, cached large blocks
+      cannot, so it means the card was full;
+    * ``free_but_refused``: the driver reported at least the request free and still refused it
+      (not fragmentation of PyTorch's cache unless the figures show that too: then
+      ``fragmentation`` follows it);
+    * ``fragmentation``: PyTorch held more reserved-but-unallocated memory than the request, in
+      blocks none of which could take it;
     * ``fragmentation_and_capacity``: free + reserved-but-unallocated would have covered it,
       neither alone;
     * ``capacity``: even every free and cached byte together was too little;
     * ``unknown``: the message lacks the figures to tell.
     """
-    cap = oom.allowed_bytes or oom.capacity_bytes
     req = oom.request_bytes
-    if cap is not None and req > cap:
-        return "request_exceeds_card"
+    cap, allowed = oom.capacity_bytes, oom.allowed_bytes
+    limit = min(x for x in (cap, allowed) if x is not None) if (cap is not None or allowed is not None) else None
+    out: list[str] = []
+    if limit is not None and req > limit:
+        out.append("request_exceeds_card")
+    if allowed is not None and oom.reserved_bytes is not None and oom.reserved_bytes + req + _SLACK > allowed \
+            and "request_exceeds_card" not in out:  # binds within print precision
+        out.append("per_process_cap")
+    away = oom.elsewhere_bytes
+    if away is not None and cap and away > OTHER_MEMORY_SHARE * cap:
+        out.append("other_memory")
+    small = req <= (2 << 20) + oom.request_tolerance
+    if small:
+        out.append("small_pool")
     unalloc, free = oom.reserved_unallocated_bytes, oom.free_bytes
-    if unalloc is not None and unalloc >= req:
-        return "fragmentation"
-    if free is not None and free >= req:
-        return "free_but_refused"
-    if unalloc is not None and free is not None:
-        return "fragmentation_and_capacity" if unalloc + free >= req else "capacity"
-    if free is not None:
-        return "capacity"
-    return "unknown"
+    if free is not None and free >= req and not small:
+        out.append("free_but_refused")
+    if unalloc is not None and not small and unalloc >= req:
+        out.append("fragmentation")
+    elif unalloc is not None and free is not None and not small and free < req <= unalloc + free:
+        out.append("fragmentation_and_capacity")
+    if free is not None and not small and not {"request_exceeds_card", "free_but_refused", "fragmentation",
+                                                "fragmentation_and_capacity"} & set(out):
+        out.append("capacity")
+    return out or ["unknown"]
+
+
+def diagnosis(oom: OomReport) -> str:
+    """The first of :func:`causes`: what to act on first."""
+    return causes(oom)[0]
+
+
+def max_split_mb(oom: OomReport) -> int:
+    """The max_split_size_mb value for this message: the request in MiB, rounded up, at least
+    :data:`MIN_MAX_SPLIT_MB`. Blocks at least that large are then never split for smaller tensors
+    (c10/cuda/CUDACachingAllocator.cpp, get_free_block: an oversize block serves only a request of
+    max_split_size or more), so a block that fits this request stays whole for it."""
+    return max(MIN_MAX_SPLIT_MB, -(-oom.request_bytes // (1 << 20)))
+
+
+def fragmentation_setting(oom: OomReport) -> str:
+    """The allocator setting to try, in the variable this message names: expandable_segments where the
+    message itself advises it (torch >= 2.2), else max_split_size_mb with :func:`max_split_mb`."""
+    env = oom.alloc_conf_env or ("PYTORCH_HIP_ALLOC_CONF" if oom.backend == "HIP" else "PYTORCH_CUDA_ALLOC_CONF")
+    if oom.hint_expandable_segments or (oom.format == "2.x" and not oom.hint_max_split_size):
+        return f"{env}=expandable_segments:True"
+    return f"{env}=max_split_size_mb:{max_split_mb(oom)}"
 
 
 def _segment_note(oom: OomReport) -> str:
@@ -377,7 +606,12 @@ def explain(oom: OomReport) -> list[str]:
     gpu = f"GPU {oom.gpu_index}" if oom.gpu_index is not None else "The GPU"
     ver = "torch 2.x" if oom.format == "2.x" else "torch 1.x"
     more = f" ({oom.messages_found} OOM messages in the text; the last one is read)" if oom.messages_found > 1 else ""
-    lines.append(f"{oom.backend} out-of-memory message, {ver} layout{more}.")
+    backend = "HIP (ROCm)" if oom.backend == "HIP" else oom.backend
+    prefix = (" (pasted without the 'CUDA out of memory.' prefix; read as a CUDA or HIP message of that layout)"
+              if oom.prefix_missing else "")
+    lines.append(f"{backend} out-of-memory message, {ver} layout{more}{prefix}.")
+    for r in oom.repairs:
+        lines.append(f"Line wrap repaired: {r} (the only reading whose figures are consistent and complete).")
     if oom.capacity_bytes is not None:
         lines.append(f"Capacity: {gpu} has {fmt(oom.capacity_bytes)} in total as CUDA reports it "
                      f"({oom.capacity_bytes:,} B; physical memory less what the driver keeps).")
@@ -397,18 +631,27 @@ def explain(oom: OomReport) -> list[str]:
                      "free pieces of segments that also hold live tensors.")
     out = oom.outside_pytorch_bytes
     if out is not None:
-        others = oom.other_processes_bytes
+        others = oom.foreign_bytes
+        own = oom.own_process
         parts = []
         if oom.non_pytorch_bytes is not None and oom.format == "2.x":
             parts.append(f"this process outside PyTorch {fmt(oom.non_pytorch_bytes)} "
                          f"(in use {fmt(oom.process_in_use_bytes)} - reserved {fmt(oom.reserved_bytes)})")
-        if oom.other_processes:
-            listed = ", ".join(f"PID {p} {fmt(b)}" for p, b in oom.other_processes)
+        elif own is not None and oom.reserved_bytes is not None:
+            parts.append(f"this process (PID {own[0]}) outside PyTorch {fmt(own[1] - oom.reserved_bytes)} "
+                         f"(in use {fmt(own[1])} - reserved {fmt(oom.reserved_bytes)})")
+        if oom.foreign_processes:
+            listed = ", ".join(f"PID {p} {fmt(b)}" for p, b in oom.foreign_processes)
             parts.append(f"other processes {fmt(others)} ({listed})")
         detail = f": {'; '.join(parts)}" if parts else ""
         lines.append(f"Outside PyTorch's allocator: {fmt(out)} = capacity - free - reserved (CUDA context, "
                      f"cuDNN/cuBLAS/NCCL buffers, other processes){detail}.")
-        own_outside = oom.non_pytorch_bytes if oom.format == "2.x" and oom.non_pytorch_bytes is not None else out - others
+        if oom.format == "2.x" and oom.non_pytorch_bytes is not None:
+            own_outside = oom.non_pytorch_bytes
+        elif own is not None and oom.reserved_bytes is not None:
+            own_outside = own[1] - oom.reserved_bytes
+        else:
+            own_outside = out - others
         ctx = DEFAULT_CONTEXT_BYTES
         if out < 0:
             lines.append("  Negative: PyTorch holds more than the card has, which a card's own memory cannot do. "
@@ -417,7 +660,7 @@ def explain(oom: OomReport) -> list[str]:
         elif own_outside > ctx + (512 << 20):
             who = ("this process holds it outside PyTorch's allocator: libraries' own buffers (cuDNN/cuBLAS "
                    "workspaces, NCCL), a second framework, or CUDA modules loaded eagerly"
-                   if oom.format == "2.x" and oom.non_pytorch_bytes is not None else
+                   if oom.format == "2.x" and (oom.non_pytorch_bytes is not None or own is not None) else
                    "another process or library holds memory PyTorch cannot see or free (check nvidia-smi, "
                    "other notebooks, a second framework)")
             lines.append(f"  That is {fmt(own_outside - ctx)} more than vramplan's default CUDA context "
@@ -425,11 +668,9 @@ def explain(oom: OomReport) -> list[str]:
         else:
             lines.append(f"  About what a CUDA context takes (vramplan's default: {fmt(ctx)}, planner/result.py)"
                          + (", other processes aside." if others else "."))
-        if oom.format == "2.x" and oom.process_in_use_bytes is None and oom.other_processes and oom.reserved_bytes:
-            big = [p for p, b in oom.other_processes if b >= oom.reserved_bytes]
-            if len(big) == 1:
-                lines.append(f"  No 'this process' line: PID {big[0]} (as large as PyTorch's reserve) is probably this "
-                             "process seen from outside its container's PID namespace, not another program.")
+        if own is not None:
+            lines.append(f"  No 'this process' line: PID {own[0]} (at least PyTorch's reserve) is this process seen "
+                         "from outside its container's PID namespace, not another program; it is not counted as one.")
     if out is None and oom.process_in_use_bytes is not None and oom.allocated_bytes is not None:
         lines.append(f"This process outside PyTorch's allocator: at most {fmt(oom.process_in_use_bytes - oom.allocated_bytes)} "
                      f"= in use {fmt(oom.process_in_use_bytes)} - allocated {fmt(oom.allocated_bytes)} (the message "
@@ -450,38 +691,77 @@ def explain(oom: OomReport) -> list[str]:
         else:
             lines.append(f"  {fmt(-oom.shortfall_bytes)} more than the request was free, yet the driver "
                          "refused it" + (" (and a fraction cap applies)." if oom.allowed_bytes else "."))
-    d = diagnosis(oom)
-    setting = ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" if oom.format == "2.x"
-               else "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:<MB> (expandable_segments:True needs torch 2.x)")
-    quote = f"PyTorch's own message says so ({SOURCE}): \"{FRAGMENTATION_TEXT}\""
-    if d == "request_exceeds_card":
-        lines.append("Diagnosis: the request alone is larger than the card: no allocator setting helps. A shape "
-                     "far larger than intended (a wrong dimension, an unintended broadcast) or a setup for a "
-                     "bigger card.")
-    elif d == "fragmentation":
-        lines.append(f"Diagnosis: fragmentation. {fmt(oom.reserved_unallocated_bytes)} was reserved but unallocated, "
-                     f"more than the {oom.request_text} requested, yet no free block was large enough: the request "
-                     f"failed for lack of a contiguous block. Set {setting}. {quote}")
-    elif d == "free_but_refused":
-        lines.append(f"Diagnosis: the card was full. The driver reported {fmt(oom.free_bytes)} free, more than "
-                     f"the request, and still refused it: the last few tens of MiB of a card are often not "
-                     "allocatable (in pieces, or kept by the driver). Treat it as capacity: the step needs less "
-                     "memory (see the recommendation) or a larger card.")
-    elif d == "fragmentation_and_capacity":
-        lines.append(f"Diagnosis: mostly capacity, partly fragmentation: free ({fmt(oom.free_bytes)}) plus reserved-"
-                     f"but-unallocated ({fmt(oom.reserved_unallocated_bytes)}) would have covered the request, "
-                     f"neither alone. {setting} may be enough; otherwise the step needs less memory. {quote}")
-    elif d == "capacity":
-        lines.append("Diagnosis: capacity. Even the free memory and every cached byte together were too little; "
-                     "allocator settings will not help: the step needs less memory (see the recommendation) "
-                     "or a larger card.")
-    else:
-        lines.append("Diagnosis: the message lacks the figures to tell fragmentation from capacity.")
+    found = causes(oom)
+    lines.append("Diagnosis: " + _cause_text(oom, found[0], found))
+    lines.extend("Also: " + _cause_text(oom, c, found) for c in found[1:3])
     return lines
 
 
+def _cause_text(oom: OomReport, cause: str, found: list[str]) -> str:
+    """One sentence per cause of :func:`causes`; the advice quotes only what this message itself says."""
+    setting = fragmentation_setting(oom)
+    why = ""
+    if "max_split_size_mb" in setting:
+        why = (f" ({max_split_mb(oom)} = the {oom.request_text} request in MiB, rounded up: blocks at least that large "
+               "are then never split for smaller tensors, so one stays whole for a request like this; "
+               f"{SOURCE.split(',')[0]}, get_free_block)")
+    quote = f" The message itself says: \"{oom.hint_text}\"" if oom.hint_text else ""
+    if cause == "request_exceeds_card":
+        limit = "the allowed cap" if oom.allowed_bytes and oom.allowed_bytes < (oom.capacity_bytes or 1 << 62) else "the card"
+        return (f"the request alone is larger than {limit}: no allocator setting helps. A shape far larger than "
+                "intended (a wrong dimension, an unintended broadcast) or a setup for a bigger card.")
+    if cause == "per_process_cap":
+        total = (oom.reserved_bytes or 0) + oom.request_bytes
+        return (f"the per-process cap binds: {fmt(oom.allowed_bytes)} allowed (torch.cuda.set_per_process_memory_fraction "
+                f"or per_process_memory_fraction in the allocator setting), PyTorch held {fmt(oom.reserved_bytes)} and "
+                f"asked {oom.request_text} more = {fmt(total)}, while the card had {fmt(oom.free_bytes)} free. Raise or "
+                "drop the fraction where the card is yours; otherwise the step needs less memory.")
+    if cause == "other_memory":
+        away, cap = oom.elsewhere_bytes or 0, oom.capacity_bytes or 1
+        own = oom.own_bytes
+        how = (f"capacity - free - this process's {fmt(own)}" if own is not None else
+               "capacity - free - reserved by PyTorch (this process's CUDA context, about "
+               f"{fmt(DEFAULT_CONTEXT_BYTES)}, included)")
+        listed = (f"; listed: {', '.join(f'PID {p} {fmt(b)}' for p, b in oom.foreign_processes)}"
+                  if oom.foreign_processes else "")
+        return (f"memory held outside this process: {fmt(away)} of the card's {fmt(cap)} ({100 * away / cap:.0f} %) = "
+                f"{how}{listed}. Other processes (a second training run, other ranks placed on this GPU, a notebook) "
+                "or another program hold it: free them or use another GPU (nvidia-smi lists them) before changing "
+                "the step, the allocator setting or the card.")
+    if cause == "small_pool":
+        return ("a small-pool request: PyTorch serves tensors of at most 1 MiB from 2 MiB segments (kSmallBuffer) that "
+                "only such tensors share; none had room and the driver refused a new 2 MiB segment, and reserved-but-"
+                f"unallocated memory ({fmt(oom.reserved_unallocated_bytes)}) of the large pool cannot serve it. The card "
+                "was full: allocator settings do not help; the step needs less memory or a larger card.")
+    if cause == "free_but_refused":
+        return (f"the card was full. The driver reported {fmt(oom.free_bytes)} free, more than the request, and still "
+                "refused it: the last tens of MiB of a card are often not allocatable (in pieces, or kept by the "
+                "driver), and Windows' WDDM keeps more. Treat it as capacity: the step needs less memory (see the "
+                "recommendation) or a larger card.")
+    if cause == "fragmentation":
+        if "free_but_refused" in found:
+            return (f"PyTorch's cache also held {fmt(oom.reserved_unallocated_bytes)} reserved but unallocated, more "
+                    f"than the request, in blocks too small for it: {setting}{why} may let it reuse them.{quote}")
+        return (f"fragmentation. {fmt(oom.reserved_unallocated_bytes)} was reserved but unallocated, more than the "
+                f"{oom.request_text} requested, yet no free block was large enough: the request failed for lack of a "
+                f"contiguous block. Set {setting}{why}.{quote}")
+    if cause == "fragmentation_and_capacity":
+        return (f"mostly capacity, partly fragmentation: free ({fmt(oom.free_bytes)}) plus reserved-but-unallocated "
+                f"({fmt(oom.reserved_unallocated_bytes)}) would have covered the request, neither alone. {setting}{why} "
+                f"may be enough; otherwise the step needs less memory.{quote}")
+    if cause == "capacity" and "other_memory" in found:
+        whole = f"exact:{oom.capacity_text.replace(' ', '')}" if oom.capacity_text else "the card"
+        return ("capacity of what the others left: even the free memory and every cached byte together were too "
+                "little for the request. Free the memory held outside this process first; whether the step fits "
+                f"the whole card is a recommendation with --gpu {whole}.")
+    if cause == "capacity":
+        return ("capacity. Even the free memory and every cached byte together were too little; allocator settings "
+                "will not help: the step needs less memory (see the recommendation) or a larger card.")
+    return "the message lacks the figures to tell fragmentation from capacity."
+
+
 def explain_json(oom: OomReport) -> dict[str, Any]:
-    return {**oom.to_json(), "diagnosis": diagnosis(oom), "explanation": explain(oom),
+    return {**oom.to_json(), "diagnosis": diagnosis(oom), "causes": causes(oom), "explanation": explain(oom),
             "default_context_bytes": DEFAULT_CONTEXT_BYTES, "source": SOURCE}
 
 
@@ -591,23 +871,22 @@ def match_request(oom: OomReport, mem: Any, limit: int = 3) -> list[TensorMatch]
 
 
 def recommendation_card(oom: OomReport):
-    """The card the recommendation is for: the message's capacity (exact, as printed), less what
-    other processes held (they will hold it again). None without a capacity."""
-    from planner.gpus import parse_gpu
+    """The card the recommendation is for: the message's capacity (or the allowed cap), less what other
+    processes held (they will hold it again; this process's own line in a container is not one of them),
+    named in GiB. None without a capacity or when nothing is left."""
+    from planner.gpus import exact_gpu
 
     if oom.capacity_bytes is None:
         return None
-    cap = oom.allowed_bytes or oom.capacity_bytes
-    cap -= oom.other_processes_bytes
+    cap = min(oom.allowed_bytes or oom.capacity_bytes, oom.capacity_bytes)
+    cap -= oom.foreign_bytes
     if cap <= 0:
         return None
-    if cap == oom.capacity_bytes and oom.capacity_text.split()[-1] in ("GiB", "MiB"):
-        number, unit = oom.capacity_text.split()
-        if "." not in number:
-            number += ".0"  # "24 GiB" would name the marketed class; the message gives an exact figure
-        return parse_gpu(f"{number}{unit}")
-    return parse_gpu(f"{cap}B")
+    what = "allowed cap" if oom.allowed_bytes and oom.allowed_bytes < oom.capacity_bytes else "total capacity"
+    less = f" less other processes' {fmt(oom.foreign_bytes)}" if oom.foreign_bytes else ""
+    return exact_gpu(cap, f"the OOM message's {what} {fmt(cap + oom.foreign_bytes)}{less}")
 
 
-__all__ = ["MAX_INPUT_BYTES", "OomReport", "Size", "TensorMatch", "diagnosis", "explain", "explain_json",
-           "fmt", "match_request", "parse_oom", "recommendation_card", "size_bytes"]
+__all__ = ["MAX_INPUT_BYTES", "OomReport", "Size", "TensorMatch", "causes", "diagnosis", "explain", "explain_json",
+           "fmt", "fragmentation_setting", "match_request", "max_split_mb", "parse_oom", "problems",
+           "recommendation_card", "size_bytes"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from planner.errors import PlannerError, one_line, quote
+from planner.errors import NotData, PlannerError, parse_json, quote
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, MemoryReport
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -107,14 +107,20 @@ class DeviceProfile:
         if not name:
             raise PlannerError(f"{where}: 'name' must be a non-empty string")
         device = _field(data, "device", dict, {}, where)
-        for key in ("name", "torch", "backend"):
-            if key in device and not isinstance(device[key], str):
-                raise PlannerError(f"{where}: 'device.{key}' must be a string, got {quote(device[key])}")
+        for key in device:
+            kind = str if key in ("name", "torch", "backend") else (str, int, float, bool, type(None))
+            _field(device, key, kind, None, where, "device.")
         residuals = _field(data, "residuals", dict, {}, where)
-        for key in ("allocated", "reserved"):
-            if key in residuals and not isinstance(residuals[key], dict):
-                raise PlannerError(f"{where}: 'residuals.{key}' must be an object, got {quote(residuals[key])}")
+        for key in residuals:
+            if key == "points":
+                _count(residuals, key, where, "residuals.")
+                continue
+            part = _field(residuals, key, dict, {}, where, "residuals.")
+            for k in part:
+                _field(part, k, float, None, where, f"residuals.{key}.")
         measurements = _field(data, "measurements", list, [], where)
+        for i, m in enumerate(measurements):
+            _measurement(m, f"measurements[{i}]", where)
         scale = _field(t, "reserved_scale", float, 1.0, where, "terms.")
         if not 0 < scale <= 1e3:
             raise PlannerError(f"{where}: 'terms.reserved_scale' must be in (0, 1000], got {quote(scale)}")
@@ -165,6 +171,32 @@ def _field(obj: dict, key: str, kind: Any, default: Any, where: str, prefix: str
     return v
 
 
+def _count(obj: dict, key: str, where: str, prefix: str, lo: int = 0) -> int:
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_TERM_BYTES:
+        raise PlannerError(f"{where}: '{prefix}{key}' must be a whole number in {lo:,}..{MAX_TERM_BYTES:,}, "
+                           f"got {quote(v)}")
+    return v
+
+
+def _measurement(m: Any, at: str, where: str) -> None:
+    """One calibration point: an object with a 'name', a 'config' object (the setup measured),
+    and byte counts (``*_bytes``: a whole number, >= 0 but for the fit's ``residual_*``, or null
+    where not measured)."""
+    if not isinstance(m, dict):
+        raise PlannerError(f"{where}: '{at}' must be an object, got {quote(m)}")
+    for key, v in m.items():
+        if key.endswith("_bytes"):
+            if v is not None:
+                _count(m, key, where, f"{at}.", -MAX_TERM_BYTES if key.startswith("residual_") else 0)
+        elif key == "config":
+            _field(m, key, dict, None, where, f"{at}.")
+        else:
+            _field(m, key, (str, int, float, bool, type(None)), None, where, f"{at}.")
+    if not isinstance(m.get("name"), str):
+        raise PlannerError(f"{where}: '{at}.name' must be a string, got {quote(m.get('name'))}")
+
+
 def _bytes(terms: dict, key: str, default: int, where: str, lo: int) -> int:
     """A byte count in [lo, MAX_TERM_BYTES]; a float with an integral value is accepted."""
     v = terms.get(key, default)
@@ -204,22 +236,23 @@ def load(name: str, directory: Path | None = None) -> DeviceProfile:
         raise PlannerError(f"--profile: unknown profile {quote(name)} (available: {', '.join(names) or 'none'}, "
                            f"or a path to a .json file)")
     where = f"--profile: {quote(str(path))}"
+    data = read_json_file(path, where, MAX_PROFILE_BYTES, "a profile")
+    return DeviceProfile.from_json(data, where)
+
+
+def read_json_file(path: Path, where: str, limit: int, what: str) -> Any:
+    """The JSON value a data file holds (never code), or one PlannerError line naming ``where``:
+    unreadable, over ``limit`` bytes, not UTF-8, not JSON, nested too deeply."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise PlannerError(f"{where} cannot be read ({exc.strerror})") from None
-    if len(raw) > MAX_PROFILE_BYTES:
-        raise PlannerError(f"{where} is {len(raw):,} bytes (valid: a profile under {MAX_PROFILE_BYTES:,} bytes)")
+    if len(raw) > limit:
+        raise PlannerError(f"{where} is {len(raw):,} bytes (valid: {what} under {limit:,} bytes)")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise PlannerError(f"{where} is not UTF-8 text (byte at offset {exc.start})") from None
-    except RecursionError:
-        raise PlannerError(f"{where} is nested too deeply to be a profile") from None
-    except ValueError as exc:  # json.JSONDecodeError, or an integer of over 4,300 digits
-        why = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "a number too long"
-        raise PlannerError(f"{where} is not valid JSON ({one_line(why, 120)})") from None
-    return DeviceProfile.from_json(data, where)
+        return parse_json(raw, what)
+    except NotData as exc:
+        raise PlannerError(f"{where} is {exc}") from None
 
 
 def for_gpu(gpu_key: str, directory: Path | None = None, basis: str = "analytic") -> DeviceProfile | None:

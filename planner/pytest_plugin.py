@@ -18,7 +18,10 @@ through the trace cache), with the step options ``batch``, ``accum``, ``precisio
 report (what grew, by category, network and module; the budget; the setup and the card).
 
 ``pytest --vram-update-baseline`` makes every ``assert_within_baseline`` write its setup's
-entry into the baseline file (created when missing) instead of comparing.
+entry into the baseline file (created when missing; the other entries kept) instead of comparing.
+
+Relative setup and baseline paths are taken from the pytest rootdir (``base_dir`` to choose
+another folder), whatever the working directory when the test runs.
 
 Importing this module is cheap (pytest loads it in every session): it imports nothing but
 pytest; vramplan's estimator, and torch for a step file, load on the first check.
@@ -31,7 +34,7 @@ from typing import Any
 
 import pytest
 
-_state: dict[str, Any] = {"update": False}
+_state: dict[str, Any] = {"update": False, "rootdir": None}
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -43,19 +46,53 @@ def pytest_addoption(parser: Any) -> None:
 
 def pytest_configure(config: Any) -> None:
     _state["update"] = bool(config.getoption("vram_update_baseline", default=False))
+    _state["rootdir"] = Path(config.rootpath)
 
 
 def pytest_unconfigure(config: Any) -> None:
     _state["update"] = False
+    _state["rootdir"] = None
+
+
+def _base(base_dir: str | Path | None) -> Path | None:
+    """Where relative paths start: ``base_dir``, else the pytest rootdir (in a pytest session),
+    else the working directory (None)."""
+    if base_dir is not None:
+        return Path(base_dir)
+    return _state["rootdir"]
 
 
 def _flags(batch: int | None, accum: int | None, precision: str | None, checkpoint: str | None,
-           knobs: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+           knobs: dict[str, Any] | list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    from planner.errors import PlannerError, quote
+
     if isinstance(knobs, dict):
+        if not all(isinstance(k, str) for k in knobs):
+            raise PlannerError(f"knobs: names must be strings, got {quote(next(k for k in knobs if not isinstance(k, str)))}")
         knob_list = [f"{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in knobs.items()]
-    else:
+    elif knobs is None or (isinstance(knobs, (list, tuple)) and all(isinstance(k, str) for k in knobs)):
         knob_list = list(knobs or [])
+    else:
+        raise PlannerError(f"knobs: {quote(knobs)} is not knobs (valid: a dict such as {{'width': 64}}, or a list of "
+                           "'name=value' strings)")
     return {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob_list or None}
+
+
+def update_command(target: Any, flags: dict[str, Any], gpu: str, baseline: str | Path, base: Path | None) -> str:
+    """The shell command that adds this setup's entry to ``baseline`` (``vramplan check
+    --update-baseline`` merges: the other entries stay), run from ``base`` when given."""
+    import shlex
+
+    from planner.check import STEP_FLAGS
+
+    words = ["vramplan", "check", target.arg]
+    if target.kind == "step":
+        for key, flag in STEP_FLAGS:
+            values = flags.get(key) if key == "knob" else [flags.get(key)]
+            words += [w for v in (values or []) if v is not None and key != "jobs" for w in (flag, str(v))]
+    words += ["--gpu", gpu, "--baseline", str(baseline), "--update-baseline"]
+    cmd = shlex.join(words)
+    return f"cd {shlex.quote(str(base))} && {cmd}" if base is not None else cmd
 
 
 def _measure(setup: str | Path, gpu: str, flags: dict[str, Any], base_dir: Path | None) -> tuple[Any, Any]:
@@ -79,7 +116,7 @@ def assert_fits(setup: str | Path, gpu: str = "24GB", margin: float = 0.05, *, b
 
     C.check_margin(margin, "margin")
     flags = _flags(batch, accum, precision, checkpoint, knobs)
-    card, m = _measure(setup, gpu, flags, Path(base_dir) if base_dir is not None else None)
+    card, m = _measure(setup, gpu, flags, _base(base_dir))
     outcome = C.judge([m], card, margin)[0]
     if not outcome.fits:
         raise AssertionError("\n".join([f"vramplan: {outcome.headline()}", C.gpu_line(card, margin),
@@ -99,7 +136,7 @@ def assert_within_baseline(setup: str | Path, baseline: str | Path = "vram.json"
     from planner import check as C
 
     C.check_tolerance(tolerance, "tolerance")
-    base = Path(base_dir) if base_dir is not None else None
+    base = _base(base_dir)
     bpath = Path(baseline)
     if base is not None and not bpath.is_absolute():
         bpath = base / bpath
@@ -115,8 +152,8 @@ def assert_within_baseline(setup: str | Path, baseline: str | Path = "vram.json"
     if m.target.name not in old.setups:
         raise AssertionError(
             f"vramplan: no baseline entry for {m.target.name!r} in {str(baseline)!r} "
-            f"(it has: {', '.join(map(repr, old.setups)) or 'none'}); write it with `pytest --vram-update-baseline` "
-            f"or `vramplan check {m.target.name} --gpu {card.key} --baseline {baseline} --update-baseline`")
+            f"(it has: {', '.join(map(repr, old.setups)) or 'none'}); add it (the others are kept) with "
+            f"`pytest --vram-update-baseline` or `{update_command(m.target, flags, card.key, baseline, base)}`")
     margin = old.margin if old.margin is not None else C.DEFAULT_MARGIN
     outcome = C.judge([m], card, margin, old, tolerance)[0]
     grown = [k for k, g in outcome.growth.items() if g["over_tolerance"]]

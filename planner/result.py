@@ -89,6 +89,11 @@ class MemoryReport:
     fragmentation_bytes: int = 0
     """Reserved minus the live (512-rounded) requests when reserved first reaches its peak:
     cached free blocks, unsplit remainders, segment and page rounding (planner/allocator.py)."""
+    free_at_allocated_peak_bytes: int = 0
+    """The allocator model's reserved minus allocated when allocated peaks: cached free blocks while the live
+    tensors peak (planner/allocator.py AllocatorStats)."""
+    largest_free_block_bytes: int = 0
+    """The largest cached free block (large pool) at that moment: a larger request needs a new segment."""
     alloc_conf: str = ""
     """The caching-allocator settings the reserved figure assumes (PYTORCH_CUDA_ALLOC_CONF
     syntax); empty: torch's defaults."""
@@ -105,6 +110,8 @@ class MemoryReport:
             "device_total_bytes": self.device_total_bytes,
             "context_bytes": self.context_bytes,
             "fragmentation_bytes": self.fragmentation_bytes,
+            "free_at_allocated_peak_bytes": self.free_at_allocated_peak_bytes,
+            "largest_free_block_bytes": self.largest_free_block_bytes,
             "alloc_conf": self.alloc_conf or "default",
             "breakdown": {
                 "by_category": dict(self.breakdown.by_category),

@@ -40,9 +40,11 @@ def reject_builtin_flags(p: dict[str, Any]) -> None:
         v = p.get(key)
         if v is None or v is False or v == []:
             continue
-        raise PlannerError(f"{'--no-' + flag[2:] if v is False else flag}: does not apply to --step ({why})")
+        raise PlannerError(f"{'--no-' + flag[2:] if v is False else flag}: does not apply to "
+                           f"{p.get('as_flag', '--step')} ({why})")
     if p.get("no_discriminator"):
-        raise PlannerError("--no-discriminator: does not apply to --step (the step file's own networks decide)")
+        raise PlannerError(f"--no-discriminator: does not apply to {p.get('as_flag', '--step')} (the step file's own "
+                           f"networks decide)")
 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:
@@ -142,8 +144,15 @@ def _print_verdict(v: Any, report: Any, ss: StepSetup, out: Any) -> None:
     style = "bold green" if v.fits else "bold red"
     out.print(f"[{style}]{v.sentence()}[/{style}] (device_total {report.device_total_bytes / 2**30:.2f} GiB)")
     out.print(f"[dim]{v.gpu.capacity_note()}[/dim]")
+    from planner.band import band_line
+
+    out.print(band_line(report, v.gpu), markup=False)
     if not v.fits:
-        out.print(f"next: vramplan recommend --step {ss.path} --gpu {v.gpu.key}", markup=False)
+        import shlex
+
+        # the --gpu as typed: an exact capacity's key is rounded to 0.01 GiB
+        out.print(f"next: vramplan recommend --step {ss.path} --gpu {shlex.quote(v.gpu.given or v.gpu.key)}",
+                  markup=False)
 
 
 def _render(report: Any, ss: StepSetup, out: Any, title: str) -> None:
@@ -168,7 +177,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     from planner import profiles
     from planner.calibrate import calibrate_step
     from planner.config import check_cuda_backend, check_gpu_flag
-    from planner.gpus import parse_gpu
+    from planner.gpus import calibration_card
 
     backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
     if backend == "cpu":
@@ -176,7 +185,7 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     check_cuda_backend(p.get("backend"), valid="fake")
     profiles.check_name(p["name"])
     check_gpu_flag(p.get("gpu"))
-    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    card = calibration_card(p.get("gpu"), backend)
     ss = step_setup(p)
     sf = _load(ss)
     ss = _filled(ss, sf)
@@ -185,17 +194,11 @@ def calibrate(p: dict[str, Any], out: Any, err: Any) -> None:
     prog, tick = _progress(err, "calibrating")
     with prog:
         prof = calibrate_step(p["name"], setups, backend, card.key if card else None, tick)
-    path = profiles.save(prof)
-    if p.get("as_json"):
-        _print_json({"path": str(path), **prof.to_json()})
+    from planner.calibrate import save_and_report
+
+    if save_and_report(prof, p.get("as_json"), out, lambda path: f"wrote {path}: {len(prof.measurements)} points "
+                       f"({'; '.join(lab for lab, _ in setups)}) of {ss.label()} on {prof.device.get('name', backend)}"):
         return
-    out.print(f"wrote {path}: {len(prof.measurements)} points ({'; '.join(lab for lab, _ in setups)}) of {ss.label()} "
-              f"on {prof.device.get('name', backend)}", markup=False)
-    out.print(f"workspace {prof.workspace_bytes:,} B; reserved = {prof.reserved_scale:.4f} x model + "
-              f"{prof.reserved_offset_bytes:,} B; context {prof.context_bytes:,} B ({prof.context_source})", markup=False)
-    r = prof.residuals
-    out.print(f"residuals: allocated max {r['allocated']['max_abs_pct']:.3f}% rms {r['allocated']['rms_pct']:.3f}%; "
-              f"reserved max {r['reserved']['max_abs_pct']:.3f}% rms {r['reserved']['rms_pct']:.3f}%")
     if backend != "cuda":
         out.print("[yellow]fake backend: each point is the step's trace against a fresh trace of itself, so the terms "
                   "are the identity; this checks the pipeline and calibrates nothing (use --backend cuda on a GPU)[/yellow]")
@@ -246,6 +249,9 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
         data["gpu"] = v.to_json() if v else None
         data["step_setup"] = ss.to_json()
         data["how"] = how
+        from planner.band import band_json
+
+        data["device_band"] = band_json(report, card)
         _print_json(data)
         return
     _render(report, ss, out, "vramplan " + ("profile" if fresh else "estimate") + f" --step ({how})")
@@ -348,7 +354,7 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                      "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
                      "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
-                     "failed": stats.failed, "seconds": round(stats.seconds, 2),
+                     "failed": stats.failed, "notes": stats.notes, "seconds": round(stats.seconds, 2),
                      "time_model": "roofline over the traced step's FLOPs and bytes, uncalibrated (relative)"})
         return
     from planner.report.text import TextTable
@@ -383,6 +389,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     out.print(t)
     for label, e in stats.failed.items():
         out.print(f"[yellow]could not trace {label}: {e}[/yellow]", markup=True)
+    for note in stats.notes:
+        out.print(f"note: {note}", markup=False)
     out.print(f"[dim]{summary}. Time per sample: roofline over the traced FLOPs and bytes ({card.name} rates), "
               f"uncalibrated, relative to 'as is'.[/dim]")
 

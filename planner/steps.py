@@ -176,6 +176,9 @@ class StepSetup:
         data = self.to_json()
         data.pop("alloc_conf")
         data["file_sha256"] = _file_digest(self.path)
+        # a knob naming a file (--model's path/to/nets.py:factory) keys the trace by that file's content too
+        data["knob_files"] = {k: _file_digest(v.split(":")[0]) for k, v in self.knobs
+                              if isinstance(v, str) and v.split(":")[0].endswith(".py")}
         data["versions"] = versions
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

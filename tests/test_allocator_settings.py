@@ -491,3 +491,21 @@ def _all_blocks(m):
         if b.next is not None:
             assert b.next.addr == b.addr + b.size and b.next.prev is b
     return blocks.values()
+
+
+# --- issue 23: the cache when the live tensors peak (not at the reserved peak) ----------------------------
+
+
+def test_free_cache_and_largest_block_at_the_allocated_peak():
+    # A 30 MiB and B 20 MiB: own segments (>= 10 MiB: rounded to 2 MiB), allocated peak 50 MiB, nothing free.
+    # Free A: a cached 30 MiB block. C 10 MiB takes it (best fit), split: 20 MiB stays free (> kSmallSize).
+    # D 25 MiB: 20 MiB is too small, a new 26 MiB segment (25 rounded up to 2 MiB), its 1 MiB remainder not
+    # split (<= kSmallSize, so allocated as part of D): allocated 20 + 10 + 26 = 56 MiB, a new peak, with
+    # reserved 30 + 20 + 26 = 76 MiB: 76 - 56 = 20 MiB free, the largest free block 20 MiB.
+    ev = [(1, 30 * MiB), (2, 20 * MiB), (1, -30 * MiB), (3, 10 * MiB), (4, 25 * MiB)]
+    for st in (replay(ev), replay(ev, config=AllocatorConfig(max_split_size_mb=1000))):
+        assert (st.peak_allocated_bytes, st.peak_reserved_bytes) == (56 * MiB, 76 * MiB)
+        assert st.free_at_allocated_peak_bytes == 20 * MiB
+        assert st.largest_free_block_at_allocated_peak_bytes == 20 * MiB
+        # the old figure, at the reserved peak: 76 MiB - (20 + 10 + 25 MiB requested) = 21 MiB
+        assert st.fragmentation_bytes == 21 * MiB

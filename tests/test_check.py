@@ -135,7 +135,7 @@ def test_update_then_unchanged_passes(repo):
     # text: every setup states what it describes and the card's capacity
     r = check(*SETUPS, "--gpu", "24GB", "--baseline", "vram.json")
     assert r.exit_code == 0, r.output
-    assert "capacity used: 23.64 GiB" in r.stdout
+    assert "capacity used: 24GB -> card sold as 24 GB: 23.64 GiB (25,383,256,719 B) as CUDA reports it" in r.stdout
     assert "setup: ldm-stage1, voxel 64x64x32, batch 1, channels [32, 64, 64]" in r.stdout
     assert "setup: step.py, batch 4, fp32" in r.stdout
     assert "result: all 3 setups pass (exit 0)" in r.stdout
@@ -180,7 +180,7 @@ def test_tolerance_lets_small_growth_pass(repo):
 
 def test_setup_that_stops_fitting_fails(repo):
     # --gpu 2.0GiB is taken literally: 2 * 2**30 B; budget int(2147483648 * (1 - 0.05)) = 2040109465 B
-    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "--gpu", "2.0GiB")
+    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "--gpu", "exact:2GiB")
     assert code == 1
     assert out["gpu"]["capacity_bytes"] == 2 * 2**30 and out["gpu"]["budget_bytes"] == 2040109465
     fits = {s["name"]: s["fits"] for s in out["setups"]}
@@ -190,13 +190,13 @@ def test_setup_that_stops_fitting_fails(repo):
     bad = out["setups"][1]
     assert bad["status"] == "fail" and bad["failures"][0].startswith("does not fit")
     # a larger margin moves the budget: 2147483648 * 0.5 = 1073741824 B
-    code, out = check_json("configs/stage1.yaml", "--gpu", "2.0GiB", "--margin", "0.5")
+    code, out = check_json("configs/stage1.yaml", "--gpu", "exact:2GiB", "--margin", "0.5")
     assert out["gpu"]["budget_bytes"] == 1073741824
     assert code == (0 if out["setups"][0]["device_total_bytes"] <= 1073741824 else 1)
 
 
 def test_update_baseline_writes_but_fails_when_not_fitting(repo):
-    r = check("configs/stage2.yaml", "--gpu", "2.0GiB", "--baseline", "vram.json", "--update-baseline")
+    r = check("configs/stage2.yaml", "--gpu", "exact:2GiB", "--baseline", "vram.json", "--update-baseline")
     assert r.exit_code == 1
     assert json.loads(Path("vram.json").read_text())["setups"]["configs/stage2.yaml"]["device_total_bytes"] > 0
     assert "DOES NOT FIT" in r.stdout
@@ -211,6 +211,8 @@ def test_new_setup_without_baseline_does_not_fail(repo):
     assert "new (no baseline)" in out["setups"][1]["message"]
 
 
+ENTRY = ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": 1, '
+         '"peak_reserved_bytes": 1, "device_total_bytes": 1, "by_category": {}, "by_network": {}, "top_modules": {}}}}')
 BAD_BASELINES = [
     ("{", "not valid JSON (line 1 column 2"),
     ("[]", "must hold a JSON object, got list"),
@@ -219,13 +221,28 @@ BAD_BASELINES = [
     ('{"version": 1, "setups": {}}', "'gpu' must be an object with a 'key' string"),
     ('{"version": 1, "gpu": {"key": "24GB"}, "setups": []}', "'setups' must be an object"),
     ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": "12"}}}',
-     "setups['a.yaml'].peak_allocated_bytes must be a non-negative integer of bytes, got '12'"),
+     "setups['a.yaml'].peak_allocated_bytes must be a positive integer of bytes, got '12'"),
     ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": 1, '
      '"peak_reserved_bytes": 1, "device_total_bytes": 1, "by_category": {"activations": -5}, "by_network": {}, '
      '"top_modules": {}}}}', "setups['a.yaml'].by_category['activations'] must be a non-negative integer"),
     ('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"a.yaml": {"setup": "x", "peak_allocated_bytes": 1, '
      '"peak_reserved_bytes": 1, "device_total_bytes": 1, "by_category": {}, "by_network": {}}}}',
      "setups['a.yaml'].top_modules must be an object"),
+    # issue 23: a value of 0 (growth would be "+inf %"), out-of-order totals, deep nesting, long numbers,
+    # unknown fields (a typo would otherwise pass unseen)
+    (ENTRY.replace('"peak_allocated_bytes": 1,', '"peak_allocated_bytes": 0,'),
+     "setups['a.yaml'].peak_allocated_bytes must be a positive integer of bytes, got 0"),
+    (ENTRY.replace('"device_total_bytes": 1,', '"device_total_bytes": -3,'), "device_total_bytes must be a positive"),
+    (ENTRY.replace('"peak_reserved_bytes": 1,', '"peak_reserved_bytes": 2,'),
+     "setups['a.yaml']: figures out of order (peak_allocated_bytes 1 <= peak_reserved_bytes 2 <= device_total_bytes 1"),
+    (ENTRY.replace('"setup": "x",', '"setup": "x", "peak_allocated_byte": 1,'),
+     "setups['a.yaml'] has unknown field 'peak_allocated_byte' (valid: setup, engine,"),
+    (ENTRY.replace('"setup": "x",', '"setup": "x", "engine": 4,'), "setups['a.yaml'].engine must be a string, got 4"),
+    (ENTRY.replace('"key": "24GB"', '"key": "24GB", "capacity_bytes": 0'), "gpu.capacity_bytes must be a positive"),
+    (ENTRY.replace('"version": 1,', '"version": 1, "tolerance": 0.5,'), "the file has unknown field 'tolerance'"),
+    pytest.param('{"version": 1, "gpu": {"key": "24GB"}, "setups": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 "nested too deeply to be a baseline", id="nested-100000"),
+    pytest.param('{"version": 1, "margin": ' + "9" * 5000 + "}", "not valid JSON (a number too long", id="5000-digits"),
 ]
 
 
@@ -310,7 +327,7 @@ def test_ci_outputs_junit_annotations_summary(repo, monkeypatch):
     assert ann[0].startswith("::error file=configs/stage1.yaml,title=vramplan check%3A memory grew::FAIL configs/stage1.yaml: ")
     assert "%25" in ann[0] and "activations +" in ann[0]  # '%' escaped as GitHub requires
     assert "[setup: ldm-stage1, voxel 64x64x32, batch 1, channels [32, 64, 128]" in ann[0]
-    assert "GPU generic 24 GB card (24GB): budget 22.46 GiB = capacity 23.64 GiB" in ann[0]
+    assert "GPU card sold as 24 GB (24GB): budget 22.46 GiB = capacity 23.64 GiB" in ann[0]
     assert ann[1].startswith("::warning file=configs/new.yaml,title=vramplan check%3A no baseline::new configs/new.yaml")
 
     md = summary.read_text()
@@ -359,3 +376,103 @@ def test_committed_project_baseline_is_valid():
     assert any(name.startswith("examples/steps/") for name in b.setups)
     assert os.path.exists(ROOT / "scripts" / "test.sh")
     assert "benchmarks/vram_baseline.json" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+# --- issue 23: baselines are never lost; one failing setup does not hide the others -----------------
+
+
+def test_valid_minimal_entry_reads(repo):
+    Path("vram.json").write_text(ENTRY)  # the base of the bad cases above is itself valid
+    from planner.check import read_baseline
+
+    assert read_baseline("vram.json").setups["a.yaml"]["device_total_bytes"] == 1
+
+
+def test_update_baseline_merges_and_says_what_changed(repo):
+    before = make_baseline()  # stage1, stage2, step.py
+    Path("configs/stage1.yaml").write_text(STAGE1.replace("[32, 64, 64]", "[32, 64, 128]"))
+    Path("configs/new.yaml").write_text(STAGE2)
+    code, out = check_json("configs/stage1.yaml", "configs/stage2.yaml", "configs/new.yaml", "--gpu", "24GB",
+                           "--baseline", "vram.json", "--update-baseline")
+    assert code == 0
+    assert out["baseline"]["changes"] == {"added": ["configs/new.yaml"], "changed": ["configs/stage1.yaml"],
+                                          "unchanged": ["configs/stage2.yaml"], "removed": [], "kept": ["step.py"]}
+    after = json.loads(Path("vram.json").read_text())["setups"]
+    assert list(after) == [*SETUPS, "configs/new.yaml"]  # nothing dropped, the new one added
+    assert after["step.py"] == before["setups"]["step.py"] and after["configs/stage2.yaml"] == after["configs/new.yaml"]
+    assert after["configs/stage1.yaml"]["peak_allocated_bytes"] > before["setups"]["configs/stage1.yaml"]["peak_allocated_bytes"]
+    r = check("configs/stage1.yaml", "--gpu", "24GB", "--baseline", "vram.json", "--update-baseline")
+    assert ("baseline: updated vram.json: added 0; changed 0; unchanged 1 (configs/stage1.yaml); removed 0; "
+            "kept 3 (configs/stage2.yaml, step.py, configs/new.yaml) not checked now (--prune-baseline removes them)"
+            in r.stdout), r.stdout
+    # removal only when asked
+    code, out = check_json("configs/stage1.yaml", "--gpu", "24GB", "--baseline", "vram.json", "--update-baseline",
+                           "--prune-baseline")
+    assert out["baseline"]["changes"]["removed"] == ["configs/stage2.yaml", "step.py", "configs/new.yaml"]
+    assert list(json.loads(Path("vram.json").read_text())["setups"]) == ["configs/stage1.yaml"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--baseline", "vram.json", "--prune-baseline"], "--prune-baseline: applies with --update-baseline"),
+    (["--baseline", "vram.json", "--update-baseline", "--tolerance", "0.1"], "--tolerance: applies to a comparison"),
+])
+def test_baseline_flags_that_would_be_ignored_are_refused(repo, args, needle):
+    r = runner.invoke(app, ["check", "configs/stage1.yaml", "--gpu", "24GB", *args])
+    assert r.exit_code == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.output
+
+
+def test_update_refuses_to_overwrite_a_baseline_it_cannot_read(repo):
+    Path("vram.json").write_text('{"version": 1, "gpu": {"key": "24GB"}, "setups": {"x": 3}}')
+    r = check("configs/stage1.yaml", "--gpu", "24GB", "--baseline", "vram.json", "--update-baseline")
+    assert r.exit_code == 2 and "setups['x'] must be an object" in r.stderr
+    assert Path("vram.json").read_text() == '{"version": 1, "gpu": {"key": "24GB"}, "setups": {"x": 3}}'
+
+
+BROKEN_STEP = STEP.replace("WIDTH", "16").replace("loss = F.mse_loss(nets[\"net\"](batch).float(), batch)",
+                                                   "loss = F.mse_loss(nets[\"net\"](batch[..., :3]).float(), batch)")
+
+
+def test_failing_step_file_is_an_error_case_beside_the_others(repo):
+    make_baseline()  # step.py now in the trace cache
+    Path("broken.py").write_text(BROKEN_STEP)  # Linear(8, w) fed 3 features: the user's code raises
+    Path("syntax.py").write_text("def networks(:\n")
+    args = [*SETUPS, "broken.py", "syntax.py", "--gpu", "24GB", "--baseline", "vram.json", "--junit", "out.xml"]
+    r = check(*args)
+    assert r.exit_code == 2, r.output
+    errs = r.stderr.splitlines()
+    assert len(errs) == 2 and all(e.startswith("error: ") for e in errs), r.stderr
+    assert errs[0].startswith("error: broken.py: step: step() raised RuntimeError: ") and "(broken.py:13)" in errs[0]
+    assert errs[1] == "error: --step: importing 'syntax.py' failed: SyntaxError: invalid syntax (syntax.py:1)"
+    assert "ok   step.py" in r.stdout and "ok   configs/stage1.yaml" in r.stdout
+    assert "ERROR broken.py\n  not measured: " in r.stdout and "ERROR syntax.py" in r.stdout
+    assert "result: 2 of 5 setups not measured, 0 failed (exit 2)" in r.stdout
+
+    suite = ET.parse("out.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("5", "0", "2")
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert list(cases) == [*SETUPS, "broken.py", "syntax.py"]
+    assert cases["broken.py"].find("error").get("message").startswith("ERROR broken.py: not measured: ")
+    assert cases["step.py"].find("error") is None and cases["step.py"].find("failure") is None
+    # every case carries a time, the cached step file's included (step files: an equal share of their traces')
+    times = {n: c.get("time") for n, c in cases.items()}
+    assert all(t is not None and float(t) >= 0 for t in times.values()), times
+    assert times["step.py"] == times["broken.py"] == times["syntax.py"]
+
+    r = check(*args, "--json")
+    out = json.loads(r.stdout)
+    assert r.exit_code == 2 and out["errors"] == 2 and out["exit_code"] == 2
+    assert [s["status"] for s in out["setups"]] == ["ok", "ok", "ok", "error", "error"]
+    # the baseline keeps what could not be measured
+    r = check(*SETUPS[:2], "broken.py", "--gpu", "24GB", "--baseline", "vram.json", "--update-baseline")
+    assert r.exit_code == 2
+    assert list(json.loads(Path("vram.json").read_text())["setups"]) == SETUPS
+
+
+def test_invalid_config_is_an_error_case_with_a_time(repo):
+    Path("configs/bad.yaml").write_text("kind: ldm-stage9\n")
+    r = check("configs/stage1.yaml", "configs/bad.yaml", "--gpu", "24GB", "--junit", "out.xml")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "configs/bad.yaml: kind: got 'ldm-stage9'" in r.stderr
+    assert "ok   configs/stage1.yaml" in r.stdout and "ERROR configs/bad.yaml" in r.stdout
+    cases = ET.parse("out.xml").getroot().find("testsuite").findall("testcase")
+    assert [c.find("error") is not None for c in cases] == [False, True]
+    assert all(float(c.get("time")) >= 0 for c in cases)

@@ -74,7 +74,7 @@ def test_estimate_path_never_imports_torch(args):
 
 def test_issue9_exact_capacity_is_taken_literally_and_printed():
     # defect 5: "--gpu 23.55GiB" is 23.55 * 2**30 = 25286619955.2 -> 25286619955 B, used as is
-    data = _json(["estimate", "--voxel", "64x64x32", "--no-perceptual", "--gpu", "23.55GiB", "--json"])
+    data = _json(["estimate", "--voxel", "64x64x32", "--no-perceptual", "--gpu", "exact:23.55GiB", "--json"])
     assert data["gpu"]["capacity_bytes"] == 25286619955
     assert data["gpu"]["capacity_source"].startswith("exact figure")
     res = runner.invoke(app, ["estimate", "--voxel", "64x64x32", "--no-perceptual", "--gpu", "rtx4090"])

@@ -600,3 +600,110 @@ def test_fuzz_calibrate_grids(tmp_path_factory, data):
             assert isinstance(label, str) and len(label) <= 80
             setup_from_dict(cfg)
     assert time.perf_counter() - t0 < SLOW_S
+
+
+# -- issue 23: --gpu sizes, OOM messages, flags accepted and ignored ---------------------------------------
+
+GPU_UNITS = ["GB", "GiB", "MB", "MiB", "B", "TB", "TiB", "KB", "KiB", "gb", "PB", ""]
+
+
+@st.composite
+def gpu_texts(draw) -> str:
+    """Sizes of every shape (whole, fractional, signed, 1 to 400 digits), bare or exact:, and junk."""
+    digits = draw(st.sampled_from([1, 2, 3, 5, 12, 17, 40, 300, 400]))
+    number = draw(st.sampled_from([
+        str(draw(st.integers(0, 10**digits))),
+        f"{draw(st.integers(0, 10**digits))}.{draw(st.integers(0, 99))}",
+        f".{draw(st.integers(0, 10**digits))}", f"-{draw(st.integers(0, 99))}", "0", "1e3", "24"]))
+    prefix = draw(st.sampled_from(["", "", "exact:", "=", "EXACT: ", "exact:exact:"]))
+    text = f"{prefix}{number}{draw(st.sampled_from(['', ' ']))}{draw(st.sampled_from(GPU_UNITS))}"
+    return text if draw(st.integers(0, 6)) else draw(st.text(max_size=20))
+
+
+@fuzz(300)
+@given(gpu_texts())
+def test_fuzz_gpu_sizes(text):
+    # one rule: a card as sold (a whole number of GiB) or exact:SIZE; anything else one line, never a traceback
+    from planner.gpus import MAX_SIZE_BYTES, parse_gpu
+
+    try:
+        gpu = parse_gpu(text)
+    except PlannerError as exc:
+        msg = str(exc)
+        assert "\n" not in msg and len(msg) <= MAX_MESSAGE + 400, msg[:200]
+        return
+    assert 0 < gpu.capacity_bytes <= MAX_SIZE_BYTES and 0 < gpu.memory_bytes <= MAX_SIZE_BYTES
+    if gpu.is_generic:
+        # the label says what it took, in GB or GiB: never a raw byte count
+        assert gpu.name.startswith(("card sold as ", "exactly ")), gpu.name
+        assert not any(len(tok) >= 10 and tok.replace(",", "").isdigit() for tok in gpu.label.split()), gpu.label
+        if gpu.name.startswith("card sold as "):
+            assert gpu.memory_bytes % 2**30 == 0
+        else:
+            assert gpu.capacity_bytes == gpu.memory_bytes
+
+
+def test_gpu_with_300_digits_is_one_line_on_the_command_line():
+    # issue 23: OverflowError before
+    one_error(["estimate", *SMALL, "--gpu", "9" * 300 + "GB"], "--gpu")
+    one_error(["estimate", *SMALL, "--gpu", "23.55GiB"], "exact:23.55GiB")
+
+
+OOM_2X = ("torch.OutOfMemoryError: {prefix}Tried to allocate {req}. GPU 0 has a total capacity of {cap} of which "
+          "{free} is free. {procs}Including non-PyTorch memory, this process has {in_use} memory in use. Of the "
+          "allocated memory {alloc} is allocated by PyTorch, and {unalloc} is reserved by PyTorch but unallocated.")
+OOM_1X = ("RuntimeError: {prefix}Tried to allocate {req} (GPU 0; {cap} total capacity; {alloc} already allocated; "
+          "{free} free; {reserved} reserved in total by PyTorch)")
+
+
+@st.composite
+def oom_size(draw) -> str:
+    digits = draw(st.sampled_from([1, 2, 3, 4, 13, 60, 50_000]))
+    whole = draw(st.sampled_from(["0", "1", "9" * digits, str(draw(st.integers(0, 2000)))]))
+    unit = draw(st.sampled_from(["bytes", "KiB", "MiB", "GiB", "TiB"]))
+    return f"{whole} {unit}" if unit == "bytes" else f"{whole}.{draw(st.integers(0, 99)):02d} {unit}"
+
+
+@st.composite
+def oom_texts(draw) -> str:
+    sizes = {k: draw(oom_size()) for k in ("req", "cap", "free", "in_use", "alloc", "unalloc", "reserved")}
+    procs = "".join(f"Process {draw(st.integers(1, 10**6))} has {draw(oom_size())} memory in use. "
+                    for _ in range(draw(st.integers(0, 2))))
+    prefix = draw(st.sampled_from(["CUDA out of memory. ", "HIP out of memory. ", ""]))
+    text = draw(st.sampled_from([OOM_2X, OOM_1X])).format(prefix=prefix, procs=procs, **sizes)
+    for _ in range(draw(st.integers(0, 3))):  # terminal wraps at random columns
+        i = draw(st.integers(0, len(text) - 1))
+        text = text[:i] + "\n" + text[i:]
+    return text
+
+
+@fuzz(150)
+@given(oom_texts())
+def test_fuzz_oom_messages(text):
+    # a report whose figures can be true, or one line: never a traceback, never an impossible figure
+    from planner.oom import causes, explain, parse_oom, problems
+
+    t0 = time.perf_counter()
+    try:
+        r = parse_oom(text)
+    except PlannerError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) <= MAX_MESSAGE + 400
+        return
+    assert time.perf_counter() - t0 < 2.0
+    assert problems(r) == []
+    assert r.reserved_unallocated_bytes is None or r.reserved_unallocated_bytes >= 0
+    assert causes(r) and all("\n" not in ln for ln in explain(r))
+
+
+def test_fuzz_oom_classes_on_the_command_line():
+    one_error(["oom", f"CUDA out of memory. Tried to allocate {'7' * 50_000}.00 MiB (GPU 0; 8.00 GiB total "
+               "capacity; 1.00 GiB already allocated; 0 bytes free; 1.00 GiB reserved in total by PyTorch)"], "MESSAGE")
+    msg = ("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.93 GiB total capacity; 2.81 GiB already "
+           "allocated; 25.38 MiB free; 3.06 GiB reserved in total by PyTorch)")
+    one_error(["oom", msg, "--margin", "0.1"], "--margin: only used with a setup")
+    one_error(["oom", msg.replace("3.06 GiB reserved", "1.06 GiB reserved")], "contradict")
+
+
+def test_calibrate_and_timeline_gpu_are_not_ignored(tmp_path):
+    grid = write(tmp_path / "grid.yaml", "[{data: {voxel_size: [32, 32, 32]}}]\n")
+    one_error(["calibrate", "--name", "fuzz", "--gpu", "rtx4090", "--grid", str(grid)], "only with --backend cuda")

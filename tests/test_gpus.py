@@ -42,44 +42,57 @@ def test_marketed_gb(text):
     assert gpu.is_generic
 
 
-@pytest.mark.parametrize("text", ["24GiB", "24 GiB", "24gib", "24GIB"])
+@pytest.mark.parametrize("text", ["24GiB", "24 GiB", "24gib", "24GIB", "24576MiB", "24576MB", "24.0GB", "24.00GiB"])
 def test_binary_gib(text):
-    # "24GiB" names the same size class as "24GB" (a card's "GB" is GiB)
+    # The one rule (planner/gpu_rule.py): a bare size is a card as sold, a vendor's GB being GiB,
+    # so every spelling of 24 GiB names the card sold as 24 GB (before issue 23, "24576MiB" and
+    # "24.0GB" were exact figures while "24GiB" was the card: the rule changed here)
     gpu = parse_gpu(text)
     assert gpu.memory_bytes == 25769803776  # 24 * 2**30 = 25769803776
     assert gpu.capacity_bytes == 25383256719  # 23.64 GiB, as for "24GB"
-    assert gpu.key == "24GiB"
+    assert gpu.key == "24GB" and gpu.name == "card sold as 24 GB"
     assert gpu.bf16 is False
+    # the output names what it took
+    assert gpu.capacity_note().startswith(f"capacity used: {text} -> card sold as 24 GB: 23.64 GiB (25,383,256,719 B) "
+                                          "as CUDA reports it")
 
 
-def test_fractional_gib_rounds_to_nearest_byte():
-    gpu = parse_gpu("23.55GiB")
-    # 23.55 * 2**30 = 25286619955.2 -> nearest byte 25286619955; an exact figure is taken literally
-    assert gpu.memory_bytes == 25286619955
-    assert gpu.capacity_bytes == 25286619955
-    assert gpu.capacity_source.startswith("exact figure as given")
-    assert gpu.key == "23.55GiB"
+def test_exact_fractional_gib_rounds_to_nearest_byte():
+    for text in ("exact:23.55GiB", "=23.55GiB", "EXACT: 23.550 gib"):
+        gpu = parse_gpu(text)
+        # 23.55 * 2**30 = 25286619955.2 -> nearest byte 25286619955; an exact figure is taken literally
+        assert gpu.memory_bytes == gpu.capacity_bytes == 25286619955
+        assert gpu.capacity_source.startswith("exact figure as given")
+        assert gpu.key == "exact:23.55GiB" and gpu.name == "exactly 23.55 GiB"
+    assert parse_gpu("exact:23.55GiB").capacity_note() == (
+        "capacity used: exact:23.55GiB -> exactly 23.55 GiB (25,286,619,955 B) as CUDA reports it; "
+        "source: exact figure as given (--gpu exact:23.55GiB)")
 
 
-def test_fractional_gb():
-    # 0.5 * 10**9 = 500000000
-    assert parse_gpu("0.5GB").memory_bytes == 500000000
-    # 10.75 * 10**9 = 10750000000
-    assert parse_gpu("10.75 GB").memory_bytes == 10750000000
+def test_exact_si_units_are_decimal():
+    # 0.5 * 10**9 = 500000000; 10.75 * 10**9 = 10750000000; 24.0 * 10**9 = 24000000000
+    assert parse_gpu("exact:0.5GB").memory_bytes == 500000000
+    assert parse_gpu("exact:10.75 GB").memory_bytes == 10750000000
+    assert parse_gpu("exact:24.0GB").capacity_bytes == 24000000000
+    assert parse_gpu("exact:100GiB").key == "exact:100GiB"  # not "1E+2GiB"
 
 
-def test_trailing_zeros_normalised_in_key():
-    # a decimal point makes it an exact figure: 24.0 * 10**9 = 24000000000 B, taken literally
-    gpu = parse_gpu("24.0GB")
-    assert gpu.memory_bytes == gpu.capacity_bytes == 24000000000
-    assert gpu.key == "24.0GB"  # not "24GB", which is the marketed size class
-    assert parse_gpu("23.550GiB").key == "23.55GiB"
-    assert parse_gpu("100GiB").key == "100GiB"  # not "1E+2GiB"
-
-
-def test_exact_bytes_taken_literally():
-    gpu = parse_gpu("25769803776B")
+def test_exact_bytes_taken_literally_and_labelled_in_gib():
+    gpu = parse_gpu("exact:25769803776B")
     assert gpu.memory_bytes == gpu.capacity_bytes == 25769803776
+    # labels never show raw bytes: 25769803776 / 2**30 = 24.00 GiB
+    assert gpu.key == "exact:24.00GiB" and gpu.label == "exactly 24.00 GiB"
+
+
+@pytest.mark.parametrize("text, exact", [("23.55GiB", "exact:23.55GiB"), (".5GB", "exact:.5GB"),
+                                         ("24000MB", "exact:24000MB"), ("10.75 GB", "exact:10.75 GB"),
+                                         ("25769803775B", "exact:25769803775B")])
+def test_bare_size_that_is_no_card_as_sold_names_the_exact_spelling(text, exact):
+    # before issue 23 these were silently exact figures; a bare size is now always a card as sold
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(text)
+    msg = str(err.value)
+    assert "\n" not in msg and repr(text) in msg and f"write {exact}" in msg
 
 
 def test_marketed_size_without_a_sourced_card_is_an_assumption():
@@ -94,22 +107,35 @@ def test_marketed_size_without_a_sourced_card_is_an_assumption():
     assert 0.97 < ESTIMATE_RATIO < 0.99
 
 
-def test_mib_and_mb():
-    # MB / MiB figures are exact: nvidia-smi total of an H200: 143771 * 2**20 = 150754820096
-    assert parse_gpu("143771MiB").memory_bytes == 150754820096
-    assert parse_gpu("143771MiB").capacity_bytes == 150754820096
+def test_exact_mib_and_mb():
+    # nvidia-smi total of an H200: 143771 * 2**20 = 150754820096
+    assert parse_gpu("exact:143771MiB").memory_bytes == 150754820096
+    assert parse_gpu("exact:143771MiB").capacity_bytes == 150754820096
     # 24000 * 10**6 = 24000000000
-    assert parse_gpu("24000MB").capacity_bytes == 24000000000
+    assert parse_gpu("exact:24000MB").capacity_bytes == 24000000000
+    # a bare MB is the vendor's (binary): 8192 MB on the box = 8 GiB = the card sold as 8 GB
+    assert parse_gpu("8192MB").key == "8GB"
 
 
-@pytest.mark.parametrize("text", ["0GB", "0 GiB", "0.0GiB", "-24GB", "-1 GiB", "0.0000000001GB"])
+@pytest.mark.parametrize("text", ["0GB", "0 GiB", "0.0GiB", "-24GB", "-1 GiB", "0.0000000001GB", "exact:0B",
+                                  "exact:-1GiB", "exact:0.1B"])
 def test_non_positive_sizes_rejected(text):
     with pytest.raises(PlannerError) as err:
         parse_gpu(text)
     msg = str(err.value)
     assert repr(text) in msg
     assert "\n" not in msg
-    assert "24GB" in msg and "24GiB" in msg
+    assert "24GB" in msg and "exact:23.55GiB" in msg
+
+
+@pytest.mark.parametrize("text", ["1" * 300 + "GB", "exact:" + "9" * 30 + "B", "2000000GB", "exact:2000TiB",
+                                  "exact:1126000000000000001B"])
+def test_absurd_sizes_are_one_line(text):
+    # issue 23: "--gpu <300 digits>GB" raised OverflowError; 2**50 B = 1,048,576 GiB is the most accepted
+    with pytest.raises(PlannerError) as err:
+        parse_gpu(text)
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 300 and "at most 1,048,576 GiB" in msg
 
 
 # --- catalog lookups ------------------------------------------------------------
@@ -200,7 +226,7 @@ def test_unknown_gpu(text):
     msg = str(err.value)
     assert msg.startswith(f"unknown GPU {text!r}")
     assert "\n" not in msg
-    assert "24GB" in msg and "24GiB" in msg
+    assert "24GB" in msg and "exact:23.55GiB" in msg
     assert "rtx4090" in msg and "h100-sxm" in msg  # lists the catalog keys
 
 
@@ -208,7 +234,7 @@ def test_unknown_message_exact_start():
     with pytest.raises(PlannerError) as err:
         parse_gpu("rtx9999")
     assert str(err.value).startswith(
-        "unknown GPU 'rtx9999': give a size like 24GB or 24GiB, or one of: gtx1080ti, rtx2080ti,"
+        "unknown GPU 'rtx9999': give a size as sold like 24GB, an exact capacity like exact:23.55GiB, or one of: gtx1080ti, rtx2080ti,"
     )
 
 
@@ -389,3 +415,48 @@ def test_marketed_classes():
     assert parse_gpu("80GB").capacity_bytes == int((round(79.11 * GIB) + round(79.25 * GIB)) / 2)
     # 12 GB: median(rtx4070ti 11.70, rtx3060 11.76) = 11.73 GiB
     assert abs(parse_gpu("12GiB").capacity_bytes / GIB - 11.73) < 0.005
+
+
+# --- issue 23: --gpu accepted and ignored -------------------------------------------------------
+
+
+def test_calibrate_gpu_needs_the_cuda_backend_and_a_catalog_card():
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from planner.gpus import calibration_card
+
+    # fake backend: the profile is never picked by --gpu (profiles.for_gpu takes hardware profiles only)
+    res = CliRunner().invoke(app, ["calibrate", "--name", "x", "--gpu", "rtx4090"])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: --gpu: only with --backend cuda"), res.output
+    with pytest.raises(PlannerError, match="not a size"):
+        calibration_card("24GB", "cuda")
+    assert calibration_card("rtx4090", "cuda").key == "rtx4090"
+    assert calibration_card(None, "fake") is None
+
+
+def test_timeline_draws_the_cards_capacity_labelled_by_name():
+    from planner.report import plot as P
+
+    card = parse_gpu("exact:25769803776B")
+    points = [(0, {"activations": 2**30}), (1, {"activations": 2 * 2**30})]
+    fig = P.timeline_figure(points, [(0, "forward")], 1, gpus=[card])
+    ax = fig.axes[0]
+    # the capacity line at 25769803776 / 2**30 = 24.0 GiB, and the axis reaches it
+    assert any(list(line.get_ydata()) == [24.0, 24.0] for line in ax.get_lines())
+    assert ax.get_ylim()[1] >= 24.0
+    labels = [t.get_text() for t in ax.texts]
+    assert "exactly 24.00 GiB (24.00 GiB CUDA-reported)" in labels
+    assert not any("25769803776" in t for t in labels)  # never raw bytes
+
+
+@pytest.mark.parametrize("command", ["profile", "estimate", "recommend", "table", "plot", "oom", "check"])
+def test_every_gpu_flag_states_the_one_rule(command):
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.split())
+    assert "A bare size is a card as sold, a whole number of GB" in text and "exact:SIZE is exactly that capacity" in text

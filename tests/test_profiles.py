@@ -57,3 +57,32 @@ def test_save_load_roundtrip_and_unknown(tmp_path):
     assert load("rt", tmp_path).workspace_bytes == 5
     with pytest.raises(PlannerError, match="unknown profile 'nope'"):
         load("nope", tmp_path)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["measurements"].__setitem__(0, [1]), "'measurements[0]' must be an object"),
+    (lambda d: d["measurements"][3].__setitem__("measured_allocated_bytes", "5"),
+     "'measurements[3].measured_allocated_bytes' must be a whole number in 0.."),
+    (lambda d: d["measurements"][3].__setitem__("measured_reserved_bytes", -1), "measured_reserved_bytes"),
+    (lambda d: d["measurements"][3].__setitem__("config", "s1.yaml"), "'measurements[3].config' must be an object"),
+    (lambda d: d["measurements"][3].pop("name"), "'measurements[3].name' must be a string"),
+    (lambda d: d["measurements"][3].__setitem__("note", {"a": 1}), "'measurements[3].note' must be"),
+    (lambda d: d["residuals"]["allocated"].__setitem__("max_abs_pct", "0.1"),
+     "'residuals.allocated.max_abs_pct' must be a finite number"),
+    (lambda d: d["residuals"].__setitem__("points", 4.5), "'residuals.points' must be a whole number"),
+    (lambda d: d["device"].__setitem__("machine", ["x86_64"]), "'device.machine' must be"),
+])
+def test_profile_fields_are_checked_one_by_one(tmp_path, edit, fragment):
+    """The shipped profile with one field broken: one PlannerError naming the file and the field
+    (the measurement points and residuals included, not only the fitted terms)."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "profiles" / "fake.json").read_text())
+    load(str(Path(__file__).resolve().parents[1] / "profiles" / "fake.json"))  # valid as shipped
+    edit(data)
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlannerError, match="broken.json") as info:
+        load(str(path))
+    assert fragment in str(info.value) and "\n" not in str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,7 +67,7 @@ def test_update_then_pass_then_regression_fails(user):
     # first run: no baseline file -> the baseline tests fail with how to make it
     res = user.runpytest("-q")
     res.assert_outcomes(passed=1, failed=2)
-    res.stdout.fnmatch_lines(["*baseline: no such file 'vram.json' (make it with pytest --vram-update-baseline)*"])
+    res.stdout.fnmatch_lines(["*baseline: no such file '*/vram.json' (make it with pytest --vram-update-baseline)*"])  # from the rootdir
 
     res = user.runpytest("-q", "--vram-update-baseline")
     res.assert_outcomes(passed=3)
@@ -93,14 +94,14 @@ def test_assert_fits_failure_message(user):
         from planner.pytest_plugin import assert_fits
 
         def test_stage2_on_a_small_card():
-            assert_fits("configs/stage2.yaml", gpu="2.0GiB")
+            assert_fits("configs/stage2.yaml", gpu="exact:2GiB")
     """)
     res = user.runpytest("-q", "test_fit.py")
     res.assert_outcomes(failed=1)
     text = res.stdout.str()
     # budget int(2 * 2**30 * 0.95) = 2040109465 B = 1.90 GiB
     assert "vramplan: FAIL configs/stage2.yaml: does not fit" in text and "budget 1.90 GiB" in text
-    assert "capacity used: 2.00 GiB (2147483648 B)" in text
+    assert "capacity used: exact:2GiB -> exactly 2.00 GiB (2,147,483,648 B) as CUDA reports it" in text
     assert "setup: ldm-stage2" in text
 
 
@@ -115,6 +116,83 @@ def test_missing_entry_says_how_to_add_it(user):
     res = user.runpytest("-q", "test_more.py")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*no baseline entry for 'configs/stage2.yaml' in 'vram.json'*--vram-update-baseline*"])
+
+
+def _hinted_command(text: str) -> list[str]:
+    """The `cd ROOT && vramplan check ...` command a missing-entry message offers, as argv for
+    the CLI (run from ROOT)."""
+    import re
+    import shlex
+
+    (cmd,) = re.findall(r"`(cd [^`]*)`", text)
+    cd, check = cmd.split(" && ")
+    assert shlex.split(cd)[1] == str(Path.cwd()), cd
+    argv = shlex.split(check)
+    assert argv[:2] == ["vramplan", "check"]
+    return argv[1:]
+
+
+def test_missing_entry_command_keeps_the_other_entries(user, monkeypatch):
+    """Issue 23: the offered command adds the missing entry and drops nothing (it rewrote the
+    file with that one setup before: 2 entries -> 1)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    (user.path / "configs" / "other.yaml").write_text(STAGE2)
+    user.makepyfile(test_other="""
+        from planner.pytest_plugin import assert_within_baseline
+
+        def test_other():
+            assert_within_baseline("configs/other.yaml", baseline="vram.json")
+    """)
+    user.runpytest("-q", "--vram-update-baseline", "-k", "stage1_within or test_other")
+    two = list(json.loads((user.path / "vram.json").read_text())["setups"])
+    assert sorted(two) == ["configs/other.yaml", "configs/stage1.yaml"]
+    monkeypatch.chdir(user.path)
+    res = user.runpytest("-q", "-k", "step_within")  # the step file with knobs, not in the baseline
+    res.assert_outcomes(failed=1, deselected=3)
+    argv = _hinted_command(res.stdout.str())
+    assert argv == ["check", "step.py", "--batch", "2", "--knob", "width=32", "--gpu", "24GB", "--baseline",
+                    "vram.json", "--update-baseline"]
+    r = CliRunner().invoke(app, [*argv, "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "added 1 (step.py --batch 2 --knob width=32)" in r.stdout
+    assert list(json.loads((user.path / "vram.json").read_text())["setups"]) == [*two, "step.py --batch 2 --knob width=32"]
+    user.runpytest("-q", "-k", "step_within").assert_outcomes(passed=1, deselected=3)
+
+
+def test_paths_are_from_the_rootdir_whatever_the_working_directory(user):
+    (user.path / "elsewhere").mkdir()
+    user.makepyfile(test_cwd="""
+        import os
+
+        from planner.pytest_plugin import assert_fits
+
+
+        def test_from_a_subfolder():
+            os.chdir("elsewhere")
+            assert assert_fits("configs/stage1.yaml", gpu="24GB").fits
+    """)
+    user.runpytest("-q", "test_cwd.py").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("knobs, needle", [
+    (5, "knobs: 5 is not knobs (valid: a dict such as {'width': 64}, or a list of 'name=value' strings)"),
+    ("width=3", "knobs: 'width=3' is not knobs"),
+    ([3], "knobs: [3] is not knobs"),
+    ({3: 1}, "knobs: names must be strings, got 3"),
+])
+def test_knobs_that_are_not_knobs_name_the_argument(knobs, needle):
+    from planner.errors import PlannerError
+    from planner.pytest_plugin import assert_fits, assert_within_baseline
+
+    for call in (assert_fits, assert_within_baseline):
+        with pytest.raises(PlannerError) as info:
+            call("step.py", knobs=knobs)
+        assert str(info.value) == needle or str(info.value).startswith(needle), str(info.value)
 
 
 def test_plugin_is_registered_by_entry_point(user):

@@ -135,7 +135,7 @@ def test_issue9_stage2_max_voxel_steps_by_the_unet_constraint():
     need16 = estimate(cube).device_total_bytes
     need32 = estimate(replace_voxel(cube, (32, 32, 32))).device_total_bytes
     assert need32 > need16 + 1
-    card = parse_gpu(f"{need16 + 1}B")  # a figure in bytes is taken literally
+    card = parse_gpu(f"exact:{need16 + 1}B")  # exact: a figure in bytes taken literally
     assert card.capacity_bytes == need16 + 1
     res = max_voxel(cube, card, margin=0.0)
     assert res.value == (16, 16, 16)
@@ -218,5 +218,5 @@ def test_issue9_cli_names_smaller_sizes_that_do_not_fit(monkeypatch):
     assert data["max_batch"] == 80 and data["smaller_not_fitting"] == [75] and data["capped"] is False
     res = CliRunner().invoke(app, ["recommend", "--max-batch", "--voxel", "32x32x32", "--gpu", "80GB"])
     out = " ".join(res.stdout.split())
-    assert "largest batch that fits generic 80 GB card: 80" in out
+    assert "largest batch that fits card sold as 80 GB: 80" in out
     assert "smaller sizes that do NOT fit" in out and "75" in out

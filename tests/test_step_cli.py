@@ -213,7 +213,7 @@ def test_max_gpus_says_when_more_gpus_do_not_help():
     # batch 4: 1 GPU tries micro-batch 4, 2, 1; 2 GPUs (per rank 2) 2, 1 for each strategy; 4
     # GPUs (per rank 1) 1 for each; 8 does not divide 4 -> 3 + 3 x 2 + 3 = 12 traced setups
     r = runner.invoke(app, ["recommend", "--step", TEMPLATE, "--knob", "width=64", "--batch", "4", "--max-gpus", "8",
-                            "--gpu", "0.4GiB", "--jobs", "1", "--json"])
+                            "--gpu", "exact:0.4GiB", "--jobs", "1", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["answer"] is None

@@ -100,13 +100,14 @@ def test_fp32_adamw_peak_is_the_optimizer_step_to_the_byte(steps):
     assert rec.params == {"net": 279_936}  # 2 * (128*512 + 512 + 512*128 + 128) + 128*128 + 128
     assert rec.tracker.peak_phase == "optimizer"
     # activations still referenced at the step: x and y (64*128*4 = 32,768 each), the step's
-    # local `out` (32,768) and the loss (4 B -> 512)
-    acts = 3 * 64 * 128 * 4 + 512
+    # local `out` (32,768) and the loss, whose 0-dim result keeps mse_loss's unreduced storage
+    # (64*128*4 = 32,768; planner/measure/tracker.py REDUCED_LOSSES)
+    acts = 4 * 64 * 128 * 4
     # parameters, gradients (set_to_none at zero_grad, all back after backward), exp_avg +
     # exp_avg_sq, one parameter-sized _foreach_sqrt temporary
     assert c == {"parameters": P32, "gradients": P32, "optimizer_state": 2 * P32, "temporaries": P32,
                  "activations": acts}
-    assert rec.tracker.peak_bytes == 5 * P32 + acts == 5_697_536
+    assert rec.tracker.peak_bytes == 5 * P32 + acts == 5_729_792
     assert rec.setup["precision"] == "fp32" and rec.setup["optimizers"] == {"net": "AdamW"}
 
 
@@ -139,7 +140,7 @@ def test_fp16_master_weights_half_model_fp32_masters_half_grads_kept(steps):
     assert c16["temporaries"] == c32["temporaries"] == P32
     # activations: x, y, the forward's output cast back to fp32 (apex O2's patch_forward) and
     # the loss, as in fp32
-    assert c16["activations"] == c32["activations"] == 3 * 64 * 128 * 4 + 512
+    assert c16["activations"] == c32["activations"] == 4 * 64 * 128 * 4  # the loss: 64*128*4 (REDUCED_LOSSES)
     assert half.tracker.peak_bytes - fp32.tracker.peak_bytes == 2 * P16 == 1_121_280
 
 
@@ -221,7 +222,7 @@ def test_optimizer_sgd_replaces_adamw_one_momentum_buffer(steps):
     assert sgd.setup["optimizers"] == {"net": "SGD"} and adamw.setup["optimizers"] == {"net": "AdamW"}
     assert _cats(sgd)["optimizer_state"] == P32
     assert _cats(adamw)["optimizer_state"] == 2 * P32
-    acts = 3 * 64 * 128 * 4 + 512
+    acts = 4 * 64 * 128 * 4  # x, y, out and the loss's unreduced storage (REDUCED_LOSSES)
     assert _cats(sgd) == {"parameters": P32, "gradients": P32, "optimizer_state": P32, "temporaries": P32,
                           "activations": acts}
     assert adamw.tracker.peak_bytes - sgd.tracker.peak_bytes == P32
@@ -247,7 +248,7 @@ def test_knob_overrides_the_factory_default(steps):
     assert rec.setup["knobs"] == {"classes": 0, "depth": 2, "hidden": 512, "width": 256}
     # width is a knob of networks() and batch() both: the batch follows (x, y: 64 x 256 fp32)
     assert _cats(rec)["parameters"] == _bytes(_shapes(width=256), 4)
-    assert _cats(rec)["activations"] == 3 * 64 * 256 * 4 + 512
+    assert _cats(rec)["activations"] == 4 * 64 * 256 * 4  # x, y, out, the loss (REDUCED_LOSSES)
 
 
 def test_unknown_knob_names_the_valid_ones(steps):
@@ -273,7 +274,7 @@ def test_amp_step_without_vp_autocast(steps):
     with pytest.raises(PlannerError, match=r"--precision amp-bf16: the step never enters vp.autocast\(\)"):
         _run(steps["no_autocast"], precision="amp-bf16")
     # fp32 has nothing to apply there: the same step traces
-    assert _run(steps["no_autocast"]).tracker.peak_bytes == 5_697_536
+    assert _run(steps["no_autocast"]).tracker.peak_bytes == 5_729_792
 
 
 # --- FLOP counting -------------------------------------------------------------------------------

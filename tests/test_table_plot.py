@@ -67,7 +67,7 @@ def test_scaling_figure_marks_crossings():
     xs = [1e5, 1e6, 1e7]
     ys = [1 * 2**30, 10 * 2**30, 100 * 2**30]
     # "24.0GiB" is an exact capacity of 24 GiB ("24GiB" would be the marketed class, 23.64 GiB)
-    fig = P.scaling_figure({"cfg": (xs, ys)}, [parse_gpu("24.0GiB")], "voxels")
+    fig = P.scaling_figure({"cfg": (xs, ys)}, [parse_gpu("exact:24GiB")], "voxels")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     # y = x / 1e5 GiB in log-log: crosses 24 GiB at x = 2.4e6

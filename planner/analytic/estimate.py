@@ -136,6 +136,8 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup:
         device="analytic (no GPU, no torch)",
         extra=extra,
         fragmentation_bytes=alloc.fragmentation_bytes,
+        free_at_allocated_peak_bytes=alloc.free_at_allocated_peak_bytes,
+        largest_free_block_bytes=alloc.largest_free_block_at_allocated_peak_bytes,
         alloc_conf=conf,
         notes=(
             "peak_allocated: simulated op by op (tensor shapes, what autograd saves, CUDA autocast), "

@@ -716,9 +716,17 @@ def l1_loss(a: T, b: T) -> T:
 
 
 def mse_loss(a: T, b: T) -> T:
-    """aten.mse_loss (autocast fp32): saves self and target; mse_loss_backward."""
+    """aten.mse_loss (autocast fp32): saves self and target; mse_loss_backward.
+
+    The reduced result keeps the unreduced loss's storage, and the impl computes into a second
+    unreduced tensor that it frees on return (``planner.measure.tracker.REDUCED_LOSSES``:
+    ``TORCH_META_FUNC(mse_loss)`` sizes the output as the broadcast op and ``resize_({})``s it)."""
     a, b = ac_fp32(a, b)
-    out = _new((), a.dtype, "mse_loss")
+    full = prod(_broadcast(a.shape, b.shape))
+    unreduced = _new((full,), a.dtype, "mse_loss")
+    out = _new((full,), a.dtype, "mse_loss")
+    out.shape = ()
+    del unreduced
     ash, adt = a.shape, a.dtype
     need_b = b.requires_grad
 
@@ -729,6 +737,12 @@ def mse_loss(a: T, b: T) -> T:
 
     S.record("MseLossBackward0", [a, b], [out], bwd, (a, b))
     return out
+
+
+def _broadcast(a: tuple, b: tuple) -> tuple:
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return tuple(max(x, y) for x, y in zip(a, b))
 
 
 def scalar_tensor(dtype: str = "f32", op: str = "lift_fresh") -> T:

@@ -291,6 +291,10 @@ def _clip(text: str, limit: int) -> str:
 
 def _classify(exc: BaseException) -> tuple[str, str] | None:
     """(kind, op) for the exceptions of this family; op may be '' (not known)."""
+    from planner.measure.values import DataDependentSize
+
+    if isinstance(exc, DataDependentSize):
+        return "size", "aten::_local_scalar_dense"
     if isinstance(exc, DynamicOutputShapeException):
         return "shape", _op_name(exc.func)
     if isinstance(exc, DataDependentOutputException):
@@ -337,7 +341,7 @@ def explain(exc: BaseException, where: OpSite | str | None = None, origin: str =
         return None
     err, (kind, op) = found
     site_op, module = next((getattr(e, _SITE) for e in (err, *chain) if getattr(e, _SITE, None)), ("", ""))
-    if site_op and not site_op.startswith("prim::") and kind != "cuda":
+    if site_op and not site_op.startswith("prim::") and kind not in ("cuda", "size"):
         op = site_op  # what the user's code called: aten::index for x[mask], not its inner nonzero
     module = module or (where if isinstance(where, str) else "")
     line = user_frame(err) or user_frame(exc)
@@ -347,7 +351,11 @@ def explain(exc: BaseException, where: OpSite | str | None = None, origin: str =
     what, hint = _HINTS.get(op, ("", None))
     name = op or "an operator"
     declare = f'DECLARE = {{"{op or "namespace::op"}": {hint or _schema_hint(op)}}}'
-    if kind == "shape":
+    if kind == "size":
+        text = (f"a size computed from a value read from data (.item() at {err.read_at}) reaches {err.func}{at}, "
+                f"and a trace without data cannot know it; declare a typical value in {declare_in}: "
+                f'DECLARE = {{"aten::_local_scalar_dense": lambda x: N}}')
+    elif kind == "shape":
         text = (f"{name}{what} has a data-dependent output shape, which a trace without data cannot know{at}; "
                 f"declare its output (N: a typical size) in {declare_in}: {declare}")
     elif kind == "value" and op == "aten::_local_scalar_dense":

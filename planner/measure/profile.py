@@ -72,6 +72,8 @@ def report_from(record: "StepRecord", backend: str, conf: str, seconds: float, *
                "workspace_inputs": {"conv_io_max_bytes": tr.conv_io_max,
                                     "attention_calls": [list(c) for c in tr.attention_calls]}},
         fragmentation_bytes=alloc.fragmentation_bytes,
+        free_at_allocated_peak_bytes=alloc.free_at_allocated_peak_bytes,
+        largest_free_block_bytes=alloc.largest_free_block_at_allocated_peak_bytes,
         alloc_conf=conf,
         setup=dict(record.setup),
     )

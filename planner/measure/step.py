@@ -317,7 +317,9 @@ def run_step(
     if backend == "fake":
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        outer: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        from planner.measure.values import fake_mode_with_values
+
+        outer: Any = fake_mode_with_values(FakeTensorMode(allow_non_fake_inputs=True))
         emulation: Any = CudaEmulation(sdpa=True, cudnn_layout=cudnn_layout)
     elif backend == "cpu":
         outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False, cudnn_layout=False)
@@ -571,6 +573,9 @@ def _optimizer_step(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, sca
 
 
 def _record(tracker: LiveStorageTracker, log: _EventLog, roots: dict[str, torch.nn.Module], it2: int) -> StepRecord:
+    from planner.measure.values import active_notes
+
+    tracker.notes.extend(n for n in active_notes() if n not in tracker.notes)
     return StepRecord(
         tracker=tracker.result(),
         events=list(log.events),

@@ -471,7 +471,9 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     if backend == "fake":
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        outer: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        from planner.measure.values import fake_mode_with_values
+
+        outer: Any = fake_mode_with_values(FakeTensorMode(allow_non_fake_inputs=True), getattr(sf.module, "DECLARE", None))
         emulation: Any = CudaEmulation(sdpa=True, cudnn_layout=True)
     elif backend == "cpu":
         outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False, cudnn_layout=False)

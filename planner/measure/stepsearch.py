@@ -30,6 +30,7 @@ from planner.gpus import GPU
 from planner.gpusearch import GpuOption, search
 from planner.recommend import SAFETY, TIER_NAMES, SizeSearch, _check_margin, _largest
 from planner.result import MemoryReport
+from planner.measure.precision_note import amp_costs_more, precision_pair
 from planner.steps import PRECISION_HELP, StepSetup, show_value
 
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
@@ -83,6 +84,7 @@ class Stats:
     predicted: int = 0
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the search's traces show (AMP costing memory)
 
 
 def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
@@ -372,6 +374,12 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
             if rest:
                 _verify(ev, [min(rest, key=lambda c: c.total)])
         stats = ev.stats
+        pair = precision_pair(cands)
+        if pair is not None:
+            recs = ev.evaluate([pair[0].setup, pair[1].setup])
+            amp, fp32 = recs[pair[0].setup][0], recs[pair[1].setup][0]
+            note = amp_costs_more(amp, fp32, pair[0].setup.precision) if amp is not None and fp32 is not None else None
+            stats.notes += [note] if note else []
     stats.predicted = sum(1 for c in cands if c.report is None and not c.error)
     ordered = sorted(cands, key=key)
     fitting = [c for c in ordered if c.report is not None and c.total <= budget]

@@ -2,8 +2,10 @@
 
 * **Cache.** A trace is keyed by the step file's content, every knob, the torch version and
   the source of vramplan's tracer (``planner/measure``, ``planner/sdpa_rules.py``); it is
-  stored as a pickle under ``$VRAMPLAN_CACHE`` (default ``~/.cache/vramplan/traces``).
-  ``VRAMPLAN_CACHE=off`` disables it.
+  stored as data (gzip-compressed JSON, :mod:`planner.measure.tracefile`, never a pickle) under
+  ``$VRAMPLAN_CACHE`` (default ``~/.cache/vramplan/traces``, made private to the user; a folder
+  that others can write or that another user owns is refused), ``VRAMPLAN_CACHE=off`` disables
+  it. A corrupt or foreign entry is a miss with one warning line on stderr.
 * **Batch derivation.** The storages a step allocates have sizes affine in the micro-batch
   (``numel`` is a product of dimensions, one of them the batch). Three traces at
   ``DERIVE_POINTS`` give each storage's size as ``a + c * B``: fitted on the first two,
@@ -22,7 +24,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import pickle
+import stat
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -57,32 +60,92 @@ def cache_dir() -> Path | None:
 
 def _path(setup: StepSetup) -> Path | None:
     folder = cache_dir()
-    return None if folder is None else folder / f"{setup.cache_key(_versions())}.pkl"
+    return None if folder is None else folder / f"{setup.cache_key(_versions())}.json.gz"
+
+
+_warned: set[str] = set()
+
+
+def _warn(text: str) -> None:
+    """One line on stderr, once per process for the same text."""
+    if text not in _warned:
+        _warned.add(text)
+        sys.stderr.write(f"vramplan: warning: {text}\n")
+
+
+def _private_folder(folder: Path, create: bool) -> bool:
+    """Whether ``folder`` may hold the cache: a directory owned by this user that nobody else
+    can write (an entry there decides what later runs report). ``create``: make it, and the
+    folders above it that are missing, private to the user (0o700). A refused folder is one
+    warning line; a missing one (not creating) is an empty cache."""
+    try:
+        if create and not folder.is_dir():
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
+            for p in reversed(missing):
+                p.mkdir(mode=0o700, exist_ok=True)
+        st = folder.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        st, why = None, f"cannot be used ({exc.strerror or exc})"
+    if st is None:
+        pass
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a folder"
+    elif hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        why = f"is owned by another user (uid {st.st_uid})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"can be written by others (mode {stat.S_IMODE(st.st_mode):o})"
+    else:
+        return True
+    _warn(f"trace cache {folder} {why}; tracing without it (use a folder of your own that only you can write: "
+          f"chmod 700 {folder}, or another VRAMPLAN_CACHE; VRAMPLAN_CACHE=off disables the cache)")
+    return False
 
 
 def cached(setup: StepSetup) -> Any | None:
+    """The setup's StepRecord from the cache, or None (no entry, no usable folder). An entry is
+    data (:mod:`planner.measure.tracefile`), checked field by field; a corrupt or foreign one is
+    a miss with one warning line, and is overwritten by the next trace."""
+    from planner.errors import NotData
+    from planner.measure import tracefile
+
     path = _path(setup)
-    if path is None or not path.is_file():
+    if path is None or not _private_folder(path.parent, create=False):
         return None
     try:
-        with path.open("rb") as f:
-            return pickle.load(f)
-    except Exception:  # noqa: BLE001 - a stale or truncated cache entry is a miss
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _warn(f"trace cache entry {path} cannot be read ({exc.strerror or exc}); tracing again")
+        return None
+    try:
+        return tracefile.loads(raw, path.name.removesuffix(".json.gz"))
+    except NotData as exc:
+        _warn(f"trace cache entry {path} ignored: {exc}; tracing again")
         return None
 
 
 def _store(setup: StepSetup, record: Any) -> None:
+    from planner.measure import tracefile
+
     path = _path(setup)
-    if path is None:
+    if path is None or not _private_folder(path.parent, create=True):
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            pickle.dump(record, f, protocol=pickle.HIGHEST_PROTOCOL)
+        data = tracefile.dumps(record, path.name.removesuffix(".json.gz"))
+    except tracefile.BadEntry as exc:
+        _warn(f"trace of {setup.label()} not cached: {exc}")
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         tmp.replace(path)
     except OSError:
-        pass  # a read-only cache folder only costs speed
+        tmp.unlink(missing_ok=True)  # a read-only cache folder only costs speed
 
 
 def trace(setup: StepSetup, *, use_cache: bool = True) -> Any:

@@ -262,8 +262,20 @@ class LiveStorageTracker(TorchDispatchMode):
         self._op_index += 1
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+        rule = REDUCED_LOSSES.get(name) if self.device_type is None else None
+        transient = None
+        if rule is not None and _reduction(func, args, kwargs or {}) != 0:
+            shape = torch.broadcast_shapes(args[0].shape, args[1].shape) if rule.broadcast else args[0].shape
+            full = 1
+            for d in shape:
+                full *= int(d)
+            if rule.transient:  # the impl's own unreduced TensorIterator output, freed when the op returns
+                transient = args[0].new_empty((full,), dtype=torch.result_type(args[0], args[1]))
+                self._register(transient.untyped_storage(), name)
+        out = func(*args, **(kwargs or {}))
+        if rule is not None and (transient is not None or _reduction(func, args, kwargs or {}) != 0):
+            out = _with_unreduced_storage(out, full)
         in_optimizer_scalar = self.host_scalars
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
@@ -322,6 +334,48 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     ``untyped_storage()`` has the global size). Any other tensor as is."""
     local = getattr(t, "_local_tensor", None)
     return local if isinstance(local, torch.Tensor) else t
+
+
+@dataclass(frozen=True)
+class ReducedLoss:
+    broadcast: bool  # the unreduced size is broadcast(input, target) (else input's)
+    transient: bool  # the impl allocates a second unreduced tensor while it runs
+
+
+REDUCED_LOSSES = {
+    # Losses whose reduced (0-dim) result keeps the storage of the unreduced loss, on every device
+    # (measured on real CPU tensors: mse_loss of a 1000x1000 fp32 input -> a 0-dim result with a
+    # 4,000,000-byte storage), where FakeTensorMode makes a 4-byte one. aten/src/ATen/native/Loss.cpp:
+    # TORCH_META_FUNC(mse_loss) / TORCH_META_FUNC(smooth_l1_loss) size the output as the broadcast
+    # binary op (build_borrowing_binary_op) and then resize_({}) it, which never shrinks a storage;
+    # their TORCH_IMPL_FUNC(..._out) compute into a second unreduced TensorIterator output and
+    # mean_out/sum_out it into the result. soft_margin_loss_out: neg_out(output, input) ... then
+    # output.resize_({}). binary_cross_entropy_cuda (aten/src/ATen/native/cuda/Loss.cu; the CPU one
+    # in Loss.cpp alike): loss = at::empty_like(input), then loss.resize_as_(loss_reduced).
+    "mse_loss": ReducedLoss(broadcast=True, transient=True),
+    "smooth_l1_loss": ReducedLoss(broadcast=True, transient=True),
+    "soft_margin_loss": ReducedLoss(broadcast=False, transient=False),
+    "binary_cross_entropy": ReducedLoss(broadcast=False, transient=False),
+}
+
+
+def _reduction(func: Any, args: tuple, kwargs: dict) -> int:
+    """The op's ``reduction`` argument (0 none, 1 mean, 2 sum; mean when not given)."""
+    if "reduction" in kwargs:
+        return int(kwargs["reduction"])
+    for i, a in enumerate(func._schema.arguments):
+        if a.name == "reduction":
+            return int(args[i]) if i < len(args) else 1
+    return 0
+
+
+def _with_unreduced_storage(out: Any, numel: int) -> Any:
+    """``out`` (0-dim) holding a storage of ``numel`` elements, as the real kernels leave it."""
+    if not isinstance(out, torch.Tensor) or out.untyped_storage().nbytes() >= numel * out.element_size():
+        return out  # a real kernel did it already
+    held = out.new_empty((numel,))
+    held.resize_(())
+    return held
 
 
 _WORKSPACE_OPS = frozenset(("convolution", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention"))

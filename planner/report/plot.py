@@ -63,7 +63,7 @@ def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GP
         bottoms = [b + v for b, v in zip(bottoms, vals)]
     for g in gpus:
         ax.axhline(g.capacity_bytes / GIB, linestyle="--", color="black", linewidth=1)
-        ax.text(len(labels) - 0.5, g.capacity_bytes / GIB, f" {g.key} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)", va="bottom", ha="right")
+        ax.text(len(labels) - 0.5, g.capacity_bytes / GIB, f" {g.label} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)", va="bottom", ha="right")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=20, ha="right")
     ax.set_ylabel("memory (GiB = 2^30 bytes)")
@@ -104,7 +104,7 @@ def scaling_figure(series: dict[str, tuple[list[float], list[float]]], gpus: Seq
     for g in gpus:
         ax.axhline(g.capacity_bytes / GIB, linestyle="--", color="black", linewidth=1)
         ax.text(ax.get_xlim()[0] if False else min(min(s[0]) for s in series.values()), g.capacity_bytes / GIB,
-                f"{g.key} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)", va="bottom")
+                f"{g.label} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)", va="bottom")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -115,8 +115,10 @@ def scaling_figure(series: dict[str, tuple[list[float], list[float]]], gpus: Seq
     return fig
 
 
-def timeline_figure(points: list[tuple[int, dict[str, int]]], phases: list[tuple[int, str]], peak_index: int, title: str = ""):
-    """Live memory through one step, category bands stacked, the peak marked, phases shaded."""
+def timeline_figure(points: list[tuple[int, dict[str, int]]], phases: list[tuple[int, str]], peak_index: int, title: str = "",
+                    gpus: Sequence[GPU] = ()):
+    """Live memory through one step, category bands stacked, the peak marked, phases shaded; each GPU's
+    capacity as a line (live tensors only: the reserve and the CUDA context come on top of it)."""
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(11, 5))
     xs = [p[0] for p in points]
@@ -130,7 +132,11 @@ def timeline_figure(points: list[tuple[int, dict[str, int]]], phases: list[tuple
         ax.annotate(f"peak {total[peak_pos]:.2f} GiB", (xs[peak_pos], total[peak_pos]),
                     xytext=(10, 10), textcoords="offset points", arrowprops={"arrowstyle": "->"})
         ax.plot([xs[peak_pos]], [total[peak_pos]], marker="v", color="red")
-    ymax = max(total) if total else 1
+    ymax = max([*total, *(g.capacity_bytes / GIB for g in gpus)] or [1])
+    for g in gpus:
+        ax.axhline(g.capacity_bytes / GIB, linestyle="--", color="black", linewidth=1)
+        ax.text(xs[0] if xs else 0, g.capacity_bytes / GIB, f"{g.label} ({g.capacity_bytes / GIB:.2f} GiB CUDA-reported)",
+                va="top")  # below its line: the phase names sit above the highest line
     span = (xs[-1] - xs[0]) if len(xs) > 1 else 1
     for i, (start, name) in enumerate(phases):
         end = phases[i + 1][0] if i + 1 < len(phases) else (xs[-1] if xs else start)

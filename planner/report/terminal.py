@@ -119,13 +119,18 @@ def render_report(report: MemoryReport, setup: TrainingSetup | None, console: Co
     peak.add_row("peak_allocated", fmt_gib(report.peak_allocated_bytes), f"{report.peak_allocated_bytes:,}", "live storages at the peak")
     overhead = report.peak_reserved_bytes - report.peak_allocated_bytes
     peak.add_row("  + allocator overhead", fmt_gib(overhead), f"{overhead:,}", "segment rounding and fragmentation")
-    frag = report.fragmentation_bytes
-    peak.add_row("  fragmentation at the reserved peak", fmt_gib(frag), f"{frag:,}",
-                 f"reserved - live requests at the reserved peak ({allocator_label(report.alloc_conf)})")
     peak.add_row("peak_reserved", fmt_gib(report.peak_reserved_bytes), f"{report.peak_reserved_bytes:,}", report.reserved_basis)
     peak.add_row("  + context", fmt_gib(report.context_bytes), f"{report.context_bytes:,}", report.context_basis)
     peak.add_row("device_total", fmt_gib(report.device_total_bytes), f"{report.device_total_bytes:,}", "what must fit on the card")
     console.print(peak)
+    if report.free_at_allocated_peak_bytes or report.largest_free_block_bytes:
+        # apart from the sum above: a state of the cache, not a term of the total
+        console.print(f"allocator cache when the live tensors peak ({allocator_label(report.alloc_conf)}; not a term "
+                      f"of the sum above): {fmt_gib(report.free_at_allocated_peak_bytes)} GiB "
+                      f"({report.free_at_allocated_peak_bytes:,} B) reserved but free = reserved - allocated; largest "
+                      f"free block {fmt_gib(report.largest_free_block_bytes)} GiB "
+                      f"({report.largest_free_block_bytes:,} B): a request above it then needs a new segment",
+                      markup=False)
     if report.peak_at:
         console.print(f"peak at: {report.peak_at}")
 
