@@ -221,8 +221,9 @@ class _Worker:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        fd, self.stack_path = tempfile.mkstemp(prefix="vramplan-stack-", suffix=".txt")
-        os.close(fd)
+        # the worker opens the file by name; this process keeps its own descriptor and removes the
+        # name once the worker has it open (_started), so nothing is left behind however either ends
+        self._fd, self.stack_path = tempfile.mkstemp(prefix="vramplan-stack-", suffix=".txt")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, self.stack_path, os.getpid()), daemon=True)
         self.proc.start()
@@ -233,9 +234,19 @@ class _Worker:
 
     def stack(self) -> str:
         try:
-            return Path(self.stack_path).read_text(errors="replace")
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(self._fd, 1 << 16):
+                chunks.append(chunk)
         except OSError:
             return ""
+        return b"".join(chunks).decode(errors="replace")
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.stack_path)
+        except OSError:
+            pass
 
     def sample(self) -> str:
         """Ask for the stack (SIGUSR1: faulthandler writes it), wait until written, return it."""
@@ -258,8 +269,9 @@ class _Worker:
             self.proc.kill()
         self.proc.join(5)
         self.conn.close()
+        self.unlink()
         try:
-            os.unlink(self.stack_path)
+            os.close(self._fd)
         except OSError:
             pass
 
@@ -339,9 +351,11 @@ class Workers:
         if not w.conn.poll():
             return False
         try:
-            return w.conn.recv() == ("started",)
+            started = w.conn.recv() == ("started",)
         except (EOFError, OSError):
             return False
+        w.unlink()  # the worker has the stack file open by now
+        return started
 
     def _outcome(self, w: _Worker, item: Any, label: Callable[[Any], str]) -> Any:
         try:
