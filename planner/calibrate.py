@@ -102,24 +102,13 @@ def calibrate_step(
     :func:`calibrate` fits the analytic estimator (basis ``trace``). On the fake backend the
     run is a fresh trace of the same step, so the terms come out as the identity: it checks
     the pipeline and calibrates nothing; ``--backend cuda`` on a GPU measures."""
-    import time
-
-    from planner.measure import traces
+    from planner.measure import isolate, traces
     from planner.measure.profile import report_from
-    from planner.measure.stepfile import run
 
     def pair(s: Any) -> tuple[dict, Any, Any]:
         est = report_from(traces.trace(s), "fake", s.alloc_conf, 0.0)
-        if backend == "cuda":
-            import torch
-
-            from planner.measure.cuda_backend import measured_report
-
-            torch.cuda.empty_cache()
-            t0 = time.perf_counter()
-            meas = measured_report(run(s, "cuda", count_flops=False), t0)
-        else:
-            meas = report_from(run(s, backend, count_flops=False), backend, s.alloc_conf, 0.0)
+        record, measured = isolate.run_step(s, backend, count_flops=False)  # in a worker process
+        meas = measured if backend == "cuda" else report_from(record, backend, s.alloc_conf, 0.0)
         return {"step": s.to_json()}, est, meas
 
     return _fitted(name, setups, pair, backend, gpu_key, progress, "trace")

@@ -45,7 +45,7 @@ TOTALS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_total_bytes")
 BREAKDOWNS = ("by_category", "by_network", "top_modules")
 BREAKDOWN_LABELS = {"by_category": "category", "by_network": "network", "top_modules": "module"}
 STEP_FLAGS = (("batch", "--batch"), ("accum", "--accum"), ("precision", "--precision"),
-              ("checkpoint", "--checkpoint"), ("knob", "--knob"), ("jobs", "--jobs"))
+              ("checkpoint", "--checkpoint"), ("knob", "--knob"), ("jobs", "--jobs"), ("timeout", "--timeout"))
 """Flags that apply to step-file setups only (refused when no step file is given)."""
 CONFIG_SUFFIXES = (".yaml", ".yml")
 STEP_SUFFIXES = (".py",)
@@ -103,7 +103,7 @@ def step_flag_text(flags: dict[str, Any]) -> str:
     parts = []
     for key, flag in STEP_FLAGS:
         value = flags.get(key)
-        if key in ("knob", "jobs") or value is None:
+        if key in ("knob", "jobs", "timeout") or value is None:
             continue
         parts.append(f"{flag} {value}")
     knobs = sorted(((parse_knob(k)[0], k.strip()) for k in flags.get("knob") or []))
@@ -141,9 +141,9 @@ def targets(args: list[str], flags: dict[str, Any] | None = None, base_dir: Path
         out.append(Target(arg=norm, path=path, kind=kind, name=name))
     if not any(t.kind == "step" for t in out):
         for key, flag in STEP_FLAGS:
-            if flags.get(key):
-                raise PlannerError(f"{flag}: applies to step files (.py) only, and none is given; "
-                                   "a built-in config sets it in its YAML")
+            if flags.get(key) not in (None, 0):  # jobs defaults to 0; an empty --checkpoint '' is given
+                raise PlannerError(f"{flag}: applies to step files (.py) only, and none is given"
+                                   + ("" if key in ("jobs", "timeout") else "; a built-in config sets it in its YAML"))
     seen: set[str] = set()
     for t in out:
         if t.name in seen:

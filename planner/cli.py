@@ -72,7 +72,7 @@ def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except PlannerError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None  # 2; 3 and 4 for user code stopped or ended (isolate.py)
 
     return wrapper
 
@@ -112,6 +112,10 @@ CheckpointOpt = Annotated[Optional[str], typer.Option(
     "--checkpoint", help="--step: wrap these module classes in torch's non-reentrant checkpoint wrapper: "
     "ClassName[,ClassName] or auto (the repeated block holding the most parameters).")]
 SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="--step: the only SDPA backend enabled: flash, efficient, math (default auto: CUDA's choice).")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help=(
+    "--step/--model: seconds each call into your code (import, one trace) may take; then it is stopped, naming the "
+    "file:line it was at, exit code 3 (exit 4: your code ended the trace without a result, e.g. sys.exit). "
+    "Default 600."))]
 JobsOpt = Annotated[int, typer.Option("--jobs", min=0, help="--step: trace in this many processes (0: one per core).")]
 GpusOpt = Annotated[Optional[int], typer.Option(
     "--gpus", help="Data-parallel ranks (needs --strategy); every figure is per rank, --batch is per rank.")]
@@ -132,7 +136,7 @@ def _model_as_step(params: dict[str, Any]) -> dict[str, Any]:
         if shape:
             raise PlannerError("--input: only used with --model package.module:factory")
         return params
-    if params.get("step"):
+    if params.get("step") is not None:
         raise PlannerError("--model: give either --step (a step file) or --model (a module factory), not both")
     if not shape:
         raise PlannerError("--input: give the batch shape with --model, e.g. --input 2x1x96x96x64")
@@ -156,7 +160,7 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
     step-only flags without --step are errors naming them."""
     if name != "profile":
         params = _model_as_step(params)
-    if params.get("step"):
+    if params.get("step") is not None:
         from planner import stepcmds
 
         fn = stepcmds.estimate if name in ("estimate", "profile") else getattr(stepcmds, name)
@@ -166,8 +170,10 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
             fn(params, out, err)
         return True
     for key, flag in _STEP_ONLY:
-        if params.get(key):
+        if params.get(key) is not None:
             raise PlannerError(f"{flag}: only with --step (a step file); the built-in steps use their own flags")
+    if params.get("timeout") is not None and not params.get("model"):
+        raise PlannerError("--timeout: only with --step or --model (it stops your code; the built-in steps run none)")
     if params.get("jobs"):
         raise PlannerError("--jobs: only with --step")
     return False
@@ -266,6 +272,7 @@ def profile(
     ] = None,
     input_shape: Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64.")] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -300,13 +307,13 @@ def profile(
         ) from None
     chosen = backend.value if backend else _default_backend()
     with err.status(f"profiling on the {chosen} backend") as status:
-        report = run_profile(
-            setup,
-            chosen,
-            custom_model=model,
-            custom_input=shape,
-            progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"),
-        )
+        if model:  # the user's factory runs in a worker process, under --timeout
+            from planner.measure import isolate
+
+            isolate.set_timeout(timeout)
+            report = isolate.profile_model(setup, chosen, custom_model=model, custom_input=shape)
+        else:
+            report = run_profile(setup, chosen, progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"))
     if as_json:
         data = report.to_json()
         if chosen != "cuda":  # on a GPU the allocator already holds these buffers
@@ -380,6 +387,7 @@ def estimate(
     model: ModelOpt = None,
     input_shape: InputOpt = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -487,6 +495,7 @@ def calibrate(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --backend cuda: the card from `vramplan gpus` this profile is for (--gpu NAME then picks it).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
         "--sweep", help="--step: the points to measure, knob=v1,v2 (repeatable; batch, accum, precision, checkpoint, "
         "sdpa, optimizer and the step file's knobs).")] = None,
@@ -741,6 +750,7 @@ def recommend(
     model: ModelOpt = None,
     input_shape: InputOpt = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -968,6 +978,7 @@ def table(
     model: ModelOpt = None,
     input_shape: InputOpt = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -1062,6 +1073,7 @@ def plot(
     model: ModelOpt = None,
     input_shape: InputOpt = None,
     step: StepOpt = None,
+    timeout: TimeoutOpt = None,
     knob: KnobOpt = None,
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -1288,6 +1300,7 @@ def check(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Step files: checkpoint these module classes (ClassName[,ClassName] or auto).")] = None,
     knob: Annotated[Optional[list[str]], typer.Option("--knob", help="Step files: a knob, name=value (repeatable).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=0, help="Step files: trace in this many processes (0: one per core).")] = 0,
+    timeout: TimeoutOpt = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file (one test case per setup).")] = None,
     model: ModelOpt = None,
     input_shape: InputOpt = None,
@@ -1312,7 +1325,8 @@ def check(
 
     if junit is not None:
         check_output_path(junit, "--junit")
-    flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs}
+    flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs,
+             "timeout": timeout}
     if model or input_shape:
         if setups:
             raise PlannerError("--model: check takes either setups (configs, step files) or --model, not both")

@@ -48,7 +48,11 @@ def reject_builtin_flags(p: dict[str, Any]) -> None:
 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:
-    """The StepSetup of a command's flags; built-in-only flags are errors naming them."""
+    """The StepSetup of a command's flags; built-in-only flags are errors naming them. Sets the
+    command's --timeout for the user's code (``planner/measure/isolate.py``)."""
+    from planner.measure.isolate import set_timeout
+
+    set_timeout(p.get("timeout"))
     reject_builtin_flags(p)
     precision = p.get("precision")
     amp = p.get("amp")
@@ -62,8 +66,10 @@ def step_setup(p: dict[str, Any]) -> StepSetup:
     if ckpt is not None and ckpt_flag is not None:
         raise PlannerError("--checkpointing: give --checkpoint CLASS[,CLASS]|auto or --checkpointing, not both")
     checkpoint: tuple[str, ...] = ()
-    if ckpt:
+    if ckpt is not None:
         checkpoint = tuple(c.strip() for c in ckpt.split(",") if c.strip())
+        if not checkpoint:
+            raise PlannerError(f"--checkpoint: {ckpt!r} names no class (valid: auto or ClassName[,ClassName])")
         if "auto" in checkpoint and len(checkpoint) > 1:
             raise PlannerError("--checkpoint: 'auto' stands alone (valid: auto or ClassName[,ClassName])")
     elif ckpt_flag:
@@ -81,7 +87,7 @@ def step_setup(p: dict[str, Any]) -> StepSetup:
         gpus, strategy = 1, "none"  # each --sweep row gets its own (sweep_setups)
     return StepSetup(
         path=str(p["step"]), knobs=tuple(knobs.items()), batch_size=p.get("batch"), accumulation=p.get("accum") or 1,
-        precision=precision, checkpoint=checkpoint, sdpa=getattr(sdpa, "value", sdpa) or "auto",
+        precision=precision, checkpoint=checkpoint, sdpa="auto" if sdpa is None else getattr(sdpa, "value", sdpa),
         optimizer=getattr(opt, "value", opt), alloc_conf=p.get("alloc_conf") or environment_alloc_conf(),
         gpus=1 if gpus is None else gpus, strategy=strategy or "none",
     )
@@ -98,14 +104,11 @@ def _sweep_names(p: dict[str, Any]) -> list[str]:
 
 
 def _load(ss: StepSetup) -> Any:
-    try:
-        from planner.measure import stepfile
-    except ImportError as exc:
-        raise PlannerError(f"--step needs the measuring extra ({exc.name} is missing): "
-                           "pip install torch==2.13.0 'vramplan[profile]'") from None
-    sf = stepfile.load(ss.path)
-    stepfile.knob_values(sf, ss)  # unknown knobs and wrong types, before any tracing
-    return sf
+    """The step file's knobs, default batch and TERMS, read in a worker process (its import
+    runs the user's code: ``planner/measure/isolate.py``); the knobs checked before any tracing."""
+    from planner.measure import isolate
+
+    return isolate.load_step(ss)
 
 
 def _filled(ss: StepSetup, sf: Any) -> StepSetup:
@@ -214,28 +217,22 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
 
     backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
     t0 = time.perf_counter()
-    with err.status(f"tracing {ss.label()}") as status:
+    with err.status(f"tracing {ss.label()}"):
         if fresh:
-            from planner.measure.stepfile import run
+            from planner.measure import isolate
 
-            if backend == "cuda":
-                import torch
-
-                torch.cuda.empty_cache()
-            record = run(ss, backend, progress=lambda m: status.update(f"tracing: {m}"), count_flops=False)
+            record, measured = isolate.run_step(ss, backend, rollup=2, count_flops=False)
             how = f"traced now on the {backend} backend"
         else:
             from planner.measure import traces
 
             hit = traces.cached(ss)
-            record = hit if hit is not None else traces.trace(ss, progress=lambda m: status.update(f"tracing: {m}"))
+            record = hit if hit is not None else traces.trace(ss)
             how = "from the trace cache" if hit is not None else "traced now (fake backend), cached"
     note = (f"by trace: the step file run under {'FakeTensorMode on the CPU (CUDA emulated)' if backend == 'fake' else backend}, "
             f"{how}; not the analytic estimator",)
     if backend == "cuda":
-        from planner.measure.cuda_backend import measured_report
-
-        report = measured_report(record, t0, rollup=2)
+        report = measured
     else:
         report = report_from(record, backend, ss.alloc_conf, time.perf_counter() - t0,
                              source="profile:" + backend if fresh else "estimate:trace", rollup=2,
@@ -274,9 +271,7 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
 
     _check_margin(margin)
     sf = _load(ss)
-    from planner.terms import terms_of
-
-    terms = terms_of(sf.module, ss.path)
+    terms = sf.terms
     ss = _filled(ss, sf)
     jobs = p.get("jobs") or 0
     cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,

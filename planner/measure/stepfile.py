@@ -52,7 +52,7 @@ import torch
 
 from planner.errors import PlannerError
 from planner.measure.tracker import Category, Phase
-from planner.steps import StepSetup
+from planner.steps import StepSetup, show_value
 
 REQUIRED = ("networks", "optimizers", "batch", "step")
 FP16_MASTER_LOSS_SCALE = 2.0**20  # guided-diffusion fp16_util.py INITIAL_LOG_LOSS_SCALE = 20.0
@@ -504,6 +504,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
             raise
         except Exception as exc:  # noqa: BLE001 - the user's code: one line
             raise PlannerError(f"step: networks() raised {describe(exc)}") from None
+        _refuse_empty(setup, "networks()", ((f"{n}: {pn}", p) for n, net in nets.items() for pn, p in net.named_parameters()))
         cast = _apply_precision(setup, nets)
         ckpt = _checkpoint_classes(setup, nets)
         apply_checkpointing(nets, ckpt)
@@ -568,6 +569,8 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                         tracker.step, tracker.phase, tracker.network_hint = f"it{iteration}", Phase.DATA, "data"
                         try:
                             b = _call(sf, "batch", values, batch_size)
+                            if iteration == 1 and micro == 0:
+                                _refuse_empty(setup, "batch()", _tensors(b))
                             if setup.precision in ("fp16", "bf16"):
                                 b = _cast(b, _HALF[setup.precision])
                             tracker.step, tracker.phase, tracker.network_hint = f"it{iteration}", Phase.FORWARD, "losses"
@@ -601,6 +604,32 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     if count_flops:
         info["flops_iteration2"] = flops.total
     return replace(record, setup=info)
+
+
+def _zero(value: Any) -> bool:
+    return value in ("", ()) or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0)
+
+
+def _refuse_empty(setup: StepSetup, where: str, tensors: Any) -> None:
+    """A knob given as 0 or empty that leaves the step a tensor with no elements (``--knob width=0``:
+    a 0 x 0 weight) is bad input: a trace of empty tensors measures nothing. A step whose own
+    defaults make an empty tensor is left alone (its design)."""
+    zero = [f"{k}={show_value(v)}" for k, v in setup.knobs if _zero(v)]
+    if not zero:
+        return
+    for name, t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel() == 0:
+            raise PlannerError(
+                f"--knob {', '.join(zero)}: {where} in '{setup.path}' made an empty tensor with it ({name}, shape "
+                f"{list(t.shape)}); a trace of empty tensors measures nothing (valid: a value that leaves every "
+                f"parameter and batch tensor elements)")
+
+
+def _tensors(b: Any) -> list[tuple[str, Any]]:
+    from torch.utils._pytree import tree_flatten_with_path, keystr
+
+    leaves, _ = tree_flatten_with_path(b)
+    return [("batch" + keystr(path), leaf) for path, leaf in leaves]
 
 
 def _collect_young_garbage_per_op(tracker: Any) -> None:

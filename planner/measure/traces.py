@@ -14,8 +14,9 @@
   tracker's own rules (512-byte rounding, the peak checked after every op, reset at
   iteration 2). Where a step is not affine (a size that depends on the batch otherwise, an
   op stream that changes with it), :func:`derive` returns None and the caller traces.
-* **Parallel.** :func:`trace_many` traces missing setups in worker processes (spawned,
-  torch imported once per worker) with a progress callback.
+* **Isolated, parallel.** Every trace runs in a worker process (``planner/measure/isolate.py``:
+  spawned, torch imported once per worker, stopped at the timeout); :func:`trace_many` traces
+  missing setups in several at once with a progress callback.
 """
 
 from __future__ import annotations
@@ -147,50 +148,54 @@ def _store(setup: StepSetup, record: Any) -> None:
         tmp.unlink(missing_ok=True)  # a read-only cache folder only costs speed
 
 
-def trace(setup: StepSetup, *, progress: Callable[[str], None] | None = None, use_cache: bool = True) -> Any:
-    """The StepRecord of ``setup`` (fake backend, no timeline), from the cache when there."""
+def trace(setup: StepSetup, *, use_cache: bool = True) -> Any:
+    """The StepRecord of ``setup`` (fake backend, no timeline), from the cache when there, else
+    traced in a worker process under the timeout (``planner/measure/isolate.py``)."""
     if use_cache:
         hit = cached(setup)
         if hit is not None:
             return hit
+    from planner.measure import isolate
+
+    return isolate.shared().call(_traced, (setup, use_cache), _tracing, warm=isolate.TRACING)
+
+
+def _traced(args: tuple[StepSetup, bool]) -> Any:
+    """In a worker: trace, store in the cache."""
+    setup, use_cache = args
     from planner.measure.stepfile import run
 
-    record = run(setup, "fake", progress=progress, keep_timeline=False, count_flops=True)
+    record = run(setup, "fake", keep_timeline=False, count_flops=True)
     record = replace(record, tracker=replace(record.tracker, timeline=[]))
     if use_cache:
         _store(setup, record)
     return record
 
 
+def _tracing(item: Any) -> str:
+    setup = item[0] if isinstance(item, tuple) else item
+    return f"tracing {setup.label()}"
+
+
 def _worker(setup: StepSetup) -> tuple[StepSetup, Any, str | None]:
     from planner.errors import PlannerError
 
     try:
-        return setup, trace(setup), None
+        return setup, _traced((setup, True)), None
     except PlannerError as exc:
         return setup, None, str(exc)
 
 
 class Pool:
-    """Worker processes for tracing, started on first use and kept for the whole command (a
-    spawned worker imports torch and warms its caches once, not once per batch of traces)."""
+    """How many worker processes trace at once. The workers themselves are the command's
+    (``isolate.shared()``): started on first use, each imports torch and warms its caches once,
+    and lives until the command ends (one stopped at the timeout is replaced)."""
 
     def __init__(self, jobs: int = 0) -> None:
         self.jobs = jobs or (os.cpu_count() or 1)
-        self._executor: Any = None
-
-    def executor(self) -> Any:
-        if self._executor is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"))
-        return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        pass
 
     def __enter__(self) -> "Pool":
         return self
@@ -202,11 +207,13 @@ class Pool:
 def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
                progress: Callable[[int, int, str], None] | None = None, *, pool: Pool | None = None,
                errors: dict[StepSetup, str] | None = None) -> tuple[dict[StepSetup, Any], int]:
-    """Every setup's record (cached ones first, the rest traced in ``jobs`` processes, 0: one per
-    core, or in ``pool``'s), and how many were traced (not in the cache). A setup the user's
-    code rejects raises its PlannerError, or with ``errors`` given is left out of the records
-    and its message put there."""
+    """Every setup's record (cached ones first, the rest traced in ``jobs`` worker processes,
+    0: one per core, or ``pool.jobs``), and how many were traced (not in the cache). A setup the
+    user's code rejects raises its PlannerError, or with ``errors`` given is left out of the
+    records and its message put there; a trace stopped at the timeout or ended without a
+    result raises (``isolate``)."""
     from planner.errors import PlannerError
+    from planner.measure import isolate
 
     out: dict[StepSetup, Any] = {}
     todo = []
@@ -219,42 +226,19 @@ def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
     total, done = len(todo), 0
     tick = progress or (lambda *_: None)
     workers = pool.jobs if pool is not None else (jobs or (os.cpu_count() or 1))
-
-    def took(s: StepSetup, record: Any, error: str | None) -> None:
+    if not total:
+        return out, total
+    tick(0, total, todo[0].label())
+    for s, (_, record, error) in isolate.shared().imap(_worker, todo, _tracing, jobs=min(workers, total),
+                                                     warm=isolate.TRACING):
         if error is None:
             out[s] = record
         elif errors is None:
             raise PlannerError(error)
         else:
             errors[s] = error
-
-    if total and (workers <= 1 or (total == 1 and (pool is None or pool._executor is None))):
-        for s in todo:
-            tick(done, total, s.label())
-            took(*_worker(s))
-            done += 1
-        tick(done, total, "")
-        return out, total
-    if total:
-        from concurrent.futures import as_completed
-
-        own = pool is None
-        pool = pool or Pool(min(workers, total))
-        try:
-            futures = [pool.executor().submit(_worker, s) for s in todo]
-            tick(0, total, todo[0].label())
-            for fut in as_completed(futures):
-                try:
-                    took(*fut.result())
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-                done += 1
-                tick(done, total, fut.result()[0].label())
-        finally:
-            if own:
-                pool.close()
+        done += 1
+        tick(done, total, s.label())
     return out, total
 
 

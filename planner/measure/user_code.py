@@ -29,7 +29,6 @@ import inspect
 import os
 import re
 import sys
-import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from planner.errors import PlannerError
+from planner.measure.isolate import short_path as _short
 
 MAX_USER_MESSAGE = 200
 """Characters of the user's exception message quoted in the one-line error."""
@@ -78,9 +78,36 @@ def quiet_fake_tensor_log() -> Iterator[None]:
             # conv weights do on size-1 dimensions; a performance note about the traced run,
             # not about the user's setup, and it would land in --json's stderr
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            # torch.nn.init on a 0-element weight (a knob of 0): the trace refuses it in one line
+            # (stepfile._refuse_empty), the warning would be a second
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
             yield
     finally:
         log.disabled = was
+
+def check_source_encoding(path: Path, spec: str) -> None:
+    """Refuse a source file Python itself would not run: its bytes must decode in its declared
+    encoding, UTF-8 by default (PEP 263). ``compile()`` of the bytes, as importlib does, lets an
+    undecodable byte through inside a comment (CPython 3.11's string tokenizer does not check
+    comments), where ``python file.py`` stops with "SyntaxError: Non-UTF-8 code starting with ..."."""
+    import io
+    import tokenize
+
+    try:
+        data = path.read_bytes()
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        data.decode(encoding)
+    except OSError as exc:
+        raise PlannerError(f"--model: cannot read '{path}' ({exc.strerror or exc})") from None
+    except SyntaxError as exc:  # an unknown coding declaration
+        raise PlannerError(f"--model: '{spec}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PlannerError(
+            f"--model: '{_short(str(path))}' line {line}: byte 0x{data[exc.start]:02x} is not {encoding} "
+            f"(Python refuses to run it: SyntaxError, PEP 263); save the file as UTF-8 or declare its encoding "
+            f"in a '# -*- coding: ... -*-' line") from None
+
 
 def _import_module(mod_part: str, spec: str) -> Any:
     """``package.module`` (the current directory first, as ``python -m`` does) or a ``.py`` path."""
@@ -90,6 +117,7 @@ def _import_module(mod_part: str, spec: str) -> Any:
         if not path.is_file():
             raise PlannerError(f"--model: no such file '{mod_part}' (in '{spec}')")
         path = path.resolve()
+        check_source_encoding(path, spec)
         folder = str(path.parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)  # its sibling modules import as they would from a script
@@ -110,6 +138,12 @@ def _import_module(mod_part: str, spec: str) -> Any:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # a console script's sys.path[0] is its bin folder, not the cwd
+    try:
+        found = importlib.util.find_spec(mod_part)
+    except Exception:  # noqa: BLE001 - import_module below says what is wrong
+        found = None
+    if found is not None and found.origin and found.origin.endswith(".py"):
+        check_source_encoding(Path(found.origin), spec)
     try:
         return importlib.import_module(mod_part)
     except ModuleNotFoundError as exc:
@@ -261,12 +295,10 @@ def swappable_fake_params() -> Iterator[None]:
 
 
 def _library_dirs() -> tuple[str, ...]:
-    dirs = {str(Path(torch.__file__).resolve().parent), str(Path(__file__).resolve().parents[1])}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        p = sysconfig.get_paths().get(key)
-        if p:
-            dirs.add(str(Path(p).resolve()))
-    return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+    """Not the user's code: vramplan, the standard library, installed packages, torch wherever it is."""
+    from planner.measure.isolate import library_dirs
+
+    return library_dirs() + (str(Path(torch.__file__).resolve().parent) + os.sep,)
 
 
 def user_frame(exc: BaseException) -> str:
@@ -278,14 +310,6 @@ def user_frame(exc: BaseException) -> str:
     lib = _library_dirs()
     ours = [f for f in frames if not f.filename.startswith("<") and not str(Path(f.filename).resolve()).startswith(lib)]
     return f"{_short(ours[-1].filename)}:{ours[-1].lineno}" if ours else ""
-
-
-def _short(filename: str) -> str:
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if rel.startswith("..") else rel
 
 
 def message(exc: BaseException) -> str:
