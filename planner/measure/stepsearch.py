@@ -387,7 +387,7 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     ordered = sorted(cands, key=key)
     fitting = [c for c in ordered if c.report is not None and c.total <= budget]
     stats.seconds = time.perf_counter() - t0
-    if as_is in fitting:  # it fits as it is: nothing to change; the others are only faster settings
+    if as_is in fitting and prefer != "speed":  # it fits as it is: nothing to change; the others are only faster
         return as_is, [as_is] + [c for c in ordered if c is not as_is], stats
     return (fitting[0] if fitting else None), ordered, stats
 

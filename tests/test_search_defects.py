@@ -1,0 +1,60 @@
+"""recommend --step defects found by trying it (issue 21): --search without the knob given, a
+--max-knob step the network rejects, a step that fits as it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from planner.cli import app
+
+TEMPLATE = str(Path(__file__).resolve().parents[1] / "examples" / "steps" / "template.py")
+SMALL = ["--knob", "depth=1", "--knob", "tokens=16", "--batch", "4"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRAMPLAN_CACHE", str(tmp_path / "cache"))
+
+
+def _run(args: list[str]) -> dict:
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_search_without_the_knob_given_keeps_the_input_as_a_candidate() -> None:
+    # a StopIteration traceback before: no candidate had the step's own width (128)
+    data = _run(["recommend", "--step", TEMPLATE, *SMALL, "--search", "width=64/96", "--gpu", "8GB",
+                 "--freeze", "precision,checkpointing,batch"])
+    widths = sorted(c["setup"]["knobs"].get("width", 128) for c in data["candidates"])  # 128: template's own
+    assert widths == [64, 96, 128]
+    assert data["best"]["changes"] == []  # it fits as it is: nothing to change
+
+
+def test_fits_as_is_prints_so_and_only_faster_settings() -> None:
+    res = CliRunner().invoke(app, ["recommend", "--step", TEMPLATE, *SMALL, "--gpu", "8GB",
+                                   "--freeze", "checkpointing,batch"])
+    assert res.exit_code == 0, res.output
+    assert "fits as is: device_total" in res.output and "nothing needs to change" in res.output
+    assert "cheapest that fits" not in res.output
+
+
+def test_max_knob_names_the_sizes_the_step_rejects() -> None:
+    # width 10**9: the Linear's weight (4e9 x 1e9 elements) overflows; a TypeError traceback before
+    res = CliRunner().invoke(app, ["recommend", "--step", TEMPLATE, *SMALL, "--max-knob", "width",
+                                   "--knob-step", "1000000000", "--gpu", "8GB"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "width 1000000000: the step rejects it" in res.output and "does not fit" in res.output
+
+
+def test_max_knob_starts_at_the_steps_own_value_or_knob_min() -> None:
+    data = _run(["recommend", "--step", TEMPLATE, *SMALL, "--max-knob", "features", "--knob-min", "24",
+                 "--knob-step", "8", "--gpu", "exact:0.47GiB"])
+    assert data["start"] == 24 and data["knob"] == "features"
+    data = _run(["recommend", "--step", TEMPLATE, *SMALL, "--max-knob", "features", "--knob-step", "8",
+                 "--gpu", "exact:0.47GiB"])
+    assert data["start"] == 32  # template.py's own features=32
