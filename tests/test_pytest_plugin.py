@@ -124,7 +124,8 @@ def _hinted_command(text: str) -> list[str]:
     import re
     import shlex
 
-    (cmd,) = re.findall(r"`(cd [^`]*)`", text)
+    # the message appears in the failure and again in pytest's short summary when the terminal is wide
+    (cmd,) = set(re.findall(r"`(cd [^`]*)`", text))
     cd, check = cmd.split(" && ")
     assert shlex.split(cd)[1] == str(Path.cwd()), cd
     argv = shlex.split(check)
