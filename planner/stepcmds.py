@@ -296,7 +296,7 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                                        f"where the search starts)")
                 start = p.get("knob_min") or knob.default
                 res, stats = S.max_knob(ss, max_knob, step, card, margin, max(p.get("knob_limit") or 4096, start), tick,
-                                        profile=step_profile(p), start=start)
+                                        profile=step_profile(p), start=start, floor=p.get("knob_min") or step)
                 what = f"{max_knob}"
             else:
                 res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=step_profile(p))

@@ -405,16 +405,18 @@ def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jo
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,
              progress: Callable[[int, int, str], None] | None = None, profile: Any = None,
-             start: int = 1) -> tuple[SizeSearch, Stats]:
+             start: int = 1, floor: int = 1) -> tuple[SizeSearch, Stats]:
     """The largest value (a multiple of ``step``) of an integer knob whose device total fits,
-    searched from ``start`` (rounded down to a multiple of ``step``, at least ``step``); a value
-    the step rejects (its one-line error) counts as not fitting and is named in ``rejected``."""
+    searched from ``start`` (rounded down to a multiple of ``step``, at least ``step``) and, when
+    that does not fit, below it down to ``floor``; a value the step rejects (its one-line error)
+    counts as not fitting and is named in ``rejected``."""
     return _search(lambda k: base.with_knobs(**{name: k * step}), step, gpu, margin, max(1, limit // step),
-                   Evaluator(gpu, 1, progress, profile=profile), lo=max(1, start // step), skip_rejected=True)
+                   Evaluator(gpu, 1, progress, profile=profile), lo=max(1, start // step), skip_rejected=True,
+                   floor=max(1, -(-floor // step)))
 
 
 def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, limit: int,
-            ev: Evaluator, lo: int = 1, skip_rejected: bool = False) -> tuple[SizeSearch, Stats]:
+            ev: Evaluator, lo: int = 1, skip_rejected: bool = False, floor: int = 1) -> tuple[SizeSearch, Stats]:
     _check_margin(margin)
     budget = gpu.capacity_bytes * (1 - margin)
     t0 = time.perf_counter()
@@ -430,8 +432,11 @@ def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, 
             return None
         return rep if rep.device_total_bytes <= budget else None
 
+    lo = min(lo, limit)
     with ev:
-        res = _largest(fits, min(lo, limit), limit)
+        res = _largest(fits, lo, limit)
+        if not res.value and floor < lo:  # the start does not fit: the answer is below it
+            res = _largest(fits, floor, lo - 1)
     ev.stats.seconds = time.perf_counter() - t0
     if unit != 1:
         res = replace(res, value=res.value * unit, cap=None if res.cap is None else res.cap * unit,
