@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh profile,test,zoo
-.venv/bin/python -m pytest -q
+.venv/bin/python -m pytest -q --durations=15  # the slowest tests, printed: CI is to stay under 15 minutes
 # vramplan's own memory gate on its examples (issue 11): the built-in seed-004 config (analytic)
 # and a small step file (traced); fails when one stops fitting or grows >2 % against the baseline.
 .venv/bin/vramplan check examples/seed004_high_res.yaml examples/steps/radar_vae.py --batch 1 \

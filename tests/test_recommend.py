@@ -18,8 +18,8 @@ from planner.recommend import _order_key, knob_settings, max_batch, recommend
 ALL = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer"}
 
 
-def brute_force(setup, gpu, margin, prefer, freeze):
-    """Exact estimate of every combination; the best fitting one by the same order."""
+def _fitting(setup, gpu, margin, freeze):
+    """Exact estimate of every combination; the ones that fit."""
     budget = gpu.capacity_bytes * (1 - margin)
     knobs = knob_settings(setup, gpu, freeze)
     fitting = []
@@ -33,8 +33,18 @@ def brute_force(setup, gpu, margin, prefer, freeze):
             fitting.append(type("C", (), {
                 "tier": max((c.tier for c in changed), default=0), "changes": len(changed),
                 "predicted_seconds": seconds_per_sample(s, rep, gpu), "labels": [c.label for c in changed]})())
-    fitting.sort(key=_order_key(prefer))
+    return fitting
+
+
+def brute_force(setup, gpu, margin, prefer, freeze, fitting=None):
+    """The best fitting combination by the same order (``fitting``: the fitting combinations,
+    when already estimated)."""
+    fitting = sorted(_fitting(setup, gpu, margin, freeze) if fitting is None else fitting, key=_order_key(prefer))
     return fitting[0].labels if fitting else None
+
+
+_SMALL_SPACE: dict = {}
+"""The small space's fitting combinations, estimated once for the six orderings below."""
 
 
 @pytest.mark.parametrize("prefer", ["risk", "speed", "quality"])
@@ -44,7 +54,9 @@ def test_small_space_equals_brute_force(prefer, exhaustive):
     gpu = parse_gpu("6GiB")
     freeze = ALL - {"amp", "checkpointing", "flash", "perceptual", "batch"}
     rec = recommend(setup, gpu, 0.05, prefer, freeze, exhaustive=exhaustive)
-    expected = brute_force(setup, gpu, 0.05, prefer, freeze)
+    if "fitting" not in _SMALL_SPACE:
+        _SMALL_SPACE["fitting"] = _fitting(setup, gpu, 0.05, freeze)
+    expected = brute_force(setup, gpu, 0.05, prefer, freeze, _SMALL_SPACE["fitting"])
     assert expected is not None
     assert rec.best is not None and rec.best.labels == expected
 
