@@ -120,6 +120,8 @@ def test_a_size_computed_from_data_stops() -> None:
             x.new_zeros(k, 3)
         with pytest.raises(DataDependentSize):
             x[: k + 1]
+        with pytest.raises(DataDependentSize):  # a mark whose value is 0 is still a mark
+            x.new_zeros(k - 1)
 
 
 # --- step files: the library as written ------------------------------------------------------------

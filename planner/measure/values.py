@@ -351,8 +351,9 @@ class SizeGuard(TorchFunctionMode):
     """Stops where a :class:`DataInt` reaches a torch function as anything but a value (a size,
     a shape, a dimension, an index): memory would follow the stand-in, not the data.
 
-    The mark is put on where Python reads the value (``.item()``, ``int(t)``, ``.tolist()``):
-    the dispatcher's own return goes through a C++ scalar and would lose it."""
+    The mark is put on where Python reads the value (``.item()``, ``.tolist()``, ``__index__``):
+    the dispatcher's own return goes through a C++ scalar and would lose it (``int(t)`` turns a
+    subclass of int back into a plain int, so it keeps no mark)."""
 
     def __init__(self, values: KnownValues) -> None:
         super().__init__()
@@ -367,11 +368,14 @@ class SizeGuard(TorchFunctionMode):
             if mark is not before and mark is not None:
                 return _map_ints(out, mark.read_at)
             return out
-        mark = _data_int(args) or _data_int(kwargs)
+        mark = _data_int(args)
+        if mark is None:  # (a DataInt of 0 is falsy: no `or` here)
+            mark = _data_int(kwargs)
         if mark is not None:
             name = getattr(func, "__name__", str(func))
             if name.startswith("__"):  # Tensor.__mul__ / __rmul__ ...: the operator's name
-                name = name.strip("_").removeprefix("r") if name.strip("_") not in _VALUE_USES else name.strip("_")
+                op = name.strip("_")
+                name = op if op in _VALUE_USES else op.removeprefix("r")
             if name not in _VALUE_USES:
                 raise DataDependentSize(getattr(func, "__name__", str(func)), mark.read_at)
         return func(*args, **kwargs)
