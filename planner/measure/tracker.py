@@ -16,6 +16,7 @@ real CPU tensors, which is how the fake backend is checked.
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from dataclasses import dataclass, field
 from enum import Enum
@@ -264,17 +265,17 @@ class LiveStorageTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
         rule = REDUCED_LOSSES.get(name) if self.device_type is None else None
+        if rule is not None and _reduction(func, args, kwargs or {}) == 0:
+            rule = None  # reduction="none": the output is the unreduced loss itself
         transient = None
-        if rule is not None and _reduction(func, args, kwargs or {}) != 0:
+        if rule is not None:
             shape = torch.broadcast_shapes(args[0].shape, args[1].shape) if rule.broadcast else args[0].shape
-            full = 1
-            for d in shape:
-                full *= int(d)
+            full = math.prod(int(d) for d in shape)
             if rule.transient:  # the impl's own unreduced TensorIterator output, freed when the op returns
                 transient = args[0].new_empty((full,), dtype=torch.result_type(args[0], args[1]))
                 self._register(transient.untyped_storage(), name)
         out = func(*args, **(kwargs or {}))
-        if rule is not None and (transient is not None or _reduction(func, args, kwargs or {}) != 0):
+        if rule is not None:
             out = _with_unreduced_storage(out, full)
         in_optimizer_scalar = self.host_scalars
         for t in tree_flatten(out)[0]:
