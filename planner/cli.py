@@ -52,6 +52,17 @@ class Backend(str, Enum):
     cuda = "cuda"
 
 
+class Engine(str, Enum):
+    analytic = "analytic"
+    trace = "trace"
+
+
+ENGINE_TEXT = {
+    "analytic": "analytic (the built-in step's torch-free transcription, exact against its trace)",
+    "trace": "trace (the step run under FakeTensorMode on the CPU, CUDA emulated)",
+}
+
+
 class Kind(str, Enum):
     stage1 = "ldm-stage1"
     stage2 = "ldm-stage2"
@@ -80,23 +91,26 @@ def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
 # --- the options every setup-taking command shares -----------------------------------------
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML training setup (seed-004 layout).")]
 KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="Which reference step.")]
-VoxelOpt = Annotated[Optional[str], typer.Option("--voxel", help="Volume size HxWxD, e.g. 256x256x64.")]
+VoxelOpt = Annotated[Optional[str], typer.Option("--voxel", help="Volume size HxWxD, e.g. 256x256x64 (the knob voxel: --knob voxel=256x256x64).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Micro-batch size.")]
-ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Channels per level, e.g. 32,64,64.")]
-AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="Attention per level, e.g. F,F,T.")]
-AmpOpt = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="CUDA autocast fp16 + GradScaler.")]
-CkptOpt = Annotated[Optional[bool], typer.Option("--checkpointing/--no-checkpointing", help="Gradient checkpointing (stage 1).")]
-FlashOpt = Annotated[Optional[bool], typer.Option("--flash-attention/--no-flash-attention", help="SDPA instead of explicit scores.")]
-PercOpt = Annotated[Optional[bool], typer.Option("--perceptual/--no-perceptual", help="2.5D LPIPS perceptual loss.")]
-DiscLayersOpt = Annotated[Optional[int], typer.Option("--disc-layers", min=1, help="PatchDiscriminator layers.")]
-DiscChOpt = Annotated[Optional[int], typer.Option("--disc-channels", min=1, help="PatchDiscriminator first-layer channels.")]
-NoDiscOpt = Annotated[bool, typer.Option("--no-discriminator", help="Train without the adversarial discriminator.")]
+ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Channels per level, e.g. 32,64,64 (the knob channels).")]
+AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="Attention per level, e.g. F,F,T (the knob attention).")]
+AmpOpt = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Alias of --precision amp-fp16 / --precision fp32.")]
+CkptOpt = Annotated[Optional[bool], typer.Option("--checkpointing/--no-checkpointing", help="Alias of --checkpoint auto / --checkpoint none.")]
+FlashOpt = Annotated[Optional[bool], typer.Option("--flash-attention/--no-flash-attention", help="Alias of --sdpa auto / --sdpa none (explicit attention scores; the built-in step only).")]
+PercOpt = Annotated[Optional[bool], typer.Option("--perceptual/--no-perceptual", help="2.5D LPIPS perceptual loss (the knob perceptual).")]
+DiscLayersOpt = Annotated[Optional[int], typer.Option("--disc-layers", min=1, help="PatchDiscriminator layers (the knob disc_layers).")]
+DiscChOpt = Annotated[Optional[int], typer.Option("--disc-channels", min=1, help="PatchDiscriminator first-layer channels (the knob disc_channels).")]
+NoDiscOpt = Annotated[bool, typer.Option("--no-discriminator", help="Train without the adversarial discriminator (--knob discriminator=false).")]
 AccumOpt = Annotated[Optional[int], typer.Option("--accum", min=1, help="Gradient accumulation steps.")]
 OptimOpt = Annotated[Optional[Optim], typer.Option("--optimizer", help="Optimizer for every network.")]
 AllocConfOpt = Annotated[Optional[str], typer.Option(
     "--alloc-conf", help="CUDA caching-allocator settings, PYTORCH_CUDA_ALLOC_CONF syntax (e.g. expandable_segments:True); "
     "default: that environment variable if set, else torch's defaults.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+EngineOpt = Annotated[Optional[Engine], typer.Option(
+    "--engine", help="Who answers: analytic (the built-in step's torch-free transcription, exact against its trace; "
+    "its default) or trace (the step run under FakeTensorMode, CUDA emulated; the only engine of a step file).")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="Your own nn.Module: package.module:factory or path/to/file.py:factory, in a plain MSE step "
     "with Adam (AMP fp16 unless --precision says otherwise); takes every step-file flag.")]
@@ -104,14 +118,14 @@ InputOpt = Annotated[Optional[str], typer.Option("--input", help="Batch shape fo
 StepOpt = Annotated[Optional[str], typer.Option(
     "--step", help="Your own training step: a step file (path/to/step.py or package.module), "
     "see examples/steps/template.py. Takes --knob, --batch, --accum, --precision, --checkpoint, --sdpa, --optimizer.")]
-KnobOpt = Annotated[Optional[list[str]], typer.Option("--knob", help="--step: a knob of the step file, name=value (repeatable), e.g. --knob width=64.")]
+KnobOpt = Annotated[Optional[list[str]], typer.Option("--knob", help="A knob of the step, name=value (repeatable), e.g. --knob width=64; the built-in step's are kind, voxel, channels, attention, perceptual, disc_layers, disc_channels, discriminator.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
-    "--precision", help="--step: fp32, amp-fp16 (autocast + GradScaler), amp-bf16, fp16-master / bf16-master "
-    "(half networks, fp32 master weights), fp16 / bf16 (plain .half()).")]
+    "--precision", help="fp32, amp-fp16 (autocast + GradScaler), amp-bf16, fp16-master / bf16-master "
+    "(half networks, fp32 master weights), fp16 / bf16 (plain .half()); the built-in step takes the first three.")]
 CheckpointOpt = Annotated[Optional[str], typer.Option(
-    "--checkpoint", help="--step: wrap these module classes in torch's non-reentrant checkpoint wrapper: "
-    "ClassName[,ClassName] or auto (the repeated block holding the most parameters).")]
-SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="--step: the only SDPA backend enabled: flash, efficient, math (default auto: CUDA's choice).")]
+    "--checkpoint", help="none, auto (step files: the repeated block holding the most parameters; the built-in "
+    "step: MONAI's use_checkpoint) or ClassName[,ClassName] (step files: wrapped in torch's non-reentrant checkpoint).")]
+SdpaOpt = Annotated[Optional[str], typer.Option("--sdpa", help="auto (CUDA's choice), or the only SDPA backend enabled: flash, efficient, math (step files); none: explicit attention scores (the built-in step).")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help=(
     "--step/--model: seconds each call into your code (import, one trace) may take; then it is stopped, naming the "
     "file:line it was at, exit code 3 (exit 4: your code ended the trace without a result, e.g. sys.exit). "
@@ -123,9 +137,6 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
     "--strategy", help="With --gpus N: ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard, ZeRO-3) or "
     "fsdp-grad-op (no reshard after forward, ~ZeRO-2); torch.distributed's own code, traced under a fake "
     "process group (profile, --step) or transcribed (estimate).")]
-
-_STEP_ONLY = (("knob", "--knob"), ("precision", "--precision"), ("checkpoint", "--checkpoint"), ("sdpa", "--sdpa"))
-
 
 def _model_as_step(params: dict[str, Any]) -> dict[str, Any]:
     """``--model FACTORY --input BxS...`` as the step file it is (planner/stepfiles/model_step.py):
@@ -163,15 +174,18 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
     if params.get("step") is not None:
         from planner import stepcmds
 
+        if getattr(params.get("engine"), "value", None) == "analytic":
+            from planner.setup_flags import refuse, step_name
+
+            raise refuse("--engine analytic", step_name(str(params["step"])), "has no analytic engine registered",
+                         ["trace"])
+
         fn = stepcmds.estimate if name in ("estimate", "profile") else getattr(stepcmds, name)
         if name == "profile":
             fn(params, out, err, fresh=True)
         else:
             fn(params, out, err)
         return True
-    for key, flag in _STEP_ONLY:
-        if params.get(key) is not None:
-            raise PlannerError(f"{flag}: only with --step (a step file); the built-in steps use their own flags")
     if params.get("timeout") is not None and not params.get("model"):
         raise PlannerError("--timeout: only with --step or --model (it stops your code; the built-in steps run none)")
     if params.get("jobs"):
@@ -179,26 +193,20 @@ def _step_command(params: dict[str, Any], name: str) -> bool:
     return False
 
 
-def _overrides(**kw: Any):
-    from planner.config import Overrides
-
-    kind = kw.pop("kind", None)
-    opt = kw.pop("optimizer", None)
-    return Overrides(kind=kind.value if kind else None, optimizer=opt.value if opt else None, **kw)
-
-
-_SETUP_FLAGS = ("kind", "voxel", "batch", "channels", "attention", "amp", "checkpointing", "flash_attention",
+# the setup flags, named as the command's parameters (``SetupFlags.from_params`` reads them)
+_SETUP_FLAGS = ("config", "kind", "voxel", "batch", "channels", "attention", "amp", "checkpointing", "flash_attention",
                 "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer", "alloc_conf",
-                "gpus", "strategy")
+                "gpus", "strategy", "knob", "precision", "checkpoint", "sdpa")
 
 
 def _setup(params: dict[str, Any]):
     """The setup a command runs on, from its --config and the shared setup flags; the
     command's other flags that can be wrong whatever the work (empty --gpu, an unusable
     --write file, --backend cpu under AMP) are checked here, before any work."""
-    from planner.config import check_command_flags, resolve_setup
+    from planner.config import check_command_flags
+    from planner.setup_flags import SetupFlags
 
-    setup = resolve_setup(params.get("config"), _overrides(**{k: params[k] for k in _SETUP_FLAGS if k in params}))
+    setup = SetupFlags.from_params(params).builtin_setup()
     check_command_flags(params, setup)
     return setup
 
@@ -222,6 +230,12 @@ _NOT_FOR_MODEL: tuple[tuple[str, str, str], ...] = (
     ("gpus", "--gpus", "the --model step runs on one GPU; write a step file (--step) for more"),
     ("strategy", "--strategy", "the --model step runs on one GPU; write a step file (--step) for more"),
 )
+
+
+def _builtin_overrides(params: dict[str, Any]) -> Any:
+    from planner.setup_flags import SetupFlags
+
+    return SetupFlags.from_params(params).builtin_overrides()
 
 
 def _reject_unused_for_model(params: dict[str, Any]) -> None:
@@ -394,6 +408,7 @@ def estimate(
     sdpa: SdpaOpt = None,
     gpus: GpusOpt = None,
     strategy: StrategyOpt = None,
+    engine: EngineOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Estimate where every byte of the reference training step goes, and whether it fits. No GPU, no torch.
@@ -403,38 +418,42 @@ def estimate(
     Example: vramplan estimate --step examples/steps/template.py --knob width=256 --precision amp-bf16 --gpu 8GB
     Example: vramplan estimate --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
-    if _step_command(locals(), "estimate"):
+    params = locals()
+    if _step_command(params, "estimate"):
         return
     from planner.analytic.estimate import estimate as run_estimate
     from planner.analytic.estimate import verdict
     from planner.gpus import parse_gpu
 
-    setup = _setup(locals())
+    setup = _setup(params)
     from planner import profiles
 
     card = parse_gpu(gpu) if gpu else None
     prof = profiles.load_for(profile_name, "analytic") if profile_name else (profiles.for_gpu(card.key) if card else None)
-    report = run_estimate(setup, card.capacity_bytes if card else None)
+    chosen = engine.value if engine else "analytic"
+    if chosen == "trace":
+        if compare:
+            raise PlannerError("--compare: with --engine trace the estimate is the trace already")
+        from planner.measure.profile import report_from
+        from planner.measure.step import run_step
+
+        with err.status("tracing the built-in step (fake backend)"):
+            import time
+
+            t0 = time.perf_counter()
+            record = run_step(setup, "fake")
+            report = report_from(record, "fake", setup.device.alloc_conf, time.perf_counter() - t0,
+                                 source="estimate:trace", capacity_bytes=card.capacity_bytes if card else None)
+    else:
+        report = run_estimate(setup, card.capacity_bytes if card else None)
     if prof is not None:
         report = prof.apply(report)
     def _recommend_command() -> str:
         import shlex
 
-        args = ["vramplan", "recommend"]
-        given = {"config": config, "kind": kind.value if kind else None, "voxel": voxel, "batch": batch,
-                 "channels": channels, "attention": attention, "disc_layers": disc_layers,
-                 "disc_channels": disc_channels, "accum": accum, "optimizer": optimizer.value if optimizer else None,
-                 "alloc_conf": alloc_conf}
-        for name, value in given.items():
-            if value is not None:
-                args += [f"--{name.replace('_', '-')}", str(value)]
-        for name, value in {"amp": amp, "checkpointing": checkpointing, "flash-attention": flash_attention,
-                            "perceptual": perceptual}.items():
-            if value is not None:
-                args.append(f"--{name}" if value else f"--no-{name}")
-        if no_discriminator:
-            args.append("--no-discriminator")
-        args += ["--gpu", gpu]
+        from planner.setup_flags import SetupFlags
+
+        args = ["vramplan", "recommend", *SetupFlags.from_params(params).as_args(), "--gpu", gpu]
         return " ".join(shlex.quote(a) for a in args)
 
     v = verdict(report, card, setup, _recommend_command()) if card else None
@@ -455,6 +474,7 @@ def estimate(
         from planner.band import band_json
 
         data["device_band"] = band_json(report, card)
+        data["engine"] = chosen
         from planner.report.terminal import setup_line
         from planner.spec import spec_to_dict
 
@@ -474,6 +494,7 @@ def estimate(
     from planner.report.terminal import render_comparison, render_report
 
     render_report(report, setup, out, title="vramplan estimate")
+    out.print(f"engine: {ENGINE_TEXT[chosen]}", markup=False)
     if v is not None:
         style = "bold green" if v.fits else "bold red"
         plabel = prof.label if prof is not None else "default, uncalibrated"
@@ -1003,9 +1024,6 @@ def table(
         check_output_path(out_file, "--out")
     if _step_command(locals(), "table"):
         return
-    for value, flag in ((accum, "--accum"), (optimizer, "--optimizer"), (alloc_conf, "--alloc-conf")):
-        if value is not None:
-            raise PlannerError(f"{flag}: table takes it with --step; for the built-in steps use --sweep")
     from planner.config import check_cuda_backend, check_gpu_flag, check_output_path
     from planner.gpus import parse_gpu
     from planner.report import table as T
@@ -1029,7 +1047,7 @@ def table(
     else:
         if voxel and sweep and any(s.split("=")[0].strip() == "voxel" for s in sweep):
             raise PlannerError("--voxel: also swept by --sweep voxel=...; give one of them")
-        rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch, gpus=gpus, strategy=strategy),
+        rows = T.build_rows(config, _builtin_overrides(locals()),
                             list(sweep or []), list(configs or []))
     if measure == Backend.cpu:
         raise PlannerError("--measure: fake or cuda")
@@ -1096,9 +1114,6 @@ def plot(
                            f"{' --step' if step else ''})")
     if _step_command(locals(), "plot"):
         return
-    for value, flag in ((accum, "--accum"), (optimizer, "--optimizer")):
-        if value is not None:
-            raise PlannerError(f"{flag}: plot takes it with --step; for the built-in steps use --sweep")
     from planner.gpus import parse_gpu
     from planner.report import plot as P
     from planner.report import table as T
@@ -1110,7 +1125,7 @@ def plot(
     check_output_path(out_file, "--out")  # before the work, not after it
     check_gpu_flag(gpu)
     cards = [parse_gpu(g) for g in (gpu or [])]
-    rows = T.build_rows(config, _overrides(kind=kind, voxel=voxel, batch=batch, gpus=gpus, strategy=strategy),
+    rows = T.build_rows(config, _builtin_overrides(locals()),
                         list(sweep or []), [])
     if len(rows) > P.MAX_SERIES:
         raise PlannerError(f"--sweep: {len(rows)} configurations (valid: at most {P.MAX_SERIES} in one figure)")
@@ -1189,8 +1204,8 @@ def oom(
         text = message
     report = O.parse_oom(text)
     params = locals()
-    given = config is not None or any(
-        params.get(k) is not None and not (k == "no_discriminator" and not params[k]) for k in _SETUP_FLAGS)
+    given = any(params.get(k) is not None and params.get(k) != [] and not (k == "no_discriminator" and not params[k])
+                for k in _SETUP_FLAGS)
     if gpu is not None and not gpu.strip():
         raise PlannerError("--gpu: empty value (valid: a size as sold like 24GB, an exact capacity like exact:23.55GiB, or a name from `vramplan gpus`)")
     if margin is not None and not 0 <= margin < 1:

@@ -13,17 +13,9 @@ from planner.errors import PlannerError
 from planner.recommend import SAFETY, TIER_NAMES
 from planner.steps import PRECISIONS, StepSetup, parse_knob, parse_value
 
-# Built-in-step flags that a step file does not use, and what sets that instead.
+# Command flags that only the built-in step's engine has, and what a step file uses instead. (The
+# setup flags are one vocabulary for every step: planner/setup_flags.py.)
 BUILTIN_ONLY: tuple[tuple[str, str, str], ...] = (
-    ("config", "--config", "the step file is the setup; its knobs are set with --knob"),
-    ("kind", "--kind", "the step file is the step"),
-    ("voxel", "--voxel", "sizes are the step file's knobs (--knob name=value)"),
-    ("channels", "--channels", "widths are the step file's knobs (--knob name=value)"),
-    ("attention", "--attention", "attention is the step file's own (a knob if it has one)"),
-    ("flash_attention", "--flash-attention", "use --sdpa flash|efficient|math"),
-    ("perceptual", "--perceptual", "the step file's own networks decide"),
-    ("disc_layers", "--disc-layers", "the step file's own networks decide"),
-    ("disc_channels", "--disc-channels", "the step file's own networks decide"),
     ("model", "--model", "give either --step or --model"),
     ("input_shape", "--input", "the step file's batch() makes the batch"),
     ("compare", "--compare", "a step file's estimate is already a trace"),
@@ -34,63 +26,31 @@ BUILTIN_ONLY: tuple[tuple[str, str, str], ...] = (
     ("seed004", "--seed004", "seed 004's table is of the built-in step"),
 )
 
+# knob name -> the alias flag that set it, for the step file's own knob check (_load)
+_alias_flags: dict[str, str] = {}
+
 
 def reject_builtin_flags(p: dict[str, Any]) -> None:
     for key, flag, why in BUILTIN_ONLY:
         v = p.get(key)
         if v is None or v is False or v == []:
             continue
-        raise PlannerError(f"{'--no-' + flag[2:] if v is False else flag}: does not apply to "
-                           f"{p.get('as_flag', '--step')} ({why})")
-    if p.get("no_discriminator"):
-        raise PlannerError(f"--no-discriminator: does not apply to {p.get('as_flag', '--step')} (the step file's own "
-                           f"networks decide)")
+        raise PlannerError(f"{flag}: does not apply to {p.get('as_flag', '--step')} ({why})")
 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:
-    """The StepSetup of a command's flags; built-in-only flags are errors naming them. Sets the
-    command's --timeout for the user's code (``planner/measure/isolate.py``)."""
+    """The StepSetup of a command's flags (planner/setup_flags.py: one vocabulary, one rule);
+    command flags of the built-in engine only are errors naming them. Sets the command's
+    --timeout for the user's code (``planner/measure/isolate.py``)."""
     from planner.measure.isolate import set_timeout
+    from planner.setup_flags import SetupFlags
 
     set_timeout(p.get("timeout"))
     reject_builtin_flags(p)
-    precision = p.get("precision")
-    amp = p.get("amp")
-    if precision is not None and amp is not None:
-        want = "amp-fp16" if amp else "fp32"
-        if precision != want:
-            raise PlannerError(f"--{'amp' if amp else 'no-amp'}: conflicts with --precision {precision}; give one")
-    if precision is None:
-        precision = "amp-fp16" if amp else "fp32"
-    ckpt_flag, ckpt = p.get("checkpointing"), p.get("checkpoint")
-    if ckpt is not None and ckpt_flag is not None:
-        raise PlannerError("--checkpointing: give --checkpoint CLASS[,CLASS]|auto or --checkpointing, not both")
-    checkpoint: tuple[str, ...] = ()
-    if ckpt is not None:
-        checkpoint = tuple(c.strip() for c in ckpt.split(",") if c.strip())
-        if not checkpoint:
-            raise PlannerError(f"--checkpoint: {ckpt!r} names no class (valid: auto or ClassName[,ClassName])")
-        if "auto" in checkpoint and len(checkpoint) > 1:
-            raise PlannerError("--checkpoint: 'auto' stands alone (valid: auto or ClassName[,ClassName])")
-    elif ckpt_flag:
-        checkpoint = ("auto",)
-    knobs: dict[str, Any] = {}
-    for text in p.get("knob") or []:
-        name, value = parse_knob(text)
-        if name in knobs:
-            raise PlannerError(f"--knob: '{name}' given twice")
-        knobs[name] = value
-    opt = p.get("optimizer")
-    sdpa = p.get("sdpa")
-    gpus, strategy = parallel_flags(p)
-    if any(name in ("gpus", "strategy") for name in _sweep_names(p)):
-        gpus, strategy = 1, "none"  # each --sweep row gets its own (sweep_setups)
-    return StepSetup(
-        path=str(p["step"]), knobs=tuple(knobs.items()), batch_size=p.get("batch"), accumulation=p.get("accum") or 1,
-        precision=precision, checkpoint=checkpoint, sdpa="auto" if sdpa is None else getattr(sdpa, "value", sdpa),
-        optimizer=getattr(opt, "value", opt), alloc_conf=p.get("alloc_conf") or environment_alloc_conf(),
-        gpus=1 if gpus is None else gpus, strategy=strategy or "none",
-    )
+    flags = SetupFlags.from_params(p)
+    _alias_flags.clear()
+    _alias_flags.update(flags.alias_flags())
+    return flags.step_setup(sweeping_parallel=any(n in ("gpus", "strategy") for n in _sweep_names(p)))
 
 
 def parallel_flags(p: dict[str, Any]) -> tuple[Any, str | None]:
@@ -108,7 +68,13 @@ def _load(ss: StepSetup) -> Any:
     runs the user's code: ``planner/measure/isolate.py``); the knobs checked before any tracing."""
     from planner.measure import isolate
 
-    return isolate.load_step(ss)
+    try:
+        return isolate.load_step(ss)
+    except PlannerError as exc:  # a knob set by an alias (--voxel): the message names that flag
+        for name, flag in _alias_flags.items():
+            if str(exc).startswith("--knob:") and f"has no knob '{name}'" in str(exc):
+                raise PlannerError(flag + str(exc)[len("--knob"):]) from None
+        raise
 
 
 def _filled(ss: StepSetup, sf: Any) -> StepSetup:
@@ -249,6 +215,7 @@ def estimate(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> N
         data["gpu"] = v.to_json() if v else None
         data["step_setup"] = ss.to_json()
         data["how"] = how
+        data["engine"] = "trace"
         from planner.band import band_json
 
         data["device_band"] = band_json(report, card)

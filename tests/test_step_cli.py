@@ -53,10 +53,10 @@ def test_estimate_step_json_states_setup():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["estimate", "--knob", "width=3"], "--knob: only with --step"),
-    (["estimate", "--step", TEMPLATE, "--voxel", "64x64x64"], "--voxel: does not apply to --step"),
+    (["estimate", "--knob", "width=3"], "--knob width: the built-in step has no knob 'width' (valid: kind, voxel,"),
+    (["estimate", "--step", TEMPLATE, "--voxel", "64x64x64"], "has no knob 'voxel' (valid: depth, features, tokens, width)"),
     (["estimate", "--step", TEMPLATE, "--knob", "wdth=3"], "valid: depth, features, tokens, width"),
-    (["estimate", "--step", TEMPLATE, "--precision", "fp8"], "--precision: got 'fp8'"),
+    (["estimate", "--step", TEMPLATE, "--precision", "fp8"], "cannot take precision 'fp8' (valid: fp32, amp-fp16,"),
     (["estimate", "--step", TEMPLATE, "--checkpoint", "Nope"], "no module of class 'Nope'"),
     (["estimate", "--step", "nope.py"], "no such file"),
     (["recommend", "--step", TEMPLATE, "--max-knob", "nope"], "not an integer knob"),
