@@ -6,7 +6,6 @@ Torch is imported only inside the commands that measure (``profile``).
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -253,7 +252,9 @@ def _reject_unused_for_model(params: dict[str, Any]) -> None:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    from planner.report.text import print_json
+
+    print_json(obj)
 
 
 @app.command()
@@ -742,6 +743,29 @@ def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json:
     out.print(f"[dim]{card.capacity_note()}[/dim]")
 
 
+# recommend's searches: each answers one question; the flags that shape the full recommendation
+# (and --max-knob's own) are errors with another, never ignored
+_SEARCHES = (("max_batch", "--max-batch"), ("max_voxel", "--max-voxel"), ("max_knob", "--max-knob"),
+             ("max_gpus", "--max-gpus"))
+_FULL_ONLY = (("write", "--write"), ("freeze", "--freeze"), ("prefer", "--prefer"), ("search", "--search"))
+
+
+def _one_search(params: dict[str, Any]) -> None:
+    modes = [flag for key, flag in _SEARCHES if params.get(key)]
+    if len(modes) > 1:
+        raise PlannerError(f"{modes[1]}: give one search at a time ({', '.join(modes)} given; "
+                           f"valid: one of {', '.join(f for _, f in _SEARCHES)}, or none for the full recommendation)")
+    if modes:
+        for key, flag in _FULL_ONLY:
+            if params.get(key) not in (None, []):
+                raise PlannerError(f"{flag}: does not apply to {modes[0]} (it reports one size; {flag} shapes the "
+                                   f"full recommendation)")
+    if "--max-knob" not in modes:
+        for key, flag in (("knob_step", "--knob-step"), ("knob_min", "--knob-min")):
+            if params.get(key) is not None:
+                raise PlannerError(f"{flag}: only with --max-knob NAME")
+
+
 @app.command()
 @fail_cleanly
 def recommend(
@@ -763,7 +787,7 @@ def recommend(
     alloc_conf: AllocConfOpt = None,
     gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
-    prefer: Annotated[Prefer, typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = Prefer.risk,
+    prefer: Annotated[Optional[Prefer], typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = None,
     freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention.")] = None,
     max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
@@ -795,19 +819,20 @@ def recommend(
     Example: vramplan recommend --voxel 256x256x64 --batch 4 --max-gpus 8 --gpu 80GB
     Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
     """
-    if _step_command(locals(), "recommend"):
+    params = locals()
+    _one_search(params)
+    if _step_command(params, "recommend"):
         return
+    prefer = prefer or Prefer.risk
     for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step"), (knob_min, "--knob-min")):
         if value:
             raise PlannerError(f"{flag}: only with --step")
     from planner import recommend as R
     from planner.gpus import parse_gpu
 
-    setup = _setup(locals())
+    setup = _setup(params)
     card = parse_gpu(gpu)
     if max_gpus:
-        if max_batch or max_voxel:
-            raise PlannerError("--max-gpus: give it alone, not with --max-batch/--max-voxel")
         _builtin_max_gpus(setup, card, margin, max_gpus, as_json)
         return
     if max_batch or max_voxel:

@@ -130,7 +130,7 @@ def summary(snapshot: dict[str, Any], since_us: int = 0) -> dict[str, int]:
 
 def snapshot_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
     """``vramplan snapshot --out step.pickle``: the setup traced on the fake backend, exported."""
-    from planner.cli import _print_json
+    from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
 
     path = check_output_path(p["out_file"], "--out")

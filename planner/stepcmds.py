@@ -86,7 +86,7 @@ def _filled(ss: StepSetup, sf: Any) -> StepSetup:
 
 
 def _print_json(obj: Any) -> None:
-    from planner.cli import _print_json as print_json
+    from planner.report.text import print_json
 
     print_json(obj)
 

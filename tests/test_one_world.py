@@ -165,3 +165,19 @@ def test_the_next_command_is_written_in_the_one_vocabulary():
     out = " ".join(res.stdout.split())
     assert ("vramplan recommend --knob disc_layers=2 --voxel 256x256x64 --precision amp-bf16 --no-checkpointing "
             "--gpu 8GB") in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-batch", "--write", "x.yaml"], "--write: does not apply to --max-batch"),
+    (["--max-batch", "--max-voxel"], "--max-voxel: give one search at a time"),
+    (["--max-batch", "--prefer", "speed"], "--prefer: does not apply to --max-batch"),
+    (["--max-batch", "--prefer", "risk"], "--prefer: does not apply to --max-batch"),  # the default, given: still refused
+    (["--max-voxel", "--freeze", "amp"], "--freeze: does not apply to --max-voxel"),
+    (["--knob-step", "4"], "--knob-step: only with --max-knob NAME"),
+    (["--step", "examples/steps/template.py", "--max-knob", "width", "--max-batch"],
+     "--max-knob: give one search at a time (--max-batch, --max-knob given"),
+])
+def test_recommend_searches_take_one_question_and_refuse_the_flags_they_would_ignore(extra, message):
+    # issue 23: these were accepted and ignored (the search answered, the flag did nothing)
+    res = runner.invoke(app, ["recommend", "--gpu", "8GB", *extra])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
