@@ -489,9 +489,9 @@ def record_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
     path = check_output_path(p["out_file"], "--out")
     backend = getattr(p.get("backend"), "value", p.get("backend")) or "cuda"
     if p.get("step"):
-        from planner import stepcmds
+        from planner import setup_flags
 
-        setup = {"kind": "step", "step": stepcmds.step_setup(p).to_json()}
+        setup = {"kind": "step", "step": setup_flags.step_setup(p).to_json()}
     else:
         from planner.spec import spec_to_dict
 

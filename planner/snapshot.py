@@ -137,10 +137,10 @@ def snapshot_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
     if path.suffix not in (".pickle", ".pkl", ".json"):
         raise PlannerError(f"--out: {str(path)!r} must end in .pickle (PyTorch's memory viewer) or .json")
     if p.get("step"):
-        from planner import stepcmds
+        from planner import setup_flags
         from planner.measure import traces
 
-        ss = stepcmds.step_setup(p)
+        ss = setup_flags.step_setup(p)
         record, conf = traces.trace(ss), ss.alloc_conf
     else:
         from planner.measure.step import run_step

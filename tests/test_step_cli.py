@@ -228,7 +228,7 @@ def test_max_gpus_says_when_more_gpus_do_not_help():
 @pytest.mark.parametrize("args,message", [
     (["recommend", "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
     (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
-    (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--max-batch"], "--max-gpus: give it alone"),
+    (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--max-batch"], "--max-gpus: give one search at a time"),
 ])
 def test_max_gpus_bad_input(args, message):
     r = runner.invoke(app, args)
