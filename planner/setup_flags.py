@@ -353,10 +353,10 @@ def builtin_overrides(params: dict[str, Any]) -> Any:
     return SetupFlags.from_params(params).builtin_overrides()
 
 
-def step_params(params: dict[str, Any], command: str) -> dict[str, Any] | None:
-    """The command's parameters for its step-file form when --step (or --model, as the step
-    file it is) is given; None for the built-in step, after refusing what only a step file
-    takes (--timeout, --jobs)."""
+def step_params(params: dict[str, Any], command: str) -> StepSetup | None:
+    """The setup of the command's step-file form when --step (or --model, as the step file it
+    is) is given; None for the built-in step, after refusing what only a step file takes
+    (--timeout, --jobs). The command's parameters are read here, once."""
     if command != "profile":
         params = model_as_step(params)
     if params.get("step") is not None:
@@ -365,7 +365,7 @@ def step_params(params: dict[str, Any], command: str) -> dict[str, Any] | None:
 
             raise refuse("--engine analytic", step_name(str(params["step"])), "has no analytic engine registered",
                          ["trace"])
-        return params
+        return step_setup(params)
     if params.get("timeout") is not None and not params.get("model"):
         raise PlannerError("--timeout: only with --step or --model (it stops your code; the built-in steps run none)")
     if params.get("jobs"):
@@ -412,12 +412,6 @@ def step_setup(p: dict[str, Any]) -> StepSetup:
     _alias_flags.clear()
     _alias_flags.update(flags.alias_flags())
     return flags.step_setup(sweeping_parallel=any(n in ("gpus", "strategy") for n in sweep_names(p)))
-
-
-def parallel_flags(p: dict[str, Any]) -> tuple[Any, str | None]:
-    """--gpus and --strategy as given (None where not)."""
-    strategy = p.get("strategy")
-    return p.get("gpus"), getattr(strategy, "value", strategy)
 
 
 def sweep_names(p: dict[str, Any]) -> list[str]:

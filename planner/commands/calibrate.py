@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -11,7 +11,8 @@ from planner.commands.app import command, err, out
 from planner.commands.options import AccumOpt, Backend, BatchOpt, CheckpointOpt, JsonOpt, KnobOpt, PrecisionOpt, StepOpt, TimeoutOpt
 from planner.commands.render import progress
 from planner.errors import PlannerError, one_line
-from planner.setup_flags import filled, load_step, parallel_flags, step_setup, sweep_setups
+from planner.setup_flags import filled, load_step, step_setup, sweep_setups
+from planner.steps import StepSetup
 
 
 @command()
@@ -61,7 +62,8 @@ def calibrate(
         if grid is not None or only is not None:
             raise PlannerError(f"{'--grid' if grid is not None else '--only'}: does not apply to --step "
                                "(the points are the step file's --sweep rows)")
-        calibrate_step_file(locals(), out, err)
+        calibrate_step_file(step_setup(locals()), name=name, sweep=list(sweep or []),
+                            backend=backend.value, gpu=gpu, as_json=as_json)
         return
     for key, flag in (("sweep", "--sweep"), ("knob", "--knob"), ("precision", "--precision"),
                       ("checkpoint", "--checkpoint"), ("batch", "--batch"), ("accum", "--accum")):
@@ -105,31 +107,30 @@ def calibrate(
                     f"{prof.device.get('name', backend.value)}")
 
 
-def calibrate_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
+def calibrate_step_file(ss: StepSetup, *, name: str, sweep: list[str], backend: str, gpu: str | None,
+                        as_json: bool) -> None:
     """calibrate --step: the step file's trace against --backend at each --sweep row."""
     from planner import profiles
     from planner.calibrate import calibrate_step
     from planner.config import check_cuda_backend, check_gpu_flag
     from planner.gpus import calibration_card
 
-    backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
     if backend == "cpu":
         raise PlannerError("--backend: calibrate takes fake or cuda")
-    check_cuda_backend(p.get("backend"), valid="fake")
-    profiles.check_name(p["name"])
-    check_gpu_flag(p.get("gpu"))
-    card = calibration_card(p.get("gpu"), backend)
-    ss = step_setup(p)
+    check_cuda_backend(backend, valid="fake")
+    profiles.check_name(name)
+    check_gpu_flag(gpu)
+    card = calibration_card(gpu, backend)
     sf = load_step(ss)
     ss = filled(ss, sf)
-    rows = sweep_setups(ss, sf, list(p.get("sweep") or []), parallel_flags(p))
+    rows = sweep_setups(ss, sf, sweep)
     setups = [(", ".join(f"{k}={v}" for k, v in label.items()) or s.label(), s) for label, s in rows]
     prog, tick = progress(err, "calibrating")
     with prog:
-        prof = calibrate_step(p["name"], setups, backend, card.key if card else None, tick)
+        prof = calibrate_step(name, setups, backend, card.key if card else None, tick)
     from planner.calibrate import save_and_report
 
-    if save_and_report(prof, p.get("as_json"), out, lambda path: f"wrote {path}: {len(prof.measurements)} points "
+    if save_and_report(prof, as_json, out, lambda path: f"wrote {path}: {len(prof.measurements)} points "
                        f"({'; '.join(lab for lab, _ in setups)}) of {ss.label()} on {prof.device.get('name', backend)}"):
         return
     if backend != "cuda":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,7 +12,8 @@ from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOp
 from planner.commands.render import library_terms_json, print_library_terms, print_verdict, render_step, step_profile
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_setup, filled, load_step, step_params, step_setup
+from planner.setup_flags import builtin_setup, filled, load_step, step_params
+from planner.steps import StepSetup
 
 
 @command()
@@ -63,9 +64,9 @@ def estimate(
     Example: vramplan estimate --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
     params = locals()
-    p = step_params(params, "estimate")
-    if p is not None:
-        estimate_step_file(p, out, err)
+    ss = step_params(params, "estimate")
+    if ss is not None:
+        estimate_step_file(ss, gpu=gpu, profile_name=profile_name, backend="fake", as_json=as_json)
         return
     from planner.analytic.estimate import estimate as run_estimate
     from planner.analytic.estimate import verdict
@@ -153,17 +154,16 @@ def estimate(
         render_comparison(report, measured, out)
 
 
-def estimate_step_file(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = False) -> None:
+def estimate_step_file(ss: StepSetup, *, gpu: str | None, profile_name: str | None, backend: str, as_json: bool,
+                       fresh: bool = False) -> None:
     """estimate --step (by trace, cached) and profile --step (traced now, any backend)."""
     from planner.gpus import parse_gpu
 
-    ss = step_setup(p)
-    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
+    card = parse_gpu(gpu) if gpu else None
     sf = load_step(ss)
     ss = filled(ss, sf)
     from planner.measure.profile import report_from
 
-    backend = getattr(p.get("backend"), "value", p.get("backend")) or "fake"
     t0 = time.perf_counter()
     with err.status(f"tracing {ss.label()}"):
         if fresh:
@@ -185,13 +185,13 @@ def estimate_step_file(p: dict[str, Any], out: Any, err: Any, *, fresh: bool = F
         report = report_from(record, backend, ss.alloc_conf, time.perf_counter() - t0,
                              source="profile:" + backend if fresh else "estimate:trace", rollup=2,
                              capacity_bytes=card.capacity_bytes if card else None, extra_notes=note)
-        prof = step_profile(p)
+        prof = step_profile(profile_name)
         if prof is not None:
             report = prof.apply(report)
     from planner.analytic.estimate import verdict
 
     v = verdict(report, card) if card is not None else None
-    if p.get("as_json"):
+    if as_json:
         data = report.to_json()
         data["fits"] = v.fits if v else None
         data["gpu"] = v.to_json() if v else None

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planner.commands.app import command, err, out
+from planner.commands.app import command, err
 from planner.commands.options import AccumOpt, BatchOpt, CheckpointOpt, ConfigOpt, GpusOpt, InputOpt, JobsOpt, KindOpt, KnobOpt, ModelOpt, OptimOpt, PlotKind, PrecisionOpt, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
 from planner.commands.table import evaluate_rows
 from planner.errors import PlannerError, one_line
@@ -50,9 +50,13 @@ def plot(
     if x is not None and (step or what != PlotKind.scaling):
         raise PlannerError(f"--x: only for `plot scaling` of the built-in steps (got plot {what.value}"
                            f"{' --step' if step else ''})")
-    p = step_params(locals(), "plot")
-    if p is not None:
-        plot_step_file(p, out, err)
+    ss = step_params(locals(), "plot")
+    if ss is not None:
+        if what != PlotKind.breakdown:
+            raise PlannerError(f"plot {what.value}: with --step only 'breakdown' (one bar per --sweep row); "
+                               "use `vramplan table --step ... --sweep` for sizes")
+        rows, cards = evaluate_rows(ss, sweep=list(sweep or []), parallel=(gpus, strategy), gpu=list(gpu or []), jobs=jobs)
+        plot_step_file(rows, cards, out_file=out_file)
         return
     from planner.gpus import parse_gpu
     from planner.report import plot as P
@@ -99,17 +103,13 @@ def plot(
     err.print(f"wrote {out_file}")
 
 
-def plot_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
+def plot_step_file(rows: list[tuple[dict, Any, Any]], gpus: list[Any], *, out_file: Path) -> None:
+    """plot breakdown --step: one bar per --sweep row of the step file."""
     from planner.report import plot as P
 
-    what = getattr(p.get("what"), "value", p.get("what"))
-    if what != "breakdown":
-        raise PlannerError(f"plot {what}: with --step only 'breakdown' (one bar per --sweep row); "
-                           "use `vramplan table --step ... --sweep` for sizes")
-    ss, rows, gpus = evaluate_rows(p, err)
     if len(rows) > P.MAX_SERIES:
         raise PlannerError(f"--sweep: {len(rows)} configurations (valid: at most {P.MAX_SERIES} in one figure)")
     labels = [", ".join(f"{k}={v}" for k, v in lab.items()) or "as given" for lab, _, _ in rows]
     fig = P.breakdown_figure(labels, [r[0] for _, _, r in rows], gpus)
-    P.save(fig, p["out_file"], "--out")
-    err.print(f"wrote {p['out_file']}")
+    P.save(fig, out_file, "--out")
+    err.print(f"wrote {out_file}")

@@ -59,9 +59,10 @@ def profile(
     Example: vramplan profile --voxel 256x256x64 --no-perceptual --json
     Example: vramplan profile --step examples/steps/rgbd_policy.py --precision amp-bf16 --gpu 24GB
     """
-    p = step_params(locals(), "profile")
-    if p is not None:
-        estimate_step_file(p, out, err, fresh=True)
+    ss = step_params(locals(), "profile")
+    if ss is not None:
+        estimate_step_file(ss, gpu=gpu, profile_name=None, backend=backend.value if backend else "fake",
+                           as_json=as_json, fresh=True)
         return
     if gpu is not None:
         raise PlannerError("--gpu: profile takes it with --step; for the built-in steps use `vramplan estimate --gpu`")

@@ -9,11 +9,11 @@ import typer
 
 from planner.commands.app import command, err, out, print_json
 from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOpt, BatchOpt, ChannelsOpt, CheckpointOpt, CkptOpt, ConfigOpt, DiscChOpt, DiscLayersOpt, FlashOpt, GpusOpt, InputOpt, JobsOpt, JsonOpt, KindOpt, KnobOpt, ModelOpt, NoDiscOpt, OptimOpt, PercOpt, PrecisionOpt, Prefer, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
-from planner.commands.render import progress, step_profile, write_setup
+from planner.commands.render import progress, write_setup
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
 from planner.recommend import SAFETY, TIER_NAMES
-from planner.setup_flags import builtin_setup, filled, load_step, step_params, step_setup
+from planner.setup_flags import builtin_setup, filled, load_step, step_params
 from planner.steps import StepSetup, parse_value
 
 
@@ -118,9 +118,11 @@ def recommend(
     """
     params = locals()
     _one_search(params)
-    p = step_params(params, "recommend")
-    if p is not None:
-        recommend_step_file(p, out, err)
+    ss = step_params(params, "recommend")
+    if ss is not None:
+        recommend_step_file(ss, gpu=gpu, margin=margin, jobs=jobs, max_batch=max_batch, max_knob=max_knob,
+                            knob_step=knob_step, knob_min=knob_min, max_gpus=max_gpus, search=list(search or []),
+                            freeze=freeze, prefer=prefer.value if prefer else "risk", as_json=as_json)
         return
     prefer = prefer or Prefer.risk
     for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step"), (knob_min, "--knob-min")):
@@ -284,27 +286,30 @@ def recommend(
         out.print(f"wrote {write}")
 
 
-def recommend_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
+KNOB_LIMIT = 4096  # --max-knob: the largest value tried
+
+
+def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, max_batch: bool, max_knob: str | None,
+                        knob_step: int | None, knob_min: int | None, max_gpus: int | None, search: list[str],
+                        freeze: str | None, prefer: str, as_json: bool) -> None:
+    """recommend --step: the full search (stepsearch.recommend), or one of --max-batch,
+    --max-knob NAME, --max-gpus N."""
     from planner.gpus import parse_gpu
     from planner.measure import stepsearch as S
 
-    ss = step_setup(p)
-    card = parse_gpu(p["gpu"])
-    margin = p.get("margin", 0.05)
+    card = parse_gpu(gpu)
     from planner.recommend import _check_margin
 
     _check_margin(margin)
     sf = load_step(ss)
     terms = sf.terms
     ss = filled(ss, sf)
-    jobs = p.get("jobs") or 0
     cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,
            "budget_bytes": int(card.capacity_bytes * (1 - margin))}
-    max_knob = p.get("max_knob")
-    if p.get("max_gpus"):  # alone: _one_search
-        max_gpus_step_file(p, ss, sf, card, margin, cap, out, err)
+    if max_gpus:  # alone: _one_search
+        max_gpus_step_file(ss, sf, card, margin, cap, limit=max_gpus, jobs=jobs, as_json=as_json)
         return
-    if p.get("max_batch") or max_knob:
+    if max_batch or max_knob:
         prog, tick = progress(err, "tracing")
         with prog:
             if max_knob:
@@ -312,16 +317,16 @@ def recommend_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
                 if knob is None or isinstance(knob.default, bool) or not isinstance(knob.default, int):
                     valid = ", ".join(k for k, v in sf.knobs.items() if isinstance(v.default, int) and not isinstance(v.default, bool))
                     raise PlannerError(f"--max-knob: '{max_knob}' is not an integer knob of '{ss.path}' (valid: {valid or 'none'})")
-                step = p.get("knob_step") or 1
-                if p.get("knob") and any(str(k).split("=")[0].strip().replace("-", "_") == max_knob for k in p["knob"]):
+                step = knob_step or 1
+                if max_knob in ss.knob_dict:
                     raise PlannerError(f"--knob {max_knob}: is what --max-knob searches; leave it out (--knob-min sets "
                                        f"where the search starts)")
-                start = p.get("knob_min") or knob.default
-                res, stats = S.max_knob(ss, max_knob, step, card, margin, max(p.get("knob_limit") or 4096, start), tick,
-                                        profile=step_profile(p), start=start, floor=p.get("knob_min") or step)
+                start = knob_min or knob.default
+                res, stats = S.max_knob(ss, max_knob, step, card, margin, max(KNOB_LIMIT, start), tick,
+                                        profile=None, start=start, floor=knob_min or step)
                 what = f"{max_knob}"
             else:
-                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=step_profile(p))
+                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=None)
                 what = "micro-batch"
         value, rep = res.value, res.report
         result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
@@ -329,7 +334,7 @@ def recommend_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
                   "start": res.start, "rejected": {str(k): v for k, v in res.rejected.items()},
                   "gpu": cap, "setup": ss.to_json(), "traces": stats.traces, "cached_traces": stats.cached,
                   "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2)}
-        if p.get("as_json"):
+        if as_json:
             print_json(result)
             return
         if not value:
@@ -349,23 +354,22 @@ def recommend_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
         out.print(f"[dim]{stats.traces} traces ({stats.cached} from the cache), {stats.derived} sizes derived, "
                   f"{stats.direct} traced directly, {stats.seconds:.1f} s[/dim]")
         return
-    search: dict[str, list[Any]] = {}
-    for text in p.get("search") or []:
+    search_knobs: dict[str, list[Any]] = {}
+    for text in search:
         name, _, raw = text.partition("=")
         name = name.strip().replace("-", "_")
         if not raw or name not in sf.knobs:
             valid = ", ".join(sorted(sf.knobs)) or "none"
             raise PlannerError(f"--search: {text!r} must be knob=v1/v2/... with a knob of '{ss.path}' (valid: {valid})")
-        search[name] = [parse_value(v.strip()) for v in raw.split("/") if v.strip()]
-    freeze = {f.strip() for f in (p.get("freeze") or "").split(",") if f.strip()}
-    bad = freeze - {"precision", "checkpointing", "batch"}
+        search_knobs[name] = [parse_value(v.strip()) for v in raw.split("/") if v.strip()]
+    frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
+    bad = frozen - {"precision", "checkpointing", "batch"}
     if bad:
         raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, batch)")
-    prefer = getattr(p.get("prefer"), "value", p.get("prefer")) or "risk"
     prog, tick = progress(err, "tracing")
     with prog:
-        best, ordered, stats = S.recommend(ss, card, margin, prefer, freeze, search, sf.batch_default or 1, jobs, tick,
-                                         profile=step_profile(p))
+        best, ordered, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,
+                                         profile=None)
     exact = sum(1 for c in ordered if c.report is not None)
     failed = sum(1 for c in ordered if c.error)
     summary = (f"{len(ordered)} candidates: {exact} evaluated exactly ({stats.derived} derived, "
@@ -373,7 +377,7 @@ def recommend_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
                f"predicted (each change's exact ratio alone, multiplied; verified in preference order where predicted "
                f"within the budget + {SAFETY:.0%})" + (f", {failed} failed or not run" if failed else "")
                + f"; {stats.seconds:.1f} s")
-    if p.get("as_json"):
+    if as_json:
         from planner.terms import say
 
         print_json({"gpu": cap, "input": ss.to_json(),
@@ -431,19 +435,20 @@ def recommend_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
               f"uncalibrated, relative to 'as is'.[/dim]")
 
 
-def max_gpus_step_file(p: dict[str, Any], ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, out: Any, err: Any) -> None:
+def max_gpus_step_file(ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, *, limit: int, jobs: int,
+                       as_json: bool) -> None:
     from planner import gpusearch as G
     from planner.measure import stepsearch as S
 
     prog, tick = progress(err, "tracing")
     with prog:
-        answer, tried, verdict, stats = S.max_gpus(ss, card, margin, p["max_gpus"], sf.batch_default or 1,
-                                                   p.get("jobs") or 0, tick, profile=step_profile(p))
-    if p.get("as_json"):
+        answer, tried, verdict, stats = S.max_gpus(ss, card, margin, limit, sf.batch_default or 1,
+                                                   jobs, tick, profile=None)
+    if as_json:
         print_json({"gpu": cap, "input": ss.to_json(), "answer": answer.to_json() if answer else None,
                      "tried": [o.to_json() for o in tried], "verdict": verdict, "traces": stats.traces,
                      "cached_traces": stats.cached, "seconds": round(stats.seconds, 2), "not_counted": G.NOT_COUNTED})
         return
-    G.render(out, f"vramplan recommend --step --max-gpus {p['max_gpus']}", ss.label(), cap["budget_bytes"],
+    G.render(out, f"vramplan recommend --step --max-gpus {limit}", ss.label(), cap["budget_bytes"],
              card.capacity_bytes, margin, card.name, answer, tried, verdict, "traced, not measured on GPUs",
              f"{stats.traces} traces ({stats.cached} cached), {stats.seconds:.1f} s")

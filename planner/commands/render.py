@@ -87,9 +87,8 @@ def default_backend() -> str:
     return "cuda" if torch.cuda.is_available() else "fake"
 
 
-def step_profile(p: dict[str, Any]) -> Any:
+def step_profile(name: str | None) -> Any:
     """--profile NAME for a --step command: a profile fitted by ``calibrate --step``."""
-    name = p.get("profile_name")
     if not name:
         return None
     from planner import profiles

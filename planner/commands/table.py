@@ -8,12 +8,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planner.commands.app import command, err, out
+from planner.commands.app import command, err
 from planner.commands.options import AccumOpt, AllocConfOpt, Backend, BatchOpt, CheckpointOpt, ConfigOpt, Fmt, GpusOpt, InputOpt, JobsOpt, KindOpt, KnobOpt, ModelOpt, OptimOpt, PrecisionOpt, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
-from planner.commands.render import progress, step_profile
+from planner.commands.render import progress
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_overrides, filled, load_step, parallel_flags, step_params, step_setup, sweep_setups
+from planner.setup_flags import builtin_overrides, filled, load_step, step_params, sweep_setups
 from planner.steps import StepSetup
 
 
@@ -60,9 +60,10 @@ def table(
         from planner.config import check_output_path
 
         check_output_path(out_file, "--out")
-    p = step_params(locals(), "table")
-    if p is not None:
-        table_step_file(p, out, err)
+    ss = step_params(locals(), "table")
+    if ss is not None:
+        rows, cards = evaluate_rows(ss, sweep=list(sweep or []), parallel=(gpus, strategy), gpu=list(gpu or []), jobs=jobs)
+        table_step_file(rows, cards, fmt=fmt.value, out_file=out_file)
         return
     from planner.config import check_cuda_backend, check_gpu_flag, check_output_path
     from planner.gpus import parse_gpu
@@ -110,12 +111,12 @@ def table(
         sys.stdout.write(text)
 
 
-def table_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
+def table_step_file(rows: list[tuple[dict, StepSetup, Any]], gpus: list[Any], *, fmt: str, out_file: Path | None) -> None:
+    """table --step: one row per --sweep point of the step file."""
     import pandas as pd
 
     from planner.report import table as T
 
-    ss, rows, gpus = evaluate_rows(p, err)
     recs = []
     base = rows[0][2][1] or 1.0
     from planner.result import ALL_CATEGORIES, CATEGORIES, COMMUNICATION
@@ -134,7 +135,6 @@ def table_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
         row["how"] = how
         recs.append(row)
     df = pd.DataFrame(recs)
-    fmt = getattr(p.get("fmt"), "value", p.get("fmt")) or "markdown"
     text = T.render(df, fmt)
     if fmt == "markdown":
         text += ("\nBy trace (FakeTensorMode on the CPU, CUDA emulated), not measured on a GPU; GiB = 2**30 bytes; "
@@ -142,28 +142,29 @@ def table_step_file(p: dict[str, Any], out: Any, err: Any) -> None:
                  "relative to the first row"
                  + ("; with more than one GPU: all ranks' samples, communication not modelled" if any(
                      s.gpus > 1 for _, s, _ in rows) else "") + ".\n")
-    if p.get("out_file") is not None:
-        T.write_text(p["out_file"], text, "--out")
-        err.print(f"wrote {p['out_file']}")
+    if out_file is not None:
+        T.write_text(out_file, text, "--out")
+        err.print(f"wrote {out_file}")
     else:
         sys.stdout.write(text)
 
 
-def evaluate_rows(p: dict[str, Any], err: Any) -> tuple[StepSetup, list[tuple[dict, StepSetup, Any]], Any]:
+def evaluate_rows(ss: StepSetup, *, sweep: list[str], parallel: tuple[Any, Any], gpu: list[str],
+                  jobs: int) -> tuple[list[tuple[dict, StepSetup, Any]], list[Any]]:
+    """The step file's --sweep rows, traced (cached, in ``jobs`` processes), with the cards of
+    --gpu; ``parallel``: --gpus and --strategy as given, for the one a sweep leaves."""
     from planner.gpus import parse_gpu
     from planner.measure.stepsearch import Evaluator
 
-    ss = step_setup(p)
     sf = load_step(ss)
     ss = filled(ss, sf)
-    rows = sweep_setups(ss, sf, list(p.get("sweep") or []), parallel_flags(p))
-    gpus = [parse_gpu(g) for g in (p.get("gpu") or [])]
+    rows = sweep_setups(ss, sf, sweep, (parallel[0], getattr(parallel[1], "value", parallel[1])))
+    gpus = [parse_gpu(g) for g in gpu]
     prog, tick = progress(err, "tracing")
-    with prog, Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), p.get("jobs") or 0, tick,
-                         profile=step_profile(p)) as ev:
+    with prog, Evaluator(gpus[0] if gpus else parse_gpu("rtx4090"), jobs, tick, profile=None) as ev:
         reps = ev.reports([s for _, s in rows])
     for label, s in rows:
         if reps[s][0] is None:
             where = ", ".join(f"{k}={v}" for k, v in label.items())
             raise PlannerError((f"--sweep {where}: " if where else "") + reps[s][2])
-    return ss, [(label, s, reps[s]) for label, s in rows], gpus
+    return [(label, s, reps[s]) for label, s in rows], gpus
