@@ -24,7 +24,7 @@ each. Absolute seconds are printed for the reader and never gated: on a shared
     grows by more than 0.5 percentage points over benchmarks/baseline.json;
   * a speed ratio exceeds its bound: a fixed target where the issue sets one
     (cli_estimate <= 1.0), else the baseline ratio x SPEED_SLACK.
-SPEED_SLACK comes from the spread measured on the build machine (README, "Speed").
+SPEED_SLACK comes from the spread measured on the build machine (docs/accuracy-and-speed.md, "Speed").
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ ACCURACY_SLACK_PP = 0.5
 # 5 beside a CPU-bound `while True: pass`) the largest median ratio per figure was at most
 # 1.32x the smallest (estimate_inproc; the others 1.12-1.25x); one later run during
 # unexplained background activity reached 1.45x (estimate_inproc 0.449 against 0.310).
-# 1.8 stays above that noise and still fails a doubling (README, "Speed").
+# 1.8 stays above that noise and still fails a doubling (docs/accuracy-and-speed.md, "Speed").
 SPEED_SLACK = 1.8
 ACCURACY_TARGETS = {"median_abs_error_pct": accuracy.TARGET_MEDIAN_PCT, "worst_abs_error_pct": accuracy.TARGET_WORST_PCT}
 # Fixed ratio targets (the issue's); other ratios are held to the baseline.

@@ -1,4 +1,4 @@
-"""README's allocator table (section "Allocator settings, library workspaces, OOM messages"): seed 004's
+"""The allocator table of docs/allocator-and-oom.md (tests/test_docs.py holds it equal): seed 004's
 configurations estimated with torch's default allocator settings and with expandable_segments:True.
 
 Run: .venv/bin/python scripts/allocator_table.py   (analytic estimates, no torch, a few seconds)

@@ -217,7 +217,7 @@ def test_table_sweeps_gpus_and_strategy_one_row_for_one_gpu():
 
 def test_recommend_max_gpus_builtin():
     """Seed 004's 256x256x64 at global batch 4 on 80 GB cards: activation-bound, nothing fits up to 4
-    GPUs and sharding saves only the state (README); a small volume fits one GPU."""
+    GPUs and sharding saves only the state (docs/multi-gpu.md); a small volume fits one GPU."""
     r = runner.invoke(app, ["recommend", "--voxel", "256x256x64", "--batch", "4", "--max-gpus", "8", "--gpu", "80GB",
                             "--json"])
     assert r.exit_code == 0, r.output
