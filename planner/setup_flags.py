@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError, quote
-from planner.steps import PRECISIONS, StepSetup, parse_value
+from planner.steps import PRECISIONS, SDPA_BACKENDS, StepSetup, parse_value
 
 # knob name -> the alias flag that sets it
 KNOB_ALIASES: dict[str, str] = {
@@ -506,7 +506,20 @@ def _parallel(s: StepSetup, swept: dict[str, str], given: tuple[Any, str | None]
     return replace(s, gpus=gpus, strategy=strategy)
 
 
+# --sweep's aliases (the built-in step's table names): name -> (vramplan knob, value for on, for off)
+SWEEP_ALIASES = {"amp": ("precision", "amp-fp16", "fp32"), "checkpointing": ("checkpoint", "auto", "none"),
+                 "flash": ("sdpa", "auto", "none")}
+
+
 def _set(s: StepSetup, sf: Any, name: str, v: str) -> StepSetup:
+    if name in SWEEP_ALIASES and name not in sf.knobs:
+        from planner.config import parse_bool
+
+        knob, on, off = SWEEP_ALIASES[name]
+        name, v = knob, on if parse_bool(v, f"--sweep {name}") else off
+        if knob == "sdpa" and v == "none":
+            raise refuse("--sweep flash=off", step_name(s.path), "cannot take sdpa 'none'", SDPA_BACKENDS)
+
     def pos_int(flag: str) -> int:
         try:
             n = int(v)
@@ -525,6 +538,8 @@ def _set(s: StepSetup, sf: Any, name: str, v: str) -> StepSetup:
     if name == "checkpoint":
         return replace(s, checkpoint=() if v in ("off", "none") else tuple(v.split("+")))
     if name == "sdpa":
+        if v not in SDPA_BACKENDS:
+            raise refuse(f"--sweep sdpa={v}", step_name(s.path), f"cannot take sdpa {quote(v)}", SDPA_BACKENDS)
         return replace(s, sdpa=v)
     if name == "optimizer":
         return replace(s, optimizer=v)

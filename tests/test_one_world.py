@@ -181,3 +181,32 @@ def test_recommend_searches_take_one_question_and_refuse_the_flags_they_would_ig
     # issue 23: these were accepted and ignored (the search answered, the flag did nothing)
     res = runner.invoke(app, ["recommend", "--gpu", "8GB", *extra])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_table_sweeps_take_the_one_vocabulary_on_the_builtin_step():
+    # --sweep precision/checkpoint/sdpa on the built-in step set the same fields as the flags
+    from planner.report.table import build_rows
+
+    rows = build_rows(None, SetupFlags().builtin_overrides(),
+                      ["precision=fp32,amp-bf16", "checkpoint=none,auto", "sdpa=none,auto"], [])
+    got = {(lab["precision"], lab["checkpoint"], lab["sdpa"]):
+           (s.device.mixed_precision, s.device.amp_dtype if s.device.mixed_precision else None,
+            s.autoencoder.training.use_gradient_checkpointing, s.autoencoder.use_flash_attention) for lab, s in rows}
+    assert got[("fp32", "none", "none")] == (False, None, False, False)
+    assert got[("amp-bf16", "auto", "auto")] == (True, "bfloat16", True, True)
+    assert len(got) == 8
+    with pytest.raises(PlannerError, match="--sweep precision: the built-in step cannot take precision 'fp16'"):
+        build_rows(None, SetupFlags().builtin_overrides(), ["precision=fp16"], [])
+
+
+def test_step_file_sweeps_take_the_builtin_aliases():
+    from types import SimpleNamespace
+
+    from planner.setup_flags import sweep_setups
+
+    ss = SetupFlags.from_params({"step": STEP}).step_setup()
+    sf = SimpleNamespace(knobs={})  # no knob of the file is swept
+    rows = sweep_setups(ss, sf, ["amp=on,off", "checkpointing=on"])
+    assert [(s.precision, s.checkpoint) for _, s in rows] == [("amp-fp16", ("auto",)), ("fp32", ("auto",))]
+    with pytest.raises(PlannerError, match="--sweep flash=off: the step .* cannot take sdpa 'none'"):
+        sweep_setups(ss, sf, ["flash=off"])

@@ -42,7 +42,27 @@ def _int(knob: str) -> Callable[[str], int]:
     return parse
 
 
-KNOBS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+def _builtin_value(knob: str) -> Callable[[str], dict[str, Any]]:
+    """--sweep precision|checkpoint|sdpa=... on the built-in step, in the one vocabulary
+    (planner/setup_flags.py BUILTIN_VALUES) -> the Overrides fields they set."""
+    from planner.setup_flags import BUILTIN_STEP, BUILTIN_VALUES, refuse
+
+    def parse(v: str) -> dict[str, Any]:
+        if v not in BUILTIN_VALUES[knob]:
+            raise refuse(f"--sweep {knob}", BUILTIN_STEP, f"cannot take {knob} {quote(v)}", BUILTIN_VALUES[knob])
+        if knob == "precision":
+            return {"amp": v != "fp32", "amp_dtype": "bfloat16" if v == "amp-bf16" else None if v == "fp32" else "float16"}
+        return {"checkpointing" if knob == "checkpoint" else "flash_attention": v == "auto"}
+
+    return parse
+
+
+# knob -> (Overrides field, or None where the parser gives the fields; parser; separator). The
+# one vocabulary (precision, checkpoint, sdpa) and the aliases (amp, checkpointing, flash).
+KNOBS: dict[str, tuple[str | None, Callable[[str], Any], str]] = {
+    "precision": (None, _builtin_value("precision"), ","),
+    "checkpoint": (None, _builtin_value("checkpoint"), ","),
+    "sdpa": (None, _builtin_value("sdpa"), ","),
     "batch": ("batch", _int("batch"), ","),
     "voxel": ("voxel", str, ","),
     "amp": ("amp", _onoff("amp"), ","),
@@ -114,7 +134,11 @@ def build_rows(
         kw = {f.name: getattr(base, f.name) for f in fields(Overrides)}
         label = {}
         for (knob, vals), (text, value) in zip(axes, combo):
-            kw[KNOBS[knob][0]] = value
+            field = KNOBS[knob][0]
+            if field is None:
+                kw.update(value)
+            else:
+                kw[field] = value
             if len(vals) > 1:  # label only what varies
                 label[knob] = text
         if kw.get("gpus") == 1 and kw.get("strategy") not in (None, "none"):
