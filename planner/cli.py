@@ -1397,6 +1397,9 @@ def gpus(as_json: JsonOpt = False) -> None:
     render_gpus(rows, out)
 
 
+__import__("planner.commands_run").commands_run.register(app)  # vramplan run (issue 22): planner/commands_run.py
+
+
 @app.callback()
 def _root() -> None:
     """VRAM budget planner and profiler for PyTorch training of 3D generative models.
