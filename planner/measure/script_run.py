@@ -214,11 +214,13 @@ class _ScriptModules(ModuleContext):
         super().__init__({})
         self.state: _State | None = None
         self._plain: set[int] = set()
+        self.depth = 0  # forwards of any module running (a loss module's too)
 
     def __enter__(self) -> "_ScriptModules":
         from torch.nn.modules import module as m
 
         def pre(mod: torch.nn.Module, *_: Any) -> None:
+            self.depth += 1
             info = self.names.get(id(mod))
             if info is None and not self.stack and id(mod) not in self._plain:
                 info = self.state.discover(mod)
@@ -230,6 +232,7 @@ class _ScriptModules(ModuleContext):
                 self.stack.append(info)
 
         def post(mod: torch.nn.Module, *_: Any) -> None:
+            self.depth -= 1
             if id(mod) in self.names and self.stack:
                 self.stack.pop()
                 if not self.stack:
@@ -374,33 +377,78 @@ def _grad_scaler_classes(state: _State) -> tuple[type, type]:
     return GradScaler, CudaGradScaler
 
 
-class _DataToDevice:
-    """A TorchFunctionMode, entered above the CUDA mapping: ``.to("cuda")``/``.cuda()`` of a *real*
-    tensor (from the DataLoader, numpy) is a fake copy on the traced device, counted as the copy a
-    GPU makes; ``pin_memory()`` of a real tensor is the tensor (the host side is not traced)."""
+_FACTORIES = frozenset(getattr(torch, n) for n in (
+    "randn", "rand", "randint", "randperm", "zeros", "ones", "empty", "full", "arange", "linspace", "logspace",
+    "eye", "tensor", "as_tensor", "empty_strided", "normal", "bernoulli", "multinomial"))
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
-    def __new__(cls) -> Any:
+
+def _host_site(state: "_State") -> bool:
+    """The script's own top-level code (not a forward, backward or optimizer step, not a module's
+    constructor, not vramplan's code): where a tensor made without a device is host memory."""
+    if state.modules.depth or state.tracker.phase in (Phase.BACKWARD, Phase.OPTIMIZER):
+        return False
+    f = caller = sys._getframe(2)
+    while caller is not None and caller.f_code.co_filename.startswith(_TORCH_DIR):
+        caller = caller.f_back
+    if caller is None or caller.f_code.co_filename.startswith(_OURS):
+        return False
+    depth = 0
+    while f is not None and depth < 64:
+        if f.f_code.co_name == "__init__" and isinstance(f.f_locals.get("self"), torch.nn.Module):
+            return False  # parameters and buffers: fake, whatever device they are made on
+        f, depth = f.f_back, depth + 1
+    return True
+
+
+class _HostAndDevice:
+    """A TorchFunctionMode, entered above the CUDA mapping, that keeps the host side of a script real.
+
+    * A tensor the script's own top-level code makes without a CUDA device (``torch.randn(64, 256)``
+      for an in-memory dataset, ``torch.tensor([...])``), and what it computes from real tensors
+      only, are real CPU tensors: host memory on a GPU too, so not counted (``_host_site``).
+      Parameters and buffers stay fake (made in a module's ``__init__``), as do tensors made in a
+      forward, backward or optimizer step.
+    * ``.to("cuda")``/``.cuda()`` of a real tensor (a batch from the DataLoader, numpy, the host
+      tensors above) is a fake copy on the traced device, counted as the copy a GPU makes.
+    * ``pin_memory()`` of a real tensor is the tensor (the host side is not traced)."""
+
+    def __new__(cls, state: "_State") -> Any:
         from torch._subclasses.fake_tensor import FakeTensor
         from torch.overrides import TorchFunctionMode
+        from torch.utils._pytree import tree_flatten
 
         from planner.measure.user_code import _cuda_device
+
+        def to_device(func: Any, t: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+            if func is torch.Tensor.cuda:
+                dev, dtype, nb, fmt = "cuda", None, kwargs.get("non_blocking", False), kwargs.get("memory_format")
+            else:
+                dev, dtype, nb, _, fmt = _parse_to(*args[1:], **kwargs)
+            if dev is None or not _cuda_device(dev):
+                return None
+            plain = t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
+            return plain.to(device="cpu", dtype=dtype or t.dtype, non_blocking=nb, copy=True,
+                            memory_format=fmt or torch.preserve_format)
 
         class Mode(TorchFunctionMode):
             def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
                 kwargs = kwargs or {}
                 t = args[0] if args else None
-                if isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor):
-                    if func is torch.Tensor.pin_memory:
-                        return t
-                    if func is torch.Tensor.cuda or func is torch.Tensor.to:
-                        if func is torch.Tensor.cuda:
-                            dev, dtype, nb, fmt = "cuda", None, kwargs.get("non_blocking", False), kwargs.get("memory_format")
-                        else:
-                            dev, dtype, nb, _, fmt = _parse_to(*args[1:], **kwargs)
-                        if dev is not None and _cuda_device(dev):
-                            plain = t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
-                            return plain.to(device="cpu", dtype=dtype or t.dtype, non_blocking=nb, copy=True,
-                                            memory_format=fmt or torch.preserve_format)
+                real = isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor)
+                if real and func is torch.Tensor.pin_memory:
+                    return t
+                if real and (func is torch.Tensor.cuda or func is torch.Tensor.to):
+                    out = to_device(func, t, args, kwargs)
+                    if out is not None:
+                        return out
+                if not _cuda_device(kwargs.get("device")):
+                    tensors = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
+                    host = (all(not isinstance(x, FakeTensor) for x in tensors) if tensors else func in _FACTORIES)
+                    if host and _host_site(state):
+                        with _real():
+                            return func(*args, **kwargs)
                 return func(*args, **kwargs)
 
         return Mode()
@@ -631,7 +679,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
     stopped = False
     with quiet_fake_tensor_log(), fake_mode_with_values(FakeTensorMode(allow_non_fake_inputs=True)), \
             CudaEmulation(sdpa=True, cudnn_layout=True), cuda_as_traced_device(torch.device("cpu"), own), \
-            _DataToDevice(), _sdpa(setup.sdpa), _boundary(state), _script_argv(setup), modules, tracker, \
+            _HostAndDevice(state), _sdpa(setup.sdpa), _boundary(state), _script_argv(setup), modules, tracker, \
             _restore_gc(gc_was):
         gc.disable()  # collected per op instead (stepfile._collect_young_garbage_per_op)
         try:
