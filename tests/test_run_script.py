@@ -280,3 +280,21 @@ def test_monai_example_peak_equals_its_step_file(tmp_path: Path) -> None:
     assert "evaluation after step 1" in parts  # the sliding-window validation ran and was measured
     assert with_val.record.tracker.peak_bytes == max(parts.values())
     assert any("torch.save at" in n for n in with_val.notes)
+
+
+def test_hf_trainer_example_runs_unchanged() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    script = ROOT / "examples/scripts/hf_trainer/train.py"
+    r = trace(ScriptSetup(argv=(str(script), "--layers", "2", "--width", "64", "--heads", "4", "--seq", "128",
+                                "--vocab", "1000", "--batch", "4"), batch=2))
+    assert r.steps == 2 and list(r.networks) == ["GPT2LMHeadModel"]
+    assert [s.label for s in r.segments] == ["step 1", "step 2"]
+    assert r.record.setup["precision"] == "the script's own CUDA autocast (bfloat16)"  # TrainingArguments(bf16=True)
+    assert r.record.setup["optimizers"] == {"GPT2LMHeadModel": "AdamW"}
+    # Trainer's train DataLoader samples with a RandomSampler: --batch sets it (4 -> 2)
+    assert any("--batch 2: DataLoader at" in n and "4 -> 2" in n for n in r.notes)
+    # wte 1000*64 = 64,000 (tied with lm_head) + wpe 128*64 = 8,192 + 2 blocks x (ln_1 128 + c_attn 64*192+192 =
+    # 12,480 + attn c_proj 64*64+64 = 4,160 + ln_2 128 + c_fc 64*256+256 = 16,640 + mlp c_proj 256*64+64 = 16,448)
+    # = 2 x 49,984 + ln_f 128: 172,288
+    assert r.record.params == {"GPT2LMHeadModel": 172_288}
