@@ -405,9 +405,12 @@ def _host_site(state: "_State") -> bool:
 class _HostAndDevice:
     """A TorchFunctionMode, entered above the CUDA mapping, that keeps the host side of a script real.
 
-    * A tensor the script's own top-level code makes without a CUDA device (``torch.randn(64, 256)``
-      for an in-memory dataset, ``torch.tensor([...])``), and what it computes from real tensors
-      only, are real CPU tensors: host memory on a GPU too, so not counted (``_host_site``).
+    * A tensor the script's own top-level code makes without a device (``torch.randn(64, 256)``
+      for an in-memory dataset, ``torch.tensor([...])``) or with ``device="cpu"``, and what it
+      computes from real tensors only, are real CPU tensors: host memory on a GPU too, so not
+      counted (``_host_site``). ``device=x.device`` is not host: in the trace every device tensor
+      says cpu, so a ``torch.device`` object is taken to be the device (MONAI's sliding window
+      makes its output buffers this way).
       Parameters and buffers stay fake (made in a module's ``__init__``), as do tensors made in a
       forward, backward or optimizer step.
     * ``.to("cuda")``/``.cuda()`` of a real tensor (a batch from the DataLoader, numpy, the host
@@ -443,7 +446,7 @@ class _HostAndDevice:
                     out = to_device(func, t, args, kwargs)
                     if out is not None:
                         return out
-                if not _cuda_device(kwargs.get("device")):
+                if kwargs.get("device") in (None, "cpu"):  # not device=x.device: a fake tensor's, cpu in the trace
                     tensors = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
                     host = (all(not isinstance(x, FakeTensor) for x in tensors) if tensors else func in _FACTORIES)
                     if host and _host_site(state):
