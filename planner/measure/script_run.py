@@ -43,10 +43,9 @@ import gc
 import os
 import runpy
 import sys
-import time
 import traceback
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from dataclasses import replace
+from typing import Any, Iterator
 
 import torch
 
@@ -107,7 +106,6 @@ class _State:
         self.optimizers: dict[str, str] = {}
         self.added_autocast: list[Any] = []
         self.autocast: Any = None  # user_code.CudaAutocastAsTraced
-        self.started = time.perf_counter()
 
     def note(self, text: str) -> None:
         if text not in self.notes:
