@@ -244,9 +244,13 @@ def test_cli_json_stays_clean_and_timeout_names_the_line(tmp_path: Path) -> None
             print("the script prints")
             opt.zero_grad(); model(b.cuda()).pow(2).mean().backward(); opt.step()
     ''')
-    r = runner.invoke(app, ["run", "--json", "--gpu", "24GB", "--", "python", str(p), str(tmp_path / "log.json")])
+    r = runner.invoke(app, ["run", "--alloc-conf", "max_split_size_mb:bogus", "--", "python", str(p), "x"])
+    assert r.exit_code == 2 and "max_split_size_mb" in r.stderr  # refused before the script runs
+    r = runner.invoke(app, ["run", "--json", "--gpu", "24GB", "--alloc-conf", "expandable_segments:True", "--",
+                            "python", str(p), str(tmp_path / "log.json")])
     assert r.exit_code == 0, r.stderr
-    data = json.loads(r.stdout)
+    data = json.loads(r.stdout)  # the script's print went to stderr
+    assert data["alloc_conf"] == "expandable_segments:True"  # the allocator model's settings
     assert data["fits"] is True and data["run"]["optimizer_steps"] == 2
     assert [s["label"] for s in data["run"]["parts"]] == ["step 1", "step 2"]
     assert data["peak_allocated_bytes"] == max(s["peak_allocated_bytes"] for s in data["run"]["parts"])
@@ -255,3 +259,21 @@ def test_cli_json_stays_clean_and_timeout_names_the_line(tmp_path: Path) -> None
     r = runner.invoke(app, ["run", "--timeout", "2", "--", "python", str(hang)])
     assert r.exit_code == isolate.EXIT_TIMEOUT
     assert "hang.py:2" in r.stderr or "hang.py:3" in r.stderr
+
+
+SDPA = '''
+attn = torch.nn.MultiheadAttention(64, 4, batch_first=True).cuda()
+opt3 = torch.optim.SGD(attn.parameters(), lr=0.1)
+for (b,) in loader:
+    x = b.cuda().reshape(1, 32, 64).repeat(1, 32, 1)  # 1 x 1024 tokens x 64
+    opt3.zero_grad(); attn(x, x, x, need_weights=False)[0].pow(2).mean().backward(); opt3.step()
+'''
+
+
+def test_sdpa_backend_from_outside(tmp_path: Path) -> None:
+    p = _script(tmp_path, SDPA)
+    auto = _trace(p, steps=1).record.tracker.peak_bytes
+    math = _trace(p, steps=1, sdpa="math").record.tracker.peak_bytes
+    # fp32 4 heads x 1024 x 64: CUDA's choice is the memory-efficient kernel (no score matrix); the math kernel keeps
+    # the 4 x 1024 x 1024 fp32 attention weights for backward: 16 MiB, and its softmax input beside them while it runs
+    assert math - auto >= 16 * 2**20
