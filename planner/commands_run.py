@@ -22,6 +22,7 @@ The script runs in a worker process under FakeTensorMode (model tensors take no 
 pipeline real on the CPU, and is stopped after --steps optimizer steps (torch.optim's step hooks).
 Validation / inference passes between steps are measured too.
 
+\b
 Example: vramplan run --gpu 24GB -- python train.py --roi 96
 Example: vramplan run --precision amp-bf16 --checkpoint SwinTransformerBlock --json -- python -m mypkg.train
 """
