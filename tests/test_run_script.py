@@ -277,3 +277,18 @@ def test_sdpa_backend_from_outside(tmp_path: Path) -> None:
     # fp32 4 heads x 1024 x 64: CUDA's choice is the memory-efficient kernel (no score matrix); the math kernel keeps
     # the 4 x 1024 x 1024 fp32 attention weights for backward: 16 MiB, and its softmax input beside them while it runs
     assert math - auto >= 16 * 2**20
+
+
+def test_module_form_and_compile_run_eagerly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    _script(pkg, '''
+        model = torch.compile(model)
+        for (b,) in loader:
+            opt.zero_grad(); model(b.cuda()).pow(2).mean().backward(); opt.step()
+    ''')
+    monkeypatch.chdir(tmp_path)
+    r = trace(ScriptSetup(argv=("-m", "pkg.train", str(tmp_path / "log.json")), steps=1))
+    assert r.steps == 1 and list(r.networks) == ["Linear"]
+    assert any("torch.compile at" in n and "runs eagerly" in n for n in r.notes)
