@@ -79,7 +79,11 @@ def _run(p: dict[str, Any], out: Any, err: Any) -> None:
     v = verdict(report, card) if card is not None else None
     if p.get("as_json"):
         from planner.band import band_json
-        from planner.cli import _print_json
+
+        try:  # after issue 20 (planner/commands/): planner/report/text.py holds it
+            from planner.report.text import print_json as _print_json
+        except ImportError:
+            from planner.cli import _print_json
 
         data = report.to_json()
         data["fits"] = v.fits if v else None
@@ -107,8 +111,13 @@ def _run(p: dict[str, Any], out: Any, err: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``vramplan run`` to ``app``."""
-    from planner.cli import err, fail_cleanly, out
+    """Add ``vramplan run`` to ``app``. After issue 20 (one module per command in planner/commands/), a
+    ``planner/commands/run.py`` calling ``register(app)`` is all the wiring; the consoles and
+    ``fail_cleanly`` come from ``planner/commands/app.py`` there, from ``planner/cli.py`` before."""
+    try:
+        from planner.commands.app import err, fail_cleanly, out
+    except ImportError:
+        from planner.cli import err, fail_cleanly, out
 
     @app.command(name="run", help=RUN_HELP)
     @fail_cleanly
