@@ -292,3 +292,32 @@ def test_module_form_and_compile_run_eagerly(tmp_path: Path, monkeypatch: pytest
     r = trace(ScriptSetup(argv=("-m", "pkg.train", str(tmp_path / "log.json")), steps=1))
     assert r.steps == 1 and list(r.networks) == ["Linear"]
     assert any("torch.compile at" in n and "runs eagerly" in n for n in r.notes)
+
+
+def test_empty_cache_is_replayed_by_the_allocator_model(tmp_path: Path) -> None:
+    from planner.allocator import EMPTY_CACHE, parse_alloc_conf, replay
+    from planner.measure.profile import report_from
+
+    mib = 2**20
+    # a 30 MiB request gets a 30 MiB segment (>= 10 MiB: rounded to 2 MiB); freed, it stays cached and cannot serve
+    # 40 MiB: reserved 30 + 40 = 70 MiB. empty_cache() in between releases it: a 40 MiB peak.
+    events = [(1, 30 * mib), (1, -30 * mib), (EMPTY_CACHE, 0), (2, 40 * mib)]
+    kept = [e for e in events if e[0] != EMPTY_CACHE]
+    assert replay(events).peak_reserved_bytes == 40 * mib and replay(kept).peak_reserved_bytes == 70 * mib
+    split = parse_alloc_conf("max_split_size_mb:512")
+    assert replay(events, 0, split).peak_reserved_bytes == 40 * mib
+    expandable = parse_alloc_conf("expandable_segments:True")  # not modelled there: the cache is kept
+    assert replay(events, 0, expandable).peak_reserved_bytes == replay(kept, 0, expandable).peak_reserved_bytes
+    body = '''
+        x = torch.empty(30 * 2**20, dtype=torch.uint8, device="cuda"); del x
+        {call}
+        y = torch.empty(40 * 2**20, dtype=torch.uint8, device="cuda")
+        for (b,) in loader:
+            opt.zero_grad(); model(b.cuda()).pow(2).mean().backward(); opt.step()
+    '''
+    reserved = {}
+    for call in ("torch.cuda.empty_cache()", "pass"):
+        p = _script(tmp_path, body.replace("{call}", call))
+        reserved[call] = report_from(_trace(p, steps=1).record, "fake", "", 0.0).peak_reserved_bytes
+    # the training step's small tensors (< 1 MiB each) use the small pool either way
+    assert reserved["pass"] - reserved["torch.cuda.empty_cache()"] == 30 * mib

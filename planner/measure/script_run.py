@@ -16,7 +16,8 @@ tracker (``tracker.py``) -- and, at the boundary a script has and a step file do
 * **torch.cuda answers from the trace**: ``is_available()`` true, one device named and sized by
   ``--gpu``, ``memory_allocated``/``max_memory_allocated``/``reset_peak_memory_stats``/
   ``memory_summary``/``mem_get_info`` from the tracker; ``synchronize`` does nothing;
-  ``empty_cache`` is noted (the allocator model keeps cached blocks: reserved is an upper bound).
+  ``empty_cache`` is an event in the allocation stream that the allocator model replays
+  (``allocator.release_cached_blocks``: whole cached segments released).
 * **GradScaler** (``torch.amp`` and ``torch.cuda.amp``) allocates as ``step.EmulatedGradScaler``
   (torch's own would read ``found_inf`` with ``.item()``, a stand-in, and skip the step).
 * **the stop**: optimizer steps are counted with torch's global hooks
@@ -106,6 +107,7 @@ class _State:
         self.optimizers: dict[str, str] = {}
         self.added_autocast: list[Any] = []
         self.autocast: Any = None  # user_code.CudaAutocastAsTraced
+        self.log: Any = None  # step._EventLog: the allocation stream the allocator model replays
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -265,8 +267,11 @@ def _cuda_answers(state: _State) -> dict[str, Any]:
         state.max_since_reset = tr.current
 
     def empty_cache() -> None:
-        state.note(f"torch.cuda.empty_cache() at {_site()}: not modelled; the allocator model keeps its cached "
-                   f"blocks, so peak_reserved is an upper bound")
+        from planner.allocator import EMPTY_CACHE
+
+        state.log.events.append((EMPTY_CACHE, 0))  # replayed: whole cached segments released (allocator.py)
+        state.note(f"torch.cuda.empty_cache() at {_site()}: the allocator replay releases the cached segments "
+                   f"there (with expandable_segments it keeps them: peak_reserved is then an upper bound)")
 
     def summary(device: Any = None, abbreviated: bool = False) -> str:
         return (f"vramplan run: emulated {setup.gpu_name}, traced (not measured)\n"
@@ -290,6 +295,7 @@ def _cuda_answers(state: _State) -> dict[str, Any]:
         "empty_cache": empty_cache,
         "memory_allocated": lambda device=None: tr.current,
         "max_memory_allocated": lambda device=None: state.max_since_reset,
+        # reserved is modelled after the run (the allocator replay); during it, allocated is the answer
         "memory_reserved": lambda device=None: tr.current,
         "max_memory_reserved": lambda device=None: state.max_since_reset,
         "reset_peak_memory_stats": reset_peak,
@@ -666,6 +672,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
     log = _EventLog(tracker)
     _collect_young_garbage_per_op(tracker)
     state = _State(setup, tracker, modules)
+    state.log = log
     modules.state = state
     note_peak = tracker._note_peak
 
