@@ -17,7 +17,8 @@ configuration (``AllocatorConfig()``):
 * a block is split when the remainder is >= 512 B (small pool) or > 1 MiB (large
   pool, ``should_split``); a freed block merges with free neighbours in its segment
   (``free_block``/``try_merge_blocks``);
-* segments are never returned to the driver during a step (no ``empty_cache``).
+* segments are returned to the driver only by an ``empty_cache`` event (:data:`EMPTY_CACHE`, which
+  ``vramplan run`` records where a script calls it; :func:`release_cached_blocks`).
 
 ``PYTORCH_CUDA_ALLOC_CONF`` settings (:class:`AllocatorConfig`, :func:`parse_alloc_conf`)
 change this as the source does, on the path where no ``cudaMalloc`` fails:
@@ -849,6 +850,34 @@ def make_model(
     return ConfiguredAllocatorModel(config, capacity_bytes)
 
 
+EMPTY_CACHE = -1
+"""The key of a ``(EMPTY_CACHE, 0)`` event: ``torch.cuda.empty_cache()`` at that point of the stream
+(``vramplan run`` records one where the script calls it; see :func:`release_cached_blocks`)."""
+
+
+def release_cached_blocks(model: "CachingAllocatorModel | ConfiguredAllocatorModel") -> bool:
+    """``torch.cuda.empty_cache()``: ``release_cached_blocks`` in ``c10/cuda/CUDACachingAllocator.cpp``
+    calls ``release_blocks`` on the large and the small pool, which ``cudaFree``-s (``release_block``)
+    every cached block that is a whole segment (``!block->prev && !block->next``); a free block of a
+    segment that still holds a live block stays. Reserved drops; the peaks do not. With
+    ``expandable_segments`` the source unmaps the free pages instead (``unmap_block``): not modelled,
+    the cache is kept (returns False)."""
+    if getattr(model, "_expandable", False):
+        return False
+    for small in (True, False):
+        pool = model._pools[small]
+        kept = []
+        for entry in pool:
+            block = entry[2]
+            if block.prev is None and block.next is None:
+                model.reserved -= block.size
+                model.segments -= 1
+            else:
+                kept.append(entry)
+        pool[:] = kept
+    return True
+
+
 def replay(
     events: Iterable[tuple[int, int]],
     reset_peak_at: int = 0,
@@ -886,6 +915,8 @@ def replay(
                 malloc(key, delta)
             elif delta < 0:
                 free(key)
+            elif key == EMPTY_CACHE:
+                release_cached_blocks(model)
     return model.stats()
 
 

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover
 COMMANDS = {
     "profile": "profile", "estimate": "estimate", "calibrate": "calibrate", "record": "record",
     "compare": "compare", "snapshot": "snapshot", "profiles": "profiles", "recommend": "recommend",
-    "table": "table", "plot": "plot", "oom": "oom", "check": "check", "gpus": "gpus",
+    "table": "table", "plot": "plot", "oom": "oom", "check": "check", "gpus": "gpus", "run": "run",
 }
 
 

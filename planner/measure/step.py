@@ -148,6 +148,11 @@ class EmulatedGradScaler:
         return [t for t in (self._scale, self._growth_tracker) if t is not None]
 
     def unscale_and_step(self, optimizer: torch.optim.Optimizer, on_step: Callable[[], None]) -> None:
+        self.unscale_(optimizer)
+        on_step()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """``GradScaler.unscale_``: the grads divided by the scale in place, ``found_inf`` kept for ``update``."""
         assert self._scale is not None
         inv_scale = self._scale.double().reciprocal().float()
         found_inf = torch.full((), 0.0, dtype=torch.float32, device=self._scale.device)
@@ -164,7 +169,6 @@ class EmulatedGradScaler:
             self._found_inf_per_device = [dev_found_inf]
             del dev_inv_scale
         del inv_scale, found_inf
-        on_step()
 
     def update(self) -> None:
         if self._scale is None or not self._found_inf_per_device:
@@ -508,13 +512,19 @@ def _prepare(
         tracker.device_type = "cuda"  # host tensors (Adam's step counters) are not GPU memory
     log = _EventLog(tracker)
     for name, m in roots.items():
-        tracker.track(list(m.parameters()) + list(m.buffers()), Category.PARAMETERS, network=name)
-        for p in m.parameters():
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(
-                    lambda param, _n=name: tracker.tag([param.grad], Category.GRADIENTS) or _set_network(tracker, param.grad, _n)
-                )
+        track_network(tracker, name, m)
     return tracker, modules, log
+
+
+def track_network(tracker: LiveStorageTracker, name: str, m: torch.nn.Module) -> None:
+    """``m``'s parameters and buffers tagged as network ``name``'s parameters; its gradients
+    tagged as they are accumulated."""
+    tracker.track(list(m.parameters()) + list(m.buffers()), Category.PARAMETERS, network=name)
+    for p in m.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(
+                lambda param, _n=name: tracker.tag([param.grad], Category.GRADIENTS) or _set_network(tracker, param.grad, _n)
+            )
 
 
 def _start_iteration(runner: _Runner, tracker: LiveStorageTracker, log: _EventLog, iteration: int,
@@ -562,6 +572,12 @@ def _optimizer_step(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, sca
             _set_network(tracker, t, network)
     else:
         step()
+    tag_optimizer_state(tracker, opt, network)
+
+
+def tag_optimizer_state(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, network: str) -> None:
+    """After a step: the optimizer's state tensors tagged as ``network``'s; its host-side
+    ``step`` counters (not capturable) left out of device memory."""
     for state in opt.state.values():
         for k, v in state.items():
             if isinstance(v, torch.Tensor):

@@ -237,19 +237,27 @@ class CudaAutocastAsTraced:
     of being disabled with a warning on a CPU-only build. ``dtypes`` records the enabled ones,
     so the report can say the model autocasts by itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, force: tuple[bool, torch.dtype | None] | None = None) -> None:
         self.dtypes: set[torch.dtype] = set()
+        self.force = force
+        """(enabled, dtype) that replaces what the model's own CUDA regions ask for (``vramplan run --precision``)."""
+        self.regions = 0
+        """CUDA autocast regions the model's code made (enabled or not)."""
 
     @contextlib.contextmanager
     def active(self) -> Iterator["CudaAutocastAsTraced"]:
         cls = torch.amp.autocast_mode.autocast
         original = cls.__init__
         seen = self.dtypes
+        outer = self
 
         def __init__(
             self_: Any, device_type: str, dtype: Any = None, enabled: bool = True, cache_enabled: Any = None
         ) -> None:
             if device_type == "cuda":
+                outer.regions += 1
+                if outer.force is not None:
+                    enabled, dtype = outer.force[0], outer.force[1] or dtype
                 dtype = torch.get_autocast_dtype("cuda") if dtype is None else dtype  # fp16 by default, as on CUDA
                 if enabled:
                     seen.add(dtype)

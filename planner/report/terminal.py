@@ -69,6 +69,13 @@ def run_line(info: dict) -> str:
     """What a profile ran (``MemoryReport.setup``): step, input, precision, optimizer, backend."""
     if not info:
         return ""
+    if "script" in info:  # vramplan run
+        parts = [info["script"], f"precision {info.get('precision', '')}",
+                 f"checkpoint {','.join(info['checkpoint'])}" if info.get("checkpoint") else "",
+                 f"sdpa {info['sdpa']}" if info.get("sdpa", "auto") != "auto" else "",
+                 "optimizers " + ", ".join(f"{k} {v}" for k, v in info.get("optimizers", {}).items()),
+                 f"{info.get('backend', '')} backend"]
+        return "ran: " + "; ".join(p for p in parts if p)
     if "knobs" in info:  # a step file
         knobs = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in info["knobs"].items())
         parts = [info.get("step", ""), f"knobs {knobs}" if knobs else "",
