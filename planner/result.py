@@ -14,17 +14,30 @@ Bytes are integers; GiB = 2**30, GB = 10**9.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Iterable
 
 GIB = 2**30
 GB = 10**9
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
-COMMUNICATION = "communication"
-"""More than one GPU (``--gpus N --strategy ...``): DDP's gradient buckets, FSDP's all-gather and
-reduce-scatter buffers. A breakdown has it only where it is non-zero, so one-GPU figures keep
-the five categories above."""
-ALL_CATEGORIES = CATEGORIES + (COMMUNICATION,)
+class Category(str, Enum):
+    """What a live storage is, at the peak: one vocabulary for the tracer (planner/measure/
+    tracker.py) and the analytic engine (a str Enum, as torch's mem_tracker ``_MemRefType``)."""
+
+    PARAMETERS = "parameters"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATE = "optimizer_state"
+    ACTIVATIONS = "activations"
+    TEMPORARIES = "temporaries"
+    COMMUNICATION = "communication"
+    """More than one GPU (``--gpus N --strategy ...``): DDP's gradient buckets, FSDP's all-gather
+    and reduce-scatter buffers (planner/measure/distributed.py). A breakdown has it only where it
+    is non-zero, so one-GPU figures keep the five categories above."""
+
+
+COMMUNICATION = Category.COMMUNICATION.value
+ALL_CATEGORIES = tuple(c.value for c in Category)
+CATEGORIES = ALL_CATEGORIES[:-1]
 
 # CUDA context (driver, lazily loaded kernels) when no device profile is calibrated:
 # 426 MiB measured with nvidia-smi after torch.cuda.mem_get_info() on an RTX 6000 Ada,

@@ -26,6 +26,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from planner.result import Category  # noqa: F401  (one vocabulary; re-exported for the tracer's users)
+
 # c10/cuda/CUDACachingAllocator.cpp: constexpr size_t kMinBlockSize = 512; every
 # allocation is rounded up to a multiple of it (round_size).
 CUDA_BLOCK_BYTES = 512
@@ -36,19 +38,6 @@ def round_alloc(nbytes: int) -> int:
     if nbytes <= 0:
         return 0
     return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
-
-
-class Category(str, Enum):
-    """What a live storage is, at the peak."""
-
-    PARAMETERS = "parameters"
-    GRADIENTS = "gradients"
-    OPTIMIZER_STATE = "optimizer_state"
-    ACTIVATIONS = "activations"
-    TEMPORARIES = "temporaries"
-    COMMUNICATION = "communication"
-    """--gpus N: DDP's gradient buckets, FSDP's all-gather and reduce-scatter buffers
-    (planner/measure/distributed.py); never set on one GPU."""
 
 
 class Phase(str, Enum):
