@@ -45,7 +45,9 @@ TOTALS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_total_bytes")
 BREAKDOWNS = ("by_category", "by_network", "top_modules")
 BREAKDOWN_LABELS = {"by_category": "category", "by_network": "network", "top_modules": "module"}
 STEP_FLAGS = (("batch", "--batch"), ("accum", "--accum"), ("precision", "--precision"),
-              ("checkpoint", "--checkpoint"), ("knob", "--knob"), ("jobs", "--jobs"), ("timeout", "--timeout"))
+              ("checkpoint", "--checkpoint"), ("knob", "--knob"), ("jobs", "--jobs"), ("timeout", "--timeout"),
+              ("sdpa", "--sdpa"), ("optimizer", "--optimizer"), ("alloc_conf", "--alloc-conf"), ("gpus", "--gpus"),
+              ("strategy", "--strategy"))
 """Flags that apply to step-file setups only (refused when no step file is given)."""
 CONFIG_SUFFIXES = (".yaml", ".yml")
 STEP_SUFFIXES = (".py",)

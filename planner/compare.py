@@ -188,17 +188,18 @@ def run_paths(first: str | None, rest: list[str] | None) -> list[str]:
     return paths
 
 
-def calibrate_command(p: dict[str, Any], out: Any) -> None:
+def calibrate_command(*, name: str, from_: str | None, runs: list[str] | None, validate: str | None,
+                      gpu: str | None, as_json: bool, out: Any) -> None:
     """``vramplan calibrate --from RUNS [--validate PROFILE]``."""
     from planner import profiles
     from planner.report.text import print_json as _print_json
     from planner.config import check_gpu_flag
     from planner.gpus import parse_gpu
 
-    paths = run_paths(p.get("from_"), p.get("runs"))
-    if p.get("validate"):
-        res = validate_profile(p["validate"], paths)
-        if p.get("as_json"):
+    paths = run_paths(from_, runs)
+    if validate:
+        res = validate_profile(validate, paths)
+        if as_json:
             _print_json(res)
             return
         for r in res["runs"]:
@@ -209,25 +210,25 @@ def calibrate_command(p: dict[str, Any], out: Any) -> None:
             f"{f} {v:.2f}%" for f, v in res["worst_abs_error_pct"].items() if v is not None)
             + f"; {res['underestimated_runs']} of {len(res['runs'])} runs under-estimated", markup=False)
         return
-    profiles.check_name(p["name"])
-    check_gpu_flag(p.get("gpu"))
-    card = parse_gpu(p["gpu"]) if p.get("gpu") else None
-    prof = calibrate_from(p["name"], paths, card.key if card else None)
+    profiles.check_name(name)
+    check_gpu_flag(gpu)
+    card = parse_gpu(gpu) if gpu else None
+    prof = calibrate_from(name, paths, card.key if card else None)
     from planner.calibrate import save_and_report
 
-    if save_and_report(prof, bool(p.get("as_json")), out, lambda path: f"wrote {path}: {len(paths)} runs on "
+    if save_and_report(prof, as_json, out, lambda path: f"wrote {path}: {len(paths)} runs on "
                        f"{prof.device.get('name')} (basis {prof.basis}, "
                        f"{'real hardware' if prof.hardware else 'not real hardware'})"):
         return
     out.print(f"use it: vramplan compare {paths[0]} --profile {prof.name}", markup=False)
 
 
-def compare_command(p: dict[str, Any], out: Any) -> None:
+def compare_command(run: Any, *, profile_name: str | None, as_json: bool, out: Any) -> None:
     """``vramplan compare RUN [--profile NAME] [--json]``."""
     from planner.report.text import print_json as _print_json
 
-    cmp = compare_file(str(p["run"]), p.get("profile_name"))
-    if p.get("as_json"):
+    cmp = compare_file(str(run), profile_name)
+    if as_json:
         _print_json(cmp)
         return
     for line in render(cmp):

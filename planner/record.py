@@ -479,26 +479,25 @@ def _torch_version() -> str:
     return str(torch.__version__)
 
 
-def record_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
-    """``vramplan record --out run.json``: two iterations of the setup (``--step`` + knobs, or the
-    built-in ``builtin`` TrainingSetup) on ``--backend`` (cuda; fake checks the pipeline), written
-    as a run file."""
+def record_command(setup_of: Any, *, out_file: Any, backend: str, as_json: bool, out: Any) -> None:
+    """``vramplan record --out run.json``: two iterations of the setup (a step file's StepSetup,
+    or the built-in TrainingSetup; ``setup_of()`` makes it, after --out is checked) on
+    ``--backend`` (cuda; fake checks the pipeline), written as a run file."""
     from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
+    from planner.steps import StepSetup
 
-    path = check_output_path(p["out_file"], "--out")
-    backend = getattr(p.get("backend"), "value", p.get("backend")) or "cuda"
-    if p.get("step"):
-        from planner import setup_flags
-
-        setup = {"kind": "step", "step": setup_flags.step_setup(p).to_json()}
+    path = check_output_path(out_file, "--out")
+    builtin = setup_of()
+    if isinstance(builtin, StepSetup):
+        setup = {"kind": "step", "step": builtin.to_json()}
     else:
         from planner.spec import spec_to_dict
 
         setup = {"kind": "builtin", "config": spec_to_dict(builtin)}
     data = Session(backend).run(setup)
     write_run(path, data)
-    if p.get("as_json"):
+    if as_json:
         _print_json({"path": str(path), **data})
         return
     got = measured(data)

@@ -89,6 +89,16 @@ class SetupFlags:
     strategy: str | None = None
     flag_of: tuple[tuple[str, str], ...] = ()
     """vramplan knob -> the flag that set it (--amp for precision, ...), for messages."""
+    model: str | None = None
+    """--model FACTORY (with --input): a plain MSE step on the user's module (``as_model_step``)."""
+    input_shape: str | None = None
+    timeout: float | None = None
+    """Seconds each call into the user's code may take (planner/measure/isolate.py)."""
+    given: tuple[tuple[str, Any], ...] = ()
+    """The setup flags given on the command line (parameter name, value), for the rules that
+    refuse a flag a command or a step does not take."""
+    as_flag: str = "--step"
+    """How the step was given: --step, or --model (then the step is planner/stepfiles/model_step.py)."""
 
     # ---- parsing ------------------------------------------------------------------------
     @classmethod
@@ -134,10 +144,47 @@ class SetupFlags:
         checkpoint = one("checkpoint", "checkpoint", "checkpointing", lambda a: "auto" if a else "none")
         sdpa = one("sdpa", "sdpa", "flash_attention", lambda a: "auto" if a else "none")
         step = p.get("step")
+        given = tuple((k, v) for k, v in p.items()
+                      if v is not None and v != [] and not (k == "no_discriminator" and v is False))
         return cls(step=None if step is None else str(step), config=p.get("config"), knobs=tuple(knobs),
                    batch=p.get("batch"), accum=p.get("accum"), precision=precision, checkpoint=checkpoint,
                    sdpa=sdpa, optimizer=val("optimizer"), alloc_conf=p.get("alloc_conf"), gpus=p.get("gpus"),
-                   strategy=val("strategy"), flag_of=tuple(flag_of.items()))
+                   strategy=val("strategy"), flag_of=tuple(flag_of.items()), model=p.get("model"),
+                   input_shape=p.get("input_shape"), timeout=p.get("timeout"), given=given)
+
+    def step_flags(self, jobs: int = 0) -> dict[str, Any]:
+        """The flags as the mapping ``vramplan check`` applies to every step file it is given
+        (planner/check.py STEP_FLAGS; the knobs as --knob NAME=VALUE)."""
+        return {"batch": self.batch, "accum": self.accum, "precision": self.precision, "checkpoint": self.checkpoint,
+                "sdpa": self.sdpa, "optimizer": self.optimizer, "alloc_conf": self.alloc_conf, "gpus": self.gpus,
+                "strategy": self.strategy, "knob": [f"{name}={raw}" for name, raw, _ in self.knobs] or None,
+                "jobs": jobs, "timeout": self.timeout}
+
+    def is_given(self, name: str) -> bool:
+        return any(k == name for k, _ in self.given)
+
+    def as_model_step(self) -> "SetupFlags":
+        """``--model FACTORY --input BxS...`` as the step file it is (planner/stepfiles/
+        model_step.py): knobs model=FACTORY and input=S..., batch B, AMP fp16 unless
+        --precision/--amp say otherwise (as ``profile --model``). Unchanged without --model."""
+        if not self.model:
+            if self.input_shape:
+                raise PlannerError("--input: only used with --model package.module:factory")
+            return self
+        if self.step is not None:
+            raise PlannerError("--model: give either --step (a step file) or --model (a module factory), not both")
+        if not self.input_shape:
+            raise PlannerError("--input: give the batch shape with --model, e.g. --input 2x1x96x96x64")
+        from planner.config import parse_shape
+        from planner.stepfiles import MODEL_STEP
+
+        dims = parse_shape(self.input_shape, "--input", 2, 6)
+        if self.batch not in (None, dims[0]):
+            raise PlannerError(f"--batch: with --model the batch is --input's first dimension ({dims[0]}); "
+                               f"change --input, or use recommend --max-batch")
+        knobs = (*self.knobs, ("model", self.model, "--model"), ("input", "x".join(map(str, dims[1:])), "--input"))
+        return replace(self, step=MODEL_STEP, knobs=knobs, batch=dims[0], precision=self.precision or "amp-fp16",
+                       model=None, input_shape=None, as_flag="--model")
 
     def flag(self, knob: str) -> str:
         return dict(self.flag_of).get(knob, f"--{knob}")
@@ -272,34 +319,6 @@ class SetupFlags:
 # (the commands' parameters as typer gives them: planner/commands/*; each read once, here)
 
 
-def model_as_step(params: dict[str, Any]) -> dict[str, Any]:
-    """``--model FACTORY --input BxS...`` as the step file it is (planner/stepfiles/model_step.py):
-    ``--knob model=FACTORY --knob input=S... --batch B``, AMP fp16 unless --precision/--amp say
-    otherwise (as ``profile --model``)."""
-    model, shape = params.get("model"), params.get("input_shape")
-    if not model:
-        if shape:
-            raise PlannerError("--input: only used with --model package.module:factory")
-        return params
-    if params.get("step") is not None:
-        raise PlannerError("--model: give either --step (a step file) or --model (a module factory), not both")
-    if not shape:
-        raise PlannerError("--input: give the batch shape with --model, e.g. --input 2x1x96x96x64")
-    from planner.config import parse_shape
-    from planner.stepfiles import MODEL_STEP
-
-    dims = parse_shape(shape, "--input", 2, 6)
-    if params.get("batch") not in (None, dims[0]):
-        raise PlannerError(f"--batch: with --model the batch is --input's first dimension ({dims[0]}); "
-                           f"change --input, or use recommend --max-batch")
-    knobs = [*(params.get("knob") or []), f"model={model}", f"input={'x'.join(map(str, dims[1:]))}"]
-    precision = params.get("precision")
-    if precision is None and params.get("amp") is None:
-        precision = "amp-fp16"
-    return {**params, "step": MODEL_STEP, "knob": knobs, "batch": dims[0], "precision": precision,
-            "model": None, "input_shape": None, "as_flag": "--model"}
-
-
 # Built-in-step flags that --model's plain MSE step does not use, and what sets that instead.
 # (--amp/--no-amp, --optimizer, --backend, --input and --json do apply to it.)
 _NOT_FOR_MODEL: tuple[tuple[str, str, str], ...] = (
@@ -321,54 +340,45 @@ _NOT_FOR_MODEL: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def reject_unused_for_model(params: dict[str, Any]) -> None:
-    """A built-in-step flag given with --model is an error naming it (it would change nothing)."""
+def reject_unused_for_model(flags: SetupFlags) -> None:
+    """A built-in-step flag given with profile --model is an error naming it (it would change nothing)."""
     given = []
     for key, flag, why in _NOT_FOR_MODEL:
-        value = params.get(key)
-        if value is None or (key == "no_discriminator" and not value):
-            continue
-        given.append(("--no-" + flag[2:] if value is False else flag, why))  # --no-checkpointing etc.
+        if flags.is_given(key):
+            value = dict(flags.given)[key]
+            given.append(("--no-" + flag[2:] if value is False else flag, why))  # --no-checkpointing etc.
     if given:
         (flag, why), rest = given[0], [f for f, _ in given[1:]]
         also = f"; nor do {', '.join(rest)}" if rest else ""
         raise PlannerError(f"{flag}: does not apply to --model ({why}){also}")
 
 
-def builtin_setup(params: dict[str, Any]):
-    """The setup a command runs on, from its --config and the shared setup flags; the
-    command's other flags that can be wrong whatever the work (empty --gpu, an unusable
-    --write file, --backend cpu under AMP) are checked here, before any work."""
+def builtin_setup(flags: SetupFlags, **command_flags: Any) -> Any:
+    """The built-in step's setup from the flags; the command's other flags that can be wrong
+    whatever the work (``command_flags``: empty --gpu, an unusable --write file, --backend cpu
+    under AMP; planner/config.py ``check_command_flags``) are checked here, before any work."""
     from planner.config import check_command_flags
-    from planner.setup_flags import SetupFlags
 
-    setup = SetupFlags.from_params(params).builtin_setup()
-    check_command_flags(params, setup)
+    setup = flags.builtin_setup()
+    check_command_flags(command_flags, setup)
     return setup
 
 
-def builtin_overrides(params: dict[str, Any]) -> Any:
-    from planner.setup_flags import SetupFlags
-
-    return SetupFlags.from_params(params).builtin_overrides()
-
-
-def step_params(params: dict[str, Any], command: str) -> StepSetup | None:
+def step_params(flags: SetupFlags, command: str, *, engine: Any = None, jobs: int = 0, sweep: Any = (),
+                refused: dict[str, Any] | None = None) -> StepSetup | None:
     """The setup of the command's step-file form when --step (or --model, as the step file it
     is) is given; None for the built-in step, after refusing what only a step file takes
-    (--timeout, --jobs). The command's parameters are read here, once."""
+    (--timeout, --jobs). ``refused``: the command's flags of the built-in engine only
+    (BUILTIN_ONLY), by parameter name."""
     if command != "profile":
-        params = model_as_step(params)
-    if params.get("step") is not None:
-        if getattr(params.get("engine"), "value", None) == "analytic":
-            from planner.setup_flags import refuse, step_name
-
-            raise refuse("--engine analytic", step_name(str(params["step"])), "has no analytic engine registered",
-                         ["trace"])
-        return step_setup(params)
-    if params.get("timeout") is not None and not params.get("model"):
+        flags = flags.as_model_step()
+    if flags.step is not None:
+        if getattr(engine, "value", engine) == "analytic":
+            raise refuse("--engine analytic", step_name(flags.step), "has no analytic engine registered", ["trace"])
+        return _step_setup(flags, refused or {}, sweep)
+    if flags.timeout is not None and not flags.model:
         raise PlannerError("--timeout: only with --step or --model (it stops your code; the built-in steps run none)")
-    if params.get("jobs"):
+    if jobs:
         raise PlannerError("--jobs: only with --step")
     return None
 
@@ -391,31 +401,35 @@ BUILTIN_ONLY: tuple[tuple[str, str, str], ...] = (
 _alias_flags: dict[str, str] = {}
 
 
-def reject_builtin_flags(p: dict[str, Any]) -> None:
+def _step_setup(flags: SetupFlags, refused: dict[str, Any], sweep: Any = ()) -> StepSetup:
+    """The StepSetup of the flags (one vocabulary, one rule); the command's flags of the built-in
+    engine only (``refused``) are errors naming them. Sets the --timeout for the user's code
+    (``planner/measure/isolate.py``)."""
+    from planner.measure.isolate import set_timeout
+
+    set_timeout(flags.timeout)
     for key, flag, why in BUILTIN_ONLY:
-        v = p.get(key)
+        v = refused.get(key)
+        if key in ("model", "input_shape"):
+            v = dict(flags.given).get(key) if flags.as_flag == "--step" else None
         if v is None or v is False or v == []:
             continue
-        raise PlannerError(f"{flag}: does not apply to {p.get('as_flag', '--step')} ({why})")
+        raise PlannerError(f"{flag}: does not apply to {flags.as_flag} ({why})")
+    _alias_flags.clear()
+    _alias_flags.update(flags.alias_flags())
+    return flags.step_setup(sweeping_parallel=any(n in ("gpus", "strategy") for n in sweep_names(sweep)))
 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:
-    """The StepSetup of a command's flags (planner/setup_flags.py: one vocabulary, one rule);
-    command flags of the built-in engine only are errors naming them. Sets the command's
-    --timeout for the user's code (``planner/measure/isolate.py``)."""
-    from planner.measure.isolate import set_timeout
-    from planner.setup_flags import SetupFlags
-
-    set_timeout(p.get("timeout"))
-    reject_builtin_flags(p)
+    """The StepSetup of a mapping of setup flags (library callers: check, record, snapshot)."""
     flags = SetupFlags.from_params(p)
-    _alias_flags.clear()
-    _alias_flags.update(flags.alias_flags())
-    return flags.step_setup(sweeping_parallel=any(n in ("gpus", "strategy") for n in sweep_names(p)))
+    if p.get("as_flag"):
+        flags = replace(flags, as_flag=p["as_flag"])
+    return _step_setup(flags, p, p.get("sweep") or ())
 
 
-def sweep_names(p: dict[str, Any]) -> list[str]:
-    return [t.partition("=")[0].strip().replace("-", "_") for t in p.get("sweep") or []]
+def sweep_names(sweep: Any) -> list[str]:
+    return [t.partition("=")[0].strip().replace("-", "_") for t in sweep or []]
 
 
 def load_step(ss: StepSetup) -> Any:

@@ -128,19 +128,21 @@ def summary(snapshot: dict[str, Any], since_us: int = 0) -> dict[str, int]:
             "peak_live_bytes": peak}
 
 
-def snapshot_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
-    """``vramplan snapshot --out step.pickle``: the setup traced on the fake backend, exported."""
+def snapshot_command(setup_of: Any, *, out_file: Any, as_json: bool, out: Any) -> None:
+    """``vramplan snapshot --out step.pickle``: the setup (``setup_of()``: a step file's StepSetup
+    or the built-in TrainingSetup, made after --out is checked) traced on the fake backend, exported."""
     from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
+    from planner.steps import StepSetup
 
-    path = check_output_path(p["out_file"], "--out")
+    path = check_output_path(out_file, "--out")
     if path.suffix not in (".pickle", ".pkl", ".json"):
         raise PlannerError(f"--out: {str(path)!r} must end in .pickle (PyTorch's memory viewer) or .json")
-    if p.get("step"):
-        from planner import setup_flags
+    builtin = setup_of()
+    if isinstance(builtin, StepSetup):
         from planner.measure import traces
 
-        ss = setup_flags.step_setup(p)
+        ss = builtin
         record, conf = traces.trace(ss), ss.alloc_conf
     else:
         from planner.measure.step import run_step
@@ -149,7 +151,7 @@ def snapshot_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
     snap = snapshot_of(record, conf)
     write(snap, path)
     info = {"path": str(path), **summary(snap, record.iteration2_start)}
-    if p.get("as_json"):
+    if as_json:
         _print_json(info)
         return
     out.print(f"wrote {path}: {info['segments']} segments, {info['reserved_bytes']:,} B reserved, "

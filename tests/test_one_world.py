@@ -210,3 +210,28 @@ def test_step_file_sweeps_take_the_builtin_aliases():
     assert [(s.precision, s.checkpoint) for _, s in rows] == [("amp-fp16", ("auto",)), ("fp32", ("auto",))]
     with pytest.raises(PlannerError, match="--sweep flash=off: the step .* cannot take sdpa 'none'"):
         sweep_setups(ss, sf, ["flash=off"])
+
+
+def test_every_command_that_takes_a_setup_takes_every_setup_flag():
+    # one flag per knob on every command: the options come from one table (takes_setup)
+    import typer.main
+
+    from planner.commands.options import SETUP_OPTIONS
+
+    group = typer.main.get_command(app)
+    takes = {"profile", "estimate", "calibrate", "record", "snapshot", "recommend", "table", "plot", "oom", "check"}
+    for name in takes:
+        params = {p.name for p in group.commands[name].params}
+        assert set(SETUP_OPTIONS) <= params, (name, set(SETUP_OPTIONS) - params)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["oom", "x", "--step", STEP], "--step: oom names the tensor from the built-in step's simulation"),
+    (["calibrate", "--voxel", "8x8x8"], "--voxel: only with --step (the built-in calibration's points are its --grid)"),
+    (["calibrate", "--from", "r.json", "--precision", "fp32"], "--precision: does not apply to --from"),
+    (["check", "--gpu", "8GB", "--step", STEP], "--step: check takes its setups as arguments"),
+    (["table", "--seed004", "--precision", "fp32"], "--precision: not with --seed004"),
+])
+def test_a_setup_flag_a_command_cannot_use_is_one_line(args, message):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output

@@ -7,35 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
+from planner.commands.options import takes_setup
+from planner.setup_flags import SetupFlags, step_params
 from planner.commands.app import command, err, out
-from planner.commands.options import AccumOpt, Backend, BatchOpt, CheckpointOpt, JsonOpt, KnobOpt, PrecisionOpt, StepOpt, TimeoutOpt
+from planner.commands.options import Backend, JsonOpt
 from planner.commands.render import progress
 from planner.errors import PlannerError, one_line
-from planner.setup_flags import filled, load_step, step_setup, sweep_setups
+from planner.setup_flags import filled, load_step, sweep_setups
 from planner.steps import StepSetup
 
 
 @command()
+@takes_setup
 def calibrate(
     name: Annotated[str, typer.Option("--name", help="Profile name: writes profiles/<name>.json.")] = "fake",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML list of configurations (default: benchmarks/grid.py).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="fake (anywhere) or cuda (a real GPU).")] = Backend.fake,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="With --backend cuda: the card from `vramplan gpus` this profile is for (--gpu NAME then picks it).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Use only grid entries whose name contains this.")] = None,
-    step: StepOpt = None,
-    timeout: TimeoutOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
         "--sweep", help="--step: the points to measure, knob=v1,v2 (repeatable; batch, accum, precision, checkpoint, "
         "sdpa, optimizer and the step file's knobs).")] = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    batch: BatchOpt = None,
-    accum: AccumOpt = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="Fit on recorded run files (vramplan record), e.g. --from runs/*.json.")] = None,
     runs: Annotated[Optional[list[str]], typer.Argument(help="More run files after --from (as the shell expands runs/*.json).", show_default=False)] = None,
     validate: Annotated[Optional[str], typer.Option("--validate", help="--from: check this existing profile on the runs instead of fitting one.")] = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Measure a grid of configurations and fit a device profile's residual terms by least squares.
 
@@ -50,25 +47,28 @@ def calibrate(
 
     Example: vramplan calibrate --from runs/*.json --name my-a100   (runs written by vramplan record)
     """
+    assert flags is not None  # takes_setup
     if from_ is not None or runs or validate:
         from planner.compare import calibrate_command
 
-        for key, flag in (("step", "--step"), ("grid", "--grid"), ("only", "--only"), ("sweep", "--sweep")):
-            if locals()[key]:
-                raise PlannerError(f"{flag}: does not apply to --from (each run file holds its own setup)")
-        calibrate_command(locals(), out)
+        given = [f for v, f in ((flags.step, "--step"), (grid, "--grid"), (only, "--only"), (sweep, "--sweep")) if v]
+        given += ["--" + k.replace("_", "-") for k, _ in flags.given if k != "step"]
+        if given:
+            raise PlannerError(f"{given[0]}: does not apply to --from (each run file holds its own setup)")
+        calibrate_command(name=name, from_=from_, runs=runs, validate=validate, gpu=gpu, as_json=as_json, out=out)
         return
-    if step:
+    ss = step_params(flags, "calibrate", sweep=sweep)
+    if ss is not None:
         if grid is not None or only is not None:
             raise PlannerError(f"{'--grid' if grid is not None else '--only'}: does not apply to --step "
                                "(the points are the step file's --sweep rows)")
-        calibrate_step_file(step_setup(locals()), name=name, sweep=list(sweep or []),
-                            backend=backend.value, gpu=gpu, as_json=as_json)
+        calibrate_step_file(ss, name=name, sweep=list(sweep or []), backend=backend.value, gpu=gpu, as_json=as_json)
         return
-    for key, flag in (("sweep", "--sweep"), ("knob", "--knob"), ("precision", "--precision"),
-                      ("checkpoint", "--checkpoint"), ("batch", "--batch"), ("accum", "--accum")):
-        if locals()[key]:
-            raise PlannerError(f"{flag}: only with --step (the built-in calibration's points are its --grid)")
+    if sweep:
+        raise PlannerError("--sweep: only with --step (the built-in calibration's points are its --grid)")
+    if flags.given:
+        flag = "--" + flags.given[0][0].replace("_", "-")
+        raise PlannerError(f"{flag}: only with --step (the built-in calibration's points are its --grid)")
     from rich.progress import Progress
 
     from planner import profiles

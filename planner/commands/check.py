@@ -8,15 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from planner.commands.options import takes_setup
+from planner.setup_flags import SetupFlags
 from planner.commands.app import command, err, out, print_json
-from planner.commands.options import InputOpt, JsonOpt, ModelOpt, TimeoutOpt
+from planner.commands.options import JsonOpt
 from planner.commands.render import progress
 from planner.errors import PlannerError, one_line
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import model_as_step
 
 
 @command()
+@takes_setup
 def check(
     gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")],
     setups: Annotated[Optional[list[str]], typer.Argument(
@@ -27,17 +29,10 @@ def check(
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Growth allowed against --baseline, a fraction (default 0.02).")] = None,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Merge these setups' figures into --baseline instead of comparing: adds new setups, replaces checked ones, keeps the others; says what it added, changed and kept.")] = False,
     prune_baseline: Annotated[bool, typer.Option("--prune-baseline", help="With --update-baseline: also remove the baseline's setups not checked now.")] = False,
-    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Step files: micro-batch size.")] = None,
-    accum: Annotated[Optional[int], typer.Option("--accum", min=1, help="Step files: gradient accumulation steps.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Step files: fp32, amp-fp16, amp-bf16, fp16-master, bf16-master, fp16, bf16.")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Step files: checkpoint these module classes (ClassName[,ClassName] or auto).")] = None,
-    knob: Annotated[Optional[list[str]], typer.Option("--knob", help="Step files: a knob, name=value (repeatable).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=0, help="Step files: trace in this many processes (0: one per core).")] = 0,
-    timeout: TimeoutOpt = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file (one test case per setup).")] = None,
-    model: ModelOpt = None,
-    input_shape: InputOpt = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Fail (exit 1) when a setup does not fit the GPU with the margin, or grew against a baseline
     (exit 2 when a setup cannot be measured; the others are still checked and reported).
@@ -58,18 +53,20 @@ def check(
 
     if junit is not None:
         check_output_path(junit, "--junit")
-    flags = {"batch": batch, "accum": accum, "precision": precision, "checkpoint": checkpoint, "knob": knob, "jobs": jobs,
-             "timeout": timeout}
-    if model or input_shape:
+    assert flags is not None  # takes_setup
+    for value, flag in ((flags.step, "--step"), (flags.config, "--config")):
+        if value is not None:
+            raise PlannerError(f"{flag}: check takes its setups as arguments (config .yaml and step file .py files)")
+    if flags.model or flags.input_shape:
         if setups:
             raise PlannerError("--model: check takes either setups (configs, step files) or --model, not both")
-        as_step = model_as_step({**flags, "model": model, "input_shape": input_shape})
-        flags = {k: as_step[k] for k in flags}
-        setups = [as_step["step"]]
+        flags = flags.as_model_step()
+        setups = [str(flags.step)]
+    step_flags = flags.step_flags(jobs)  # the flags every step file given takes (planner/check.py STEP_FLAGS)
     if not setups:
         raise PlannerError("check: give the setups to check (config .yaml or step file .py), or --model FACTORY --input SHAPE")
     kw = dict(gpu=gpu, margin=margin, baseline=baseline, tolerance=tolerance, update_baseline=update_baseline,
-              prune_baseline=prune_baseline, flags=flags, jobs=jobs)
+              prune_baseline=prune_baseline, flags=step_flags, jobs=jobs)
     if any(str(s).lower().endswith(".py") for s in setups) and sys.stderr.isatty():  # CI logs: no progress bar
         prog, tick = progress(err, "tracing")
         with prog:

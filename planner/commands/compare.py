@@ -23,4 +23,4 @@ def compare(
     """
     from planner.compare import compare_command
 
-    compare_command(locals(), out)
+    compare_command(run, profile_name=profile_name, as_json=as_json, out=out)

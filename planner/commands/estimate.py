@@ -8,32 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from planner.commands.app import command, err, out, print_json
-from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOpt, BatchOpt, ChannelsOpt, CheckpointOpt, CkptOpt, ConfigOpt, DiscChOpt, DiscLayersOpt, ENGINE_TEXT, EngineOpt, FlashOpt, GpusOpt, InputOpt, JsonOpt, KindOpt, KnobOpt, ModelOpt, NoDiscOpt, OptimOpt, PercOpt, PrecisionOpt, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
+from planner.commands.options import takes_setup, ENGINE_TEXT, EngineOpt, JsonOpt
 from planner.commands.render import library_terms_json, print_library_terms, print_verdict, render_step, step_profile
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_setup, filled, load_step, step_params
+from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, step_params
 from planner.steps import StepSetup
 
 
 @command()
+@takes_setup
 def estimate(
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
-    channels: ChannelsOpt = None,
-    attention: AttentionOpt = None,
-    amp: AmpOpt = None,
-    checkpointing: CkptOpt = None,
-    flash_attention: FlashOpt = None,
-    perceptual: PercOpt = None,
-    disc_layers: DiscLayersOpt = None,
-    disc_channels: DiscChOpt = None,
-    no_discriminator: NoDiscOpt = False,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
-    alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
         Optional[str], typer.Option("--gpu", help=f"Card to check against. {GPU_HELP}")
     ] = None,
@@ -43,28 +28,21 @@ def estimate(
     profile_name: Annotated[
         Optional[str], typer.Option("--profile", help="Device profile from profiles/ (see `vramplan profiles`).")
     ] = None,
-    model: ModelOpt = None,
-    input_shape: InputOpt = None,
-    step: StepOpt = None,
-    timeout: TimeoutOpt = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
-    gpus: GpusOpt = None,
-    strategy: StrategyOpt = None,
     engine: EngineOpt = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Estimate where every byte of the reference training step goes, and whether it fits. No GPU, no torch.
     With --step, your own step, by trace (cached).
 
     Example: vramplan estimate --voxel 256x256x64 --gpu 24GB
+
     Example: vramplan estimate --step examples/steps/template.py --knob width=256 --precision amp-bf16 --gpu 8GB
+
     Example: vramplan estimate --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
-    params = locals()
-    ss = step_params(params, "estimate")
+    assert flags is not None  # takes_setup
+    ss = step_params(flags, "estimate", engine=engine, refused={"compare": compare})
     if ss is not None:
         estimate_step_file(ss, gpu=gpu, profile_name=profile_name, backend="fake", as_json=as_json)
         return
@@ -72,7 +50,7 @@ def estimate(
     from planner.analytic.estimate import verdict
     from planner.gpus import parse_gpu
 
-    setup = builtin_setup(params)
+    setup = builtin_setup(flags, gpu=gpu, profile_name=profile_name)
     from planner import profiles
 
     card = parse_gpu(gpu) if gpu else None
@@ -98,9 +76,7 @@ def estimate(
     def _recommend_command() -> str:
         import shlex
 
-        from planner.setup_flags import SetupFlags
-
-        args = ["vramplan", "recommend", *SetupFlags.from_params(params).as_args(), "--gpu", gpu]
+        args = ["vramplan", "recommend", *flags.as_args(), "--gpu", gpu]
         return " ".join(shlex.quote(a) for a in args)
 
     v = verdict(report, card, setup, _recommend_command()) if card else None

@@ -8,39 +8,25 @@ from typing import Annotated, Any, Optional
 import typer
 
 from planner.commands.app import command, err, out, print_json
-from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOpt, BatchOpt, ChannelsOpt, CkptOpt, ConfigOpt, DiscChOpt, DiscLayersOpt, FlashOpt, JsonOpt, KindOpt, NoDiscOpt, OptimOpt, PercOpt, SETUP_FLAGS, VoxelOpt
+from planner.commands.options import takes_setup, JsonOpt
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_setup
+from planner.setup_flags import SetupFlags, builtin_setup
 
 
 @command()
+@takes_setup
 def oom(
     message: Annotated[
         Optional[str], typer.Argument(help="The out-of-memory message (or a whole traceback); '-' or none: read stdin.")
     ] = None,
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
-    channels: ChannelsOpt = None,
-    attention: AttentionOpt = None,
-    amp: AmpOpt = None,
-    checkpointing: CkptOpt = None,
-    flash_attention: FlashOpt = None,
-    perceptual: PercOpt = None,
-    disc_layers: DiscLayersOpt = None,
-    disc_channels: DiscChOpt = None,
-    no_discriminator: NoDiscOpt = False,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
-    alloc_conf: AllocConfOpt = None,
     gpu: Annotated[
         Optional[str], typer.Option("--gpu", help=f"With a setup: card to recommend for (default: the message's capacity, less other processes). {GPU_HELP}")
     ] = None,
     margin: Annotated[Optional[float], typer.Option(
         "--margin", help="With a setup: safety margin of the recommendation, a fraction of the card (default 0.05).")] = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Explain a CUDA out-of-memory message; with a setup (--config or setup flags), name the tensor it was and what fits.
 
@@ -48,6 +34,11 @@ def oom(
     """
     from planner import oom as O
 
+    assert flags is not None  # takes_setup
+    for name, flag in (("step", "--step"), ("model", "--model"), ("timeout", "--timeout")):
+        if flags.is_given(name):
+            raise PlannerError(f"{flag}: oom names the tensor from the built-in step's simulation (a --config or "
+                               f"the setup flags); for your own step: vramplan estimate {flag} ... --gpu CARD")
     if message is None or message == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise PlannerError("MESSAGE: none given: give the message as an argument or pipe it in "
@@ -57,9 +48,7 @@ def oom(
     else:
         text = message
     report = O.parse_oom(text)
-    params = locals()
-    given = any(params.get(k) is not None and params.get(k) != [] and not (k == "no_discriminator" and not params[k])
-                for k in SETUP_FLAGS)
+    given = bool(flags.given)
     if gpu is not None and not gpu.strip():
         raise PlannerError("--gpu: empty value (valid: a size as sold like 24GB, an exact capacity like exact:23.55GiB, or a name from `vramplan gpus`)")
     if margin is not None and not 0 <= margin < 1:
@@ -77,7 +66,7 @@ def oom(
         from planner.gpus import parse_gpu
         from planner.report.terminal import setup_line
 
-        setup = builtin_setup(params)
+        setup = builtin_setup(flags, gpu=gpu)
         sim = simulate(setup)
         matches = O.match_request(report, sim.mem)
         card = parse_gpu(gpu) if gpu else O.recommendation_card(report)

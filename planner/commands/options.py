@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -166,7 +168,36 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
     "process group (profile, --step) or transcribed (estimate).")]
 
 
-# the setup flags, named as the commands' parameters (planner/setup_flags.py ``SetupFlags.from_params`` reads them)
-SETUP_FLAGS = ("config", "kind", "voxel", "batch", "channels", "attention", "amp", "checkpointing", "flash_attention",
-                "perceptual", "disc_layers", "disc_channels", "no_discriminator", "accum", "optimizer", "alloc_conf",
-                "gpus", "strategy", "knob", "precision", "checkpoint", "sdpa")
+# Every setup flag, in the one vocabulary (planner/setup_flags.py), with its option: what a
+# command decorated with ``takes_setup`` gets, parsed once into ``flags: SetupFlags``.
+SETUP_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "step": (StepOpt, None), "model": (ModelOpt, None), "input_shape": (InputOpt, None), "config": (ConfigOpt, None),
+    "knob": (KnobOpt, None), "kind": (KindOpt, None), "voxel": (VoxelOpt, None), "channels": (ChannelsOpt, None),
+    "attention": (AttentionOpt, None), "perceptual": (PercOpt, None), "disc_layers": (DiscLayersOpt, None),
+    "disc_channels": (DiscChOpt, None), "no_discriminator": (NoDiscOpt, False), "batch": (BatchOpt, None),
+    "accum": (AccumOpt, None), "precision": (PrecisionOpt, None), "amp": (AmpOpt, None),
+    "checkpoint": (CheckpointOpt, None), "checkpointing": (CkptOpt, None), "sdpa": (SdpaOpt, None),
+    "flash_attention": (FlashOpt, None), "optimizer": (OptimOpt, None), "alloc_conf": (AllocConfOpt, None),
+    "gpus": (GpusOpt, None), "strategy": (StrategyOpt, None), "timeout": (TimeoutOpt, None),
+}
+
+
+def takes_setup(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command every setup option (the same flags on every command); it receives them
+    parsed once, as the keyword argument ``flags`` (``planner.setup_flags.SetupFlags``)."""
+    from planner.setup_flags import SetupFlags
+
+    sig = inspect.signature(fn, eval_str=True)  # typer reads the signature as given: no string annotations
+    own = [p for p in sig.parameters.values() if p.name != "flags"]
+    assert not set(SETUP_OPTIONS) & {p.name for p in own}, fn.__name__
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in SETUP_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        given = {name: kw.pop(name, default) for name, (_, default) in SETUP_OPTIONS.items()}
+        return fn(*args, flags=SetupFlags.from_params(given), **kw)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+    return wrapper

@@ -8,54 +8,43 @@ from typing import Annotated, Any, Optional
 import typer
 
 from planner.commands.app import command, err
-from planner.commands.options import AccumOpt, BatchOpt, CheckpointOpt, ConfigOpt, GpusOpt, InputOpt, JobsOpt, KindOpt, KnobOpt, ModelOpt, OptimOpt, PlotKind, PrecisionOpt, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
+from planner.commands.options import takes_setup, JobsOpt, PlotKind
 from planner.commands.table import evaluate_rows
 from planner.errors import PlannerError, one_line
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_overrides, step_params
+from planner.setup_flags import SetupFlags, step_params
 
 
 @command()
+@takes_setup
 def plot(
     what: Annotated[PlotKind, typer.Argument(help="breakdown, scaling or timeline.")],
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="knob=v1,v2 as for `vramplan table` (breakdown: one bar per row; scaling: one line per row).")] = None,
     gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help=f"Draw this card's capacity (repeatable). {GPU_HELP}")] = None,
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: 'voxel' (cubes 32..256 at the config's aspect, the default) or 'batch'.")] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Output file (.png or .svg).")] = Path("vramplan.png"),
-    model: ModelOpt = None,
-    input_shape: InputOpt = None,
-    step: StepOpt = None,
-    timeout: TimeoutOpt = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
-    gpus: GpusOpt = None,
-    strategy: StrategyOpt = None,
     jobs: JobsOpt = 0,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Figures: memory breakdown per configuration, scaling with size, or the live-memory timeline of a step.
 
     Example: vramplan plot breakdown --sweep amp=on,off --voxel 128x128x64 --gpu 24GB --out breakdown.png
+
     Example: vramplan plot breakdown --step examples/steps/template.py --sweep precision=fp32,amp-bf16 --out b.png
     """
     if out_file.suffix.lower() not in (".png", ".svg"):
         raise PlannerError(f"--out: {one_line(repr(str(out_file)), 80)} must end in .png or .svg")
-    if x is not None and (step or what != PlotKind.scaling):
+    assert flags is not None  # takes_setup
+    if x is not None and (flags.step or what != PlotKind.scaling):
         raise PlannerError(f"--x: only for `plot scaling` of the built-in steps (got plot {what.value}"
-                           f"{' --step' if step else ''})")
-    ss = step_params(locals(), "plot")
+                           f"{' --step' if flags.step else ''})")
+    ss = step_params(flags, "plot", jobs=jobs, sweep=sweep)
     if ss is not None:
         if what != PlotKind.breakdown:
             raise PlannerError(f"plot {what.value}: with --step only 'breakdown' (one bar per --sweep row); "
                                "use `vramplan table --step ... --sweep` for sizes")
-        rows, cards = evaluate_rows(ss, sweep=list(sweep or []), parallel=(gpus, strategy), gpu=list(gpu or []), jobs=jobs)
+        rows, cards = evaluate_rows(ss, sweep=list(sweep or []), parallel=(flags.gpus, flags.strategy),
+                                    gpu=list(gpu or []), jobs=jobs)
         plot_step_file(rows, cards, out_file=out_file)
         return
     from planner.gpus import parse_gpu
@@ -69,8 +58,7 @@ def plot(
     check_output_path(out_file, "--out")  # before the work, not after it
     check_gpu_flag(gpu)
     cards = [parse_gpu(g) for g in (gpu or [])]
-    rows = T.build_rows(config, builtin_overrides(locals()),
-                        list(sweep or []), [])
+    rows = T.build_rows(flags.config, flags.builtin_overrides(), list(sweep or []), [])
     if len(rows) > P.MAX_SERIES:
         raise PlannerError(f"--sweep: {len(rows)} configurations (valid: at most {P.MAX_SERIES} in one figure)")
     from planner.analytic.estimate import estimate as run_estimate

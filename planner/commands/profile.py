@@ -8,71 +8,46 @@ import typer
 
 from planner.commands.app import command, err, out, print_json
 from planner.commands.estimate import estimate_step_file
-from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOpt, Backend, BatchOpt, ChannelsOpt, CheckpointOpt, CkptOpt, ConfigOpt, DiscChOpt, DiscLayersOpt, FlashOpt, GpusOpt, JsonOpt, KindOpt, KnobOpt, NoDiscOpt, OptimOpt, PercOpt, PrecisionOpt, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
+from planner.commands.options import takes_setup, Backend, JsonOpt
 from planner.commands.render import default_backend, library_terms_json, print_library_terms
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_setup, reject_unused_for_model, step_params
+from planner.setup_flags import SetupFlags, builtin_setup, reject_unused_for_model, step_params
 
 
 @command()
+@takes_setup
 def profile(
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
-    channels: ChannelsOpt = None,
-    attention: AttentionOpt = None,
-    amp: AmpOpt = None,
-    checkpointing: CkptOpt = None,
-    flash_attention: FlashOpt = None,
-    perceptual: PercOpt = None,
-    disc_layers: DiscLayersOpt = None,
-    disc_channels: DiscChOpt = None,
-    no_discriminator: NoDiscOpt = False,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
-    alloc_conf: AllocConfOpt = None,
     backend: Annotated[
         Optional[Backend],
         typer.Option("--backend", help="fake: FakeTensorMode on the CPU (default without CUDA); cpu: real CPU tensors; cuda: a GPU."),
     ] = None,
-    model: Annotated[
-        Optional[str],
-        typer.Option("--model", help="Profile your own nn.Module: package.module:factory or path/to/file.py:factory "
-                     "(plain MSE step; takes --input, --amp/--no-amp, --optimizer, --backend)."),
-    ] = None,
-    input_shape: Annotated[Optional[str], typer.Option("--input", help="Batch shape for --model, e.g. 2x1x96x96x64.")] = None,
-    step: StepOpt = None,
-    timeout: TimeoutOpt = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
-    gpus: GpusOpt = None,
-    strategy: StrategyOpt = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help=f"--step: card to check against. {GPU_HELP}")] = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Measure the peak memory of two iterations of the reference training step, or of your own (--step).
 
     Example: vramplan profile --voxel 256x256x64 --no-perceptual --json
+
     Example: vramplan profile --step examples/steps/rgbd_policy.py --precision amp-bf16 --gpu 24GB
     """
-    ss = step_params(locals(), "profile")
+    assert flags is not None  # takes_setup
+    ss = step_params(flags, "profile")
     if ss is not None:
         estimate_step_file(ss, gpu=gpu, profile_name=None, backend=backend.value if backend else "fake",
                            as_json=as_json, fresh=True)
         return
     if gpu is not None:
         raise PlannerError("--gpu: profile takes it with --step; for the built-in steps use `vramplan estimate --gpu`")
+    model = flags.model
     if model:
-        reject_unused_for_model(locals())
-    setup = builtin_setup(locals())
+        reject_unused_for_model(flags)
+    setup = builtin_setup(flags, backend=backend)
     from planner.config import parse_shape
 
-    shape = parse_shape(input_shape, "--input", 2, 6) if input_shape else None
-    if input_shape and not model:
+    shape = parse_shape(flags.input_shape, "--input", 2, 6) if flags.input_shape else None
+    if flags.input_shape and not model:
         raise PlannerError("--input: only used with --model package.module:factory")
     try:
         from planner.measure.profile import profile as run_profile
@@ -85,7 +60,7 @@ def profile(
         if model:  # the user's factory runs in a worker process, under --timeout
             from planner.measure import isolate
 
-            isolate.set_timeout(timeout)
+            isolate.set_timeout(flags.timeout)
             report = isolate.profile_model(setup, chosen, custom_model=model, custom_input=shape)
         else:
             report = run_profile(setup, chosen, progress=lambda msg: status.update(f"profiling on the {chosen} backend: {msg}"))

@@ -8,12 +8,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from planner.commands.app import command, err, out, print_json
-from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOpt, BatchOpt, ChannelsOpt, CheckpointOpt, CkptOpt, ConfigOpt, DiscChOpt, DiscLayersOpt, FlashOpt, GpusOpt, InputOpt, JobsOpt, JsonOpt, KindOpt, KnobOpt, ModelOpt, NoDiscOpt, OptimOpt, PercOpt, PrecisionOpt, Prefer, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
+from planner.commands.options import takes_setup, JobsOpt, JsonOpt, Prefer
 from planner.commands.render import progress, write_setup
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
 from planner.recommend import SAFETY, TIER_NAMES
-from planner.setup_flags import builtin_setup, filled, load_step, step_params
+from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, step_params
 from planner.steps import StepSetup, parse_value
 
 
@@ -48,7 +48,7 @@ _SEARCHES = (("max_batch", "--max-batch"), ("max_voxel", "--max-voxel"), ("max_k
 _FULL_ONLY = (("write", "--write"), ("freeze", "--freeze"), ("prefer", "--prefer"), ("search", "--search"))
 
 
-def _one_search(params: dict[str, Any]) -> None:
+def _one_search(**params: Any) -> None:
     modes = [flag for key, flag in _SEARCHES if params.get(key)]
     if len(modes) > 1:
         raise PlannerError(f"{modes[1]}: give one search at a time ({', '.join(modes)} given; "
@@ -65,23 +65,8 @@ def _one_search(params: dict[str, Any]) -> None:
 
 
 @command()
+@takes_setup
 def recommend(
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
-    channels: ChannelsOpt = None,
-    attention: AttentionOpt = None,
-    amp: AmpOpt = None,
-    checkpointing: CkptOpt = None,
-    flash_attention: FlashOpt = None,
-    perceptual: PercOpt = None,
-    disc_layers: DiscLayersOpt = None,
-    disc_channels: DiscChOpt = None,
-    no_discriminator: NoDiscOpt = False,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
-    alloc_conf: AllocConfOpt = None,
     gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
     prefer: Annotated[Optional[Prefer], typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = None,
@@ -89,16 +74,6 @@ def recommend(
     max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
     write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
-    model: ModelOpt = None,
-    input_shape: InputOpt = None,
-    step: StepOpt = None,
-    timeout: TimeoutOpt = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
-    gpus: GpusOpt = None,
-    strategy: StrategyOpt = None,
     jobs: JobsOpt = 0,
     search: Annotated[Optional[list[str]], typer.Option("--search", help="--step: also search a knob of the step file, knob=v1/v2 (repeatable).")] = None,
     max_knob: Annotated[Optional[str], typer.Option("--max-knob", help="--step: only report the largest value of this integer knob that fits.")] = None,
@@ -106,19 +81,24 @@ def recommend(
     knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
     knob_min: Annotated[Optional[int], typer.Option("--knob-min", min=1, help="--max-knob: the smallest value to try (default: the step's own value, rounded down to --knob-step).")] = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """The cheapest configuration that fits a GPU, with what each change saves.
 
     Example: vramplan recommend --voxel 256x256x64 --gpu 24GB
+
     Example: vramplan recommend --step examples/steps/rgbd_policy.py --gpu 24GB
+
     Example: vramplan recommend --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB --max-batch
 
     Example: vramplan recommend --voxel 256x256x64 --batch 4 --max-gpus 8 --gpu 80GB
+
     Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
     """
-    params = locals()
-    _one_search(params)
-    ss = step_params(params, "recommend")
+    assert flags is not None  # takes_setup
+    _one_search(max_batch=max_batch, max_voxel=max_voxel, max_knob=max_knob, max_gpus=max_gpus, write=write,
+                freeze=freeze, prefer=prefer, search=search, knob_step=knob_step, knob_min=knob_min)
+    ss = step_params(flags, "recommend", jobs=jobs, refused={"max_voxel": max_voxel, "write": write})
     if ss is not None:
         recommend_step_file(ss, gpu=gpu, margin=margin, jobs=jobs, max_batch=max_batch, max_knob=max_knob,
                             knob_step=knob_step, knob_min=knob_min, max_gpus=max_gpus, search=list(search or []),
@@ -131,7 +111,7 @@ def recommend(
     from planner import recommend as R
     from planner.gpus import parse_gpu
 
-    setup = builtin_setup(params)
+    setup = builtin_setup(flags, gpu=gpu, write=write)
     card = parse_gpu(gpu)
     if max_gpus:
         _builtin_max_gpus(setup, card, margin, max_gpus, as_json)

@@ -8,33 +8,18 @@ from typing import Annotated
 import typer
 
 from planner.commands.app import command, out
-from planner.commands.options import AccumOpt, AllocConfOpt, AmpOpt, AttentionOpt, Backend, BatchOpt, ChannelsOpt, CheckpointOpt, CkptOpt, ConfigOpt, FlashOpt, JsonOpt, KindOpt, KnobOpt, OptimOpt, PrecisionOpt, SdpaOpt, StepOpt, VoxelOpt
+from planner.commands.options import takes_setup, Backend, JsonOpt
 from planner.errors import PlannerError
-from planner.setup_flags import builtin_setup
+from planner.setup_flags import SetupFlags, builtin_setup, step_params
 
 
 @command()
+@takes_setup
 def record(
     out_file: Annotated[Path, typer.Option("--out", help="The run file to write (JSON, schema vramplan-run/1).")],
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
-    channels: ChannelsOpt = None,
-    attention: AttentionOpt = None,
-    amp: AmpOpt = None,
-    checkpointing: CkptOpt = None,
-    flash_attention: FlashOpt = None,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
-    alloc_conf: AllocConfOpt = None,
-    step: StepOpt = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
     backend: Annotated[Backend, typer.Option("--backend", help="cuda (your GPU) or fake (checks the pipeline).")] = Backend.cuda,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Run two iterations of a setup on your GPU and record its real counters with the setup in a run file.
 
@@ -49,4 +34,6 @@ def record(
     if backend == Backend.cpu:
         raise PlannerError("--backend: got 'cpu', valid: cuda, fake (record measures a GPU or checks the pipeline)")
     check_cuda_backend(backend, valid="fake")
-    record_command(locals(), None if step else builtin_setup(locals()), out)
+    assert flags is not None  # takes_setup
+    record_command(lambda: step_params(flags, "record") or builtin_setup(flags, backend=backend), out_file=out_file,
+                   backend=backend.value, as_json=as_json, out=out)

@@ -52,6 +52,7 @@ def run(
 
     \b
     Example: vramplan run --gpu 24GB -- python train.py --roi 96
+
     Example: vramplan run --precision amp-bf16 --checkpoint SwinTransformerBlock --json -- python -m mypkg.train
     """
     from planner.config import environment_alloc_conf

@@ -8,22 +8,16 @@ from typing import Annotated
 import typer
 
 from planner.commands.app import command, out
-from planner.commands.options import AccumOpt, BatchOpt, CheckpointOpt, ConfigOpt, JsonOpt, KnobOpt, PrecisionOpt, SdpaOpt, StepOpt
-from planner.setup_flags import builtin_setup
+from planner.commands.options import takes_setup, JsonOpt
+from planner.setup_flags import SetupFlags, builtin_setup, step_params
 
 
 @command()
+@takes_setup
 def snapshot(
     out_file: Annotated[Path, typer.Option("--out", help="The snapshot to write: .pickle (PyTorch's viewers) or .json.")],
-    step: StepOpt = None,
-    knob: KnobOpt = None,
-    batch: BatchOpt = None,
-    accum: AccumOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
-    config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Export the traced step as a PyTorch memory snapshot (torch.cuda.memory._snapshot format).
 
@@ -34,4 +28,6 @@ def snapshot(
     """
     from planner.snapshot import snapshot_command
 
-    snapshot_command(locals(), None if step else builtin_setup(locals()), out)
+    assert flags is not None  # takes_setup
+    snapshot_command(lambda: step_params(flags, "snapshot") or builtin_setup(flags), out_file=out_file,
+                     as_json=as_json, out=out)

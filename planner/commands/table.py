@@ -9,20 +9,17 @@ from typing import Annotated, Any, Optional
 import typer
 
 from planner.commands.app import command, err
-from planner.commands.options import AccumOpt, AllocConfOpt, Backend, BatchOpt, CheckpointOpt, ConfigOpt, Fmt, GpusOpt, InputOpt, JobsOpt, KindOpt, KnobOpt, ModelOpt, OptimOpt, PrecisionOpt, SdpaOpt, StepOpt, StrategyOpt, TimeoutOpt, VoxelOpt
+from planner.commands.options import takes_setup, Backend, Fmt, JobsOpt
 from planner.commands.render import progress
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.setup_flags import builtin_overrides, filled, load_step, step_params, sweep_setups
+from planner.setup_flags import SetupFlags, filled, load_step, step_params, sweep_setups
 from planner.steps import StepSetup
 
 
 @command()
+@takes_setup
 def table(
-    config: ConfigOpt = None,
-    kind: KindOpt = None,
-    voxel: VoxelOpt = None,
-    batch: BatchOpt = None,
     sweep: Annotated[
         Optional[list[str]],
         typer.Option("--sweep", help="knob=v1,v2 (repeatable; list knobs channels/attention separate values with '/').\n"
@@ -34,35 +31,28 @@ def table(
     seed004: Annotated[bool, typer.Option("--seed004", help="Seed 004's comparison table, with real figures.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.markdown,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file.")] = None,
-    model: ModelOpt = None,
-    input_shape: InputOpt = None,
-    step: StepOpt = None,
-    timeout: TimeoutOpt = None,
-    knob: KnobOpt = None,
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    sdpa: SdpaOpt = None,
-    gpus: GpusOpt = None,
-    strategy: StrategyOpt = None,
     jobs: JobsOpt = 0,
-    accum: AccumOpt = None,
-    optimizer: OptimOpt = None,
-    alloc_conf: AllocConfOpt = None,
+    flags: SetupFlags | None = None,
 ) -> None:
     """Comparison table of configurations: peak memory, device total, fits per GPU, relative speed.
     With --step, --sweep takes batch, accum, precision, checkpoint, sdpa, optimizer, gpus, strategy and the step file's knobs.
 
     Example: vramplan table --sweep batch=1,2,4 --sweep amp=on,off --voxel 96x96x64 --gpu 24GB
+
     Example: vramplan table --step examples/steps/template.py --sweep width=64,256 --sweep precision=fp32,amp-bf16 --gpu 8GB
+
     Example: vramplan table --model nets.py:make_net --input 2x1x96x96x96 --sweep batch=1,2,4 --gpu 24GB
     """
     if out_file is not None:
         from planner.config import check_output_path
 
         check_output_path(out_file, "--out")
-    ss = step_params(locals(), "table")
+    assert flags is not None  # takes_setup
+    ss = step_params(flags, "table", jobs=jobs, sweep=sweep,
+                     refused={"configs": configs, "measure": measure, "seed004": seed004})
     if ss is not None:
-        rows, cards = evaluate_rows(ss, sweep=list(sweep or []), parallel=(gpus, strategy), gpu=list(gpu or []), jobs=jobs)
+        rows, cards = evaluate_rows(ss, sweep=list(sweep or []), parallel=(flags.gpus, flags.strategy),
+                                    gpu=list(gpu or []), jobs=jobs)
         table_step_file(rows, cards, fmt=fmt.value, out_file=out_file)
         return
     from planner.config import check_cuda_backend, check_gpu_flag, check_output_path
@@ -75,9 +65,8 @@ def table(
     cards = [parse_gpu(g) for g in (gpu or [])]
     speed_gpu = cards[0] if cards else parse_gpu("rtx4090")
     if seed004:
-        given = [flag for value, flag in ((config, "--config"), (kind, "--kind"), (voxel, "--voxel"), (batch, "--batch"),
-                                          (sweep, "--sweep"), (configs, "--configs"), (gpus, "--gpus"),
-                                          (strategy, "--strategy")) if value]
+        given = ["--" + name.replace("_", "-") for name, _ in flags.given] + \
+            [flag for value, flag in ((sweep, "--sweep"), (configs, "--configs")) if value]
         if given:
             raise PlannerError(f"{given[0]}: not with --seed004 (its table is seed 004's own configurations; "
                                "it takes --gpu, --measure, --format and --out)")
@@ -86,10 +75,11 @@ def table(
 
         rows = [(meta, setup_from_dict(with_environment(cfg))) for meta, cfg in seed004_configs()]
     else:
-        if voxel and sweep and any(s.split("=")[0].strip() == "voxel" for s in sweep):
-            raise PlannerError("--voxel: also swept by --sweep voxel=...; give one of them")
-        rows = T.build_rows(config, builtin_overrides(locals()),
-                            list(sweep or []), list(configs or []))
+        swept = {s.split("=")[0].strip().replace("-", "_") for s in sweep or []}
+        for name, _, flag in flags.knobs:
+            if name in swept:
+                raise PlannerError(f"{flag}: also swept by --sweep {name}=...; give one of them")
+        rows = T.build_rows(flags.config, flags.builtin_overrides(), list(sweep or []), list(configs or []))
     if measure == Backend.cpu:
         raise PlannerError("--measure: fake or cuda")
     check_cuda_backend(measure, valid="fake", flag="--measure")
