@@ -699,13 +699,13 @@ class Prefer(str, Enum):
     quality = "quality"
 
 
-def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool) -> None:
+def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool, band_kw: dict) -> None:
     """recommend --max-gpus on a built-in step (planner/recommend.py ``max_gpus``)."""
     from planner import gpusearch as G
     from planner.recommend import max_gpus
     from planner.report.terminal import setup_line
 
-    answer, tried, verdict, seconds = max_gpus(setup, card, margin, limit)
+    answer, tried, verdict, seconds = max_gpus(setup, card, margin, limit, **band_kw)
     budget = card.capacity_bytes * (1 - margin)
     if as_json:
         from planner.spec import spec_to_dict
@@ -763,6 +763,9 @@ def recommend(
     max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=2, help="The fewest GPUs (up to this many) and the DDP/FSDP strategy whose per-rank step fits, at the input's global batch (batch x accumulation).")] = None,
     knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
     knob_min: Annotated[Optional[int], typer.Option("--knob-min", min=1, help="--max-knob: the smallest value to try (default: the step's own value, rounded down to --knob-step).")] = None,
+    # issue 24 (band): where in the device_total band a plan must fit; a GPU profile collapses the band
+    fit_at: Annotated[str, typer.Option("--fit-at", help="high (default): a plan fits when the top of its device_total band does (planner/band.py); point: the point figure.")] = "high",
+    profile_name: Annotated[Optional[str], typer.Option("--profile", help="Device profile to apply to every estimate (default for the built-in kinds: the GPU-measured profile of --gpu, if any).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The cheapest configuration that fits a GPU, with what each change saves.
@@ -784,15 +787,19 @@ def recommend(
 
     setup = _setup(locals())
     card = parse_gpu(gpu)
+    from planner import profiles  # issue 24 (band): the profile as `estimate` picks it
+
+    prof = profiles.load_for(profile_name, "analytic") if profile_name else profiles.for_gpu(card.key)
+    band_kw = {"fit_at": fit_at, "profile": prof}
     if max_gpus:
         if max_batch or max_voxel:
             raise PlannerError("--max-gpus: give it alone, not with --max-batch/--max-voxel")
-        _builtin_max_gpus(setup, card, margin, max_gpus, as_json)
+        _builtin_max_gpus(setup, card, margin, max_gpus, as_json, band_kw)
         return
     if max_batch or max_voxel:
         cap_json = {"key": card.key, "name": card.name, "memory_bytes": card.memory_bytes, **card.capacity_json()}
         if max_batch:
-            res = R.max_batch(setup, card, margin)
+            res = R.max_batch(setup, card, margin, **band_kw)
             rep, b = res.report, res.value
             result = {"max_batch": b, "device_total_bytes": rep.device_total_bytes if rep else None,
                       "capped": res.capped, "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting}
@@ -805,7 +812,7 @@ def recommend(
                 line = f"largest batch that fits {card.name}: {b} (device_total {rep.device_total_bytes / 2**30:.2f} GiB)"
             bad_small = [str(x) for x in res.smaller_not_fitting]
         else:
-            res = R.max_voxel(setup, card, margin)
+            res = R.max_voxel(setup, card, margin, **band_kw)
             rep, v = res.report, res.value
             cons = res.constraints
             result = {"max_voxel": list(v) if v else None, "device_total_bytes": rep.device_total_bytes if rep else None,
@@ -842,7 +849,7 @@ def recommend(
     if bad:
         raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' (valid: {', '.join(sorted(known))})")
     with err.status("searching"):
-        rec = R.recommend(setup, card, margin, prefer.value, frozen)
+        rec = R.recommend(setup, card, margin, prefer.value, frozen, **band_kw)
     best = rec.best
     if as_json:
         from planner.spec import spec_to_dict
@@ -867,6 +874,7 @@ def recommend(
             "nothing_fits": best is None,
             "smallest_device_total_bytes": rec.smallest.exact.device_total_bytes if rec.smallest else None,
             "card_needed": rec.needed_gpu.key if rec.needed_gpu else None,
+            "band_margin": rec.margin_json(best) if best else None,  # issue 24 (band)
         })
         if best and write:
             _write_setup(write, best.setup)
@@ -885,6 +893,7 @@ def recommend(
         out.print(f"[bold green]The input already fits {card.name}[/bold green]: device total "
                   f"{rec.base.device_total_bytes / 2**30:.2f} GiB of the {rec.budget_bytes / 2**30:.2f} GiB budget, "
                   f"{rec.headroom_bytes / 2**30:.2f} GiB headroom. Nothing needs to change.")
+        out.print("Band: " + rec.margin_line(best), markup=False)  # issue 24 (band)
         if rec.faster:
             fast = Table(title="Faster settings that still fit (estimated, roofline model, uncalibrated)", title_justify="left")
             for col in ("changes", "risk", "device total GiB", "headroom GiB", "time/sample vs input"):
@@ -926,6 +935,7 @@ def recommend(
         out.print(f"estimated time per effective sample: {best.seconds / rec.base_seconds:.2f}x the input's (roofline model, uncalibrated)")
     render_report(best.exact, best.setup, out, title="recommended configuration")
     out.print(f"[bold green]FITS[/bold green] {card.name}: {best.exact.device_total_bytes / 2**30:.2f} of {card.capacity_bytes / 2**30:.2f} GiB (CUDA-reported)")
+    out.print("Band: " + rec.margin_line(best), markup=False)  # issue 24 (band)
     if rec.alternatives:
         alt = Table(title="Next alternatives", title_justify="left")
         for col in ("changes", "risk", "device total GiB", "time/sample vs input"):

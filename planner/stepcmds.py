@@ -296,10 +296,12 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                                        f"where the search starts)")
                 start = p.get("knob_min") or knob.default
                 res, stats = S.max_knob(ss, max_knob, step, card, margin, max(p.get("knob_limit") or 4096, start), tick,
-                                        profile=step_profile(p), start=start, floor=p.get("knob_min") or step)
+                                        profile=step_profile(p), start=start, floor=p.get("knob_min") or step,
+                                        fit_at=p.get("fit_at") or "high")
                 what = f"{max_knob}"
             else:
-                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=step_profile(p))
+                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=step_profile(p),
+                                         fit_at=p.get("fit_at") or "high")
                 what = "micro-batch"
         value, rep = res.value, res.report
         result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
@@ -343,7 +345,10 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     prog, tick = _progress(err, "tracing")
     with prog:
         best, ordered, stats = S.recommend(ss, card, margin, prefer, freeze, search, sf.batch_default or 1, jobs, tick,
-                                         profile=step_profile(p))
+                                         profile=step_profile(p), fit_at=p.get("fit_at") or "high")
+    from planner.band import margin_json, margin_line  # issue 24 (band): how the chosen plan's margin splits
+
+    band = (lambda f: f(best.report, card, cap["budget_bytes"], p.get("fit_at") or "high")) if best else None
     exact = sum(1 for c in ordered if c.report is not None)
     failed = sum(1 for c in ordered if c.error)
     summary = (f"{len(ordered)} candidates: {exact} evaluated exactly ({stats.derived} derived, "
@@ -355,7 +360,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         from planner.terms import say
 
         _print_json({"gpu": cap, "input": ss.to_json(),
-                     "best": {**best.to_json(), "in_the_steps_terms": say(best.parts, terms)} if best else None,
+                     "best": {**best.to_json(), "in_the_steps_terms": say(best.parts, terms),
+                              "band_margin": band(margin_json)} if best else None,
                      "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
                      "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
@@ -374,7 +380,7 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
     elif not best.changes:
         out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
                   f"{cap['budget_bytes'] / 2**30:.2f} GiB budget; nothing needs to change")
-        faster = [c for c in ordered if c.report is not None and c.changes and c.total <= cap["budget_bytes"]
+        faster = [c for c in ordered if c.report is not None and c.changes and c.fit_total <= cap["budget_bytes"]
                   and c.seconds < best.seconds]
         if faster:
             out.print("faster settings that also fit (traced): " + "; ".join(
@@ -388,6 +394,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
             from planner.terms import say
 
             out.print("  in the step's own terms (its TERMS): " + "; ".join(say(best.parts, terms)), markup=False)
+    if best is not None:
+        out.print("Band: " + band(margin_line), markup=False)
     t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes; ~ predicted, not traced)")
     for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
         t.add_column(col)
@@ -397,7 +405,7 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         pre = "" if c.report is not None else "~"
         total = "-" if c.total == float("inf") else f"{pre}{c.total / 2**30:.2f}"
         t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], total,
-                  "-" if c.total == float("inf") else pre + ("yes" if c.total <= budget else "no"),
+                  "-" if c.total == float("inf") else pre + ("yes" if c.fit_total <= budget else "no"),
                   f"{pre}{c.seconds / base_secs:.2f}" if c.seconds < float("inf") else "-",
                   "not run" if c.error and c.error.startswith("not run") else c.how)
     out.print(t)
@@ -416,7 +424,8 @@ def _max_gpus(p: dict[str, Any], ss: StepSetup, sf: Any, card: Any, margin: floa
     prog, tick = _progress(err, "tracing")
     with prog:
         answer, tried, verdict, stats = S.max_gpus(ss, card, margin, p["max_gpus"], sf.batch_default or 1,
-                                                   p.get("jobs") or 0, tick, profile=step_profile(p))
+                                                   p.get("jobs") or 0, tick, profile=step_profile(p),
+                                                   fit_at=p.get("fit_at") or "high")
     if p.get("as_json"):
         _print_json({"gpu": cap, "input": ss.to_json(), "answer": answer.to_json() if answer else None,
                      "tried": [o.to_json() for o in tried], "verdict": verdict, "traces": stats.traces,
