@@ -892,7 +892,8 @@ def recommend(
     if rec.input_fits:
         out.print(f"[bold green]The input already fits {card.name}[/bold green]: device total "
                   f"{rec.base.device_total_bytes / 2**30:.2f} GiB of the {rec.budget_bytes / 2**30:.2f} GiB budget, "
-                  f"{rec.headroom_bytes / 2**30:.2f} GiB headroom. Nothing needs to change.")
+                  f"{rec.headroom_bytes / 2**30:.2f} GiB headroom "
+                  f"({'below the top of its band' if rec.fit_at == 'high' else 'below its point'}). Nothing needs to change.")
         out.print("Band: " + rec.margin_line(best), markup=False)  # issue 24 (band)
         if rec.faster:
             fast = Table(title="Faster settings that still fit (estimated, roofline model, uncalibrated)", title_justify="left")
