@@ -22,7 +22,10 @@ per sequence) and ``mode``:
   AdamW loops over the parameters one by one, hence ``foreach=False``). ``--precision amp-fp16``
   is ``fp16=True`` (native AMP + GradScaler), ``--checkpoint BertLayer`` is
   ``gradient_checkpointing=True`` (one checkpoint per ``BertLayer``; transformers 4.16 used the
-  reentrant form, vramplan wraps non-reentrant), ``--accum N`` is ``gradient_accumulation_steps``.
+  reentrant form, vramplan wraps non-reentrant), ``--accum N`` is ``gradient_accumulation_steps``,
+  ``--knob optim=adafactor`` is ``optim="adafactor"``: transformers' own ``Adafactor`` as the Trainer
+  makes it (``scale_parameter=False, relative_step=False``, lr 5e-5, no first moment), transcribed
+  below from ``transformers/optimization.py`` ``Adafactor.step``.
 * ``infer``: PyTorchBenchmark's inference measurement (transformers 2.11): ``BertModel`` (no
   head) in eval mode, one forward under ``torch.no_grad()``, inputs ``torch.randint`` token ids.
 """
@@ -120,11 +123,67 @@ class Bert(nn.Module):
         return self.classifier(self.dropout(pooled)) if self.labels else (h, pooled)
 
 
+class Adafactor(torch.optim.Optimizer):
+    """transformers.optimization.Adafactor.step with the Trainer's options (beta1 None: no first
+    moment; weight decay 0; relative_step and scale_parameter off: the lr as given): per parameter,
+    factored second moments (a row and a column vector) for matrices, a full one otherwise, and the
+    temporaries its update makes (grad**2 + eps; the row/column approximation; the update's RMS)."""
+
+    def __init__(self, params, lr=5e-5, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8):
+        super().__init__(params, dict(lr=lr, eps=eps, clip_threshold=clip_threshold, decay_rate=decay_rate))
+
+    @staticmethod
+    def _rms(t):
+        return t.norm(2) / (t.numel() ** 0.5)
+
+    @staticmethod
+    def _approx_sq_grad(row, col):
+        r = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+        return torch.mul(r, col.unsqueeze(-2).rsqrt())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad, state = p.grad, self.state[p]
+                factored = grad.dim() >= 2
+                if not state:
+                    state["step"] = 0
+                    if factored:
+                        state["exp_avg_sq_row"] = torch.zeros(grad.shape[:-1]).to(grad)
+                        state["exp_avg_sq_col"] = torch.zeros(grad.shape[:-2] + grad.shape[-1:]).to(grad)
+                    else:
+                        state["exp_avg_sq"] = torch.zeros_like(grad)
+                    state["RMS"] = 0
+                state["step"] += 1
+                state["RMS"] = self._rms(p)
+                beta2t = 1.0 - math.pow(state["step"], group["decay_rate"])
+                update = (grad**2) + group["eps"][0]
+                if factored:
+                    row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+                    row.mul_(beta2t).add_(update.mean(dim=-1), alpha=1.0 - beta2t)
+                    col.mul_(beta2t).add_(update.mean(dim=-2), alpha=1.0 - beta2t)
+                    update = self._approx_sq_grad(row, col)
+                    update.mul_(grad)
+                else:
+                    sq = state["exp_avg_sq"]
+                    sq.mul_(beta2t).add_(update, alpha=1.0 - beta2t)
+                    update = sq.rsqrt().mul_(grad)
+                update.div_((self._rms(update) / group["clip_threshold"]).clamp_(min=1.0))
+                update.mul_(group["lr"])
+                p.add_(-update)
+
+
 def networks(hidden: int = 768, layers: int = 12, heads: int = 12, intermediate: int = 3072,
-             vocab: int = 30522, positions: int = 512, mode: str = "train"):
+             vocab: int = 30522, positions: int = 512, mode: str = "train", optim: str = "adamw"):
     if mode not in ("train", "infer"):
         raise ValueError(f"mode: {mode!r} (valid: train, infer)")
+    if optim not in ("adamw", "adafactor"):
+        raise ValueError(f"optim: {optim!r} (valid: adamw, adafactor)")
     net = Bert(vocab, hidden, layers, heads, intermediate, positions, 2 if mode == "train" else 0)
+    net.optim = optim
     if mode == "infer":
         net.eval()
         net.requires_grad_(False)
@@ -137,6 +196,8 @@ def networks(hidden: int = 768, layers: int = 12, heads: int = 12, intermediate:
 def optimizers(nets):
     if "stub" in nets:  # inference: nothing of BERT's to optimise
         return {"stub": torch.optim.SGD(nets["stub"].parameters(), lr=0.0)}
+    if nets["bert"].optim == "adafactor":
+        return {"bert": Adafactor(nets["bert"].parameters(), lr=5e-5)}
     return {"bert": torch.optim.AdamW(nets["bert"].parameters(), lr=5e-5, weight_decay=0.0, foreach=False)}
 
 
