@@ -203,7 +203,7 @@ def save_and_report(prof: DeviceProfile, as_json: bool, out: Any, headline: Call
     """Save the profile under profiles/; print its JSON (returns True) or ``headline(path)`` and
     :func:`summary_lines` (returns False: the caller may add its own lines)."""
     from planner import profiles
-    from planner.cli import _print_json
+    from planner.report.text import print_json as _print_json
 
     path = profiles.save(prof)
     if as_json:

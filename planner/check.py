@@ -217,17 +217,17 @@ def _step_reports(ts: list[Target], flags: dict[str, Any], card: Any, jobs: int,
     """The step-file setups' reports, traced together; a setup whose file or code fails is put
     in ``errors`` (name -> one line) and left out. Each case's seconds: an equal share of the
     wall time of the traces made together (they run in parallel; ``stats`` has the total)."""
-    from planner import stepcmds
+    from planner import setup_flags
 
     t0 = time.perf_counter()
     setups = {}
     p = {"step": "", **{k: flags.get(k) for k, _ in STEP_FLAGS if k != "jobs"}}
-    stepcmds.step_setup({**p, "step": str(ts[0].path)})  # the flags themselves: bad input, before any file
+    setup_flags.step_setup({**p, "step": str(ts[0].path)})  # the flags themselves: bad input, before any file
     for t in ts:
         try:
-            ss = stepcmds.step_setup({**p, "step": str(t.path)})
-            sf = stepcmds._load(ss)  # the file's functions and knobs, checked before any tracing
-            setups[t.name] = stepcmds._filled(ss, sf)
+            ss = setup_flags.step_setup({**p, "step": str(t.path)})
+            sf = setup_flags.load_step(ss)  # the file's functions and knobs, checked before any tracing
+            setups[t.name] = setup_flags.filled(ss, sf)
         except PlannerError as exc:
             errors[t.name] = _named(t, str(exc))
     from planner.measure.stepsearch import Evaluator

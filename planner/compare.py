@@ -191,7 +191,7 @@ def run_paths(first: str | None, rest: list[str] | None) -> list[str]:
 def calibrate_command(p: dict[str, Any], out: Any) -> None:
     """``vramplan calibrate --from RUNS [--validate PROFILE]``."""
     from planner import profiles
-    from planner.cli import _print_json
+    from planner.report.text import print_json as _print_json
     from planner.config import check_gpu_flag
     from planner.gpus import parse_gpu
 
@@ -224,7 +224,7 @@ def calibrate_command(p: dict[str, Any], out: Any) -> None:
 
 def compare_command(p: dict[str, Any], out: Any) -> None:
     """``vramplan compare RUN [--profile NAME] [--json]``."""
-    from planner.cli import _print_json
+    from planner.report.text import print_json as _print_json
 
     cmp = compare_file(str(p["run"]), p.get("profile_name"))
     if p.get("as_json"):

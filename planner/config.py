@@ -243,6 +243,13 @@ _TRUE = {"t", "true", "1", "y", "yes", "on"}
 _FALSE = {"f", "false", "0", "n", "no", "off"}
 
 
+def parse_bool(text: str, flag: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE or low in _FALSE:
+        return low in _TRUE
+    raise PlannerError(f"{flag}: {quote(text)} is not true or false")
+
+
 def parse_bool_list(text: str, flag: str) -> tuple[bool, ...]:
     out = []
     for p in text.split(","):
@@ -266,6 +273,7 @@ class Overrides:
     channels: str | None = None
     attention: str | None = None
     amp: bool | None = None
+    amp_dtype: str | None = None
     checkpointing: bool | None = None
     flash_attention: bool | None = None
     perceptual: bool | None = None
@@ -302,6 +310,8 @@ class Overrides:
             put(f"{model}.attention_levels", list(parse_bool_list(self.attention, "--attention")))
         if self.amp is not None:
             put("device.mixed_precision", self.amp)
+        if self.amp_dtype is not None:
+            put("device.amp_dtype", self.amp_dtype)
         if self.flash_attention is not None:
             put(f"{model}.use_flash_attention", self.flash_attention)
         if self.accum is not None:

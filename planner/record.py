@@ -483,15 +483,15 @@ def record_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
     """``vramplan record --out run.json``: two iterations of the setup (``--step`` + knobs, or the
     built-in ``builtin`` TrainingSetup) on ``--backend`` (cuda; fake checks the pipeline), written
     as a run file."""
-    from planner.cli import _print_json
+    from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
 
     path = check_output_path(p["out_file"], "--out")
     backend = getattr(p.get("backend"), "value", p.get("backend")) or "cuda"
     if p.get("step"):
-        from planner import stepcmds
+        from planner import setup_flags
 
-        setup = {"kind": "step", "step": stepcmds.step_setup(p).to_json()}
+        setup = {"kind": "step", "step": setup_flags.step_setup(p).to_json()}
     else:
         from planner.spec import spec_to_dict
 

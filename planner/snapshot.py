@@ -130,17 +130,17 @@ def summary(snapshot: dict[str, Any], since_us: int = 0) -> dict[str, int]:
 
 def snapshot_command(p: dict[str, Any], builtin: Any, out: Any) -> None:
     """``vramplan snapshot --out step.pickle``: the setup traced on the fake backend, exported."""
-    from planner.cli import _print_json
+    from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
 
     path = check_output_path(p["out_file"], "--out")
     if path.suffix not in (".pickle", ".pkl", ".json"):
         raise PlannerError(f"--out: {str(path)!r} must end in .pickle (PyTorch's memory viewer) or .json")
     if p.get("step"):
-        from planner import stepcmds
+        from planner import setup_flags
         from planner.measure import traces
 
-        ss = stepcmds.step_setup(p)
+        ss = setup_flags.step_setup(p)
         record, conf = traces.trace(ss), ss.alloc_conf
     else:
         from planner.measure.step import run_step

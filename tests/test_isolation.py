@@ -171,7 +171,7 @@ def test_a_byte_that_is_not_utf8_is_refused_as_python_refuses_it(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--step", ""], "--step: give a step file"),
-    (["--sdpa", ""], "--sdpa: got ''"),
+    (["--sdpa", ""], "--sdpa: the step"),
     (["--checkpoint", ""], "--checkpoint: '' names no class"),
     (["--checkpoint", ","], "--checkpoint: ',' names no class"),
     (["--knob", "width=0"], "--knob width=0: networks()"),

@@ -62,7 +62,7 @@ def test_model_on_table_recommend_check_and_plot(nets: str, tmp_path: Path) -> N
     (["estimate", "--input", "8x64"], "--input: only used with --model"),
     (["estimate", "--model", "nets.py:mlp"], "--input: give the batch shape with --model"),
     (["estimate", "--model", "nets.py:mlp", "--input", "8x64", "--batch", "4"], "--batch: with --model the batch is"),
-    (["estimate", "--model", "nets.py:mlp", "--input", "8x64", "--voxel", "8x8x8"], "--voxel: does not apply to --model"),
+    (["estimate", "--model", "nets.py:mlp", "--input", "8x64", "--voxel", "8x8x8"], "--voxel: the --model step has no knob 'voxel' (valid: input, model)"),
     (["estimate", "--model", "nets.py:mlp", "--input", "8x64", "--step", "x.py"], "give either --step"),
     (["check", "a.yaml", "--model", "nets.py:mlp", "--input", "8x64", "--gpu", "8GB"], "not both"),
 ])

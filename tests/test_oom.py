@@ -453,14 +453,16 @@ def test_cli_tty_without_message_errors(monkeypatch):
     import io
     import sys
 
-    from planner import cli
+    import typer
+
+    from planner.commands import oom as cli
 
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     monkeypatch.setattr(sys, "stdin", Tty(""))
-    with pytest.raises(cli.typer.Exit) as exc:
+    with pytest.raises(typer.Exit) as exc:
         cli.oom(message=None, config=None, kind=None, voxel=None, batch=None,
                 channels=None, attention=None, amp=None, checkpointing=None,
                 flash_attention=None, perceptual=None, disc_layers=None,

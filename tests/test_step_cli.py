@@ -53,10 +53,10 @@ def test_estimate_step_json_states_setup():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["estimate", "--knob", "width=3"], "--knob: only with --step"),
-    (["estimate", "--step", TEMPLATE, "--voxel", "64x64x64"], "--voxel: does not apply to --step"),
+    (["estimate", "--knob", "width=3"], "--knob width: the built-in step has no knob 'width' (valid: kind, voxel,"),
+    (["estimate", "--step", TEMPLATE, "--voxel", "64x64x64"], "has no knob 'voxel' (valid: depth, features, tokens, width)"),
     (["estimate", "--step", TEMPLATE, "--knob", "wdth=3"], "valid: depth, features, tokens, width"),
-    (["estimate", "--step", TEMPLATE, "--precision", "fp8"], "--precision: got 'fp8'"),
+    (["estimate", "--step", TEMPLATE, "--precision", "fp8"], "cannot take precision 'fp8' (valid: fp32, amp-fp16,"),
     (["estimate", "--step", TEMPLATE, "--checkpoint", "Nope"], "no module of class 'Nope'"),
     (["estimate", "--step", "nope.py"], "no such file"),
     (["recommend", "--step", TEMPLATE, "--max-knob", "nope"], "not an integer knob"),
@@ -228,7 +228,7 @@ def test_max_gpus_says_when_more_gpus_do_not_help():
 @pytest.mark.parametrize("args,message", [
     (["recommend", "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
     (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--gpus", "2", "--strategy", "ddp"], "leave out --gpus"),
-    (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--max-batch"], "--max-gpus: give it alone"),
+    (["recommend", "--step", TEMPLATE, "--max-gpus", "4", "--max-batch"], "--max-gpus: give one search at a time"),
 ])
 def test_max_gpus_bad_input(args, message):
     r = runner.invoke(app, args)

@@ -139,8 +139,9 @@ def load(path: str) -> StepFile:
 def _check_knob(sf: StepFile, name: str, value: Any) -> Any:
     knob = sf.knobs.get(name)
     if knob is None:
-        valid = ", ".join(sorted(sf.knobs)) or "none"
-        raise PlannerError(f"--knob: '{sf.path}' has no knob '{name}' (valid: {valid})")
+        from planner.setup_flags import refuse, step_name
+
+        raise refuse("--knob", step_name(sf.path), f"has no knob '{name}'", sorted(sf.knobs))
     d = knob.default
     if isinstance(d, bool):
         if not isinstance(value, bool):

@@ -135,3 +135,10 @@ class PlainConsole:
 
     def __getattr__(self, name: str) -> Any:  # status(), rule(), ... come from rich
         return getattr(self.rich, name)
+
+
+def print_json(obj: Any) -> None:
+    """A command's --json output: the one document on stdout."""
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
