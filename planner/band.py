@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.errors import PlannerError
 from planner.result import GIB, MemoryReport
 
 EAGER_CONTEXT_BYTES = 666_632_192
@@ -149,3 +150,53 @@ def band_line(report: MemoryReport, card: object | None) -> str:
     if card is not None:
         return f"Band ({getattr(card, 'name', '')}): {band.verdict(getattr(card, 'capacity_bytes'))[1]}"
     return f"Band: device_total {band.low / GIB:.2f} .. {band.high / GIB:.2f} GiB (point {band.point / GIB:.2f} GiB)"
+
+
+# --- what the searches hold against the budget (issue 24: recommend fits at the band's top) ------
+
+FIT_AT = ("high", "point")
+"""Where in the band ``recommend`` fits a plan: ``high`` (default: the top, so an uncalibrated term
+cannot push the chosen plan into an OOM) or ``point`` (the point figure, the pre-band behaviour)."""
+
+
+def check_fit_at(at: str) -> str:
+    if at not in FIT_AT:
+        raise PlannerError(f"--fit-at: {at!r} (valid: {', '.join(FIT_AT)})")
+    return at
+
+
+def fit_bytes(report: MemoryReport, card: object | None, at: str = "high") -> int:
+    """The figure a search compares with its budget: the band's top (``at="high"``) or its point.
+    With a GPU profile that measured the terms the band is collapsed and both are the point."""
+    if check_fit_at(at) == "point":
+        return report.device_total_bytes  # the band's point (DeviceBand.point: reserved + context)
+    return band_for(report, card).high
+
+
+def margin_json(report: MemoryReport, card: object | None, budget_bytes: int, at: str = "high") -> dict:
+    """How the chosen plan's figure splits: the point, what each band term adds above it (the
+    margin the band asks for), the figure held against the budget and what is left."""
+    band = band_for(report, card)
+    fit = band.high if check_fit_at(at) == "high" else band.point
+    return {"fit_at": at, "calibrated": band.calibrated, "point_bytes": band.point, "high_bytes": band.high,
+            "fit_bytes": fit, "budget_bytes": int(budget_bytes), "spare_bytes": int(budget_bytes) - fit,
+            "terms": [{"name": t.name, "above_point_bytes": t.high - t.point, "source": t.source}
+                      for t in band.terms]}
+
+
+def margin_line(report: MemoryReport, card: object | None, budget_bytes: int, at: str = "high") -> str:
+    """One sentence: the figure fitted, which term adds how much above the point, what is left."""
+    m = margin_json(report, card, budget_bytes, at)
+    gib = lambda n: f"{n / GIB:.2f}"  # noqa: E731
+    left = (f"budget {gib(m['budget_bytes'])} GiB, {gib(abs(m['spare_bytes']))} GiB "
+            + ("to spare" if m["spare_bytes"] >= 0 else "over"))
+    if m["calibrated"]:
+        return (f"band collapsed to {gib(m['point_bytes'])} GiB (calibrated: a GPU profile measured its terms); "
+                f"{left}")
+    parts = " + ".join(f"{t['name']} {gib(t['above_point_bytes'])}" for t in m["terms"])
+    margin = m["high_bytes"] - m["point_bytes"]
+    if at == "high":
+        return (f"fitted at the top of the band, {gib(m['high_bytes'])} GiB = point {gib(m['point_bytes'])} + "
+                f"margin {gib(margin)} GiB ({parts}; uncalibrated terms); {left}")
+    return (f"fitted at the point figure {gib(m['point_bytes'])} GiB (--fit-at point), not the band's top "
+            f"{gib(m['high_bytes'])} GiB (margin {gib(margin)} GiB left out: {parts}); {left}")

@@ -52,10 +52,13 @@ def gpu_counts(limit: int, total: int) -> list[int]:
 def search(total: int, limit: int, budget: float,
            make: Callable[[int, int, int, str], Any],
            evaluate: Callable[[Any], tuple[MemoryReport | None, str]],
-           smaller: str) -> tuple[GpuOption | None, list[GpuOption], dict[str, Any]]:
+           smaller: str, fit: Callable[[MemoryReport], int] | None = None,
+           ) -> tuple[GpuOption | None, list[GpuOption], dict[str, Any]]:
     """``make(micro_batch, accumulation, gpus, strategy)`` -> a setup; ``evaluate(setup)`` ->
     (report or None where the setup cannot run, how it was obtained or why it failed); ``smaller``:
-    the command that shrinks the per-rank step, for the verdict."""
+    the command that shrinks the per-rank step, for the verdict; ``fit(report)``: the figure held
+    against the budget (default device_total; recommend passes planner/band.py ``fit_bytes``)."""
+    fit = fit or (lambda r: r.device_total_bytes)
     if limit < 2:
         raise PlannerError(f"--max-gpus: {limit} (valid: 2 or more)")
     counts = gpu_counts(limit, total)
@@ -64,7 +67,7 @@ def search(total: int, limit: int, budget: float,
     def run(batch: int, accum: int, gpus: int, strategy: str) -> GpuOption:
         s = make(batch, accum, gpus, strategy)
         rep, how = evaluate(s)
-        opt = GpuOption(s, gpus, strategy, batch, accum, rep, rep is not None and rep.device_total_bytes <= budget,
+        opt = GpuOption(s, gpus, strategy, batch, accum, rep, rep is not None and fit(rep) <= budget,
                         how if rep is not None else f"failed: {how}")
         tried.append(opt)
         return opt

@@ -9,8 +9,9 @@ surrogate: the exact estimate of the input configuration times, for each changed
 knob, the ratio that knob alone produced in an exact estimate (so ~20 exact
 simulations cover the whole space). Walking the ordered list, a candidate whose
 predicted device total is within the budget plus a safety allowance is verified
-with an exact estimate; the first that truly fits (device total <= card x (1 -
-margin)) is the answer. On small spaces (<= EXHAUSTIVE candidates) every candidate
+with an exact estimate; the first that truly fits (the top of its device_total band,
+planner/band.py ``fit_bytes``, <= card x (1 - margin); ``fit_at="point"``: the point figure)
+is the answer. On small spaces (<= EXHAUSTIVE candidates) every candidate
 is estimated exactly, which is what brute force does.
 
 Quality-risk tiers (issue 5): none — AMP, accumulation, checkpointing, flash
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from planner.allocator import parse_alloc_conf
+from planner.band import check_fit_at, fit_bytes, margin_json, margin_line
 from planner.errors import PlannerError
 from planner.gpus import CATALOG, GPU
 from planner.result import GIB, MemoryReport
@@ -185,18 +187,36 @@ class Recommendation:
     input_fits: bool = False
     """The input already fits the budget: ``best`` is the input as is, ``faster`` what else fits and is faster."""
     faster: list[Candidate] = field(default_factory=list)
+    fit_at: str = "high"
+    """Where in the device_total band a plan must fit (planner/band.py ``fit_bytes``)."""
 
     @property
     def headroom_bytes(self) -> int:
-        """Budget minus the input's device total (negative: short)."""
-        return self.budget_bytes - self.base.device_total_bytes
+        """Budget minus the input's figure at ``fit_at`` in its band (negative: short)."""
+        return self.budget_bytes - fit_bytes(self.base, self.gpu, self.fit_at)
+
+    def margin_json(self, c: Candidate) -> dict:
+        """How a verified candidate's figure splits into the point and each band term above it."""
+        assert c.exact is not None
+        return margin_json(c.exact, self.gpu, self.budget_bytes, self.fit_at)
+
+    def margin_line(self, c: Candidate) -> str:
+        assert c.exact is not None
+        return margin_line(c.exact, self.gpu, self.budget_bytes, self.fit_at)
 
 
-def _evaluate(setup: TrainingSetup, gpu: GPU) -> tuple[MemoryReport, float | None]:
-    from planner.analytic.cost import seconds_per_sample
+def _report(setup: TrainingSetup, gpu: GPU, profile: Any = None) -> MemoryReport:
+    """The exact estimate on ``gpu``, with ``profile`` (a DeviceProfile) applied when given."""
     from planner.analytic.estimate import estimate
 
     rep = estimate(setup, gpu.capacity_bytes)
+    return rep if profile is None else profile.apply(rep)
+
+
+def _evaluate(setup: TrainingSetup, gpu: GPU, profile: Any = None) -> tuple[MemoryReport, float | None]:
+    from planner.analytic.cost import seconds_per_sample
+
+    rep = _report(setup, gpu, profile)
     return rep, seconds_per_sample(setup, rep, gpu)
 
 
@@ -228,14 +248,21 @@ def recommend(
     freeze: set[str] | None = None,
     alternatives: int = 5,
     exhaustive: bool | None = None,
+    fit_at: str = "high",
+    profile: Any = None,
 ) -> Recommendation:
+    """``fit_at``: a plan fits when its device_total band's top (default) or point is within the
+    budget (planner/band.py ``fit_bytes``); ``profile``: a DeviceProfile applied to every estimate
+    (a GPU-measured one collapses the band to its point)."""
+    check_fit_at(fit_at)
     if not 0 <= margin < 1:
         raise PlannerError(f"--margin: {margin} must be in [0, 1)")
     if prefer not in ("risk", "speed", "quality"):
         raise PlannerError(f"--prefer: '{prefer}' (valid: risk, speed, quality)")
     t0 = time.perf_counter()
     budget = int(gpu.capacity_bytes * (1 - margin))
-    base_rep, base_s = _evaluate(setup, gpu)
+    base_rep, base_s = _evaluate(setup, gpu, profile)
+    base_fit = fit_bytes(base_rep, gpu, fit_at)
     base_s = base_s or 1.0
     base_alloc = float(base_rep.peak_allocated_bytes)
     knobs = knob_settings(setup, gpu, freeze or set())
@@ -251,7 +278,13 @@ def recommend(
                 alone[id(st)] = (float("inf"), float("inf"))
                 continue
             verified += 1
-            alone[id(st)] = (alloc / base_alloc, (sec or base_s) / base_s)
+            mem = alloc / base_alloc
+            if alloc == base_alloc:
+                # the allocated peak is unchanged: the setting acts on what _quick does not model
+                # (the allocator's reserve, which the band's top counts twice): its exact figure
+                mem = fit_bytes(_report(st.apply(setup), gpu, profile), gpu, fit_at) / base_fit
+                verified += 1
+            alone[id(st)] = (mem, (sec or base_s) / base_s)
             savings[st.label] = int(base_alloc - alloc)
     cands: list[Candidate] = []
     for combo in itertools.product(*knobs):
@@ -262,7 +295,7 @@ def recommend(
                 mem *= m
                 tim *= t
         changed = [s for s in combo if s.label != "as is"]
-        cands.append(Candidate(combo, base_rep.device_total_bytes * mem, base_s * tim,
+        cands.append(Candidate(combo, base_fit * mem, base_s * tim,
                                max((s.tier for s in changed), default=0), len(changed)))
     cands.sort(key=_order_key(prefer))
     do_all = exhaustive if exhaustive is not None else len(cands) <= EXHAUSTIVE
@@ -279,13 +312,13 @@ def recommend(
             return False
         key = repr(spec_to_dict(s))
         if key not in cache:
-            cache[key] = _evaluate(s, gpu)
+            cache[key] = _evaluate(s, gpu, profile)
             verified += 1
         c.exact, c.seconds = cache[key]
         c.setup = s
-        return c.exact.device_total_bytes <= budget
+        return fit_bytes(c.exact, gpu, fit_at) <= budget
 
-    if base_rep.device_total_bytes <= budget:
+    if base_fit <= budget:
         # Already fits: keep it, and offer the settings predicted faster that still fit.
         as_is = next(c for c in cands if c.changes == 0)
         as_is.exact, as_is.seconds, as_is.setup = base_rep, base_s, setup
@@ -305,7 +338,7 @@ def recommend(
             c.predicted_seconds = c.seconds or c.predicted_seconds
         faster.sort(key=_order_key(prefer))
         rec = Recommendation(base_rep, base_s, gpu, budget, as_is, [], savings,
-                             considered=len(cands), verified=verified, input_fits=True, faster=faster)
+                             considered=len(cands), verified=verified, input_fits=True, faster=faster, fit_at=fit_at)
         rec.seconds = time.perf_counter() - t0
         return rec
 
@@ -322,12 +355,12 @@ def recommend(
             c.predicted_seconds = c.seconds or c.predicted_seconds
         found.sort(key=_order_key(prefer))
     rec = Recommendation(base_rep, base_s, gpu, budget, found[0] if found else None, found[1:], savings,
-                         considered=len(cands), verified=verified)
+                         considered=len(cands), verified=verified, fit_at=fit_at)
     if not found:
         smallest = min(cands, key=lambda c: c.predicted_total)
         exact(smallest)
         rec.smallest = smallest
-        need = smallest.exact.device_total_bytes / (1 - margin)
+        need = fit_bytes(smallest.exact, gpu, fit_at) / (1 - margin)
         fits = [g for g in CATALOG if g.capacity_bytes >= need]
         rec.needed_gpu = min(fits, key=lambda g: g.capacity_bytes) if fits else None
     rec.seconds = time.perf_counter() - t0
@@ -479,37 +512,40 @@ def _largest(fits: Callable[[int], MemoryReport | None], lo_k: int, limit: int) 
                       larger_fitting_skipped=skipped, estimates=len(memo))
 
 
-def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int | None = None) -> SizeSearch:
-    """Largest micro-batch whose device total fits ``gpu.capacity_bytes * (1 - margin)`` (exact estimates).
+def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int | None = None,
+              fit_at: str = "high", profile: Any = None) -> SizeSearch:
+    """Largest micro-batch whose device total (the top of its band by default, planner/band.py
+    ``fit_bytes``) fits ``gpu.capacity_bytes * (1 - margin)`` (exact estimates).
 
     The cap is the spec's largest batch (2**20) unless ``limit`` is given; an answer at
     the cap comes back with ``capped=True`` ("at least"), never as if it were the answer.
     """
-    from planner.analytic.estimate import estimate
     from planner.spec import MAX_BATCH
 
     _check_margin(margin)
+    check_fit_at(fit_at)
     budget = gpu.capacity_bytes * (1 - margin)
     limit = MAX_BATCH if limit is None else limit
 
     def fits(b: int) -> MemoryReport | None:
         try:
-            rep = estimate(_tr(setup, batch_size=b), gpu.capacity_bytes)
+            rep = _report(_tr(setup, batch_size=b), gpu, profile)
         except PlannerError:
             return None
-        return rep if rep.device_total_bytes <= budget else None
+        return rep if fit_bytes(rep, gpu, fit_at) <= budget else None
 
     return _largest(fits, 1, limit)
 
 
-def max_gpus(setup: TrainingSetup, gpu: GPU, margin: float, limit: int) -> tuple[Any, list, dict, float]:
+def max_gpus(setup: TrainingSetup, gpu: GPU, margin: float, limit: int, fit_at: str = "high",
+             profile: Any = None) -> tuple[Any, list, dict, float]:
     """``recommend --max-gpus``: planner/gpusearch.py ``search`` over exact analytic estimates.
     Returns (answer or None, the options tried, the verdict, seconds)."""
-    from planner.analytic.estimate import estimate
     from planner.gpusearch import search
     from planner.spec import ParallelSpec
 
     _check_margin(margin)
+    check_fit_at(fit_at)
     if setup.parallel.gpus != 1:
         raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
     t0 = time.perf_counter()
@@ -519,30 +555,33 @@ def max_gpus(setup: TrainingSetup, gpu: GPU, margin: float, limit: int) -> tuple
 
     def evaluate(s: TrainingSetup) -> tuple[MemoryReport | None, str]:
         try:
-            return estimate(s, gpu.capacity_bytes), "estimated"
+            return _report(s, gpu, profile), "estimated"
         except PlannerError as exc:
             return None, str(exc)
 
     smaller = "vramplan recommend" + (f" --voxel {'x'.join(map(str, setup.data.voxel_size))}"
                                       if setup.kind == "ldm-stage1" else "")
     answer, tried, verdict = search(setup.batch_size * setup.accumulation_steps, limit,
-                                    gpu.capacity_bytes * (1 - margin), make, evaluate, smaller)
+                                    gpu.capacity_bytes * (1 - margin), make, evaluate, smaller,
+                                    fit=lambda r: fit_bytes(r, gpu, fit_at))
     return answer, tried, verdict, time.perf_counter() - t0
 
 
-def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int = 4096) -> SizeSearch:
-    """Largest volume at the configuration's aspect ratio that fits.
+def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int = 4096,
+              fit_at: str = "high", profile: Any = None) -> SizeSearch:
+    """Largest volume at the configuration's aspect ratio that fits (the top of its device_total
+    band by default, planner/band.py ``fit_bytes``).
 
     Sizes step by the true divisibility of the networks being sized and start at the
     smallest size they accept (planner.shapes.constraints: e.g. 4 from 28 for the
     default stage 1 with perceptual loss, 16 for the default stage 2 on the latent).
     ``value`` is the volume (a tuple) or None; ``smaller_not_fitting`` lists volumes.
     """
-    from planner.analytic.estimate import estimate
     from planner.shapes import constraints
     from planner.spec import MAX_SIDE
 
     _check_margin(margin)
+    check_fit_at(fit_at)
     budget = gpu.capacity_bytes * (1 - margin)
     base = setup.data.voxel_size
     cons = constraints(setup)
@@ -559,10 +598,10 @@ def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int =
     def fits(k: int) -> MemoryReport | None:
         try:
             s = replace(setup, data=replace(setup.data, voxel_size=at(k)))
-            rep = estimate(s, gpu.capacity_bytes)
+            rep = _report(s, gpu, profile)
         except PlannerError:
             return None
-        return rep if rep.device_total_bytes <= budget else None
+        return rep if fit_bytes(rep, gpu, fit_at) <= budget else None
 
     res = _largest(fits, k0, kmax)
     res.smaller_not_fitting = [at(k) for k in res.smaller_not_fitting]

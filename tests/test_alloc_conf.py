@@ -95,6 +95,15 @@ def test_recommend_takes_expandable_segments_when_fragmentation_breaks_the_fit(m
     exp = _est_default(["--alloc-conf", "expandable_segments:True"])
     assert exp["device_total_bytes"] <= 4.5 * 2**30 < base["device_total_bytes"]
     res = runner.invoke(app, ["recommend", "--gpu", "exact:4.5GiB", "--margin", "0", "--freeze",
+                              "flash,checkpointing,batch,amp", "--json", "--fit-at", "point"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["recommended"]["changes"] == ["allocator expandable_segments:True"]
+    # by default recommend fits the top of the band (planner/band.py), where the allocator term
+    # (reserved + its overhead again) shrinks with expandable segments too: a card exactly the
+    # top of the expandable-segments band fits it and not the default allocator's
+    top_exp, top_base = exp["device_band"]["high_bytes"], base["device_band"]["high_bytes"]
+    assert top_exp < top_base
+    res = runner.invoke(app, ["recommend", "--gpu", f"exact:{top_exp}B", "--margin", "0", "--freeze",
                               "flash,checkpointing,batch,amp", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

@@ -94,3 +94,87 @@ def test_step_file_estimate_has_the_band(tmp_path):
     assert (alloc["low_bytes"], alloc["point_bytes"], alloc["high_bytes"]) == (5_729_792, 6 * MIB, 12 * MIB - 5_729_792)
     r = CliRunner().invoke(app, ["estimate", "--step", str(tmp_path / "tiny.py"), "--gpu", "24GB"])
     assert "Band (card sold as 24 GB): fits even at the top of the band" in r.output
+
+
+# --- recommend fits at the top of the band (planner/band.py fit_bytes / margin_json) ---------------
+
+CUBLAS_NO_CARD = 2 * 32 * MIB  # planner/workspaces.py: 2 threads x 32 MiB (no compute capability known)
+
+
+def test_fit_bytes_and_the_margin_split_by_hand():
+    from planner.band import fit_bytes, margin_json, margin_line
+
+    r = _report()  # allocated 8 GiB, reserved 9 GiB, context 426 MiB; no attention/conv: cuBLAS only
+    # top = reserved 9 GiB + (9 - 8) GiB again + 666,632,192 B context + 64 MiB cuBLAS
+    top = 10 * GIB + 666_632_192 + CUBLAS_NO_CARD
+    assert fit_bytes(r, None) == top and fit_bytes(r, None, "point") == 9 * GIB + 426 * MIB
+    m = margin_json(r, None, 12 * GIB)
+    assert (m["point_bytes"], m["high_bytes"], m["fit_bytes"]) == (9 * GIB + 426 * MIB, top, top)
+    assert m["spare_bytes"] == 12 * GIB - top and not m["calibrated"]
+    assert [(t["name"], t["above_point_bytes"]) for t in m["terms"]] == [
+        ("allocator (reserved)", GIB), ("CUDA context", 666_632_192 - 426 * MIB), ("library workspaces", CUBLAS_NO_CARD)]
+    line = margin_line(r, None, 12 * GIB)
+    # margin 1 GiB + 219,938,816 B + 64 MiB = 1,361,313,792 B = 1.27 GiB
+    assert line.startswith(f"fitted at the top of the band, {top / GIB:.2f} GiB = point 9.42 + margin 1.27 GiB "
+                           "(allocator (reserved) 1.00 + CUDA context 0.20 + library workspaces 0.06")
+    assert "(--fit-at point)" in margin_line(r, None, 12 * GIB, "point")
+
+
+def test_a_gpu_profile_collapses_the_fit_and_says_so():
+    from planner.band import fit_bytes, margin_line
+
+    r = _report(context=600 * MIB, basis="measured: mean of 2 mem_get_info readings on H100")
+    assert fit_bytes(r, None) == fit_bytes(r, None, "point") == 9 * GIB + 600 * MIB
+    assert "calibrated: a GPU profile measured its terms" in margin_line(r, None, 12 * GIB)
+
+
+FREEZE = {"amp", "batch", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer"}
+
+
+def _small():
+    from planner.config import Overrides, resolve_setup
+
+    return resolve_setup(None, Overrides(voxel="64x64x64", perceptual=False))
+
+
+def test_recommend_fits_the_top_of_the_band_not_the_point():
+    from planner.analytic.estimate import estimate
+    from planner.band import band_for
+    from planner.gpus import parse_gpu
+    from planner.recommend import recommend
+
+    setup = _small()
+    rep = estimate(setup)
+    # a card exactly the input's point figure: it fits there, not at the top of its band
+    card = parse_gpu(f"exact:{rep.device_total_bytes}B")
+    at_point = recommend(setup, card, 0.0, fit_at="point", freeze=FREEZE)
+    assert at_point.input_fits and at_point.headroom_bytes == 0
+    rec = recommend(setup, card, 0.0, freeze=FREEZE)
+    assert not rec.input_fits and rec.best is not None and rec.best.labels
+    top = band_for(rec.best.exact, card).high
+    assert top <= card.capacity_bytes and rec.margin_json(rec.best)["fit_bytes"] == top
+    # the same card at the input's own top: it fits as it is
+    rep_top = band_for(rep, None).high
+    assert recommend(setup, parse_gpu(f"exact:{rep_top}B"), 0.0, freeze=FREEZE).input_fits
+
+
+def test_recommend_with_a_measured_profile_fits_its_point():
+    from planner.analytic.estimate import estimate
+    from planner.gpus import parse_gpu
+    from planner.profiles import DeviceProfile
+    from planner.recommend import recommend
+
+    setup = _small()
+    prof = DeviceProfile("h100-test", {"name": "H100"}, True, context_bytes=500 * MIB,
+                         context_source="measured: mean of 3 mem_get_info readings on H100")
+    point = prof.apply(estimate(setup)).device_total_bytes
+    rec = recommend(setup, parse_gpu(f"exact:{point}B"), 0.0, profile=prof, freeze=FREEZE)
+    assert rec.input_fits and rec.headroom_bytes == 0  # the band collapsed to the measured point
+    assert rec.margin_json(rec.best)["calibrated"]
+    assert "calibrated: a GPU profile measured its terms" in rec.margin_line(rec.best)
+
+
+def test_fit_at_is_checked():
+    r = CliRunner().invoke(app, ["recommend", "--voxel", "32x32x32", "--fit-at", "middle"])
+    assert r.exit_code == 2 and "--fit-at: 'middle' (valid: high, point)" in r.output
+    assert "Traceback" not in r.output

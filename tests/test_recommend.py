@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from planner.analytic.cost import seconds_per_sample
 from planner.analytic.estimate import estimate
+from planner.band import band_for, fit_bytes
 from planner.cli import app
 from planner.config import Overrides, resolve_setup
 from planner.gpus import parse_gpu
@@ -28,7 +29,7 @@ def _fitting(setup, gpu, margin, freeze):
         for st in combo:
             s = st.apply(s)
         rep = estimate(s)
-        if rep.device_total_bytes <= budget:
+        if fit_bytes(rep, gpu) <= budget:  # the top of the device_total band (planner/band.py), as recommend
             changed = [c for c in combo if c.label != "as is"]
             fitting.append(type("C", (), {
                 "tier": max((c.tier for c in changed), default=0), "changes": len(changed),
@@ -66,7 +67,7 @@ def test_nothing_fits_names_the_card_it_would_need():
     rec = recommend(setup, parse_gpu("1GB"), 0.05, "risk", ALL - {"amp"})
     assert rec.best is None
     assert rec.smallest.exact.device_total_bytes > 10**9
-    assert rec.needed_gpu is not None and rec.needed_gpu.capacity_bytes * 0.95 >= rec.smallest.exact.device_total_bytes
+    assert rec.needed_gpu is not None and rec.needed_gpu.capacity_bytes * 0.95 >= fit_bytes(rec.smallest.exact, parse_gpu("1GB"))
 
 
 def test_max_batch_is_the_largest_that_fits():
@@ -74,9 +75,12 @@ def test_max_batch_is_the_largest_that_fits():
     gpu = parse_gpu("12GiB")
     b, rep = max_batch(setup, gpu)
     budget = gpu.capacity_bytes * 0.95
-    assert b >= 1 and rep.device_total_bytes <= budget
+    # fitted at the top of the band (planner/band.py): the point alone would allow a larger batch
+    assert b >= 1 and band_for(rep, gpu).high <= budget
     over = estimate(resolve_setup(None, Overrides(voxel="64x64x64", perceptual=False, batch=b + 1)))
-    assert over.device_total_bytes > budget
+    assert band_for(over, gpu).high > budget
+    b_point, rep_point = max_batch(setup, gpu, fit_at="point")
+    assert b_point > b and rep_point.device_total_bytes <= budget
 
 
 def test_seed004_scenario_fits_and_the_profiler_confirms():
@@ -103,6 +107,10 @@ def test_cli_json_and_write(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["recommended"]["device_total_bytes"] <= data["gpu"]["capacity_bytes"] * 0.95
+    m = data["band_margin"]  # fitted at the band's top: point + each term's share of the margin
+    assert m["fit_at"] == "high" and m["fit_bytes"] == m["high_bytes"] <= data["budget_bytes"]
+    assert m["point_bytes"] == data["recommended"]["device_total_bytes"]
+    assert m["high_bytes"] == m["point_bytes"] + sum(t["above_point_bytes"] for t in m["terms"])
     assert data["gpu"]["capacity_bytes"] < 8 * 2**30  # a card sold as 8 GB reports less
     assert out.read_text().startswith("kind: ldm-stage1")
     bad = CliRunner().invoke(app, ["recommend", "--freeze", "colour"])
@@ -124,7 +132,9 @@ def test_issue9_input_that_fits_is_kept_and_faster_settings_are_offered():
                                                "--json"]).stdout)
     assert data["input_fits"] is True
     assert data["recommended"]["changes"] == []
-    assert data["headroom_bytes"] == data["budget_bytes"] - data["input_device_total_bytes"] > 0
+    # headroom below the top of the input's band (planner/band.py), not its point
+    assert data["headroom_bytes"] == data["budget_bytes"] - data["band_margin"]["high_bytes"] > 0
+    assert data["band_margin"]["point_bytes"] == data["input_device_total_bytes"] < data["band_margin"]["high_bytes"]
     for c in data["faster_that_fit"]:
         assert c["device_total_bytes"] <= data["budget_bytes"]
         assert c["speedup"] > 1
@@ -139,13 +149,15 @@ def test_issue9_stage2_max_voxel_steps_by_the_unet_constraint():
     setup = resolve_setup(None, Overrides(kind="ldm-stage2"))
     cons = constraints(setup)
     assert cons["step"] == 16 and cons["min_side"] == 16
-    res = max_voxel(setup, parse_gpu("1GB"))
+    # 2 GB: at the top of its band (context up to 666,632,192 B + workspaces) nothing fits 1 GB
+    assert max_voxel(setup, parse_gpu("1GB")).value is None
+    res = max_voxel(setup, parse_gpu("2GB"))
     assert res.value is not None and all(v % 16 == 0 for v in res.value)
     # Reproduction: a card (margin 0) that holds 16x16x16 plus 1 byte but not 32x32x32.
     # The old search started at 32 and said "even the smallest volume does not fit".
     cube = resolve_setup(None, Overrides(kind="ldm-stage2", voxel="16x16x16"))
-    need16 = estimate(cube).device_total_bytes
-    need32 = estimate(replace_voxel(cube, (32, 32, 32))).device_total_bytes
+    need16 = fit_bytes(estimate(cube), None)  # the top of its band (what the search fits); no catalog card
+    need32 = fit_bytes(estimate(replace_voxel(cube, (32, 32, 32))), None)
     assert need32 > need16 + 1
     card = parse_gpu(f"exact:{need16 + 1}B")  # exact: a figure in bytes taken literally
     assert card.capacity_bytes == need16 + 1
@@ -225,10 +237,12 @@ def test_issue9_cli_names_smaller_sizes_that_do_not_fit(monkeypatch):
             self.device_total_bytes = total
 
     monkeypatch.setattr(E, "estimate", lambda s, capacity_bytes=None: Rep(10**12 if s.batch_size == 75 else s.batch_size * 10**9))
-    res = CliRunner().invoke(app, ["recommend", "--max-batch", "--voxel", "32x32x32", "--gpu", "80GB", "--json"])
+    # --fit-at point: the stand-in has a device total only, no band terms
+    res = CliRunner().invoke(app, ["recommend", "--max-batch", "--voxel", "32x32x32", "--gpu", "80GB", "--json",
+                                   "--fit-at", "point"])
     data = json.loads(res.stdout)
     assert data["max_batch"] == 80 and data["smaller_not_fitting"] == [75] and data["capped"] is False
-    res = CliRunner().invoke(app, ["recommend", "--max-batch", "--voxel", "32x32x32", "--gpu", "80GB"])
+    res = CliRunner().invoke(app, ["recommend", "--max-batch", "--voxel", "32x32x32", "--gpu", "80GB", "--fit-at", "point"])
     out = " ".join(res.stdout.split())
     assert "largest batch that fits card sold as 80 GB: 80" in out
     assert "smaller sizes that do NOT fit" in out and "75" in out

@@ -64,6 +64,7 @@ def test_max_knob_searches_below_the_steps_own_value_when_it_does_not_fit() -> N
     # device_total at width 64 and 96: 448,790,528 B; at 128 (template's own): 450,887,680 B
     # (`vramplan estimate --step template.py --knob depth=1 --knob tokens=16 --batch 4 --knob width=W --json`);
     # exact:473MB with the 5 % margin is a budget of 449,350,000 B: 96 is the largest multiple of 32
+    # (fitted at the point figure, --fit-at point: the device totals above are points)
     data = _run(["recommend", "--step", TEMPLATE, *SMALL, "--max-knob", "width", "--knob-step", "32",
-                 "--gpu", "exact:473MB"])
+                 "--gpu", "exact:473MB", "--fit-at", "point"])
     assert (data["start"], data["max"]) == (128, 96)

@@ -7,9 +7,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from planner.band import check_fit_at
 from planner.commands.app import command, err, out, print_json
 from planner.commands.options import takes_setup, JobsOpt, JsonOpt, Prefer
-from planner.commands.render import progress, write_setup
+from planner.commands.render import step_profile, progress, write_setup
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
 from planner.recommend import SAFETY, TIER_NAMES
@@ -17,13 +18,13 @@ from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, st
 from planner.steps import StepSetup, parse_value
 
 
-def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool) -> None:
+def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool, band_kw: dict) -> None:
     """recommend --max-gpus on a built-in step (planner/recommend.py ``max_gpus``)."""
     from planner import gpusearch as G
     from planner.recommend import max_gpus
     from planner.report.terminal import setup_line
 
-    answer, tried, verdict, seconds = max_gpus(setup, card, margin, limit)
+    answer, tried, verdict, seconds = max_gpus(setup, card, margin, limit, **band_kw)
     budget = card.capacity_bytes * (1 - margin)
     if as_json:
         from planner.spec import spec_to_dict
@@ -80,6 +81,9 @@ def recommend(
     max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=2, help="The fewest GPUs (up to this many) and the DDP/FSDP strategy whose per-rank step fits, at the input's global batch (batch x accumulation).")] = None,
     knob_step: Annotated[Optional[int], typer.Option("--knob-step", min=1, help="--max-knob: search multiples of this (e.g. 16 for a resolution that must divide by 16).")] = None,
     knob_min: Annotated[Optional[int], typer.Option("--knob-min", min=1, help="--max-knob: the smallest value to try (default: the step's own value, rounded down to --knob-step).")] = None,
+    # issue 24 (band): where in the device_total band a plan must fit; a GPU profile collapses the band
+    fit_at: Annotated[str, typer.Option("--fit-at", help="high (default): a plan fits when the top of its device_total band does (planner/band.py); point: the point figure.")] = "high",
+    profile_name: Annotated[Optional[str], typer.Option("--profile", help="Device profile to apply to every estimate (default for the built-in kinds: the GPU-measured profile of --gpu, if any).")] = None,
     as_json: JsonOpt = False,
     flags: SetupFlags | None = None,
 ) -> None:
@@ -102,7 +106,8 @@ def recommend(
     if ss is not None:
         recommend_step_file(ss, gpu=gpu, margin=margin, jobs=jobs, max_batch=max_batch, max_knob=max_knob,
                             knob_step=knob_step, knob_min=knob_min, max_gpus=max_gpus, search=list(search or []),
-                            freeze=freeze, prefer=prefer.value if prefer else "risk", as_json=as_json)
+                            freeze=freeze, prefer=prefer.value if prefer else "risk", as_json=as_json, fit_at=check_fit_at(fit_at),
+                            profile_name=profile_name)
         return
     prefer = prefer or Prefer.risk
     for value, flag in ((search, "--search"), (max_knob, "--max-knob"), (knob_step, "--knob-step"), (knob_min, "--knob-min")):
@@ -113,13 +118,17 @@ def recommend(
 
     setup = builtin_setup(flags, gpu=gpu, write=write)
     card = parse_gpu(gpu)
+    from planner import profiles  # issue 24 (band): the profile as `estimate` picks it
+
+    prof = profiles.load_for(profile_name, "analytic") if profile_name else profiles.for_gpu(card.key)
+    band_kw = {"fit_at": fit_at, "profile": prof}
     if max_gpus:
-        _builtin_max_gpus(setup, card, margin, max_gpus, as_json)
+        _builtin_max_gpus(setup, card, margin, max_gpus, as_json, band_kw)
         return
     if max_batch or max_voxel:
         cap_json = {"key": card.key, "name": card.name, "memory_bytes": card.memory_bytes, **card.capacity_json()}
         if max_batch:
-            res = R.max_batch(setup, card, margin)
+            res = R.max_batch(setup, card, margin, **band_kw)
             rep, b = res.report, res.value
             result = {"max_batch": b, "device_total_bytes": rep.device_total_bytes if rep else None,
                       "capped": res.capped, "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting}
@@ -132,7 +141,7 @@ def recommend(
                 line = f"largest batch that fits {card.name}: {b} (device_total {rep.device_total_bytes / 2**30:.2f} GiB)"
             bad_small = [str(x) for x in res.smaller_not_fitting]
         else:
-            res = R.max_voxel(setup, card, margin)
+            res = R.max_voxel(setup, card, margin, **band_kw)
             rep, v = res.report, res.value
             cons = res.constraints
             result = {"max_voxel": list(v) if v else None, "device_total_bytes": rep.device_total_bytes if rep else None,
@@ -169,7 +178,7 @@ def recommend(
     if bad:
         raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' (valid: {', '.join(sorted(known))})")
     with err.status("searching"):
-        rec = R.recommend(setup, card, margin, prefer.value, frozen)
+        rec = R.recommend(setup, card, margin, prefer.value, frozen, **band_kw)
     best = rec.best
     if as_json:
         from planner.spec import spec_to_dict
@@ -194,6 +203,7 @@ def recommend(
             "nothing_fits": best is None,
             "smallest_device_total_bytes": rec.smallest.exact.device_total_bytes if rec.smallest else None,
             "card_needed": rec.needed_gpu.key if rec.needed_gpu else None,
+            "band_margin": rec.margin_json(best) if best else None,  # issue 24 (band)
         })
         if best and write:
             write_setup(write, best.setup)
@@ -211,7 +221,9 @@ def recommend(
     if rec.input_fits:
         out.print(f"[bold green]The input already fits {card.name}[/bold green]: device total "
                   f"{rec.base.device_total_bytes / 2**30:.2f} GiB of the {rec.budget_bytes / 2**30:.2f} GiB budget, "
-                  f"{rec.headroom_bytes / 2**30:.2f} GiB headroom. Nothing needs to change.")
+                  f"{rec.headroom_bytes / 2**30:.2f} GiB headroom "
+                  f"({'below the top of its band' if rec.fit_at == 'high' else 'below its point'}). Nothing needs to change.")
+        out.print("Band: " + rec.margin_line(best), markup=False)  # issue 24 (band)
         if rec.faster:
             fast = Table(title="Faster settings that still fit (estimated, roofline model, uncalibrated)", title_justify="left")
             for col in ("changes", "risk", "device total GiB", "headroom GiB", "time/sample vs input"):
@@ -253,6 +265,7 @@ def recommend(
         out.print(f"estimated time per effective sample: {best.seconds / rec.base_seconds:.2f}x the input's (roofline model, uncalibrated)")
     render_report(best.exact, best.setup, out, title="recommended configuration")
     out.print(f"[bold green]FITS[/bold green] {card.name}: {best.exact.device_total_bytes / 2**30:.2f} of {card.capacity_bytes / 2**30:.2f} GiB (CUDA-reported)")
+    out.print("Band: " + rec.margin_line(best), markup=False)  # issue 24 (band)
     if rec.alternatives:
         alt = Table(title="Next alternatives", title_justify="left")
         for col in ("changes", "risk", "device total GiB", "time/sample vs input"):
@@ -271,12 +284,14 @@ KNOB_LIMIT = 4096  # --max-knob: the largest value tried
 
 def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, max_batch: bool, max_knob: str | None,
                         knob_step: int | None, knob_min: int | None, max_gpus: int | None, search: list[str],
-                        freeze: str | None, prefer: str, as_json: bool) -> None:
+                        freeze: str | None, prefer: str, as_json: bool, fit_at: str = "high",
+                        profile_name: str | None = None) -> None:
     """recommend --step: the full search (stepsearch.recommend), or one of --max-batch,
     --max-knob NAME, --max-gpus N."""
     from planner.gpus import parse_gpu
     from planner.measure import stepsearch as S
 
+    profile = step_profile(profile_name)  # issue 24 (band): a GPU-measured profile collapses the band
     card = parse_gpu(gpu)
     from planner.recommend import _check_margin
 
@@ -287,7 +302,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
     cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,
            "budget_bytes": int(card.capacity_bytes * (1 - margin))}
     if max_gpus:  # alone: _one_search
-        max_gpus_step_file(ss, sf, card, margin, cap, limit=max_gpus, jobs=jobs, as_json=as_json)
+        max_gpus_step_file(ss, sf, card, margin, cap, limit=max_gpus, jobs=jobs, as_json=as_json, fit_at=fit_at,
+                           profile=profile)
         return
     if max_batch or max_knob:
         prog, tick = progress(err, "tracing")
@@ -303,10 +319,10 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
                                        f"where the search starts)")
                 start = knob_min or knob.default
                 res, stats = S.max_knob(ss, max_knob, step, card, margin, max(KNOB_LIMIT, start), tick,
-                                        profile=None, start=start, floor=knob_min or step)
+                                        profile=profile, start=start, floor=knob_min or step, fit_at=fit_at)
                 what = f"{max_knob}"
             else:
-                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=None)
+                res, stats = S.max_batch(ss, card, margin, jobs=jobs, progress=tick, profile=profile, fit_at=fit_at)
                 what = "micro-batch"
         value, rep = res.value, res.report
         result = {"knob": what, "max": value or None, "device_total_bytes": rep.device_total_bytes if rep else None,
@@ -349,7 +365,10 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
     prog, tick = progress(err, "tracing")
     with prog:
         best, ordered, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,
-                                         profile=None)
+                                         profile=profile, fit_at=fit_at)
+    from planner.band import margin_json, margin_line  # issue 24 (band): how the chosen plan's margin splits
+
+    band = (lambda f: f(best.report, card, cap["budget_bytes"], fit_at)) if best else None
     exact = sum(1 for c in ordered if c.report is not None)
     failed = sum(1 for c in ordered if c.error)
     summary = (f"{len(ordered)} candidates: {exact} evaluated exactly ({stats.derived} derived, "
@@ -361,7 +380,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
         from planner.terms import say
 
         print_json({"gpu": cap, "input": ss.to_json(),
-                     "best": {**best.to_json(), "in_the_steps_terms": say(best.parts, terms)} if best else None,
+                     "best": {**best.to_json(), "in_the_steps_terms": say(best.parts, terms),
+                              "band_margin": band(margin_json)} if best else None,
                      "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
                      "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
@@ -380,7 +400,7 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
     elif not best.changes:
         out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
                   f"{cap['budget_bytes'] / 2**30:.2f} GiB budget; nothing needs to change")
-        faster = [c for c in ordered if c.report is not None and c.changes and c.total <= cap["budget_bytes"]
+        faster = [c for c in ordered if c.report is not None and c.changes and c.fit_total <= cap["budget_bytes"]
                   and c.seconds < best.seconds]
         if faster:
             out.print("faster settings that also fit (traced): " + "; ".join(
@@ -394,6 +414,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
             from planner.terms import say
 
             out.print("  in the step's own terms (its TERMS): " + "; ".join(say(best.parts, terms)), markup=False)
+    if best is not None:
+        out.print("Band: " + band(margin_line), markup=False)
     t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes; ~ predicted, not traced)")
     for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
         t.add_column(col)
@@ -403,7 +425,7 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
         pre = "" if c.report is not None else "~"
         total = "-" if c.total == float("inf") else f"{pre}{c.total / 2**30:.2f}"
         t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], total,
-                  "-" if c.total == float("inf") else pre + ("yes" if c.total <= budget else "no"),
+                  "-" if c.total == float("inf") else pre + ("yes" if c.fit_total <= budget else "no"),
                   f"{pre}{c.seconds / base_secs:.2f}" if c.seconds < float("inf") else "-",
                   "not run" if c.error and c.error.startswith("not run") else c.how)
     out.print(t)
@@ -416,14 +438,14 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
 
 
 def max_gpus_step_file(ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, *, limit: int, jobs: int,
-                       as_json: bool) -> None:
+                       as_json: bool, fit_at: str = "high", profile: Any = None) -> None:
     from planner import gpusearch as G
     from planner.measure import stepsearch as S
 
     prog, tick = progress(err, "tracing")
     with prog:
         answer, tried, verdict, stats = S.max_gpus(ss, card, margin, limit, sf.batch_default or 1,
-                                                   jobs, tick, profile=None)
+                                                   jobs, tick, profile=profile, fit_at=fit_at)
     if as_json:
         print_json({"gpu": cap, "input": ss.to_json(), "answer": answer.to_json() if answer else None,
                      "tried": [o.to_json() for o in tried], "verdict": verdict, "traces": stats.traces,

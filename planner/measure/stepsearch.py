@@ -51,6 +51,18 @@ class Candidate:
     predicted_total: float | None = None
     predicted_seconds: float | None = None
     error: str | None = None
+    fit: int | None = None
+    """Where verified: the figure held against the budget (planner/band.py ``fit_bytes``: the top of
+    the device_total band by default, its point with ``fit_at="point"`` or a GPU profile)."""
+    predicted_fit: float | None = None
+
+    @property
+    def fit_total(self) -> float:
+        """What the search holds against the budget: ``fit`` where verified, else the prediction
+        (inf: cannot run)."""
+        if self.report is not None and self.fit is not None:
+            return float(self.fit)
+        return self.predicted_fit if self.predicted_fit is not None else self.total
 
     @property
     def total(self) -> float:
@@ -72,6 +84,7 @@ class Candidate:
                 "predicted_device_total_bytes": (None if r or self.predicted_total in (None, float("inf"))
                                                  else int(self.predicted_total)),
                 "seconds_per_sample": self.seconds_per_sample if r else self.predicted_seconds,
+                "fit_bytes": self.fit if r else None,
                 "how": self.how, "error": self.error}
 
 
@@ -315,7 +328,9 @@ def _order_key(prefer: str) -> Callable[[Candidate], tuple]:
     return lambda c: (c.tier, c.seconds, c.total)
 
 
-def _verify(ev: Evaluator, cands: list[Candidate]) -> None:
+def _verify(ev: Evaluator, cands: list[Candidate], fit_at: str = "high") -> None:
+    from planner.band import fit_bytes
+
     results = ev.reports([c.setup for c in cands])
     for c in cands:
         rep, secs, how = results[c.setup]
@@ -323,21 +338,27 @@ def _verify(ev: Evaluator, cands: list[Candidate]) -> None:
             c.error, c.how = how, "failed"
         else:
             c.report, c.seconds_per_sample, c.how = rep, secs, how
+            c.fit = fit_bytes(rep, ev.gpu, fit_at)
 
 
 def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set[str],
               search_knobs: dict[str, list[Any]], batch_default: int, jobs: int = 0,
               progress: Callable[[int, int, str], None] | None = None,
-              profile: Any = None) -> tuple[Candidate | None, list[Candidate], Stats]:
+              profile: Any = None, fit_at: str = "high") -> tuple[Candidate | None, list[Candidate], Stats]:
     """The cheapest candidate that fits (None: nothing does) and every candidate in preference
-    order: exact where verified, predicted elsewhere (see the module docstring)."""
+    order: exact where verified, predicted elsewhere (see the module docstring). A candidate fits
+    when ``Candidate.fit_total`` (the top of its device_total band, or its point with
+    ``fit_at="point"``; planner/band.py ``fit_bytes``) is within the budget."""
+    from planner.band import check_fit_at
+
+    check_fit_at(fit_at)
     t0 = time.perf_counter()
     cands = candidates(base, gpu, freeze, search_knobs, batch_default)
     budget = gpu.capacity_bytes * (1 - margin)
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
         # each change alone, exactly (the input itself included)
         alone = [c for c in cands if len(c.parts) <= 1]
-        _verify(ev, alone)
+        _verify(ev, alone, fit_at)
         as_is = next(c for c in alone if not c.parts)
         if as_is.report is None:
             raise PlannerError(as_is.error or "step: the input setup could not be traced")
@@ -359,6 +380,7 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
                 mem, tim = mem * r[0], (tim * r[1] if tim else None)
             else:
                 c.predicted_total, c.predicted_seconds = mem, tim
+                c.predicted_fit = mem * as_is.fit_total / as_is.total  # the input's band top over its point
         key = _order_key(prefer)
         found: list[Candidate] = []
         for c in sorted(cands, key=key):
@@ -367,15 +389,15 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
             if c.error:
                 continue
             if c.report is None:
-                if c.total > budget * (1 + SAFETY):
+                if c.fit_total > budget * (1 + SAFETY):
                     continue
-                _verify(ev, [c])
-            if c.report is not None and c.total <= budget:
+                _verify(ev, [c], fit_at)
+            if c.report is not None and c.fit_total <= budget:
                 found.append(c)
         if not found:
             rest = [c for c in cands if c.report is None and not c.error and c.total < float("inf")]
             if rest:
-                _verify(ev, [min(rest, key=lambda c: c.total)])
+                _verify(ev, [min(rest, key=lambda c: c.fit_total)], fit_at)
         stats = ev.stats
         pair = precision_pair(cands)
         if pair is not None:
@@ -385,7 +407,7 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
             stats.notes += [note] if note else []
     stats.predicted = sum(1 for c in cands if c.report is None and not c.error)
     ordered = sorted(cands, key=key)
-    fitting = [c for c in ordered if c.report is not None and c.total <= budget]
+    fitting = [c for c in ordered if c.report is not None and c.fit_total <= budget]
     stats.seconds = time.perf_counter() - t0
     if as_is in fitting and prefer != "speed":  # it fits as it is: nothing to change; the others are only faster
         return as_is, [as_is] + [c for c in ordered if c is not as_is], stats
@@ -396,28 +418,33 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
 
 
 def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jobs: int = 0,
-              progress: Callable[[int, int, str], None] | None = None, profile: Any = None) -> tuple[SizeSearch, Stats]:
+              progress: Callable[[int, int, str], None] | None = None, profile: Any = None,
+              fit_at: str = "high") -> tuple[SizeSearch, Stats]:
     """The largest micro-batch (accumulation as given) whose device total fits: the built-in
     kinds' search (planner.recommend._largest: doubling, bisection, a neighbourhood re-check)."""
     return _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
-                   Evaluator(gpu, jobs, progress, derive_from=1, profile=profile))
+                   Evaluator(gpu, jobs, progress, derive_from=1, profile=profile), fit_at=fit_at)
 
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,
              progress: Callable[[int, int, str], None] | None = None, profile: Any = None,
-             start: int = 1, floor: int = 1) -> tuple[SizeSearch, Stats]:
+             start: int = 1, floor: int = 1, fit_at: str = "high") -> tuple[SizeSearch, Stats]:
     """The largest value (a multiple of ``step``) of an integer knob whose device total fits,
     searched from ``start`` (rounded down to a multiple of ``step``, at least ``step``) and, when
     that does not fit, below it down to ``floor``; a value the step rejects (its one-line error)
     counts as not fitting and is named in ``rejected``."""
     return _search(lambda k: base.with_knobs(**{name: k * step}), step, gpu, margin, max(1, limit // step),
                    Evaluator(gpu, 1, progress, profile=profile), lo=max(1, start // step), skip_rejected=True,
-                   floor=max(1, -(-floor // step)))
+                   floor=max(1, -(-floor // step)), fit_at=fit_at)
 
 
 def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, limit: int,
-            ev: Evaluator, lo: int = 1, skip_rejected: bool = False, floor: int = 1) -> tuple[SizeSearch, Stats]:
+            ev: Evaluator, lo: int = 1, skip_rejected: bool = False, floor: int = 1,
+            fit_at: str = "high") -> tuple[SizeSearch, Stats]:
+    from planner.band import check_fit_at, fit_bytes
+
     _check_margin(margin)
+    check_fit_at(fit_at)
     budget = gpu.capacity_bytes * (1 - margin)
     t0 = time.perf_counter()
     rejected: dict[int, str] = {}
@@ -430,7 +457,7 @@ def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, 
                 raise
             rejected[k * unit] = str(exc)
             return None
-        return rep if rep.device_total_bytes <= budget else None
+        return rep if fit_bytes(rep, gpu, fit_at) <= budget else None
 
     lo = min(lo, limit)
     with ev:
@@ -450,9 +477,12 @@ def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, 
 
 def max_gpus(base: StepSetup, gpu: GPU, margin: float, limit: int, batch_default: int, jobs: int = 0,
              progress: Callable[[int, int, str], None] | None = None,
-             profile: Any = None) -> tuple[GpuOption | None, list[GpuOption], dict[str, Any], Stats]:
+             profile: Any = None, fit_at: str = "high") -> tuple[GpuOption | None, list[GpuOption], dict[str, Any], Stats]:
     """``recommend --step --max-gpus``: planner/gpusearch.py ``search`` with every option traced."""
+    from planner.band import check_fit_at, fit_bytes
+
     _check_margin(margin)
+    check_fit_at(fit_at)
     if base.gpus != 1:
         raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
     t0 = time.perf_counter()
@@ -465,7 +495,7 @@ def max_gpus(base: StepSetup, gpu: GPU, margin: float, limit: int, batch_default
         answer, tried, verdict = search(
             total, limit, gpu.capacity_bytes * (1 - margin),
             lambda b, a, n, strategy: replace(base, batch_size=b, accumulation=a, gpus=n, strategy=strategy),
-            evaluate, f"vramplan recommend --step {base.path}")
+            evaluate, f"vramplan recommend --step {base.path}", fit=lambda r: fit_bytes(r, gpu, fit_at))
         stats = ev.stats
     stats.seconds = time.perf_counter() - t0
     return answer, tried, verdict, stats
