@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from planner.commands.app import app
+from planner.commands import app as _app
 from planner.errors import usage_message
 
 try:  # typer >= 0.16 vendors click; older ones depend on it
@@ -31,12 +31,22 @@ COMMANDS = {
 }
 
 
-def load(names: Any = None) -> None:
-    """Register the commands ``names`` (default: all) on ``app``."""
+def load(names: Any = None) -> Any:
+    """Register the commands ``names`` (default: all) on the app, and return it."""
+    app = _app.app
     for name in names if names is not None else COMMANDS:
         importlib.import_module(f"planner.commands.{COMMANDS[name]}")
     order = list(COMMANDS)
     app.registered_commands.sort(key=lambda c: order.index(_command_name(c)) if _command_name(c) in order else len(order))
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``planner.cli.app``: the app with every command registered (the tests, the help); ``main``
+    registers only the command named on the command line."""
+    if name == "app":
+        return load()
+    raise AttributeError(name)
 
 
 def _command_name(info: Any) -> str:
@@ -52,7 +62,7 @@ def main() -> None:
     the command group, so usage and errors read the same).
     """
     wanted = sys.argv[1] if len(sys.argv) > 1 else None
-    load([wanted] if wanted in COMMANDS else None)
+    app = load([wanted] if wanted in COMMANDS else None)
     registered = app.registered_commands
     only = [c for c in registered if _command_name(c) == wanted]
     try:
@@ -75,5 +85,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-else:  # imported (the tests, the pytest plugin, `python -c`): every command registered
-    load()

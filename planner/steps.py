@@ -13,8 +13,6 @@ torch: it validates flags and makes the cache key.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +76,8 @@ def parse_value(raw: str) -> Any:
 def _file_digest(path: str) -> str:
     p = Path(path)
     if p.is_file():
+        import hashlib  # here, not at the top: the estimate CLI imports this module (start-up)
+
         return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
     return ""
 
@@ -180,6 +180,9 @@ class StepSetup:
         data["knob_files"] = {k: _file_digest(v.split(":")[0]) for k, v in self.knobs
                               if isinstance(v, str) and v.split(":")[0].endswith(".py")}
         data["versions"] = versions
+        import hashlib
+        import json
+
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
