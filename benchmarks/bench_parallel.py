@@ -1,6 +1,6 @@
 """Issue 13's proof: per-rank peaks of the analytic estimator (planner/analytic/parallel.py, no torch)
 against torch.distributed's own DDP and FSDP2 traced under a fake process group (rank 0 of N), on
-14 configurations: both built-in kinds (measured: ``planner.measure.step.run_step``) and the two
+14 configurations: both built-in kinds (measured: ``planner.measure.builtin_trace.run_step``) and the two
 step-file examples that are those kinds written as step files (``examples/steps/ldm_stage1.py``,
 ``ldm_stage2.py``; measured: ``planner.measure.stepfile.run``); DDP, FSDP (ZeRO-3) and FSDP
 grad-op; 2, 4 and 8 ranks; fp32, AMP fp16 and bf16; accumulation 1 and 2.
@@ -76,12 +76,12 @@ def training_setup(kind: str, gpus: int, strategy: str, precision: str, accum: i
 
 def measured(engine: str, kind: str, gpus: int, strategy: str, precision: str, accum: int, perceptual: bool) -> int:
     if engine == "built-in":
-        from planner.measure.step import run_step
+        from planner.measure.builtin_trace import run_step
 
         rec = run_step(training_setup(kind, gpus, strategy, precision, accum, perceptual), "fake", keep_timeline=False)
         return rec.tracker.peak_bytes
     from planner.measure.stepfile import run
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     if kind == "ldm-stage1":
         path = ROOT / "examples" / "steps" / "ldm_stage1.py"
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
     if "--random" in argv:
         from planner.analytic.estimate import estimate
         from planner.config import setup_from_dict
-        from planner.measure.step import run_step
+        from planner.measure.builtin_trace import run_step
 
         n = int(argv[argv.index("--random") + 1])
         seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 1

@@ -5,7 +5,7 @@
 ``benchmarks/published/points.json`` (data, validated field by field by :func:`load_points`; never
 code) holds figures printed by code in public sources: the source, GPU, versions as stated, the
 counter, the setup and the step file + knobs that reproduce it. Per point this traces the step
-(``planner/measure/stepsearch.py`` Evaluator: the same trace and report as ``vramplan estimate
+(``planner/measure/search.py`` Evaluator: the same trace and report as ``vramplan estimate
 --step``), takes the figure the counter matches:
 
 * ``max_memory_allocated`` -> peak_allocated, ``max_memory_reserved`` -> peak_reserved: the error
@@ -142,7 +142,7 @@ def load_points(path: Path = POINTS) -> list[Point]:
 
 
 def setup_of(p: Point) -> Any:
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     return StepSetup(str(ROOT / p.step), knobs=tuple(sorted(p.knobs.items())), batch_size=p.batch,
                      accumulation=p.accumulation, precision=p.precision, checkpoint=p.checkpoint)
@@ -169,7 +169,7 @@ def compare(p: Point, report: Any) -> dict[str, Any]:
 
 
 def evaluate(points: list[Point], jobs: int = 0) -> list[dict[str, Any]]:
-    from planner.measure.stepsearch import Evaluator
+    from planner.measure.search import Evaluator
 
     with Evaluator(None, jobs) as ev:
         setups = [setup_of(p) for p in points]

@@ -37,8 +37,8 @@ def main() -> int:
                    checkpointing=a.checkpointing, flash_attention=a.flash_attention, perceptual=a.perceptual,
                    no_discriminator=a.no_discriminator, accum=a.accum, optimizer=a.optimizer)
     setup = resolve_setup(a.config, ov)
-    from planner.measure.step import run_step
-    from planner.analytic.step import simulate
+    from planner.measure.builtin_trace import run_step
+    from planner.analytic.simulate import simulate
 
     rec = run_step(setup, "fake", keep_timeline=False)
     est = simulate(setup)

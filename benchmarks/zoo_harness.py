@@ -184,7 +184,7 @@ def trace(entry: Entry, precision: str = "fp32", full: bool = False, memtracker:
     (a variant) over the small or full size's; ``host_counters``: see :func:`_same_rules_tracker`."""
     from planner.errors import PlannerError
     from planner.measure import stepfile
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     merged = dict(entry.full if full else ())
     merged.update(knobs)

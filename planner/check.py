@@ -100,7 +100,7 @@ def _normalise(arg: str) -> str:
 def step_flag_text(flags: dict[str, Any]) -> str:
     """The step flags as they apply to a step file, in a fixed order (knobs sorted by name):
     the suffix of a step setup's baseline name."""
-    from planner.steps import parse_knob
+    from planner.step_setup import parse_knob
 
     parts = []
     for key, flag in STEP_FLAGS:
@@ -232,7 +232,7 @@ def _step_reports(ts: list[Target], flags: dict[str, Any], card: Any, jobs: int,
             setups[t.name] = setup_flags.filled(ss, sf)
         except PlannerError as exc:
             errors[t.name] = _named(t, str(exc))
-    from planner.measure.stepsearch import Evaluator
+    from planner.measure.search import Evaluator
 
     with Evaluator(card, jobs, progress) as ev:
         reps = ev.reports(list(dict.fromkeys(setups.values())))

@@ -223,7 +223,7 @@ def _evaluate(setup: TrainingSetup, gpu: GPU, profile: Any = None) -> tuple[Memo
 def _quick(setup: TrainingSetup, gpu: GPU) -> tuple[float, float | None]:
     """Peak allocated and time per sample without the allocator replay (for ratios)."""
     from planner.analytic.cost import rates
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
 
     res = simulate(setup)
     g = rates(gpu)

@@ -130,7 +130,7 @@ def setup_json(step: str | None = None, knobs: dict[str, Any] | None = None, con
     if step is not None and config is not None:
         raise PlannerError("record: give step= or config=, not both")
     if step is not None:
-        from planner.steps import StepSetup
+        from planner.step_setup import StepSetup
 
         if "checkpoint" in step_options:
             step_options["checkpoint"] = tuple(step_options["checkpoint"])
@@ -349,7 +349,7 @@ def validate_run(data: Any, where: str) -> dict[str, Any]:
 
 def _step_setup(d: dict, where: str) -> Any:
     """The StepSetup a run's ``setup.step`` describes (StepSetup.to_json's layout)."""
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     known = {"step_file", "knobs", "batch_size", "accumulation", "precision", "checkpoint", "sdpa", "optimizer",
              "alloc_conf", "gpus", "strategy"}
@@ -443,7 +443,7 @@ class Session:
             go, conf = (lambda: run_step_file(ss, self.backend, count_flops=False)), ss.alloc_conf
         elif setup.get("kind") == "builtin":
             from planner.config import setup_from_dict
-            from planner.measure.step import run_step
+            from planner.measure.builtin_trace import run_step
 
             ts = setup_from_dict(dict(setup["config"]))
             go, conf = (lambda: run_step(ts, self.backend)), ts.device.alloc_conf
@@ -462,7 +462,7 @@ class Session:
             import torch
 
             torch.cuda.empty_cache()
-            go()  # resets the peak counters where iteration 2 starts (planner/measure/step.py _Runner)
+            go()  # resets the peak counters where iteration 2 starts (planner/measure/builtin_trace.py _Runner)
             row = read_step(2)
             device, reserved_now = device_info(), int(torch.cuda.memory_reserved())
         data["device"] = device
@@ -485,7 +485,7 @@ def record_command(setup_of: Any, *, out_file: Any, backend: str, as_json: bool,
     ``--backend`` (cuda; fake checks the pipeline), written as a run file."""
     from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     path = check_output_path(out_file, "--out")
     builtin = setup_of()

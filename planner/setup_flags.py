@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError, quote
-from planner.steps import PRECISIONS, SDPA_BACKENDS, StepSetup, parse_value
+from planner.step_setup import PRECISIONS, SDPA_BACKENDS, StepSetup, parse_value
 
 # knob name -> the alias flag that sets it
 KNOB_ALIASES: dict[str, str] = {
@@ -251,10 +251,10 @@ class SetupFlags:
 
     # ---- a step file ------------------------------------------------------------------------
     def knob_values(self) -> dict[str, Any]:
-        """The step file's knob values: --knob's as parsed by ``planner.steps.parse_value``; an
+        """The step file's knob values: --knob's as parsed by ``planner.step_setup.parse_value``; an
         alias's as the built-in step writes it (256x256x64, F,F,T) made the step file's tuple."""
         from planner.config import parse_bool_list, parse_shape
-        from planner.steps import parse_value
+        from planner.step_setup import parse_value
 
         out: dict[str, Any] = {}
         for name, raw, flag in self.knobs:
@@ -273,9 +273,9 @@ class SetupFlags:
         return {name: flag for name, _, flag in self.knobs if flag != "--knob"}
 
     def step_setup(self, sweeping_parallel: bool = False) -> Any:
-        """The step file's setup (planner/steps.py ``StepSetup``)."""
+        """The step file's setup (planner/step_setup.py ``StepSetup``)."""
         from planner.config import environment_alloc_conf
-        from planner.steps import PRECISIONS, SDPA_BACKENDS, StepSetup
+        from planner.step_setup import PRECISIONS, SDPA_BACKENDS, StepSetup
 
         assert self.step is not None
         step = step_name(self.step)
@@ -503,7 +503,7 @@ def sweep_setups(ss: StepSetup, sf: Any, sweeps: list[str],
 
 
 def _check_parallel(name: str, values: list[str]) -> None:
-    from planner.steps import STRATEGIES
+    from planner.step_setup import STRATEGIES
 
     for v in values:
         if name == "strategy" and v not in STRATEGIES[1:]:

@@ -46,7 +46,7 @@ def _frames(info: Any) -> list[dict[str, Any]]:
 
 
 def snapshot_of(record: Any, alloc_conf: str = "") -> dict[str, Any]:
-    """The snapshot of a StepRecord (planner/measure/step.py) replayed with the default allocator."""
+    """The snapshot of a StepRecord (planner/measure/builtin_trace.py) replayed with the default allocator."""
     if not parse_alloc_conf(alloc_conf or None).is_default:
         raise PlannerError(f"--snapshot: exported with the default allocator settings only (got alloc_conf "
                            f"{alloc_conf!r}); drop --alloc-conf / PYTORCH_CUDA_ALLOC_CONF for the export")
@@ -133,7 +133,7 @@ def snapshot_command(setup_of: Any, *, out_file: Any, as_json: bool, out: Any) -
     or the built-in TrainingSetup, made after --out is checked) traced on the fake backend, exported."""
     from planner.report.text import print_json as _print_json
     from planner.config import check_output_path
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     path = check_output_path(out_file, "--out")
     if path.suffix not in (".pickle", ".pkl", ".json"):
@@ -145,7 +145,7 @@ def snapshot_command(setup_of: Any, *, out_file: Any, as_json: bool, out: Any) -
         ss = builtin
         record, conf = traces.trace(ss), ss.alloc_conf
     else:
-        from planner.measure.step import run_step
+        from planner.measure.builtin_trace import run_step
 
         record, conf = run_step(builtin, "fake"), builtin.device.alloc_conf
     snap = snapshot_of(record, conf)

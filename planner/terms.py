@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from planner.errors import PlannerError, quote
-from planner.steps import PRECISIONS
+from planner.step_setup import PRECISIONS
 
 KEYS = tuple(PRECISIONS) + ("checkpoint", "checkpoint-off", "accumulation")
 FIELDS = {"checkpoint": ("classes",), "accumulation": ("batch", "accum", "effective")}
@@ -49,7 +49,7 @@ def terms_of(module: Any, where: str) -> dict[str, str]:
 
 
 def say(parts: tuple[tuple[str, Any], ...], terms: dict[str, str]) -> list[str]:
-    """A candidate's changes (``stepsearch.Candidate.parts``) in the step's own words where it
+    """A candidate's changes (``planner.measure.search.Candidate.parts``) in the step's own words where it
     has them, in vramplan's flags where not."""
     out = []
     for kind, value in parts:

@@ -8,7 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from planner.allocator import parse_alloc_conf, replay
-from planner.analytic.step import simulate
+from planner.analytic.simulate import simulate
 from planner.cli import app
 from planner.config import Overrides, resolve_setup
 

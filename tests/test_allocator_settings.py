@@ -383,7 +383,7 @@ def test_config_validates_directly():
 
 @pytest.fixture(scope="module")
 def step_events():
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
     from planner.config import Overrides, resolve_setup
 
     setup = resolve_setup(None, Overrides(voxel="64x64x32"))

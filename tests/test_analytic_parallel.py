@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from planner.analytic.estimate import estimate
 from planner.analytic.parallel import BUCKET_BYTES, FIRST_BUCKET_BYTES, assign
-from planner.analytic.step import simulate
+from planner.analytic.simulate import simulate
 from planner.cli import app
 from planner.config import setup_from_dict
 from tiny_step import rounded as _round  # noqa: E402
@@ -123,7 +123,7 @@ def test_fsdp_pads_dim_0_to_the_world_size():
     4 ranks; its last conv has one output channel (1 x 256 x 4x4x4 = 65,536 B): one row cannot be
     split, so every rank holds a padded copy of all of it."""
     from planner.analytic.parallel import FSDP, wrap_networks
-    from planner.analytic.step import _Ctx
+    from planner.analytic.simulate import _Ctx
     from planner.analytic.models import PatchDiscriminator
 
     setup = _stage1(4, "fsdp")
@@ -141,7 +141,7 @@ def test_fsdp_pads_dim_0_to_the_world_size():
 
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp-grad-op"])
 def test_fsdp_on_the_small_unet_equals_the_trace(strategy):
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
 
     s = _stage2(2, strategy, gradient_accumulation_steps=2)
     assert estimate(s).peak_allocated_bytes == run_step(s, "fake", keep_timeline=False).tracker.peak_bytes
@@ -153,7 +153,7 @@ def test_fsdp_recomputation_in_backward_unshards_every_recomputed_unit():
     (FSDPState._pre_forward) and does not reshard it after (FSDPParamGroup.post_forward skips
     reshard under is_bw()): every decoder unit stays unsharded until its own post-backward. The
     transcription missed this once (3.55 MB short); now exact against the trace."""
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
 
     s = _stage1(4, "fsdp", use_gradient_checkpointing=True)
     assert estimate(s).peak_allocated_bytes == run_step(s, "fake", keep_timeline=False).tracker.peak_bytes == 197_151_744
@@ -201,7 +201,7 @@ def test_profile_per_rank_equals_estimate():
 
 def test_per_rank_profile_on_a_gpu_is_refused_before_anything_runs():
     from planner.errors import PlannerError
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
 
     with pytest.raises(PlannerError, match="--gpus: per-rank figures are traced on the fake"):
         run_step(_stage2(2, "ddp"), "cuda")

@@ -45,8 +45,8 @@ def _setup(voxel, net: str, amp: bool, ratio: float = 0.2, disc: bool = False):
 def test_perceptual_step_peak_matches_profiler(voxel, net, amp):
     pytest.importorskip("torch")
     pytest.importorskip("monai")
-    from planner.analytic.step import simulate
-    from planner.measure.step import run_step
+    from planner.analytic.simulate import simulate
+    from planner.measure.builtin_trace import run_step
 
     setup = _setup(voxel, net, amp)
     rec = run_step(setup, "fake", keep_timeline=False)

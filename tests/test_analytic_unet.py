@@ -47,8 +47,8 @@ CASES = {
 def test_unet_step_peak_matches_profiler(name):
     pytest.importorskip("torch")
     pytest.importorskip("monai")
-    from planner.analytic.step import simulate
-    from planner.measure.step import run_step
+    from planner.analytic.simulate import simulate
+    from planner.measure.builtin_trace import run_step
 
     case = CASES[name]
     setup = case if not isinstance(case, Overrides) else resolve_setup(None, case)
@@ -64,7 +64,7 @@ def test_unet_estimator_is_torch_free():
     code = (
         "import sys\n"
         "from planner.config import Overrides, resolve_setup\n"
-        "from planner.analytic.step import simulate\n"
+        "from planner.analytic.simulate import simulate\n"
         "s = resolve_setup(None, Overrides(kind='ldm-stage2', voxel='64x64x32', batch=1))\n"
         "assert simulate(s).peak_bytes > 0\n"
         "assert 'torch' not in sys.modules, 'the estimator imported torch'\n"

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from planner.cli import app
 from planner.measure.stepfile import run
 from planner.measure.tracker import category_of
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 from tiny_step import TINY  # noqa: E402
 from tiny_step import numel as _numel  # noqa: E402

@@ -87,7 +87,7 @@ def test_issue9_does_not_fit_names_the_biggest_single_saving_and_the_command(mon
     # (256/4 * 256/4 * 64/4)**2 = 65536**2 entries, 16 GiB per fp32 copy; everything the
     # "attention" network holds at the peak is what flash attention never stores, and it is
     # the largest block of the breakdown, so flash attention is named.
-    import planner.analytic.step as step_mod
+    import planner.analytic.simulate as step_mod
 
     calls = []
     real = step_mod.simulate

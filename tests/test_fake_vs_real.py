@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("monai")
 
 from planner.config import Overrides, resolve_setup, setup_from_dict  # noqa: E402
-from planner.measure.step import run_step  # noqa: E402
+from planner.measure.builtin_trace import run_step  # noqa: E402
 
 # Known divergence, not a FakeTensorMode error: an attention block's output (x + residual,
 # where x is a transposed view) is channels-last. cuDNN and the meta kernel keep a

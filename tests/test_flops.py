@@ -16,7 +16,7 @@ def test_forward_macs_match_fvcore():
     torch = pytest.importorskip("torch")
     fvcore = pytest.importorskip("fvcore.nn")
     pytest.importorskip("monai")
-    from planner.measure.step import build_autoencoder
+    from planner.measure.builtin_trace import build_autoencoder
 
     setup = resolve_setup(None, Overrides(voxel="32x32x32", amp=False))
     warnings.filterwarnings("ignore")

@@ -182,7 +182,7 @@ def test_no_cuda_is_one_line():
 
 
 def test_session_cuda_runs_a_builtin_config(cuda, monkeypatch):
-    import planner.measure.step as step
+    import planner.measure.builtin_trace as step
 
     seen = []
     monkeypatch.setattr(step, "run_step", lambda setup, backend: seen.append((setup.data.voxel_size, backend)))

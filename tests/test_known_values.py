@@ -17,7 +17,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from planner.errors import PlannerError
 from planner.measure.tracker import Category, LiveStorageTracker
 from planner.measure.values import DataDependentSize, DataInt, KnownValues, SizeGuard, fake_mode_with_values
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 
 def _fake() -> FakeTensorMode:

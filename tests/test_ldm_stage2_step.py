@@ -1,5 +1,5 @@
 """examples/steps/ldm_stage2.py, the built-in ``ldm-stage2`` step written as a step file, against
-the built-in step (planner/measure/step.py ``_run_stage2``) and the analytic estimator
+the built-in step (planner/measure/builtin_trace.py ``_run_stage2``) and the analytic estimator
 (planner/analytic/unet.py) for the same TrainingSetup, to the byte.
 
 Small sizes trace in seconds: a 3-level UNet (8, 8, 16) with one res block per level, 8
@@ -18,11 +18,11 @@ import pytest
 pytest.importorskip("monai")
 
 from planner.config import setup_from_dict  # noqa: E402
-from planner.measure.step import run_step  # noqa: E402
+from planner.measure.builtin_trace import run_step  # noqa: E402
 from planner.measure.stepfile import load, run  # noqa: E402
 from planner.measure.tracker import category_of  # noqa: E402
 from planner.spec import TrainingSetup  # noqa: E402
-from planner.steps import StepSetup  # noqa: E402
+from planner.step_setup import StepSetup  # noqa: E402
 from tiny_step import rounded as _round  # noqa: E402
 
 STEP = str(Path(__file__).resolve().parent.parent / "examples" / "steps" / "ldm_stage2.py")
@@ -111,7 +111,7 @@ def test_knob_defaults_are_the_builtin_defaults():
 def test_step_file_equals_builtin_and_analytic(precision, accum):
     """The same peak, where it is taken, the same categories and the same storages live at it
     as the built-in step; the analytic estimator's peak too."""
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
 
     builtin, step = _builtin(precision, accum), _stepfile(precision, accum)
     _assert_same(builtin, step)
@@ -141,7 +141,7 @@ def test_accumulation_keeps_the_undivided_loss(precision):
     fp32 peaks in backward with the quotient freed in both (+12,288 B); amp-fp16 peaks in the next
     micro-batch's forward, where the built-in still holds its 512-B quotient (+12,288 - 512 B).
     Everything else is equal, and the analytic estimator equals the built-in."""
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
 
     builtin, step = _builtin(precision, 2), _stepfile(precision, 2)
     assert _where(step) == _where(builtin)
@@ -157,7 +157,7 @@ def test_accumulation_keeps_the_undivided_loss(precision):
 def test_default_setup_equals_builtin():
     """The built-in default (latent 3 x 24x24x16, batch 16, UNet (64, 64, 128), AMP fp16) and the
     step file's defaults with --precision amp-fp16."""
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
 
     setup = TrainingSetup(kind="ldm-stage2")
     assert setup.device.mixed_precision and setup.device.amp_dtype == "float16"

@@ -494,7 +494,7 @@ def _format_size(n: int) -> str:
 
 
 def test_cli_config_names_the_tensor(tmp_path):
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
     from planner.config import Overrides, resolve_setup
 
     cfg = tmp_path / "small.yaml"

@@ -22,7 +22,7 @@ MONAI = ROOT / "examples/scripts/monai_seg/train.py"
 def test_monai_example_peak_equals_its_step_file(tmp_path: Path) -> None:
     pytest.importorskip("monai")
     from planner.measure import stepfile
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     args = ("--data-dir", str(tmp_path), "--size", "48", "--roi", "32", "--filters", "8,16,32,64", "--volumes", "4",
             "--val-every", "1000", "--workers", "0")

@@ -379,7 +379,7 @@ def tiny_vae_block() -> torch.nn.Module:
 
 def test_profile_of_transposed_attention_counts_the_math_scores(monkeypatch):
     from planner.measure.profile import profile
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
     from planner.spec import TrainingSetup
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
@@ -420,7 +420,7 @@ def contiguous_block() -> torch.nn.Module:
 
 
 def _flash_variant_live(setup, shape):
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
 
     rec = run_step(setup, "fake", custom_model="sdpa_e2e_models:contiguous_block", custom_input=shape)
     assert rec.tracker.notes == []

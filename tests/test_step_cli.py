@@ -27,7 +27,7 @@ def test_derived_equals_direct_trace(precision, checkpoint, accumulation):
     # 4 setups x 5 batches = 20 (setup, batch) pairs, each derived from traces at 2, 3, 4
     # and compared with a direct trace to the byte: peak and every live storage at the peak.
     from planner.measure import traces
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     s = StepSetup(TEMPLATE, precision=precision, checkpoint=checkpoint, accumulation=accumulation,
                   knobs=(("width", 64), ("tokens", 64)))

@@ -20,7 +20,7 @@ import torch
 
 from planner.measure.stepfile import load, run
 from planner.measure.tracker import category_of
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 STEPS = Path(__file__).resolve().parent.parent / "examples" / "steps"
 

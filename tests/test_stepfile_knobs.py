@@ -32,7 +32,7 @@ import pytest
 from planner.errors import PlannerError
 from planner.measure.stepfile import run
 from planner.measure.tracker import category_of
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 from tiny_step import TINY  # noqa: E402
 from tiny_step import numel as _numel  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from planner.measure import traces, tracefile
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_step import TINY  # noqa: E402

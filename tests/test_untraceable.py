@@ -1,6 +1,6 @@
 """Ops a trace without data cannot run (issue 10, "When the trace cannot run"): one line naming
 the op, the module and the user's file:line; with a DECLARE the trace goes on and counts the
-declared output. Traced as planner/measure/step.py's _run_custom does: FakeTensorMode, then
+declared output. Traced as planner/measure/builtin_trace.py's _run_custom does: FakeTensorMode, then
 ModuleContext and LiveStorageTracker, with DeclaredOps and OpSite inside the fake mode."""
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def step(nets, opts, b, vp):
 
 def test_step_file_mask_names_op_module_line_and_declaration(tmp_path):
     from planner.measure.stepfile import run
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     path = tmp_path / "mask_step.py"
     path.write_text(MASK_STEP)
@@ -319,7 +319,7 @@ def test_step_file_mask_names_op_module_line_and_declaration(tmp_path):
 
 def test_step_file_declare_lets_the_trace_go_on(tmp_path):
     from planner.measure.stepfile import run
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     path = tmp_path / "mask_step.py"
     # 5 of the 8 rows kept: x[mask] of an (8, 16) fp32 tensor declared as (5, 16)
@@ -335,7 +335,7 @@ def test_an_error_in_the_step_prints_nothing_but_the_one_line(tmp_path, capfd):
     # a shape mismatch in the user's code: the meta kernel raises, and torch's fake-tensor
     # logger would print the whole traceback at ERROR level before the one-line PlannerError
     from planner.measure.stepfile import run
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     path = tmp_path / "bad_step.py"
     path.write_text(MASK_STEP.replace("return x[x[:, 0] > 0]", "return x @ torch.ones(3, 3, device=x.device)"))
@@ -387,7 +387,7 @@ def test_master_weights_dtype_mismatch_says_what_vramplan_cast(tmp_path):
     # fp16-master halves the trained network and casts forward()'s inputs (apex O2); a step
     # that calls another method feeds it fp32: torch's dtype error, plus what was cast
     from planner.measure.stepfile import run
-    from planner.steps import StepSetup
+    from planner.step_setup import StepSetup
 
     path = tmp_path / "method_step.py"
     path.write_text(CONV_METHOD_STEP)

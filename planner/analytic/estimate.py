@@ -89,7 +89,7 @@ def estimate(setup: TrainingSetup, capacity_bytes: int | None = None, *, rollup:
     ``rollup`` > 0: top modules summed up the module tree to that depth (``vramplan check``
     uses 2, network.child, as step-file reports do)."""
     from planner.allocator import parse_alloc_conf
-    from planner.analytic.step import simulate
+    from planner.analytic.simulate import simulate
 
     t0 = time.perf_counter()
     # The simulation makes ~10^4 short-lived objects and frees storages by reference

@@ -6,7 +6,7 @@ DiffusionUnetDownsample, WrappedUpsample, get_timestep_embedding),
 monai/networks/blocks/spatialattention.py and selfattention.py (SABlock with
 separate q/k/v linears), monai/inferers/inferer.py (DiffusionInferer.__call__) and
 monai/networks/schedulers/scheduler.py (add_noise), and the loop of
-``planner.measure.step._run_stage2``: the same blocks, statements and local variables
+``planner.measure.builtin_trace._run_stage2``: the same blocks, statements and local variables
 in the same order, so the same tensors are alive at each point.
 
 Parameters are created in ``named_parameters()`` order (the profiler registers them
@@ -24,7 +24,7 @@ from planner.analytic.engine import Sim, T
 from planner.analytic.models import Upsample
 from planner.analytic.nn import GroupNorm, Identity, Linear, Mod, MonaiConvolution
 from planner.analytic.optim import GradScaler, Optimizer
-from planner.analytic.step import SimResult, _Ctx, _finish, _float, next_batch, simulated_micro_steps, start_iteration, wrap
+from planner.analytic.simulate import SimResult, _Ctx, _finish, _float, next_batch, simulated_micro_steps, start_iteration, wrap
 from planner.spec import TrainingSetup
 
 NUM_TRAIN_TIMESTEPS = 1000

@@ -14,7 +14,7 @@ from planner.commands.options import Backend, JsonOpt
 from planner.commands.render import progress
 from planner.errors import PlannerError, one_line
 from planner.setup_flags import filled, load_step, sweep_setups
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 
 @command()

@@ -13,7 +13,7 @@ from planner.commands.render import library_terms_json, print_library_terms, pri
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
 from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, step_params
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 
 @command()
@@ -60,7 +60,7 @@ def estimate(
         if compare:
             raise PlannerError("--compare: with --engine trace the estimate is the trace already")
         from planner.measure.profile import report_from
-        from planner.measure.step import run_step
+        from planner.measure.builtin_trace import run_step
 
         with err.status("tracing the built-in step (fake backend)"):
             import time

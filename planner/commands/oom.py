@@ -62,7 +62,7 @@ def oom(
     setup_data: dict[str, Any] | None = None
     if given:
         from planner.analytic.estimate import estimate as run_estimate
-        from planner.analytic.step import simulate
+        from planner.analytic.simulate import simulate
         from planner.gpus import parse_gpu
         from planner.report.terminal import setup_line
 

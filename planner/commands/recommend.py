@@ -15,7 +15,7 @@ from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
 from planner.recommend import SAFETY, TIER_NAMES
 from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, step_params
-from planner.steps import StepSetup, parse_value
+from planner.step_setup import StepSetup, parse_value
 
 
 def _builtin_max_gpus(setup: Any, card: Any, margin: float, limit: int, as_json: bool, band_kw: dict) -> None:
@@ -286,10 +286,10 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
                         knob_step: int | None, knob_min: int | None, max_gpus: int | None, search: list[str],
                         freeze: str | None, prefer: str, as_json: bool, fit_at: str = "high",
                         profile_name: str | None = None) -> None:
-    """recommend --step: the full search (stepsearch.recommend), or one of --max-batch,
+    """recommend --step: the full search (planner/measure/search.py recommend), or one of --max-batch,
     --max-knob NAME, --max-gpus N."""
     from planner.gpus import parse_gpu
-    from planner.measure import stepsearch as S
+    from planner.measure import search as S
 
     profile = step_profile(profile_name)  # issue 24 (band): a GPU-measured profile collapses the band
     card = parse_gpu(gpu)
@@ -440,7 +440,7 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
 def max_gpus_step_file(ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, *, limit: int, jobs: int,
                        as_json: bool, fit_at: str = "high", profile: Any = None) -> None:
     from planner import gpusearch as G
-    from planner.measure import stepsearch as S
+    from planner.measure import search as S
 
     prog, tick = progress(err, "tracing")
     with prog:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 
 def progress(err: Any, what: str):

@@ -14,7 +14,7 @@ from planner.commands.render import progress
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
 from planner.setup_flags import SetupFlags, filled, load_step, step_params, sweep_setups
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 
 @command()
@@ -144,7 +144,7 @@ def evaluate_rows(ss: StepSetup, *, sweep: list[str], parallel: tuple[Any, Any],
     """The step file's --sweep rows, traced (cached, in ``jobs`` processes), with the cards of
     --gpu; ``parallel``: --gpus and --strategy as given, for the one a sweep leaves."""
     from planner.gpus import parse_gpu
-    from planner.measure.stepsearch import Evaluator
+    from planner.measure.search import Evaluator
 
     sf = load_step(ss)
     ss = filled(ss, sf)

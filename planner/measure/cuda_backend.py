@@ -50,7 +50,7 @@ def profile_cuda(
     custom_input: tuple[int, ...] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> MemoryReport:
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
 
     t0 = time.perf_counter()
     torch.cuda.init()

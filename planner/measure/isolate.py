@@ -481,4 +481,4 @@ def profile_model(setup: Any, backend: str, **kw: Any) -> Any:
     """``profile --model``: the factory imported, called and traced in a worker; the MemoryReport."""
     return shared().call(_profile_model, (setup, backend, kw),
                          lambda a: f"profiling --model {a[2].get('custom_model') or 'the built-in step'}",
-                         warm=TRACING + ("planner.measure.step",))
+                         warm=TRACING + ("planner.measure.builtin_trace",))

@@ -29,7 +29,7 @@ def profile(
         from planner.measure.cuda_backend import profile_cuda
 
         return profile_cuda(setup, custom_model=custom_model, custom_input=custom_input, progress=progress)
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
 
     t0 = time.perf_counter()
     record = run_step(setup, backend, custom_model=custom_model, custom_input=custom_input, progress=progress)

@@ -130,7 +130,7 @@ class _State:
     def discover(self, mod: torch.nn.Module) -> tuple[str, str, bool] | None:
         if not any(True for _ in mod.parameters()):
             return None
-        from planner.measure.step import _attention_types, track_network
+        from planner.measure.builtin_trace import _attention_types, track_network
         from planner.measure.stepfile import apply_checkpointing
 
         want = [c for c in self.setup.checkpoint if any(type(m).__name__ == c for m in mod.modules())]
@@ -194,7 +194,7 @@ class _State:
         self.tracker.host_scalars = True
 
     def post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        from planner.measure.step import tag_optimizer_state
+        from planner.measure.builtin_trace import tag_optimizer_state
 
         tr = self.tracker
         tr.host_scalars = False
@@ -307,7 +307,7 @@ def _cuda_answers(state: _State) -> dict[str, Any]:
 
 
 def _grad_scaler_classes(state: _State) -> tuple[type, type]:
-    from planner.measure.step import EmulatedGradScaler
+    from planner.measure.builtin_trace import EmulatedGradScaler
 
     class GradScaler:
         """torch.amp.GradScaler as a script calls it; allocates as EmulatedGradScaler
@@ -353,7 +353,7 @@ def _grad_scaler_classes(state: _State) -> tuple[type, type]:
         def update(self, new_scale: Any = None) -> None:
             if not self._enabled:
                 return
-            from planner.measure.step import _set_network
+            from planner.measure.builtin_trace import _set_network
 
             self._emu.update()
             self._unscaled.clear()
@@ -660,7 +660,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
 
     from planner.measure.cuda_emulation import CudaEmulation
     from planner.measure.isolate import user_site
-    from planner.measure.step import _EventLog, _record
+    from planner.measure.builtin_trace import _EventLog, _record
     from planner.measure.stepfile import _collect_young_garbage_per_op, _restore_gc, _sdpa
     from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device, quiet_fake_tensor_log
     from planner.measure.values import fake_mode_with_values

@@ -52,7 +52,7 @@ import torch
 
 from planner.errors import PlannerError
 from planner.measure.tracker import Category, Phase
-from planner.steps import StepSetup, show_value
+from planner.step_setup import StepSetup, show_value
 
 REQUIRED = ("networks", "optimizers", "batch", "step")
 FP16_MASTER_LOSS_SCALE = 2.0**20  # guided-diffusion fp16_util.py INITIAL_LOG_LOSS_SCALE = 20.0
@@ -242,7 +242,7 @@ class _Run:
                  opts: dict[str, torch.optim.Optimizer], masters: dict[int, dict[int, torch.Tensor]],
                  params: dict[int, torch.Tensor]) -> None:
         self.params = params  # id -> the optimizers' own (model) parameters, which the masters are keyed by
-        from planner.measure.step import CudaGradScaler, EmulatedGradScaler
+        from planner.measure.builtin_trace import CudaGradScaler, EmulatedGradScaler
 
         self.setup, self.backend, self.tracker = setup, backend, tracker
         self.nets, self.opts, self.masters = nets, opts, masters
@@ -279,7 +279,7 @@ class _Run:
                     p.grad.zero_()
 
     def optimizer_step(self, o: torch.optim.Optimizer) -> None:
-        from planner.measure.step import _optimizer_step, _set_network
+        from planner.measure.builtin_trace import _optimizer_step, _set_network
 
         tracker = self.tracker
         network = self.network_of[id(o)]
@@ -457,7 +457,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     two iterations, innermost (a second opinion such as torch's MemTracker sees the same ops on
     the same tensors; tests/test_zoo.py)."""
     from planner.measure.cuda_emulation import CudaEmulation
-    from planner.measure.step import (
+    from planner.measure.builtin_trace import (
         StepRecord,
         _prepare,
         _Runner,
@@ -583,7 +583,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                             raise (untraceable or _step_error(exc, tracker.phase, setup.precision, setup.strategy)) from None
             tracker.phase = Phase.SETUP
         _check_used(setup, rn)
-        from planner.measure.step import _record
+        from planner.measure.builtin_trace import _record
 
         record: StepRecord = _record(tracker, log, roots, it2)
     info = {
@@ -660,7 +660,7 @@ def _restore_gc(enabled: bool) -> Iterator[None]:
 
 
 def _precision_text(setup: StepSetup, cast: dict[str, bool], own: Any) -> str:
-    from planner.steps import PRECISION_HELP
+    from planner.step_setup import PRECISION_HELP
 
     text = PRECISION_HELP[setup.precision]
     own_cast = [n for n, c in cast.items() if not c]
@@ -672,7 +672,7 @@ def _precision_text(setup: StepSetup, cast: dict[str, bool], own: Any) -> str:
 
 
 def _dtype_counts(nets: dict[str, torch.nn.Module]) -> dict[str, int]:
-    from planner.measure.step import _param_counts
+    from planner.measure.builtin_trace import _param_counts
 
     total: dict[str, int] = {}
     for net in nets.values():

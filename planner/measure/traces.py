@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from planner.steps import StepSetup
+from planner.step_setup import StepSetup
 
 DERIVE_POINTS = (2, 3, 4)
 """Micro-batches traced to derive the rest: 1 is avoided (size-1 dimensions take other paths:
@@ -46,7 +46,7 @@ def _versions() -> str:
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(torch.__version__.encode())
-    for p in sorted((root / "measure").glob("*.py")) + [root / "sdpa_rules.py", root / "steps.py"]:
+    for p in sorted((root / "measure").glob("*.py")) + [root / "sdpa_rules.py", root / "step_setup.py"]:
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 

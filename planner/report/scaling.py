@@ -56,7 +56,7 @@ def scaling_series(rows, x: str) -> tuple[dict[str, tuple[list[float], list[floa
 
 
 def timeline_data(setup: TrainingSetup):
-    from planner.measure.step import run_step
+    from planner.measure.builtin_trace import run_step
     from planner.measure.tracker import category_of
     from planner.report.plot import timeline_points
 

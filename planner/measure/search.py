@@ -31,7 +31,7 @@ from planner.gpusearch import GpuOption, search
 from planner.recommend import SAFETY, TIER_NAMES, SizeSearch, _check_margin, _largest
 from planner.result import MemoryReport
 from planner.measure.precision_note import amp_costs_more, precision_pair
-from planner.steps import PRECISION_HELP, StepSetup, show_value
+from planner.step_setup import PRECISION_HELP, StepSetup, show_value
 
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
 ACCUM_CHECK = (2, 3)  # (micro-batch, accumulation) of the trace that checks "A >= 3 is like A = 2"

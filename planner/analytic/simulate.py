@@ -1,6 +1,6 @@
 """The reference training steps, simulated on symbolic tensors (no torch).
 
-Mirrors :mod:`planner.measure.step` statement by statement: the same loops, the
+Mirrors :mod:`planner.measure.builtin_trace` statement by statement: the same loops, the
 same Python variables (so the previous iteration's reconstruction and losses stay
 alive until reassigned), autocast regions, GradScaler, optimizer steps; two
 iterations, the peak taken over the second.
