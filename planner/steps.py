@@ -133,8 +133,9 @@ class StepSetup:
         if self.gpus == 1 and self.strategy != "none":
             raise PlannerError(f"--strategy {self.strategy}: needs --gpus 2 or more (one GPU has nothing to share)")
         for name in self.checkpoint:
-            if not name.isidentifier():
-                raise PlannerError(f"--checkpoint: {quote(name)} is not a class name (valid: auto or ClassName[,ClassName])")
+            if not name.isidentifier() and not all(part.isidentifier() or part.isdigit() for part in name.split(".")):
+                raise PlannerError(f"--checkpoint: {quote(name)} is neither a class name nor a module path "
+                                   f"(valid: auto, ClassName[,ClassName] or network.module.path)")
         object.__setattr__(self, "knobs", tuple(sorted(self.knobs)))
 
     @property

@@ -315,7 +315,8 @@ def test_rgbd_policy_checkpoint_block():
     flag stays off): the saved activations shrink."""
     plain = _trace("rgbd_policy", RGBD, precision="amp-bf16")
     ckpt = _trace("rgbd_policy", RGBD, precision="amp-bf16", checkpoint=("auto",))
-    assert ckpt.setup["checkpoint"] == ["Block"]
+    # the per-module plan (planner/measure/ckpt_plan.py) checkpoints every Block (and more)
+    assert "Block" in ckpt.setup["checkpoint"]
     assert _cats(ckpt)["activations"] < _cats(plain)["activations"]
 
 

@@ -1,0 +1,459 @@
+"""Choosing what to checkpoint, per module, from one trace (``--checkpoint auto``).
+
+One trace of the step without checkpointing (``planner/measure/stepfile.py`` ``run`` with an
+observer) records, for every module instance that runs forward with grad in iteration 2
+(nested modules, modules inside ``nn.Sequential``, repeated classes: each instance by its
+qualified name ``network.path``):
+
+* the storages it allocates in its forward, less those it returns (its outputs stay alive as
+  the next module's input whether it is checkpointed or not; its inputs were allocated outside
+  it and are kept by the checkpoint either way);
+* when each of them is freed, and when the module's backward starts (the first of them freed
+  in the backward phase): checkpointing the module removes each such storage from the end of
+  the module's forward until its backward, where the recomputation rebuilds it. Storages the
+  forward freed itself (transients) are unchanged;
+* its forward FLOPs (``torch.utils.flop_counter.flop_registry``, as ``seconds_per_sample``
+  counts them) and the bytes its ops write: the work a recomputation redoes, in seconds by the
+  time model (``planner.analytic.cost.roofline_seconds``). Non-reentrant checkpointing stops
+  recomputing once the last saved tensor exists (``torch/utils/checkpoint.py``
+  ``set_checkpoint_early_stop``), so this is an upper bound.
+
+The live bytes after every op of iteration 2 (``L(t)``) and those windows predict the peak of a
+plan: ``max_t L(t) - sum over chosen modules of their removed bytes live at t``.
+
+The choice is a knapsack over the module tree (a module and one of its ancestors are never both
+chosen: the ancestor's checkpoint already recomputes it): least recompute seconds such that the
+bytes removed at the peak reach what the budget needs. It is solved exactly by merging Pareto
+frontiers (bytes removed, seconds) bottom-up; a frontier of more than ``FRONTIER`` points is
+thinned to ``FRONTIER`` evenly spaced ones (said in the plan when it happens). The prediction is
+then checked at the trace's other high points, and the need raised by any excess (another
+moment may become the peak), up to ``ROUNDS`` times. The plan is verified by tracing it.
+
+Budget: with a card (``recommend``), its capacity less the margin, on the device total (the
+reserved and context overhead of the plan taken as the unchecked step's); without one, the
+least recompute whose predicted peak is within ``NEAR_MIN`` of the lowest peak any plan
+reaches at the trace's peak ("minimise the peak, then the recompute").
+
+Torch's own solver for this choice is ``torch/distributed/_tools/sac_ilp.py`` ``sac_milp``
+(a MILP over ``sac_estimator.py``'s per-module statistics; needs ``pulp``, not a vramplan
+dependency); ``benchmarks/bench_ckpt.py`` compares against an exhaustive search on the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from planner.check import fmt_bytes
+from planner.errors import PlannerError
+
+FRONTIER = 4096  # most Pareto points kept per module (see the module docstring)
+ROUNDS = 6  # re-solves when another moment of the step becomes the peak
+NEAR_MIN = 0.01  # no budget: within 1 % of the lowest reachable peak
+HIGH_POINTS = 512  # local maxima of L(t) where a plan's peak is checked
+DEFAULT_CARD = "A100 80GB"  # the time model's card when none is given (ratios only)
+
+
+# --- the probe: one trace, per module -----------------------------------------------------------
+
+
+@dataclass
+class ModuleStats:
+    path: str
+    cls: str
+    parent: str | None  # nearest ancestor that ran forward with grad (None: a network's top)
+    own_class: bool  # a class of the user's (not torch.*): class rules are written with these
+    flops: int = 0
+    written: int = 0
+    calls: int = 0
+    # (uid, end of the forward call that allocated it); windows are computed after the run
+    held: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class ProbeResult:
+    live: list[int]  # L(t): live bytes after each op of iteration 2
+    modules: dict[str, ModuleStats]
+    nbytes: dict[int, int]  # uid -> rounded bytes
+    freed: dict[int, tuple[int, bool]]  # uid -> (op index, freed in backward)
+    instances: dict[str, list[str]]  # class name -> every instance path in the networks
+    flops_total: int = 0
+
+
+class _Probe:
+    """The observer (``stepfile.run(observer=...)``): entered around each iteration; records
+    iteration 2 only."""
+
+    def __init__(self, nets: dict[str, Any]) -> None:
+        self.paths: dict[int, tuple[str, str, bool]] = {}
+        self.instances: dict[str, list[str]] = {}
+        for root, net in nets.items():
+            for name, mod in net.named_modules():
+                if not name:
+                    continue  # a network itself cannot be wrapped in place
+                cls = type(mod)
+                own = not cls.__module__.startswith("torch.")
+                self.paths[id(mod)] = (f"{root}.{name}", cls.__name__, own)
+                self.instances.setdefault(cls.__name__, []).append(f"{root}.{name}")
+        self.iteration = 0
+        self.result: ProbeResult | None = None
+        self._exit: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "_Probe":
+        self.iteration += 1
+        if self.iteration == 2:
+            self._exit = contextlib.ExitStack()
+            self._exit.__enter__()
+            self._start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._exit is not None:
+            self._exit.__exit__(*exc)
+            self._exit = None
+
+    def _start(self) -> None:
+        import torch
+        from torch.nn.modules import module as m
+        from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+        from torch.utils._pytree import tree_flatten
+        from torch.utils.flop_counter import flop_registry
+
+        from planner.measure.tracker import LiveStorageTracker, Phase
+
+        tracker = next((md for md in _get_current_dispatch_mode_stack() if isinstance(md, LiveStorageTracker)), None)
+        if tracker is None:
+            raise PlannerError("--checkpoint auto: the planning trace found no storage tracker")
+        res = ProbeResult([], {}, {}, {}, self.instances)
+        self.result = res
+        frames: list[tuple[str, list[int]]] = []  # modules running forward with grad, outermost first
+        outputs: dict[int, set[int]] = {}
+        probe = self
+
+        def pre(mod: Any, *_: Any) -> None:
+            info = probe.paths.get(id(mod))
+            if info is None or not torch.is_grad_enabled() or tracker.phase != Phase.FORWARD:
+                return
+            path, cls, own = info
+            st = res.modules.get(path)
+            if st is None:
+                parent = next((f[0] for f in reversed(frames)), None)
+                st = res.modules[path] = ModuleStats(path, cls, parent, own)
+            st.calls += 1
+            frames.append((path, []))
+            outputs[id(mod)] = set()
+
+        def post(mod: Any, _args: Any, out: Any) -> None:
+            info = probe.paths.get(id(mod))
+            if info is None or not frames or frames[-1][0] != info[0]:
+                return
+            path, uids = frames.pop()
+            kept = {tracker._by_obj.get(id(t.untyped_storage())) for t in tree_flatten(out)[0]
+                    if isinstance(t, torch.Tensor)}
+            end = len(res.live)
+            res.modules[path].held.extend((u, end) for u in uids if u not in kept)
+
+        reg, rel = tracker._register, tracker._release
+
+        def register(st: Any, op: str) -> int:
+            before = len(tracker.info)
+            uid = reg(st, op)
+            if len(tracker.info) > before:
+                res.nbytes[uid] = tracker.info[uid].nbytes
+                for _, uids in frames:
+                    uids.append(uid)
+            return uid
+
+        def release(key: int, uid: int) -> None:
+            res.freed.setdefault(uid, (len(res.live), tracker.phase == Phase.BACKWARD))
+            rel(key, uid)
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                formula = flop_registry.get(func._overloadpacket)
+                flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
+                res.flops_total += flops
+                if frames:
+                    written = sum(t.numel() * t.element_size() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+                    for path, _ in frames:
+                        st = res.modules[path]
+                        st.flops += flops
+                        st.written += written
+                res.live.append(tracker.current)
+                return out
+
+        tracker._register, tracker._release = register, release  # type: ignore[method-assign]
+        handles = [m.register_module_forward_pre_hook(pre), m.register_module_forward_hook(post, always_call=True)]
+        assert self._exit is not None
+        self._exit.callback(lambda: [h.remove() for h in handles])
+        self._exit.callback(lambda: (setattr(tracker, "_register", reg), setattr(tracker, "_release", rel)))
+        self._exit.enter_context(_Mode())
+
+
+def probe(setup: Any) -> tuple[ProbeResult, Any]:
+    """The planning trace: ``setup`` without checkpointing, fake backend, with the probe.
+    Returns the probe's figures and the StepRecord."""
+    from planner.measure.stepfile import run
+
+    holder: list[_Probe] = []
+
+    def observer(nets: dict, _opts: dict) -> _Probe:
+        holder.append(_Probe(nets))
+        return holder[-1]
+
+    record = run(replace(setup, checkpoint=()), "fake", keep_timeline=False, count_flops=True, observer=observer)
+    res = holder[0].result if holder else None
+    if res is None or not res.live:
+        raise PlannerError("--checkpoint auto: the planning trace recorded no iteration 2")
+    return res, record
+
+
+# --- per-module figures --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    cls: str
+    parent: str | None
+    own_class: bool
+    saved: int  # bytes removed at the traced peak
+    seconds: float  # recompute seconds per step by the time model
+    flops: int
+    written: int
+    starts: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+    sizes: tuple[int, ...] = ()
+
+    def removed_at(self, t: int) -> int:
+        return sum(b for s, e, b in zip(self.starts, self.ends, self.sizes) if s <= t < e)
+
+
+def candidates(res: ProbeResult, seconds: Callable[[int, int], float]) -> tuple[list[Candidate], int]:
+    """Every module's figures at the peak op ``t*`` (returned with them)."""
+    peak_t = max(range(len(res.live)), key=res.live.__getitem__)
+    out = []
+    for st in res.modules.values():
+        never = len(res.live) + 1
+        back = min((res.freed[u][0] for u, _ in st.held if u in res.freed and res.freed[u][1]), default=never)
+        starts, ends, sizes = [], [], []
+        for u, end in st.held:
+            stop = min(res.freed.get(u, (never, False))[0], back)
+            if stop > end:
+                starts.append(end)
+                ends.append(stop)
+                sizes.append(res.nbytes[u])
+        c = Candidate(st.path, st.cls, st.parent, st.own_class, 0, seconds(st.flops, st.written), st.flops, st.written,
+                      tuple(starts), tuple(ends), tuple(sizes))
+        out.append(replace(c, saved=c.removed_at(peak_t)))
+    return out, peak_t
+
+
+# --- the exact choice ------------------------------------------------------------------------------
+
+Point = tuple[int, float, tuple[str, ...]]  # (bytes removed at the peak, recompute seconds, modules)
+
+
+def _prune(points: list[Point]) -> tuple[list[Point], bool]:
+    """The Pareto frontier (more bytes for less time), by bytes ascending; thinned to FRONTIER."""
+    best: list[Point] = []
+    for p in sorted(points, key=lambda p: (-p[0], p[1], len(p[2]))):
+        if not best or p[1] < best[-1][1]:
+            best.append(p)
+    best.reverse()
+    if len(best) <= FRONTIER:
+        return best, False
+    step = (len(best) - 1) / (FRONTIER - 1)
+    return [best[round(i * step)] for i in range(FRONTIER)], True
+
+
+def frontier(cands: list[Candidate]) -> tuple[list[Point], bool]:
+    """The module tree's Pareto frontier: each module either checkpointed itself or left to its
+    children's choices."""
+    by_path = {c.path: c for c in cands}
+    children: dict[str | None, list[str]] = {}
+    for c in cands:
+        children.setdefault(c.parent if c.parent in by_path else None, []).append(c.path)
+    thinned = False
+
+    def merge(fronts: list[list[Point]]) -> list[Point]:
+        nonlocal thinned
+        acc: list[Point] = [(0, 0.0, ())]
+        for f in fronts:
+            acc, t = _prune([(a[0] + b[0], a[1] + b[1], a[2] + b[2]) for a in acc for b in f])
+            thinned |= t
+        return acc
+
+    def solve(path: str) -> list[Point]:
+        c = by_path[path]
+        below = merge([solve(k) for k in children.get(path, [])])
+        pts = below + ([(c.saved, c.seconds, (path,))] if c.saved > 0 else [])
+        f, t = _prune(pts)
+        nonlocal thinned
+        thinned |= t
+        return f
+
+    return merge([solve(p) for p in children.get(None, [])]), thinned
+
+
+def cheapest(front: list[Point], need: int) -> Point | None:
+    """The least recompute removing at least ``need`` bytes at the peak (None: none does)."""
+    ok = [p for p in front if p[0] >= need]
+    return min(ok, key=lambda p: (p[1], -p[0], len(p[2]))) if ok else None
+
+
+def high_points(live: list[int]) -> list[int]:
+    """Op indices of L(t)'s local maxima, the HIGH_POINTS highest."""
+    n = len(live)
+    peaks = [t for t in range(n) if (t == 0 or live[t] >= live[t - 1]) and (t == n - 1 or live[t] >= live[t + 1])]
+    return sorted(peaks, key=lambda t: -live[t])[:HIGH_POINTS]
+
+
+def predicted_peak(live: list[int], chosen: list[Candidate], times: list[int]) -> tuple[int, int]:
+    """(peak, op index) of the plan over ``times``."""
+    best = (-1, -1)
+    for t in times:
+        v = live[t] - sum(c.removed_at(t) for c in chosen)
+        if v > best[0]:
+            best = (v, t)
+    return best
+
+
+# --- the plan ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    modules: tuple[str, ...]
+    """Instance paths chosen (network.path)."""
+    checkpoint: tuple[str, ...]
+    """What --checkpoint is given: class names where every instance of the class is chosen,
+    instance paths for the rest."""
+    peak: int
+    predicted_peak: int
+    saved: int
+    recompute_seconds: float
+    step_seconds: float
+    budget: int | None
+    """Bytes the peak must reach (None: minimise the peak)."""
+    reason: str
+    thinned: bool
+    card: str
+    table: tuple[Candidate, ...] = ()
+
+    @property
+    def step_increase(self) -> float:
+        return self.recompute_seconds / self.step_seconds if self.step_seconds else 0.0
+
+    def rule(self) -> str:
+        return ",".join(self.checkpoint) if self.checkpoint else "(nothing)"
+
+    def summary(self) -> str:
+        """One line: what was chosen and why."""
+        if not self.modules:
+            return f"--checkpoint auto: nothing checkpointed ({self.reason})"
+        classes = [n for n in self.checkpoint if "." not in n]
+        paths = [n for n in self.checkpoint if "." in n]
+        what = ", ".join([f"{sum(1 for m in self.table if m.path in self.modules and m.cls == c)} {c}" for c in classes]
+                         + paths)
+        return (f"--checkpoint auto: checkpoint {what} (--checkpoint {self.rule()}): {fmt_bytes(self.saved)} "
+                f"less at the peak, predicted peak {fmt_bytes(self.predicted_peak)} (from "
+                f"{fmt_bytes(self.peak)}); +{100 * self.step_increase:.1f} % step time recomputing "
+                f"{sum(m.flops for m in self.table if m.path in self.modules) / 1e9:.1f} GFLOP by the time model "
+                f"({self.card}); {self.reason}")
+
+    def to_json(self) -> dict:
+        return {"modules": list(self.modules), "checkpoint": list(self.checkpoint), "peak_bytes": self.peak,
+                "predicted_peak_bytes": self.predicted_peak, "saved_bytes": self.saved,
+                "recompute_seconds": self.recompute_seconds, "step_seconds": self.step_seconds,
+                "step_time_increase": self.step_increase, "budget_bytes": self.budget, "reason": self.reason,
+                "card": self.card}
+
+
+def class_rule(modules: tuple[str, ...], res_instances: dict[str, list[str]], table: list[Candidate]) -> tuple[str, ...]:
+    """Class names for the user's classes every instance of which is chosen (instances that never
+    ran forward with grad do not count against it), instance paths for the rest."""
+    chosen = set(modules)
+    ran = {c.path for c in table}
+    names: list[str] = []
+    covered: set[str] = set()
+    for cls in dict.fromkeys(c.cls for c in table if c.path in chosen and c.own_class):
+        inst = [p for p in res_instances.get(cls, []) if p in ran]
+        if inst and all(p in chosen for p in inst):
+            names.append(cls)
+            covered |= set(inst)
+    return tuple(names) + tuple(p for p in modules if p not in covered)
+
+
+def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = None, half: bool = False) -> Plan:
+    """The plan for ``budget`` bytes of peak allocation (None: minimise the peak)."""
+    from planner.analytic.cost import roofline_seconds
+    from planner.gpus import parse_gpu
+
+    card = gpu or parse_gpu(DEFAULT_CARD)
+
+    def secs(f: int, w: int) -> float:
+        return roofline_seconds(f, w, card, half=half)
+
+    written = sum(d for _, d in record.events[record.iteration2_start:] if d > 0)
+    step_seconds = secs(res.flops_total, written)
+    table, peak_t = candidates(res, secs)
+    peak = res.live[peak_t]
+    front, thinned = frontier(table)
+    by_path = {c.path: c for c in table}
+    times = high_points(res.live)
+    best_reachable = max(p[0] for p in front)
+    if budget is None:
+        need = max(0, best_reachable - int(NEAR_MIN * peak))
+        goal = peak - need
+        why = (f"no card given: the least recompute within {NEAR_MIN:.0%} of the lowest peak checkpointing "
+               f"reaches at the traced peak ({fmt_bytes(peak - best_reachable)})")
+    else:
+        need, goal = max(0, peak - budget), budget
+        why = f"the least recompute that brings the peak to {fmt_bytes(budget)}"
+    pick: Point | None = (0, 0.0, ())
+    pred = (peak, peak_t)
+    for _ in range(ROUNDS):
+        pick = cheapest(front, need)
+        if pick is None:
+            break
+        pred = predicted_peak(res.live, [by_path[p] for p in pick[2]], times)
+        if pred[0] <= goal or budget is None:
+            break
+        need += pred[0] - goal  # another moment is the peak now: ask for that much more at the first
+    if pick is None:
+        best = cheapest(front, best_reachable)
+        assert best is not None
+        pick = best
+        pred = predicted_peak(res.live, [by_path[p] for p in pick[2]], times)
+        why = (f"the budget {fmt_bytes(goal)} is out of reach by checkpointing alone (lowest predicted peak "
+               f"{fmt_bytes(pred[0])}): the plan that removes the most")
+    if peak_t >= len(res.live) - 1 or best_reachable == 0:
+        why = "the peak holds no activation that checkpointing would remove (it is not between a forward and its backward)"
+    modules = tuple(sorted(pick[2], key=lambda p: list(by_path).index(p)))
+    return Plan(modules, class_rule(modules, res.instances, table), peak, pred[0], pick[0], pick[1], step_seconds,
+                budget, why, thinned, card.name, tuple(table))
+
+
+def plan(setup: Any, gpu: Any = None, budget: int | None = None) -> Plan:
+    """Trace ``setup`` once without checkpointing and choose (see :func:`choose`)."""
+    res, record = probe(setup)
+    return choose(res, record, gpu, budget, half=setup.precision != "fp32")
+
+
+def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
+    """``stepfile.run`` for ``--checkpoint auto``: the plan without a card, then the plan traced
+    (its verification); the record's notes say what was chosen and what the trace found."""
+    from planner.measure.stepfile import run
+
+    p = plan(setup)
+    record = run(replace(setup, checkpoint=p.checkpoint), backend, **kw)
+    got = record.tracker.peak_bytes
+    text = (p.summary() + f"; traced with it: peak {fmt_bytes(got)} "
+            f"({'as predicted' if got == p.predicted_peak else f'{(got - p.predicted_peak) / 2**20:+.1f} MiB from the prediction'})")
+    info = dict(record.setup, checkpoint_plan=p.to_json())
+    return replace(record, setup=info, tracker=replace(record.tracker, notes=list(record.tracker.notes) + [text]))

@@ -1,0 +1,114 @@
+"""Per-module checkpoint selection (planner/measure/ckpt_plan.py) on the tiny step
+(tests/tiny_step.py) in its HEAVY setup: batch 256, width 128, hidden 512, two residual
+``Block``s ``x + fc2(relu(fc1(x)))`` in ``net.blocks`` (an nn.Sequential), a ``head`` Linear
+128 -> 4096, cross-entropy; fp32. The peak is ``_log_softmax_backward_data`` at the start of
+backward (tests/test_stepfile_knobs.py derives it), when every forward activation is live.
+
+What checkpointing each module removes at that peak, by hand:
+* ``net.blocks.i`` (Block): relu's output, 256 x 512 x 4 = 524,288 B (saved by relu and fc2).
+  fc1's output was freed by relu, fc2's by the residual add; the block's output is its return
+  value (kept as the next module's input either way), its input was allocated outside it.
+* ``net.blocks.i.fc1`` / ``fc2`` (Linear): 0 -- their only allocation is their output.
+* ``net.blocks`` (Sequential): both relu outputs + Block 0's output (256 x 128 x 4 = 131,072 B,
+  allocated inside the Sequential and not its return value) = 1,179,648 B.
+* ``net.head``: 0 (its output, the logits, is its return value).
+Forward FLOPs (torch.utils.flop_counter: 2 x M x K x N per matmul): fc1 2 x 256 x 128 x 512 =
+33,554,432, fc2 the same, so a Block 67,108,864; head 2 x 256 x 128 x 4096 = 268,435,456.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from planner.errors import PlannerError
+from planner.measure import ckpt_plan
+from planner.measure.stepfile import run
+from planner.steps import StepSetup
+
+from tiny_step import TINY  # noqa: E402
+
+RELU_OUT = 256 * 512 * 4  # 524,288
+BLOCK_OUT = 256 * 128 * 4  # 131,072
+BLOCK_FLOPS = 2 * (2 * 256 * 128 * 512)  # 67,108,864
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.py"
+    path.write_text(TINY)
+    setup = StepSetup(str(path), knobs=(("classes", 4096),), batch_size=256)
+    res, record = ckpt_plan.probe(setup)
+    return setup, res, record
+
+
+def test_per_module_savings_and_flops_by_hand(traced):
+    _, res, record = traced
+    plan = ckpt_plan.choose(res, record)
+    table = {c.path: c for c in plan.table}
+    assert max(res.live) == record.tracker.peak_bytes  # L(t) is the tracker's own live count
+    assert {p: c.saved for p, c in table.items()} == {
+        "net.blocks": 2 * RELU_OUT + BLOCK_OUT,  # 1,179,648
+        "net.blocks.0": RELU_OUT, "net.blocks.1": RELU_OUT,
+        "net.blocks.0.fc1": 0, "net.blocks.0.fc2": 0, "net.blocks.1.fc1": 0, "net.blocks.1.fc2": 0,
+        "net.head": 0,
+    }
+    assert table["net.blocks.0"].flops == table["net.blocks.1"].flops == BLOCK_FLOPS
+    assert table["net.blocks"].flops == 2 * BLOCK_FLOPS
+    assert table["net.head"].flops == 2 * 256 * 128 * 4096
+    assert table["net.blocks.0"].parent == "net.blocks" and table["net.blocks"].parent is None
+
+
+def test_budget_picks_the_least_recompute_and_the_trace_agrees(traced):
+    setup, res, record = traced
+    peak = record.tracker.peak_bytes
+    # 524,288 B to remove: one Block (half the recompute of the Sequential) is enough
+    one = ckpt_plan.choose(res, record, budget=peak - RELU_OUT)
+    assert len(one.modules) == 1 and one.modules[0] in ("net.blocks.0", "net.blocks.1")
+    assert one.checkpoint == one.modules  # one of two Blocks: no class rule expresses it
+    assert one.predicted_peak == peak - RELU_OUT
+    # 524,289 B: one Block is not enough; both Blocks (1,048,576) or the Sequential (1,179,648)
+    # recompute the same FLOPs; either is exact by trace
+    two = ckpt_plan.choose(res, record, budget=peak - RELU_OUT - 1)
+    assert two.saved in (2 * RELU_OUT, 2 * RELU_OUT + BLOCK_OUT)
+    traced_peak = run(replace(setup, checkpoint=two.checkpoint), "fake", keep_timeline=False).tracker.peak_bytes
+    assert traced_peak == two.predicted_peak == peak - two.saved
+    # out of reach: the plan that removes the most, said so
+    far = ckpt_plan.choose(res, record, budget=peak // 2)
+    assert far.modules == ("net.blocks",) and "out of reach" in far.reason
+
+
+def test_class_rule_and_instance_paths(traced):
+    setup, res, record = traced
+    plan = ckpt_plan.choose(res, record)
+    table = list(plan.table)
+    assert ckpt_plan.class_rule(("net.blocks.0", "net.blocks.1"), res.instances, table) == ("Block",)
+    assert ckpt_plan.class_rule(("net.blocks.1",), res.instances, table) == ("net.blocks.1",)
+    # an instance path checkpoints that instance only: relu's output of block 0 is gone at the peak
+    one = run(replace(setup, checkpoint=("net.blocks.0",)), "fake", keep_timeline=False)
+    assert record.tracker.peak_bytes - one.tracker.peak_bytes == RELU_OUT
+    with pytest.raises(PlannerError, match=r"no module at 'net\.blocks\.7'"):
+        run(replace(setup, checkpoint=("net.blocks.7",)), "fake", keep_timeline=False)
+    with pytest.raises(PlannerError, match="neither a class name nor a module path"):
+        replace(setup, checkpoint=("net..x",))
+
+
+def test_auto_without_a_card_minimises_the_peak_and_says_so(traced):
+    """Lowest reachable peak: the Sequential (1,179,648 B) beats both Blocks (1,048,576 B) at the same
+    FLOPs; the plan is traced and its note names it."""
+    setup, _, record = traced
+    rec = run(replace(setup, checkpoint=("auto",)), "fake", keep_timeline=False)
+    assert rec.setup["checkpoint"] == ["net.blocks"]
+    assert rec.tracker.peak_bytes == record.tracker.peak_bytes - (2 * RELU_OUT + BLOCK_OUT)
+    assert rec.setup["checkpoint_plan"]["saved_bytes"] == 1_179_648
+    assert any("--checkpoint auto: checkpoint net.blocks" in n and "as predicted" in n for n in rec.tracker.notes)
+
+
+def test_auto_when_the_peak_holds_no_activations(tmp_path):
+    """The default tiny step peaks in AdamW's step, after backward: nothing to checkpoint."""
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)
+    rec = run(StepSetup(str(path), checkpoint=("auto",)), "fake", keep_timeline=False)
+    assert rec.setup["checkpoint"] == []
+    assert any("nothing checkpointed" in n for n in rec.tracker.notes)
