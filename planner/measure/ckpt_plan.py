@@ -18,6 +18,10 @@ qualified name ``network.path``):
   recomputing once the last saved tensor exists (``torch/utils/checkpoint.py``
   ``set_checkpoint_early_stop``), so this is an upper bound.
 
+Candidates are the user's own module classes and any module with children (``nn.Sequential``,
+``TransformerEncoderLayer``); torch's leaf layers (Linear, Conv3d, LayerNorm) alone hold little
+beyond the output they return, and are left to their parents.
+
 The live bytes after every op of iteration 2 (``L(t)``) and those windows predict the peak of a
 plan: ``max_t L(t) - sum over chosen modules of their removed bytes live at t``.
 
@@ -65,6 +69,7 @@ class ModuleStats:
     cls: str
     parent: str | None  # nearest ancestor that ran forward with grad (None: a network's top)
     own_class: bool  # a class of the user's (not torch.*): class rules are written with these
+    has_children: bool = False
     flops: int = 0
     written: int = 0
     calls: int = 0
@@ -87,7 +92,7 @@ class _Probe:
     iteration 2 only."""
 
     def __init__(self, nets: dict[str, Any]) -> None:
-        self.paths: dict[int, tuple[str, str, bool]] = {}
+        self.paths: dict[int, tuple[str, str, bool, bool]] = {}
         self.instances: dict[str, list[str]] = {}
         for root, net in nets.items():
             for name, mod in net.named_modules():
@@ -95,7 +100,7 @@ class _Probe:
                     continue  # a network itself cannot be wrapped in place
                 cls = type(mod)
                 own = not cls.__module__.startswith("torch.")
-                self.paths[id(mod)] = (f"{root}.{name}", cls.__name__, own)
+                self.paths[id(mod)] = (f"{root}.{name}", cls.__name__, own, next(mod.children(), None) is not None)
                 self.instances.setdefault(cls.__name__, []).append(f"{root}.{name}")
         self.iteration = 0
         self.result: ProbeResult | None = None
@@ -136,11 +141,11 @@ class _Probe:
             info = probe.paths.get(id(mod))
             if info is None or not torch.is_grad_enabled() or tracker.phase != Phase.FORWARD:
                 return
-            path, cls, own = info
+            path, cls, own, kids = info
             st = res.modules.get(path)
             if st is None:
                 parent = next((f[0] for f in reversed(frames)), None)
-                st = res.modules[path] = ModuleStats(path, cls, parent, own)
+                st = res.modules[path] = ModuleStats(path, cls, parent, own, kids)
             st.calls += 1
             frames.append((path, []))
             outputs[id(mod)] = set()
@@ -238,6 +243,8 @@ def candidates(res: ProbeResult, seconds: Callable[[int, int], float]) -> tuple[
     peak_t = max(range(len(res.live)), key=res.live.__getitem__)
     out = []
     for st in res.modules.values():
+        if not st.own_class and not st.has_children:
+            continue  # a torch layer alone (Linear, Conv3d, LayerNorm): what it holds beyond its output is small
         never = len(res.live) + 1
         back = min((res.freed[u][0] for u, _ in st.held if u in res.freed and res.freed[u][1]), default=never)
         starts, ends, sizes = [], [], []
@@ -344,6 +351,10 @@ class Plan:
     thinned: bool
     card: str
     table: tuple[Candidate, ...] = ()
+    classes: tuple[str, ...] | None = None
+    """The least-recompute rule of whole classes for the same need (None: no class rule reaches it)."""
+    class_seconds: float = 0.0
+    class_predicted_peak: int = 0
 
     @property
     def step_increase(self) -> float:
@@ -364,7 +375,16 @@ class Plan:
                 f"less at the peak, predicted peak {fmt_bytes(self.predicted_peak)} (from "
                 f"{fmt_bytes(self.peak)}); +{100 * self.step_increase:.1f} % step time recomputing "
                 f"{sum(m.flops for m in self.table if m.path in self.modules) / 1e9:.1f} GFLOP by the time model "
-                f"({self.card}); {self.reason}")
+                f"({self.card}); {self.reason}{self.class_text()}")
+
+    def class_text(self) -> str:
+        if self.classes is None or set(self.classes) == set(self.checkpoint):
+            return ""
+        if not self.classes:
+            return "; no rule of whole classes reaches it"
+        return (f"; as a rule of whole classes: --checkpoint {','.join(self.classes)} (predicted peak "
+                f"{fmt_bytes(self.class_predicted_peak)}, +{100 * self.class_seconds / self.step_seconds:.1f} % step time)"
+                if self.step_seconds else "")
 
     def to_json(self) -> dict:
         return {"modules": list(self.modules), "checkpoint": list(self.checkpoint), "peak_bytes": self.peak,
@@ -372,6 +392,40 @@ class Plan:
                 "recompute_seconds": self.recompute_seconds, "step_seconds": self.step_seconds,
                 "step_time_increase": self.step_increase, "budget_bytes": self.budget, "reason": self.reason,
                 "card": self.card}
+
+
+CLASS_CHOICES = 12  # classes searched exhaustively for the class-level rule (2**12 subsets)
+
+
+def class_plan(table: list[Candidate], instances: dict[str, list[str]], need: int) -> Point | None:
+    """The least-recompute rule of whole classes (every instance that ran checkpointed) removing
+    ``need`` bytes at the peak: exhaustive over the CLASS_CHOICES classes that remove the most;
+    a class nested in another chosen one is redundant and such sets are skipped."""
+    ran = {c.path: c for c in table}
+    groups: dict[str, list[Candidate]] = {}
+    for c in table:
+        if c.own_class:
+            groups.setdefault(c.cls, []).append(c)
+    rows = sorted(((k, sum(c.saved for c in v), sum(c.seconds for c in v), {c.path for c in v}) for k, v in groups.items()
+                   if sum(c.saved for c in v) > 0), key=lambda r: -r[1])[:CLASS_CHOICES]
+
+    def nested(a: set[str], b: set[str]) -> bool:
+        return any(x.startswith(y + ".") for x in a for y in b)
+
+    best: Point | None = None
+    for mask in range(1 << len(rows)):
+        chosen = [rows[i] for i in range(len(rows)) if mask >> i & 1]
+        saved = sum(r[1] for r in chosen)
+        if saved < need:
+            continue
+        cost = sum(r[2] for r in chosen)
+        if best is not None and (cost, -saved) >= (best[1], -best[0]):
+            continue
+        if any(nested(a[3], b[3]) for a in chosen for b in chosen if a is not b):
+            continue
+        best = (saved, cost, tuple(r[0] for r in chosen))
+    del ran, instances
+    return best
 
 
 def class_rule(modules: tuple[str, ...], res_instances: dict[str, list[str]], table: list[Candidate]) -> tuple[str, ...]:
@@ -435,8 +489,14 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     if peak_t >= len(res.live) - 1 or best_reachable == 0:
         why = "the peak holds no activation that checkpointing would remove (it is not between a forward and its backward)"
     modules = tuple(sorted(pick[2], key=lambda p: list(by_path).index(p)))
+    rule = class_plan(table, res.instances, pick[0])
+    rule_peak = 0
+    if rule is not None:
+        members = [c for c in table if c.cls in rule[2] and c.own_class]
+        rule_peak = predicted_peak(res.live, members, times)[0]
     return Plan(modules, class_rule(modules, res.instances, table), peak, pred[0], pick[0], pick[1], step_seconds,
-                budget, why, thinned, card.name, tuple(table))
+                budget, why, thinned, card.name, tuple(table), None if rule is None else rule[2],
+                rule[1] if rule else 0.0, rule_peak)
 
 
 def plan(setup: Any, gpu: Any = None, budget: int | None = None) -> Plan:
@@ -457,3 +517,68 @@ def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
             f"({'as predicted' if got == p.predicted_peak else f'{(got - p.predicted_peak) / 2**20:+.1f} MiB from the prediction'})")
     info = dict(record.setup, checkpoint_plan=p.to_json())
     return replace(record, setup=info, tracker=replace(record.tracker, notes=list(record.tracker.notes) + [text]))
+
+
+# --- recommend: the plan for a card, and why the winner wins ----------------------------------------
+
+
+def _card_plan(item: tuple) -> Plan:
+    """In a worker: the plan for ``gpu`` less ``margin`` on the device total (the reserved and
+    context overhead above the peak allocation taken as the unchecked step's); where the step
+    fits already, the least-recompute plan minimising the peak (a candidate for the search)."""
+    from planner.measure.profile import report_from
+
+    setup, gpu, margin = item
+    res, record = probe(setup)
+    rep = report_from(record, "fake", setup.alloc_conf, 0.0, capacity_bytes=gpu.capacity_bytes)
+    budget = int(gpu.capacity_bytes * (1 - margin)) - (rep.device_total_bytes - rep.peak_allocated_bytes)
+    fits = rep.device_total_bytes <= gpu.capacity_bytes * (1 - margin)
+    return choose(res, record, gpu, None if fits else budget, half=setup.precision != "fp32")
+
+
+def card_plan(setup: Any, gpu: Any, margin: float) -> Plan:
+    """:func:`_card_plan` in a worker process (the user's code runs there, under the timeout)."""
+    from planner.measure import isolate
+
+    return isolate.shared().call(_card_plan, (replace(setup, checkpoint=()), gpu, margin),
+                                 lambda it: f"planning checkpoints for {it[0].label()}", warm=isolate.TRACING)
+
+
+def resolve_auto(cands: list, base: Any, gpu: Any, margin: float) -> list[str]:
+    """``recommend``'s checkpoint candidates: ``auto`` replaced by the card's per-module plan for the
+    input setup (one planning trace); candidates left with nothing to checkpoint are marked. Returns
+    the notes saying what was chosen."""
+    auto = [c for c in cands if c.setup.checkpoint == ("auto",)]
+    if not auto:
+        return []
+    p = card_plan(base, gpu, margin)
+    for c in auto:
+        c.setup = replace(c.setup, checkpoint=p.checkpoint)
+        c.changes = [f"checkpoint {p.rule()} (per-module plan)" if x == "checkpoint auto" else x for x in c.changes]
+        if not p.checkpoint:
+            c.how, c.error = "failed", "not run: checkpointing removes nothing at the peak"
+    return [p.summary()]
+
+
+def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:
+    """One line: the winner's step time against the fitting alternatives' (the time model, relative
+    to the input setup), e.g. "checkpoint Block: +18 % step time; micro-batch 2 x accumulation 2
+    would cost +31 %"."""
+    base = as_is.seconds_per_sample if as_is is not None else None
+    if best is None or not base:
+        return None
+
+    def cost(c: Any) -> str:
+        return f"{100 * (c.seconds / base - 1):+.0f} % step time"
+
+    others, seen = [], {tuple(d for d, _ in best.parts)}
+    for c in ordered:
+        dims = tuple(d for d, _ in c.parts)
+        if c is best or c.report is None or c.total > budget or dims in seen or c.seconds_per_sample is None:
+            continue
+        seen.add(dims)
+        others.append(f"{'; '.join(c.changes) or 'as is'} would cost {cost(c)}")
+        if len(others) == 3:
+            break
+    head = f"why: {'; '.join(best.changes) or 'as is'}: {cost(best)}"
+    return head + ("; " + "; ".join(others) if others else "; no other kind of change fits (verified)")

@@ -334,6 +334,9 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     t0 = time.perf_counter()
     cands = candidates(base, gpu, freeze, search_knobs, batch_default)
     budget = gpu.capacity_bytes * (1 - margin)
+    from planner.measure import ckpt_plan
+
+    plan_notes = ckpt_plan.resolve_auto(cands, base, gpu, margin)  # --checkpoint auto: the card's per-module plan
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
         # each change alone, exactly (the input itself included)
         alone = [c for c in cands if len(c.parts) <= 1]
@@ -387,9 +390,11 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     ordered = sorted(cands, key=key)
     fitting = [c for c in ordered if c.report is not None and c.total <= budget]
     stats.seconds = time.perf_counter() - t0
-    if as_is in fitting and prefer != "speed":  # it fits as it is: nothing to change; the others are only faster
+    best = as_is if as_is in fitting and prefer != "speed" else (fitting[0] if fitting else None)
+    stats.notes += plan_notes + [n for n in [ckpt_plan.why(best, ordered, as_is, budget)] if n]
+    if best is as_is:  # it fits as it is: nothing to change; the others are only faster
         return as_is, [as_is] + [c for c in ordered if c is not as_is], stats
-    return (fitting[0] if fitting else None), ordered, stats
+    return best, ordered, stats
 
 
 # --- largest size ---------------------------------------------------------------------------------
