@@ -111,3 +111,17 @@ def test_auto_when_the_peak_holds_no_activations(tmp_path):
     rec = run(StepSetup(str(path), checkpoint=("auto",)), "fake", keep_timeline=False)
     assert rec.setup["checkpoint"] == []
     assert any("nothing checkpointed" in n for n in rec.tracker.notes)
+
+
+def test_selective_checkpointing_figures_by_hand(traced):
+    """sac:NAME keeps the matmul outputs and recomputes the rest. In a Block that recomputes relu's
+    output (-524,288 B) but keeps fc1's output (256 x 512 x 4 = 524,288 B, which relu had freed)
+    and fc2's (256 x 128 x 4 = 131,072 B, freed by the residual add): +131,072 B per block at the
+    peak, predicted and traced; the chooser never takes it here."""
+    setup, res, record = traced
+    plan = ckpt_plan.choose(res, record)
+    table = {c.path: c for c in plan.table}
+    assert table["net.blocks.0"].sac_saved == table["net.blocks.1"].sac_saved == -BLOCK_OUT
+    got = run(replace(setup, checkpoint=("sac:Block",)), "fake", keep_timeline=False).tracker.peak_bytes
+    assert got - record.tracker.peak_bytes == 2 * BLOCK_OUT  # 262,144
+    assert not any(m.startswith("sac:") for m in plan.modules)

@@ -60,6 +60,35 @@ HIGH_POINTS = 512  # local maxima of L(t) where a plan's peak is checked
 DEFAULT_CARD = "A100 80GB"  # the time model's card when none is given (ratios only)
 
 
+# --- selective activation checkpointing -----------------------------------------------------------
+
+# What selective checkpointing (``sac:`` in --checkpoint) keeps: the outputs of the ops that cost
+# FLOPs (matmuls, convolutions, attention); everything else (pointwise, norms, reshapes) is
+# recomputed. torch.utils.checkpoint.create_selective_checkpoint_contexts with this policy, as in
+# torch's own example (``torch/utils/checkpoint.py`` create_selective_checkpoint_contexts docstring)
+# and the matmul/attention ops ``torch/distributed/_tools/sac_estimator.py`` treats as compute-bound.
+SAC_SAVE = frozenset((
+    "mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "_convolution", "cudnn_convolution",
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",
+    "_scaled_dot_product_flash_attention_for_cpu",
+))
+
+
+def sac_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    """MUST_SAVE for SAC_SAVE ops, PREFER_RECOMPUTE for the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    name = str(op.overloadpacket.__name__) if hasattr(op, "overloadpacket") else str(op)
+    return CheckpointPolicy.MUST_SAVE if name in SAC_SAVE else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def sac_context() -> Any:
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(sac_policy)
+
+
 # --- the probe: one trace, per module -----------------------------------------------------------
 
 
@@ -72,6 +101,8 @@ class ModuleStats:
     has_children: bool = False
     flops: int = 0
     written: int = 0
+    sac_flops: int = 0  # of the ops selective checkpointing recomputes (not in SAC_SAVE)
+    sac_written: int = 0
     calls: int = 0
     # (uid, end of the forward call that allocated it); windows are computed after the run
     held: list[tuple[int, int]] = field(default_factory=list)
@@ -82,6 +113,7 @@ class ProbeResult:
     live: list[int]  # L(t): live bytes after each op of iteration 2
     modules: dict[str, ModuleStats]
     nbytes: dict[int, int]  # uid -> rounded bytes
+    saved_op: dict[int, bool]  # uid -> made by a SAC_SAVE op (selective checkpointing keeps it)
     freed: dict[int, tuple[int, bool]]  # uid -> (op index, freed in backward)
     instances: dict[str, list[str]]  # class name -> every instance path in the networks
     flops_total: int = 0
@@ -131,7 +163,7 @@ class _Probe:
         tracker = next((md for md in _get_current_dispatch_mode_stack() if isinstance(md, LiveStorageTracker)), None)
         if tracker is None:
             raise PlannerError("--checkpoint auto: the planning trace found no storage tracker")
-        res = ProbeResult([], {}, {}, {}, self.instances)
+        res = ProbeResult([], {}, {}, {}, {}, self.instances)
         self.result = res
         frames: list[tuple[str, list[int]]] = []  # modules running forward with grad, outermost first
         outputs: dict[int, set[int]] = {}
@@ -167,6 +199,7 @@ class _Probe:
             uid = reg(st, op)
             if len(tracker.info) > before:
                 res.nbytes[uid] = tracker.info[uid].nbytes
+                res.saved_op[uid] = op in SAC_SAVE
                 for _, uids in frames:
                     uids.append(uid)
             return uid
@@ -184,10 +217,14 @@ class _Probe:
                 res.flops_total += flops
                 if frames:
                     written = sum(t.numel() * t.element_size() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+                    recomputed = str(func.overloadpacket.__name__) not in SAC_SAVE
                     for path, _ in frames:
                         st = res.modules[path]
                         st.flops += flops
                         st.written += written
+                        if recomputed:
+                            st.sac_flops += flops
+                            st.sac_written += written
                 res.live.append(tracker.current)
                 return out
 
@@ -233,9 +270,17 @@ class Candidate:
     starts: tuple[int, ...] = ()
     ends: tuple[int, ...] = ()
     sizes: tuple[int, ...] = ()
+    kept: tuple[bool, ...] = ()  # per window: made by a SAC_SAVE op (selective checkpointing keeps it)
+    sac_saved: int = 0
+    sac_seconds: float = 0.0
+    # selective checkpointing also keeps SAC_SAVE outputs the plain forward freed early (fc1's output
+    # that relu consumed): alive from their free until the backward, windows that add bytes
+    extra: tuple[tuple[int, int, int], ...] = ()
 
-    def removed_at(self, t: int) -> int:
-        return sum(b for s, e, b in zip(self.starts, self.ends, self.sizes) if s <= t < e)
+    def removed_at(self, t: int, sac: bool = False) -> int:
+        gone = sum(b for s, e, b, k in zip(self.starts, self.ends, self.sizes, self.kept)
+                   if s <= t < e and not (sac and k))
+        return gone - sum(b for s, e, b in self.extra if s <= t < e) if sac else gone
 
 
 def candidates(res: ProbeResult, seconds: Callable[[int, int], float]) -> tuple[list[Candidate], int]:
@@ -247,16 +292,21 @@ def candidates(res: ProbeResult, seconds: Callable[[int, int], float]) -> tuple[
             continue  # a torch layer alone (Linear, Conv3d, LayerNorm): what it holds beyond its output is small
         never = len(res.live) + 1
         back = min((res.freed[u][0] for u, _ in st.held if u in res.freed and res.freed[u][1]), default=never)
-        starts, ends, sizes = [], [], []
+        starts, ends, sizes, kept, extra = [], [], [], [], []
         for u, end in st.held:
-            stop = min(res.freed.get(u, (never, False))[0], back)
+            free = res.freed.get(u, (never, False))[0]
+            stop = min(free, back)
             if stop > end:
                 starts.append(end)
                 ends.append(stop)
                 sizes.append(res.nbytes[u])
+                kept.append(res.saved_op.get(u, False))
+            elif res.saved_op.get(u, False) and back < never and free < back:
+                extra.append((free, back, res.nbytes[u]))
         c = Candidate(st.path, st.cls, st.parent, st.own_class, 0, seconds(st.flops, st.written), st.flops, st.written,
-                      tuple(starts), tuple(ends), tuple(sizes))
-        out.append(replace(c, saved=c.removed_at(peak_t)))
+                      tuple(starts), tuple(ends), tuple(sizes), tuple(kept),
+                      sac_seconds=seconds(st.sac_flops, st.sac_written), extra=tuple(extra))
+        out.append(replace(c, saved=c.removed_at(peak_t), sac_saved=c.removed_at(peak_t, sac=True)))
     return out, peak_t
 
 
@@ -299,6 +349,7 @@ def frontier(cands: list[Candidate]) -> tuple[list[Point], bool]:
         c = by_path[path]
         below = merge([solve(k) for k in children.get(path, [])])
         pts = below + ([(c.saved, c.seconds, (path,))] if c.saved > 0 else [])
+        pts += [(c.sac_saved, c.sac_seconds, (SAC + path,))] if c.sac_saved > 0 else []
         f, t = _prune(pts)
         nonlocal thinned
         thinned |= t
@@ -320,11 +371,18 @@ def high_points(live: list[int]) -> list[int]:
     return sorted(peaks, key=lambda t: -live[t])[:HIGH_POINTS]
 
 
-def predicted_peak(live: list[int], chosen: list[Candidate], times: list[int]) -> tuple[int, int]:
-    """(peak, op index) of the plan over ``times``."""
+SAC = "sac:"  # --checkpoint sac:NAME: selective checkpointing of NAME (a class or a module path)
+
+
+def _members(by_path: dict[str, Candidate], names: tuple[str, ...]) -> list[tuple[Candidate, bool]]:
+    return [(by_path[n.removeprefix(SAC)], n.startswith(SAC)) for n in names]
+
+
+def predicted_peak(live: list[int], chosen: list[tuple[Candidate, bool]], times: list[int]) -> tuple[int, int]:
+    """(peak, op index) of the plan (candidates, selective or not) over ``times``."""
     best = (-1, -1)
     for t in times:
-        v = live[t] - sum(c.removed_at(t) for c in chosen)
+        v = live[t] - sum(c.removed_at(t, sac) for c, sac in chosen)
         if v > best[0]:
             best = (v, t)
     return best
@@ -369,12 +427,17 @@ class Plan:
             return f"--checkpoint auto: nothing checkpointed ({self.reason})"
         classes = [n for n in self.checkpoint if "." not in n]
         paths = [n for n in self.checkpoint if "." in n]
-        what = ", ".join([f"{sum(1 for m in self.table if m.path in self.modules and m.cls == c)} {c}" for c in classes]
-                         + paths)
+        def count(c: str) -> int:
+            prefix = SAC if c.startswith(SAC) else ""
+            return sum(1 for m in self.table if m.cls == c.removeprefix(SAC) and prefix + m.path in self.modules)
+
+        what = ", ".join([f"{count(c)} {c}" for c in classes] + paths)
+        by_path = {m.path: m for m in self.table}
+        flops = sum(by_path[n.removeprefix(SAC)].flops for n in self.modules if not n.startswith(SAC))
         return (f"--checkpoint auto: checkpoint {what} (--checkpoint {self.rule()}): {fmt_bytes(self.saved)} "
                 f"less at the peak, predicted peak {fmt_bytes(self.predicted_peak)} (from "
                 f"{fmt_bytes(self.peak)}); +{100 * self.step_increase:.1f} % step time recomputing "
-                f"{sum(m.flops for m in self.table if m.path in self.modules) / 1e9:.1f} GFLOP by the time model "
+                f"{flops / 1e9:.1f} GFLOP (whole modules) by the time model "
                 f"({self.card}); {self.reason}{self.class_text()}")
 
     def class_text(self) -> str:
@@ -431,15 +494,16 @@ def class_plan(table: list[Candidate], instances: dict[str, list[str]], need: in
 def class_rule(modules: tuple[str, ...], res_instances: dict[str, list[str]], table: list[Candidate]) -> tuple[str, ...]:
     """Class names for the user's classes every instance of which is chosen (instances that never
     ran forward with grad do not count against it), instance paths for the rest."""
-    chosen = set(modules)
-    ran = {c.path for c in table}
+    ran = {c.path: c for c in table}
     names: list[str] = []
     covered: set[str] = set()
-    for cls in dict.fromkeys(c.cls for c in table if c.path in chosen and c.own_class):
-        inst = [p for p in res_instances.get(cls, []) if p in ran]
-        if inst and all(p in chosen for p in inst):
-            names.append(cls)
-            covered |= set(inst)
+    for prefix in ("", SAC):
+        chosen = {p.removeprefix(prefix) for p in modules if p.startswith(SAC) == bool(prefix)}
+        for cls in dict.fromkeys(ran[p].cls for p in chosen if ran[p].own_class):
+            inst = [p for p in res_instances.get(cls, []) if p in ran]
+            if inst and all(p in chosen for p in inst):
+                names.append(prefix + cls)
+                covered |= {prefix + p for p in inst}
     return tuple(names) + tuple(p for p in modules if p not in covered)
 
 
@@ -475,7 +539,7 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
         pick = cheapest(front, need)
         if pick is None:
             break
-        pred = predicted_peak(res.live, [by_path[p] for p in pick[2]], times)
+        pred = predicted_peak(res.live, _members(by_path, pick[2]), times)
         if pred[0] <= goal or budget is None:
             break
         need += pred[0] - goal  # another moment is the peak now: ask for that much more at the first
@@ -483,16 +547,17 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
         best = cheapest(front, best_reachable)
         assert best is not None
         pick = best
-        pred = predicted_peak(res.live, [by_path[p] for p in pick[2]], times)
+        pred = predicted_peak(res.live, _members(by_path, pick[2]), times)
         why = (f"the budget {fmt_bytes(goal)} is out of reach by checkpointing alone (lowest predicted peak "
                f"{fmt_bytes(pred[0])}): the plan that removes the most")
     if peak_t >= len(res.live) - 1 or best_reachable == 0:
         why = "the peak holds no activation that checkpointing would remove (it is not between a forward and its backward)"
-    modules = tuple(sorted(pick[2], key=lambda p: list(by_path).index(p)))
+    order = list(by_path)
+    modules = tuple(sorted(pick[2], key=lambda p: order.index(p.removeprefix(SAC))))
     rule = class_plan(table, res.instances, pick[0])
     rule_peak = 0
     if rule is not None:
-        members = [c for c in table if c.cls in rule[2] and c.own_class]
+        members = [(c, False) for c in table if c.cls in rule[2] and c.own_class]
         rule_peak = predicted_peak(res.live, members, times)[0]
     return Plan(modules, class_rule(modules, res.instances, table), peak, pred[0], pick[0], pick[1], step_seconds,
                 budget, why, thinned, card.name, tuple(table), None if rule is None else rule[2],

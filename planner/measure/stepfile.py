@@ -344,14 +344,9 @@ def repeated_blocks(nets: dict[str, torch.nn.Module]) -> list[tuple[str, int, in
 def _checkpoint_classes(setup: StepSetup, nets: dict[str, torch.nn.Module]) -> tuple[str, ...]:
     if not setup.checkpoint:
         return ()
-    rows = repeated_blocks(nets)
-    if setup.checkpoint == ("auto",):
-        if not rows:
-            raise PlannerError("--checkpoint auto: the networks have no repeated module class of their own to "
-                               "checkpoint; name one with --checkpoint ClassName")
-        return (rows[0][0],)
+    rows = repeated_blocks(nets)  # --checkpoint auto is resolved before (run -> ckpt_plan.run_auto)
     present = {type(m).__name__ for net in nets.values() for m in net.modules()}
-    for name in setup.checkpoint:
+    for name in (n.removeprefix("sac:") for n in setup.checkpoint):
         if "." in name:
             _instance(nets, name)  # a module path: checked here, wrapped by apply_checkpointing
         elif name not in present:
@@ -369,12 +364,19 @@ def apply_checkpointing(nets: dict[str, torch.nn.Module], classes: tuple[str, ..
         checkpoint_wrapper,
     )
 
-    wrap = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    names = {n for n in classes if "." not in n}
-    ids = {id(_instance(nets, n)) for n in classes if "." in n}
-    for net in nets.values():
-        apply_activation_checkpointing(net, checkpoint_wrapper_fn=wrap,
-                                       check_fn=lambda m: type(m).__name__ in names or id(m) in ids)
+    from planner.measure.ckpt_plan import SAC, sac_context
+
+    for selective in (False, True):  # sac:NAME -- selective checkpointing (planner/measure/ckpt_plan.py)
+        chosen = [n.removeprefix(SAC) for n in classes if n.startswith(SAC) == selective]
+        if not chosen:
+            continue
+        extra = {"context_fn": sac_context} if selective else {}
+        wrap = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **extra)
+        names = {n for n in chosen if "." not in n}
+        ids = {id(_instance(nets, n)) for n in chosen if "." in n}
+        for net in nets.values():
+            apply_activation_checkpointing(net, checkpoint_wrapper_fn=wrap,
+                                           check_fn=lambda m: type(m).__name__ in names or id(m) in ids)
 
 
 def _instance(nets: dict[str, torch.nn.Module], path: str) -> torch.nn.Module:
