@@ -306,7 +306,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
                   "capped": res.capped, "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting,
                   "start": res.start, "rejected": {str(k): v for k, v in res.rejected.items()},
                   "gpu": cap, "setup": ss.to_json(), "traces": stats.traces, "cached_traces": stats.cached,
-                  "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2)}
+                  "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2),
+                  "with_allocator": stats.allocator, "notes": stats.notes}  # issue 21: --max-batch's allocator note
         if p.get("as_json"):
             _print_json(result)
             return
@@ -323,6 +324,8 @@ def recommend(p: dict[str, Any], out: Any, err: Any) -> None:
         if res.smaller_not_fitting:
             out.print(f"[yellow]note: smaller sizes that do NOT fit (memory is not monotone in the size): "
                       f"{', '.join(map(str, res.smaller_not_fitting))}[/yellow]")
+        for note in stats.notes:  # issue 21: e.g. the next micro-batch fits with expandable segments
+            out.print("note: " + note, markup=False)
         out.print("setup: " + ss.label(), markup=False)
         out.print(f"[dim]{stats.traces} traces ({stats.cached} from the cache), {stats.derived} sizes derived, "
                   f"{stats.direct} traced directly, {stats.seconds:.1f} s[/dim]")

@@ -125,3 +125,26 @@ def test_selective_checkpointing_figures_by_hand(traced):
     got = run(replace(setup, checkpoint=("sac:Block",)), "fake", keep_timeline=False).tracker.peak_bytes
     assert got - record.tracker.peak_bytes == 2 * BLOCK_OUT  # 262,144
     assert not any(m.startswith("sac:") for m in plan.modules)
+
+
+# --- --max-batch and the allocator (issue 21) ----------------------------------------------------
+
+
+def test_max_batch_says_when_expandable_segments_fit_more(traced):
+    """A card of exactly 474,000,000 B, margin 0: the tiny HEAVY step's device total with the default
+    allocator passes it between the answer and the next micro-batch; with expandable segments the
+    reserved memory follows the live tensors, the next micro-batch fits, and the search says how far
+    it goes (the answer itself stays the one for the settings given)."""
+    from planner.gpus import exact_gpu
+    from planner.measure.stepsearch import Evaluator, max_batch
+
+    setup = replace(traced[0], batch_size=None)
+    card = exact_gpu(474_000_000, "test")
+    res, stats = max_batch(setup, card, 0.0, jobs=1)
+    assert res.value >= 1 and res.report.device_total_bytes <= card.capacity_bytes
+    with Evaluator(card, 1, derive_from=1) as ev:
+        nxt = ev.report(replace(setup, batch_size=res.value + 1))
+    assert nxt.device_total_bytes > card.capacity_bytes  # the default allocator: the next does not fit
+    assert stats.allocator is not None and stats.allocator["alloc_conf"] == "expandable_segments:True"
+    assert stats.allocator["max"] > res.value and stats.allocator["device_total_bytes"] <= card.capacity_bytes
+    assert any("expandable_segments:True" in n and f"micro-batch {stats.allocator['max']} fits" in n for n in stats.notes)

@@ -85,6 +85,7 @@ class Stats:
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the search's traces show (AMP costing memory)
+    allocator: dict | None = None  # --max-batch: the larger answer with expandable segments, where there is one
 
 
 def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
@@ -404,8 +405,38 @@ def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jo
               progress: Callable[[int, int, str], None] | None = None, profile: Any = None) -> tuple[SizeSearch, Stats]:
     """The largest micro-batch (accumulation as given) whose device total fits: the built-in
     kinds' search (planner.recommend._largest: doubling, bisection, a neighbourhood re-check)."""
-    return _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
-                   Evaluator(gpu, jobs, progress, derive_from=1, profile=profile))
+    res, stats = _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
+                         Evaluator(gpu, jobs, progress, derive_from=1, profile=profile))
+    return _with_allocator(base, res, stats, gpu, margin, limit, lambda: Evaluator(gpu, jobs, progress, derive_from=1,
+                                                                                   profile=profile))
+
+
+def _with_allocator(base: StepSetup, res: SizeSearch, stats: Stats, gpu: GPU, margin: float, limit: int,
+                    evaluator: Callable[[], Evaluator]) -> tuple[SizeSearch, Stats]:
+    """Where the next micro-batch fits with expandable segments (an allocator setting: same step,
+    same speed, less reserved beyond the live tensors; planner/allocator.py), the largest that fits
+    with it, said in a note; the answer itself stays the one for the settings given."""
+    from planner.allocator import parse_alloc_conf
+
+    conf = parse_alloc_conf(base.alloc_conf or None)
+    if conf.expandable_segments or not res.value or res.capped or res.value >= limit:
+        return res, stats
+    text = replace(conf, expandable_segments=True).to_alloc_conf()
+    alt = replace(base, alloc_conf=text)
+    with evaluator() as ev:
+        try:
+            nxt = ev.report(replace(alt, batch_size=res.value + 1))
+        except PlannerError:
+            return res, stats
+    if nxt.device_total_bytes > gpu.capacity_bytes * (1 - margin):
+        return res, stats
+    more, extra = _search(lambda k: replace(alt, batch_size=k), 1, gpu, margin, limit, evaluator(), lo=res.value + 1)
+    stats.traces, stats.cached = stats.traces + extra.traces, stats.cached + extra.cached
+    if more.value and more.report is not None:
+        stats.notes.append(f"with PYTORCH_CUDA_ALLOC_CONF={text} (allocator only: same step, same speed) micro-batch "
+                           f"{more.value} fits (device_total {more.report.device_total_bytes / 2**30:.2f} GiB)")
+        stats.allocator = {"alloc_conf": text, "max": more.value, "device_total_bytes": more.report.device_total_bytes}
+    return res, stats
 
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,
