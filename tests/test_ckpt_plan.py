@@ -148,3 +148,51 @@ def test_max_batch_says_when_expandable_segments_fit_more(traced):
     assert stats.allocator is not None and stats.allocator["alloc_conf"] == "expandable_segments:True"
     assert stats.allocator["max"] > res.value and stats.allocator["device_total_bytes"] <= card.capacity_bytes
     assert any("expandable_segments:True" in n and f"micro-batch {stats.allocator['max']} fits" in n for n in stats.notes)
+
+
+# --- the tree knapsack is exact ---------------------------------------------------------------------
+
+
+def _brute(cands):
+    """Every set of modules with no module and one of its ancestors both chosen, each whole or
+    selective: (bytes removed, seconds) of each."""
+    import itertools
+
+    by = {c.path: c for c in cands}
+
+    def ancestors(p):
+        while by[p].parent is not None:
+            p = by[p].parent
+            yield p
+
+    out = []
+    for pick in itertools.product((0, 1, 2), repeat=len(cands)):  # 0 off, 1 whole, 2 selective
+        names = {c.path for c, k in zip(cands, pick) if k}
+        if any(a in names for n in names for a in ancestors(n)):
+            continue
+        out.append((sum(c.saved if k == 1 else c.sac_saved for c, k in zip(cands, pick) if k),
+                    sum(c.seconds if k == 1 else c.sac_seconds for c, k in zip(cands, pick) if k)))
+    return out
+
+
+def test_tree_knapsack_matches_brute_force_on_random_trees():
+    """Random module trees of 7 nodes (3**7 = 2,187 assignments each): the Pareto merge finds the
+    brute force's least recompute for every need."""
+    import random
+
+    rng = random.Random(21)
+    for _ in range(40):
+        cands = []
+        for i in range(7):
+            parent = None if i == 0 or rng.random() < 0.3 else f"m{rng.randrange(i)}"
+            cands.append(ckpt_plan.Candidate(f"m{i}", "C", parent, True, rng.randrange(0, 100), rng.uniform(0.1, 5), 0, 0,
+                                             sac_saved=rng.randrange(-20, 60), sac_seconds=rng.uniform(0.0, 1.0)))
+        front, thinned = ckpt_plan.frontier(cands)
+        assert not thinned
+        every = _brute(cands)
+        for need in range(0, 400, 7):
+            got = ckpt_plan.cheapest(front, need)
+            want = min((cost for saved, cost in every if saved >= need), default=None)
+            assert (got is None) == (want is None)
+            if got is not None:
+                assert got[1] == pytest.approx(want, abs=1e-9)
