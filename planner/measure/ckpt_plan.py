@@ -421,6 +421,12 @@ class Plan:
     def rule(self) -> str:
         return ",".join(self.checkpoint) if self.checkpoint else "(nothing)"
 
+    def short(self) -> str:
+        """The rule's classes and how many single modules besides (a table cell)."""
+        classes = [n for n in self.checkpoint if "." not in n]
+        rest = len(self.checkpoint) - len(classes)
+        return ",".join(classes) + (f"{' + ' if classes else ''}{rest} module{'s' if rest != 1 else ''}" if rest else "")
+
     def summary(self) -> str:
         """One line: what was chosen and why."""
         if not self.modules:
@@ -458,6 +464,7 @@ class Plan:
 
 
 CLASS_CHOICES = 12  # classes searched exhaustively for the class-level rule (2**12 subsets)
+CLASS_SLACK = 0.02  # a rule of whole classes is applied when it recomputes at most 2 % of the step more
 
 
 def class_plan(table: list[Candidate], instances: dict[str, list[str]], need: int) -> Point | None:
@@ -559,6 +566,15 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     if rule is not None:
         members = [(c, False) for c in table if c.cls in rule[2] and c.own_class]
         rule_peak = predicted_peak(res.live, members, times)[0]
+        if (rule[2] and rule[1] <= pick[1] + CLASS_SLACK * step_seconds and rule_peak <= max(goal, pred[0])
+                and set(rule[2]) != set(class_rule(modules, res.instances, table))):
+            # the rule users write down, nearly as cheap: applied instead of the instance list
+            why += (f"; the rule of whole classes is applied: it recomputes at most {CLASS_SLACK:.0%} of the step more "
+                    f"than the per-instance plan ({len(modules)} modules, "
+                    f"{sum(1 for m in modules if m.startswith(SAC))} of them selective: "
+                    f"+{100 * pick[1] / step_seconds:.1f} %)")
+            modules = tuple(c.path for c, _ in members)
+            pick, pred = (rule[0], rule[1], modules), (rule_peak, pred[1])
     return Plan(modules, class_rule(modules, res.instances, table), peak, pred[0], pick[0], pick[1], step_seconds,
                 budget, why, thinned, card.name, tuple(table), None if rule is None else rule[2],
                 rule[1] if rule else 0.0, rule_peak)
@@ -619,7 +635,7 @@ def resolve_auto(cands: list, base: Any, gpu: Any, margin: float) -> list[str]:
     p = card_plan(base, gpu, margin)
     for c in auto:
         c.setup = replace(c.setup, checkpoint=p.checkpoint)
-        c.changes = [f"checkpoint {p.rule()} (per-module plan)" if x == "checkpoint auto" else x for x in c.changes]
+        c.changes = [f"checkpoint {p.short()} (per-module plan)" if x == "checkpoint auto" else x for x in c.changes]
         if not p.checkpoint:
             c.how, c.error = "failed", "not run: checkpointing removes nothing at the peak"
     return [p.summary()]
