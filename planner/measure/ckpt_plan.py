@@ -611,6 +611,11 @@ def _card_plan(item: tuple) -> Plan:
 
     setup, gpu, margin = item
     res, record = probe(setup)
+    from planner.measure import traces
+
+    # the planning trace is the unchecked step's own trace (the probe only watches): cached as such,
+    # so the search's "as is" candidate does not trace it again
+    traces._store(setup, replace(record, tracker=replace(record.tracker, timeline=[])))
     rep = report_from(record, "fake", setup.alloc_conf, 0.0, capacity_bytes=gpu.capacity_bytes)
     budget = int(gpu.capacity_bytes * (1 - margin)) - (rep.device_total_bytes - rep.peak_allocated_bytes)
     fits = rep.device_total_bytes <= gpu.capacity_bytes * (1 - margin)
@@ -632,7 +637,8 @@ def resolve_auto(cands: list, base: Any, gpu: Any, margin: float) -> list[str]:
     auto = [c for c in cands if c.setup.checkpoint == ("auto",)]
     if not auto:
         return []
-    p = card_plan(base, gpu, margin)
+    as_is = next((c.setup for c in cands if not c.parts), base)
+    p = card_plan(as_is, gpu, margin)
     for c in auto:
         c.setup = replace(c.setup, checkpoint=p.checkpoint)
         c.changes = [f"checkpoint {p.short()} (per-module plan)" if x == "checkpoint auto" else x for x in c.changes]
