@@ -378,14 +378,33 @@ def _members(by_path: dict[str, Candidate], names: tuple[str, ...]) -> list[tupl
     return [(by_path[n.removeprefix(SAC)], n.startswith(SAC)) for n in names]
 
 
-def predicted_peak(live: list[int], chosen: list[tuple[Candidate, bool]], times: list[int]) -> tuple[int, int]:
-    """(peak, op index) of the plan (candidates, selective or not) over ``times``."""
-    best = (-1, -1)
-    for t in times:
-        v = live[t] - sum(c.removed_at(t, sac) for c, sac in chosen)
-        if v > best[0]:
-            best = (v, t)
-    return best
+def predicted_peak(live: list[int], chosen: list[tuple[Candidate, bool]], times: list[int],
+                   cache: dict | None = None) -> tuple[int, int]:
+    """(peak, op index) of the plan (candidates, selective or not) over ``times``; ``cache`` keeps
+    each candidate's removed bytes at ``times`` between calls on the same times."""
+    import numpy as np
+
+    cache = {} if cache is None else cache
+    at = np.asarray(times, dtype=np.int64)
+    level = np.asarray([live[t] for t in times], dtype=np.int64)
+    for c, sac in chosen:
+        key = (c.path, sac)
+        if key not in cache:
+            removed = np.zeros(len(times), dtype=np.int64)
+            rows = [(s, e, b) for s, e, b, k in zip(c.starts, c.ends, c.sizes, c.kept) if not (sac and k)]
+            if rows:
+                s_, e_, b_ = (np.asarray(x, dtype=np.int64)[:, None] for x in zip(*rows))
+                removed += (((s_ <= at) & (at < e_)) * b_).sum(axis=0)
+            if sac and c.extra:
+                s_, e_, b_ = (np.asarray(x, dtype=np.int64)[:, None] for x in zip(*c.extra))
+                removed -= (((s_ <= at) & (at < e_)) * b_).sum(axis=0)
+            cache[key] = removed
+        level = level - cache[key]
+    i = int(level.argmax())
+    return int(level[i]), times[i]
+
+
+MIN_PEAK_SAMPLES = 128  # frontier points whose peak is predicted when minimising the peak
 
 
 # --- the plan ---------------------------------------------------------------------------------------
@@ -532,11 +551,23 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     by_path = {c.path: c for c in table}
     times = high_points(res.live)
     best_reachable = max(p[0] for p in front)
+    cache: dict = {}
     if budget is None:
-        need = max(0, best_reachable - int(NEAR_MIN * peak))
-        goal = peak - need
-        why = (f"no card given: the least recompute within {NEAR_MIN:.0%} of the lowest peak checkpointing "
-               f"reaches at the traced peak ({fmt_bytes(peak - best_reachable)})")
+        # the lowest predicted peak over (a sample of) the frontier, then the cheapest point within
+        # NEAR_MIN of it; the frontier is by recompute ascending
+        n = len(front)
+        sample = front if n <= MIN_PEAK_SAMPLES else [front[round(i * (n - 1) / (MIN_PEAK_SAMPLES - 1))]
+                                                      for i in range(MIN_PEAK_SAMPLES)]
+        preds = [predicted_peak(res.live, _members(by_path, p[2]), times, cache)[0] for p in sample]
+        low = min(preds)
+        first = next(p for p, v in zip(sample, preds) if v <= low + NEAR_MIN * peak)
+        need, goal = first[0], peak
+        why = (f"no card given: the least recompute within {NEAR_MIN:.0%} of the peak of the lowest predicted peak "
+               f"({fmt_bytes(low)})")
+        if low >= peak:
+            need = 0
+            why = ("no card given, and no plan lowers the predicted peak (another moment, or the recomputation "
+                   "itself, reaches it again)")
     else:
         need, goal = max(0, peak - budget), budget
         why = f"the least recompute that brings the peak to {fmt_bytes(budget)}"
@@ -546,7 +577,7 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
         pick = cheapest(front, need)
         if pick is None:
             break
-        pred = predicted_peak(res.live, _members(by_path, pick[2]), times)
+        pred = predicted_peak(res.live, _members(by_path, pick[2]), times, cache)
         if pred[0] <= goal or budget is None:
             break
         need += pred[0] - goal  # another moment is the peak now: ask for that much more at the first
@@ -554,7 +585,7 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
         best = cheapest(front, best_reachable)
         assert best is not None
         pick = best
-        pred = predicted_peak(res.live, _members(by_path, pick[2]), times)
+        pred = predicted_peak(res.live, _members(by_path, pick[2]), times, cache)
         why = (f"the budget {fmt_bytes(goal)} is out of reach by checkpointing alone (lowest predicted peak "
                f"{fmt_bytes(pred[0])}): the plan that removes the most")
     if peak_t >= len(res.live) - 1 or best_reachable == 0:
@@ -565,11 +596,14 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     rule_peak = 0
     if rule is not None:
         members = [(c, False) for c in table if c.cls in rule[2] and c.own_class]
-        rule_peak = predicted_peak(res.live, members, times)[0]
-        if (rule[2] and rule[1] <= pick[1] + CLASS_SLACK * step_seconds and rule_peak <= max(goal, pred[0])
-                and set(rule[2]) != set(class_rule(modules, res.instances, table))):
+        rule_peak = predicted_peak(res.live, members, times, cache)[0]
+        near = rule[1] <= pick[1] + CLASS_SLACK * step_seconds and (
+            rule_peak <= max(goal, pred[0]) if budget is not None else rule_peak <= pred[0] + NEAR_MIN * peak)
+        lower = budget is None and rule_peak < pred[0] - NEAR_MIN * peak  # minimising: a lower peak wins
+        if rule[2] and (near or lower) and set(rule[2]) != set(class_rule(modules, res.instances, table)):
             # the rule users write down, nearly as cheap: applied instead of the instance list
-            why += (f"; the rule of whole classes is applied: it recomputes at most {CLASS_SLACK:.0%} of the step more "
+            why += (f"; the rule of whole classes is applied: {'its predicted peak is lower' if lower else ''}"
+                    f"{'' if lower else f'it recomputes at most {CLASS_SLACK:.0%} of the step more'} "
                     f"than the per-instance plan ({len(modules)} modules, "
                     f"{sum(1 for m in modules if m.startswith(SAC))} of them selective: "
                     f"+{100 * pick[1] / step_seconds:.1f} %)")
