@@ -85,6 +85,7 @@ def _milp_available() -> bool:
 
 
 def plans(names: tuple[str, ...] | None) -> tuple[list[dict], bool]:
+    from planner.errors import PlannerError
     from planner.measure import ckpt_plan
     from planner.measure.stepfile import run
     from planner.steps import StepSetup
@@ -129,7 +130,11 @@ def plans(names: tuple[str, ...] | None) -> tuple[list[dict], bool]:
                    "reference_modules": list(ref_mods), "same_subset_exact": exact, "probe_seconds": round(probe_s, 1)}
             if f == 0.5 and mine is not None:
                 ck = ckpt_plan.class_rule(tuple(mine[2]), res.instances, table)
-                traced = run(replace(setup, checkpoint=ck), "fake", keep_timeline=False).tracker.peak_bytes
+                try:
+                    traced = run(replace(setup, checkpoint=ck), "fake", keep_timeline=False).tracker.peak_bytes
+                except PlannerError as exc:
+                    traced = -1
+                    print(f"  {name}: the plan's trace failed: {str(exc)[:200]}")
                 pred = ckpt_plan.predicted_peak(res.live, ckpt_plan._members({c.path: c for c in table}, mine[2]),
                                                 ckpt_plan.high_points(res.live))[0]
                 row.update(predicted_peak=pred, traced_peak=traced, peak=record.tracker.peak_bytes)

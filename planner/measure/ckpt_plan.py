@@ -198,10 +198,16 @@ class _Probe:
             before = len(tracker.info)
             uid = reg(st, op)
             if len(tracker.info) > before:
-                res.nbytes[uid] = tracker.info[uid].nbytes
+                nbytes = res.nbytes[uid] = tracker.info[uid].nbytes
                 res.saved_op[uid] = op in SAC_SAVE
-                for _, uids in frames:
+                for path, uids in frames:
                     uids.append(uid)
+                    # the bytes the time model counts as written: allocations, as seconds_per_sample
+                    # sums them (views write nothing)
+                    st = res.modules[path]
+                    st.written += nbytes
+                    if op not in SAC_SAVE:
+                        st.sac_written += nbytes
             return uid
 
         def release(key: int, uid: int) -> None:
@@ -215,16 +221,13 @@ class _Probe:
                 formula = flop_registry.get(func._overloadpacket)
                 flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
                 res.flops_total += flops
-                if frames:
-                    written = sum(t.numel() * t.element_size() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+                if frames and flops:
                     recomputed = str(func.overloadpacket.__name__) not in SAC_SAVE
                     for path, _ in frames:
                         st = res.modules[path]
                         st.flops += flops
-                        st.written += written
                         if recomputed:
                             st.sac_flops += flops
-                            st.sac_written += written
                 res.live.append(tracker.current)
                 return out
 
@@ -533,8 +536,10 @@ def class_rule(modules: tuple[str, ...], res_instances: dict[str, list[str]], ta
     return tuple(names) + tuple(p for p in modules if p not in covered)
 
 
-def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = None, half: bool = False) -> Plan:
-    """The plan for ``budget`` bytes of peak allocation (None: minimise the peak)."""
+def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = None, half: bool = False,
+           selective: bool = True) -> Plan:
+    """The plan for ``budget`` bytes of peak allocation (None: minimise the peak); ``selective``:
+    selective checkpointing among the candidates."""
     from planner.analytic.cost import roofline_seconds
     from planner.gpus import parse_gpu
 
@@ -546,6 +551,8 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     written = sum(d for _, d in record.events[record.iteration2_start:] if d > 0)
     step_seconds = secs(res.flops_total, written)
     table, peak_t = candidates(res, secs)
+    if not selective:
+        table = [replace(c, sac_saved=0) for c in table]
     peak = res.live[peak_t]
     front, thinned = frontier(table)
     by_path = {c.path: c for c in table}
@@ -614,22 +621,28 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
                 rule[1] if rule else 0.0, rule_peak)
 
 
-def plan(setup: Any, gpu: Any = None, budget: int | None = None) -> Plan:
-    """Trace ``setup`` once without checkpointing and choose (see :func:`choose`)."""
-    res, record = probe(setup)
-    return choose(res, record, gpu, budget, half=setup.precision != "fp32")
-
-
 def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
     """``stepfile.run`` for ``--checkpoint auto``: the plan without a card, then the plan traced
     (its verification); the record's notes say what was chosen and what the trace found."""
     from planner.measure.stepfile import run
 
-    p = plan(setup)
-    record = run(replace(setup, checkpoint=p.checkpoint), backend, **kw)
+    res, probed = probe(setup)
+    p = choose(res, probed, half=setup.precision != "fp32")
+    fallback = ""
+    try:
+        record = run(replace(setup, checkpoint=p.checkpoint), backend, **kw)
+    except PlannerError as exc:
+        if not any(n.startswith(SAC) for n in p.checkpoint):
+            raise
+        # selective checkpointing replays the forward's op stream; where the traced step's does not
+        # replay (seen: autocast's casts on ldm_stage1), the plan is made without it
+        fallback = f"; selective checkpointing failed in the trace ({str(exc)[:160]}), planned without it"
+        p = choose(res, probed, half=setup.precision != "fp32", selective=False)
+        record = run(replace(setup, checkpoint=p.checkpoint), backend, **kw)
     got = record.tracker.peak_bytes
     text = (p.summary() + f"; traced with it: peak {fmt_bytes(got)} "
-            f"({'as predicted' if got == p.predicted_peak else f'{(got - p.predicted_peak) / 2**20:+.1f} MiB from the prediction'})")
+            f"({'as predicted' if got == p.predicted_peak else f'{(got - p.predicted_peak) / 2**20:+.1f} MiB from the prediction'})"
+            + fallback)
     info = dict(record.setup, checkpoint_plan=p.to_json())
     return replace(record, setup=info, tracker=replace(record.tracker, notes=list(record.tracker.notes) + [text]))
 
@@ -653,7 +666,15 @@ def _card_plan(item: tuple) -> Plan:
     rep = report_from(record, "fake", setup.alloc_conf, 0.0, capacity_bytes=gpu.capacity_bytes)
     budget = int(gpu.capacity_bytes * (1 - margin)) - (rep.device_total_bytes - rep.peak_allocated_bytes)
     fits = rep.device_total_bytes <= gpu.capacity_bytes * (1 - margin)
-    return choose(res, record, gpu, None if fits else budget, half=setup.precision != "fp32")
+    p = choose(res, record, gpu, None if fits else budget, half=setup.precision != "fp32")
+    if p.checkpoint and any(n.startswith(SAC) for n in p.checkpoint):
+        # traced here (and cached: the search's own candidate); where selective checkpointing does not
+        # replay in the trace (see run_auto), planned without it
+        try:
+            traces._traced((replace(setup, checkpoint=p.checkpoint), True))
+        except PlannerError:
+            p = choose(res, record, gpu, None if fits else budget, half=setup.precision != "fp32", selective=False)
+    return p
 
 
 def card_plan(setup: Any, gpu: Any, margin: float) -> Plan:
