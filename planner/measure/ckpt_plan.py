@@ -621,24 +621,40 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
                 rule[1] if rule else 0.0, rule_peak)
 
 
+SAC_TOLERANCE = 0.02  # a selective plan traced more than 2 % of the peak above its prediction is replaced
+
+
+def verified(p: Plan, replan: Callable[[], Plan], trace: Callable[[Plan], Any]) -> tuple[Plan, Any, str]:
+    """The plan traced (``trace(plan)`` -> StepRecord). A plan with selective checkpointing whose
+    trace fails (torch's SAC cache replays the forward's op stream; seen to miss an autocast
+    ``_to_copy`` on ldm_stage1) or peaks more than SAC_TOLERANCE of the peak above its prediction
+    (the selective model is the rougher one) is replaced by ``replan()`` (without it) and traced.
+    Returns (plan, record, what happened)."""
+    selective = any(n.startswith(SAC) for n in p.checkpoint)
+    try:
+        record = trace(p)
+    except PlannerError as exc:
+        if not selective:
+            raise
+        why = f"selective checkpointing failed in the trace ({str(exc)[:160]})"
+    else:
+        got = record.tracker.peak_bytes
+        if not selective or got <= p.predicted_peak + SAC_TOLERANCE * p.peak:
+            return p, record, ""
+        why = f"the selective plan traced at {fmt_bytes(got)}, over its prediction {fmt_bytes(p.predicted_peak)}"
+    p = replan()
+    return p, trace(p), f"; {why}: planned without selective checkpointing"
+
+
 def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
     """``stepfile.run`` for ``--checkpoint auto``: the plan without a card, then the plan traced
     (its verification); the record's notes say what was chosen and what the trace found."""
     from planner.measure.stepfile import run
 
     res, probed = probe(setup)
-    p = choose(res, probed, half=setup.precision != "fp32")
-    fallback = ""
-    try:
-        record = run(replace(setup, checkpoint=p.checkpoint), backend, **kw)
-    except PlannerError as exc:
-        if not any(n.startswith(SAC) for n in p.checkpoint):
-            raise
-        # selective checkpointing replays the forward's op stream; where the traced step's does not
-        # replay (seen: autocast's casts on ldm_stage1), the plan is made without it
-        fallback = f"; selective checkpointing failed in the trace ({str(exc)[:160]}), planned without it"
-        p = choose(res, probed, half=setup.precision != "fp32", selective=False)
-        record = run(replace(setup, checkpoint=p.checkpoint), backend, **kw)
+    half = setup.precision != "fp32"
+    p, record, fallback = verified(choose(res, probed, half=half), lambda: choose(res, probed, half=half, selective=False),
+                                   lambda q: run(replace(setup, checkpoint=q.checkpoint), backend, **kw))
     got = record.tracker.peak_bytes
     text = (p.summary() + f"; traced with it: peak {fmt_bytes(got)} "
             f"({'as predicted' if got == p.predicted_peak else f'{(got - p.predicted_peak) / 2**20:+.1f} MiB from the prediction'})"
@@ -666,14 +682,12 @@ def _card_plan(item: tuple) -> Plan:
     rep = report_from(record, "fake", setup.alloc_conf, 0.0, capacity_bytes=gpu.capacity_bytes)
     budget = int(gpu.capacity_bytes * (1 - margin)) - (rep.device_total_bytes - rep.peak_allocated_bytes)
     fits = rep.device_total_bytes <= gpu.capacity_bytes * (1 - margin)
-    p = choose(res, record, gpu, None if fits else budget, half=setup.precision != "fp32")
-    if p.checkpoint and any(n.startswith(SAC) for n in p.checkpoint):
-        # traced here (and cached: the search's own candidate); where selective checkpointing does not
-        # replay in the trace (see run_auto), planned without it
-        try:
-            traces._traced((replace(setup, checkpoint=p.checkpoint), True))
-        except PlannerError:
-            p = choose(res, record, gpu, None if fits else budget, half=setup.precision != "fp32", selective=False)
+    half = setup.precision != "fp32"
+    p = choose(res, record, gpu, None if fits else budget, half=half)
+    if any(n.startswith(SAC) for n in p.checkpoint):
+        # a selective plan is traced here (and cached: it is the search's own candidate), see verified
+        p, _, _ = verified(p, lambda: choose(res, record, gpu, None if fits else budget, half=half, selective=False),
+                           lambda q: traces._traced((replace(setup, checkpoint=q.checkpoint), True)))
     return p
 
 
