@@ -684,6 +684,8 @@ def _card_plan(item: tuple) -> Plan:
     fits = rep.device_total_bytes <= gpu.capacity_bytes * (1 - margin)
     half = setup.precision != "fp32"
     p = choose(res, record, gpu, None if fits else budget, half=half)
+    if fits:
+        p = replace(p, reason=p.reason.replace("no card given", f"the step fits {gpu.name} as is, so for the search"))
     if any(n.startswith(SAC) for n in p.checkpoint):
         # a selective plan is traced here (and cached: it is the search's own candidate), see verified
         p, _, _ = verified(p, lambda: choose(res, record, gpu, None if fits else budget, half=half, selective=False),
