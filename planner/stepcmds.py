@@ -74,6 +74,10 @@ def step_setup(p: dict[str, Any]) -> StepSetup:
             raise PlannerError("--checkpoint: 'auto' stands alone (valid: auto or ClassName[,ClassName])")
     elif ckpt_flag:
         checkpoint = ("auto",)
+    if checkpoint == ("auto",) and p.get("gpu") and not p.get("max_gpus"):  # issue 21: auto plans for the card
+        from planner.measure.ckpt_plan import auto_for_card
+
+        checkpoint = auto_for_card(p["gpu"], 0.05 if p.get("margin") is None else p["margin"])
     knobs: dict[str, Any] = {}
     for text in p.get("knob") or []:
         name, value = parse_knob(text)

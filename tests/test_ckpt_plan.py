@@ -196,3 +196,17 @@ def test_tree_knapsack_matches_brute_force_on_random_trees():
             assert (got is None) == (want is None)
             if got is not None:
                 assert got[1] == pytest.approx(want, abs=1e-9)
+
+
+def test_auto_with_a_card_plans_for_its_budget(traced):
+    """--checkpoint auto --gpu: ``auto:BYTES`` (the device total to reach) carried to the trace. A total
+    0.5 MiB below the unchecked step's needs 524,288 B removed at the peak (the allocator and context
+    overhead taken as the unchecked step's): one Block is the least recompute."""
+    from planner.measure.profile import report_from
+
+    setup, _, record = traced
+    total = report_from(record, "fake", "", 0.0).device_total_bytes
+    rec = run(replace(setup, checkpoint=(f"auto:{total - RELU_OUT}",)), "fake", keep_timeline=False)
+    assert rec.setup["checkpoint_plan"]["saved_bytes"] == RELU_OUT
+    assert rec.setup["checkpoint"] in (["net.blocks.0"], ["net.blocks.1"])
+    assert ckpt_plan.auto_for_card("exact:1GiB", 0.25) == (f"auto:{int(2**30 * 0.75)}",)

@@ -646,14 +646,40 @@ def verified(p: Plan, replan: Callable[[], Plan], trace: Callable[[Plan], Any]) 
     return p, trace(p), f"; {why}: planned without selective checkpointing"
 
 
+def auto_for_card(gpu_text: str, margin: float) -> tuple[str, ...]:
+    """``--checkpoint auto`` with ``--gpu``: ``auto:BYTES``, the card's capacity less the margin
+    (the device total the plan must reach), carried in the setup to the trace."""
+    from planner.gpus import parse_gpu
+
+    return (f"auto:{int(parse_gpu(gpu_text).capacity_bytes * (1 - margin))}",)
+
+
+def _budget(setup: Any, record: Any, total: int, capacity: int | None = None) -> tuple[int | None, bool]:
+    """(peak-allocation budget, fits as is) for ``total`` bytes of device total: the reserved and
+    context overhead above the peak allocation taken as the unchecked step's."""
+    from planner.measure.profile import report_from
+
+    rep = report_from(record, "fake", setup.alloc_conf, 0.0, capacity_bytes=capacity)
+    fits = rep.device_total_bytes <= total
+    return (None if fits else total - (rep.device_total_bytes - rep.peak_allocated_bytes)), fits
+
+
 def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
-    """``stepfile.run`` for ``--checkpoint auto``: the plan without a card, then the plan traced
-    (its verification); the record's notes say what was chosen and what the trace found."""
+    """``stepfile.run`` for ``--checkpoint auto`` (``auto:BYTES``: for that device total): the plan,
+    then the plan traced (its verification); the record's notes say what was chosen and what the
+    trace found."""
     from planner.measure.stepfile import run
 
+    total = int(setup.checkpoint[0][5:]) if setup.checkpoint[0].startswith("auto:") else None
     res, probed = probe(setup)
     half = setup.precision != "fp32"
-    p, record, fallback = verified(choose(res, probed, half=half), lambda: choose(res, probed, half=half, selective=False),
+    budget, fits = _budget(setup, probed, total) if total is not None else (None, False)
+
+    def plan(selective: bool = True) -> Plan:
+        p = choose(res, probed, None, budget, half=half, selective=selective)
+        return replace(p, reason=p.reason.replace("no card given", f"it fits {fmt_bytes(total)} as is")) if fits else p
+
+    p, record, fallback = verified(plan(), lambda: plan(False),
                                    lambda q: run(replace(setup, checkpoint=q.checkpoint), backend, **kw))
     got = record.tracker.peak_bytes
     text = (p.summary() + f"; traced with it: peak {fmt_bytes(got)} "
@@ -670,8 +696,6 @@ def _card_plan(item: tuple) -> Plan:
     """In a worker: the plan for ``gpu`` less ``margin`` on the device total (the reserved and
     context overhead above the peak allocation taken as the unchecked step's); where the step
     fits already, the least-recompute plan minimising the peak (a candidate for the search)."""
-    from planner.measure.profile import report_from
-
     setup, gpu, margin = item
     res, record = probe(setup)
     from planner.measure import traces
@@ -679,16 +703,14 @@ def _card_plan(item: tuple) -> Plan:
     # the planning trace is the unchecked step's own trace (the probe only watches): cached as such,
     # so the search's "as is" candidate does not trace it again
     traces._store(setup, replace(record, tracker=replace(record.tracker, timeline=[])))
-    rep = report_from(record, "fake", setup.alloc_conf, 0.0, capacity_bytes=gpu.capacity_bytes)
-    budget = int(gpu.capacity_bytes * (1 - margin)) - (rep.device_total_bytes - rep.peak_allocated_bytes)
-    fits = rep.device_total_bytes <= gpu.capacity_bytes * (1 - margin)
+    budget, fits = _budget(setup, record, int(gpu.capacity_bytes * (1 - margin)), gpu.capacity_bytes)
     half = setup.precision != "fp32"
-    p = choose(res, record, gpu, None if fits else budget, half=half)
+    p = choose(res, record, gpu, budget, half=half)
     if fits:
         p = replace(p, reason=p.reason.replace("no card given", f"the step fits {gpu.name} as is, so for the search"))
     if any(n.startswith(SAC) for n in p.checkpoint):
         # a selective plan is traced here (and cached: it is the search's own candidate), see verified
-        p, _, _ = verified(p, lambda: choose(res, record, gpu, None if fits else budget, half=half, selective=False),
+        p, _, _ = verified(p, lambda: choose(res, record, gpu, budget, half=half, selective=False),
                            lambda q: traces._traced((replace(setup, checkpoint=q.checkpoint), True)))
     return p
 

@@ -488,7 +488,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     )
     from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device, describe, swappable_fake_params
 
-    if setup.checkpoint == ("auto",):  # the per-module plan (planner/measure/ckpt_plan.py), then traced
+    if setup.checkpoint and setup.checkpoint[0].split(":")[0] == "auto":  # the per-module plan (ckpt_plan.py), traced
         from planner.measure.ckpt_plan import run_auto
 
         return run_auto(setup, backend, progress=progress, keep_timeline=keep_timeline, count_flops=count_flops,
