@@ -191,11 +191,12 @@ def test_tree_knapsack_matches_brute_force_on_random_trees():
         assert not thinned
         every = _brute(cands)
         for need in range(0, 400, 7):
-            got = ckpt_plan.cheapest(front, need)
             want = min((cost for saved, cost in every if saved >= need), default=None)
-            assert (got is None) == (want is None)
-            if got is not None:
-                assert got[1] == pytest.approx(want, abs=1e-9)
+            # the whole frontier, and the one capped at the need (bytes beyond it count as the need)
+            for got in (ckpt_plan.cheapest(front, need), ckpt_plan.cheapest(ckpt_plan.frontier(cands, need)[0], need)):
+                assert (got is None) == (want is None)
+                if got is not None:
+                    assert got[1] == pytest.approx(want, abs=1e-9)
 
 
 def test_auto_with_a_card_plans_for_its_budget(traced):

@@ -29,7 +29,8 @@ The choice is a knapsack over the module tree (a module and one of its ancestors
 chosen: the ancestor's checkpoint already recomputes it): least recompute seconds such that the
 bytes removed at the peak reach what the budget needs. It is solved exactly by merging Pareto
 frontiers (bytes removed, seconds) bottom-up; a frontier of more than ``FRONTIER`` points is
-thinned to ``FRONTIER`` evenly spaced ones (said in the plan when it happens). The prediction is
+thinned to ``FRONTIER`` points on an even grid of bytes (said in the plan when it happens); for a
+budget, bytes beyond the need count as the need, which keeps most frontiers small. The prediction is
 then checked at the trace's other high points, and the need raised by any excess (another
 moment may become the peak), up to ``ROUNDS`` times. The plan is verified by tracing it.
 
@@ -318,22 +319,30 @@ def candidates(res: ProbeResult, seconds: Callable[[int, int], float]) -> tuple[
 Point = tuple[int, float, tuple[str, ...]]  # (bytes removed at the peak, recompute seconds, modules)
 
 
-def _prune(points: list[Point]) -> tuple[list[Point], bool]:
-    """The Pareto frontier (more bytes for less time), by bytes ascending; thinned to FRONTIER."""
+def _prune(points: list[Point], cap: int | None = None) -> tuple[list[Point], bool]:
+    """The Pareto frontier (more bytes for less time), by bytes ascending. With ``cap`` (the bytes
+    a query needs), bytes beyond it count as ``cap``: every point reaching it collapses into the
+    cheapest, which keeps the answer for that need exact. Beyond FRONTIER points it is thinned on
+    an even grid of bytes, keeping each cell's cheapest and largest point."""
     best: list[Point] = []
-    for p in sorted(points, key=lambda p: (-p[0], p[1], len(p[2]))):
+    for p in sorted(points, key=lambda p: (-min(p[0], cap) if cap is not None else -p[0], p[1], len(p[2]))):
         if not best or p[1] < best[-1][1]:
             best.append(p)
     best.reverse()
     if len(best) <= FRONTIER:
         return best, False
-    step = (len(best) - 1) / (FRONTIER - 1)
-    return [best[round(i * step)] for i in range(FRONTIER)], True
+    top = best[-1][0] if cap is None else min(best[-1][0], cap)
+    width = max(1, top // (FRONTIER // 2))
+    cells: dict[int, list[Point]] = {}
+    for p in best:
+        cells.setdefault(min(p[0], top) // width, []).append(p)
+    kept = sorted({q for c in cells.values() for q in (c[0], c[-1])}, key=lambda p: p[0])
+    return kept, True
 
 
-def frontier(cands: list[Candidate]) -> tuple[list[Point], bool]:
+def frontier(cands: list[Candidate], cap: int | None = None) -> tuple[list[Point], bool]:
     """The module tree's Pareto frontier: each module either checkpointed itself or left to its
-    children's choices."""
+    children's choices (``cap``: see :func:`_prune`)."""
     by_path = {c.path: c for c in cands}
     children: dict[str | None, list[str]] = {}
     for c in cands:
@@ -344,7 +353,7 @@ def frontier(cands: list[Candidate]) -> tuple[list[Point], bool]:
         nonlocal thinned
         acc: list[Point] = [(0, 0.0, ())]
         for f in fronts:
-            acc, t = _prune([(a[0] + b[0], a[1] + b[1], a[2] + b[2]) for a in acc for b in f])
+            acc, t = _prune([(a[0] + b[0], a[1] + b[1], a[2] + b[2]) for a in acc for b in f], cap)
             thinned |= t
         return acc
 
@@ -353,7 +362,7 @@ def frontier(cands: list[Candidate]) -> tuple[list[Point], bool]:
         below = merge([solve(k) for k in children.get(path, [])])
         pts = below + ([(c.saved, c.seconds, (path,))] if c.saved > 0 else [])
         pts += [(c.sac_saved, c.sac_seconds, (SAC + path,))] if c.sac_saved > 0 else []
-        f, t = _prune(pts)
+        f, t = _prune(pts, cap)
         nonlocal thinned
         thinned |= t
         return f
@@ -581,7 +590,9 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     pick: Point | None = (0, 0.0, ())
     pred = (peak, peak_t)
     for _ in range(ROUNDS):
-        pick = cheapest(front, need)
+        query, thin = (front, False) if budget is None else frontier(table, need)
+        thinned |= thin
+        pick = cheapest(query, need)
         if pick is None:
             break
         pred = predicted_peak(res.live, _members(by_path, pick[2]), times, cache)
