@@ -753,8 +753,8 @@ def resolve_auto(cands: list, base: Any, gpu: Any, margin: float) -> list[str]:
 
 def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:
     """One line: the winner's step time against the fitting alternatives' (the time model, relative
-    to the input setup), e.g. "checkpoint Block: +18 % step time; micro-batch 2 x accumulation 2
-    would cost +31 %"."""
+    to the input setup), e.g. "chosen micro-batch 2 x accumulation 2: +1 % step time | fitting
+    alternatives: checkpoint Block (per-module plan): +24 % step time | ..."."""
     base = as_is.seconds_per_sample if as_is is not None else None
     if best is None or not base:
         return None
@@ -768,8 +768,8 @@ def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:
         if c is best or c.report is None or c.total > budget or dims in seen or c.seconds_per_sample is None:
             continue
         seen.add(dims)
-        others.append(f"{'; '.join(c.changes) or 'as is'} would cost {cost(c)}")
+        others.append(f"{'; '.join(c.changes) or 'as is'}: {cost(c)}")
         if len(others) == 3:
             break
-    head = f"why: {'; '.join(best.changes) or 'as is'}: {cost(best)}"
-    return head + ("; " + "; ".join(others) if others else "; no other kind of change fits (verified)")
+    head = f"why (time model, relative to the input): chosen {'; '.join(best.changes) or 'as is'}: {cost(best)}"
+    return head + (" | fitting alternatives: " + " | ".join(others) if others else " | no other kind of change fits (verified)")
