@@ -365,17 +365,24 @@ def builtin_setup(flags: SetupFlags, **command_flags: Any) -> Any:
 
 
 def step_params(flags: SetupFlags, command: str, *, engine: Any = None, jobs: int = 0, sweep: Any = (),
-                refused: dict[str, Any] | None = None) -> StepSetup | None:
+                refused: dict[str, Any] | None = None, gpu: str | None = None, margin: float | None = None,
+                max_gpus: int | None = None) -> StepSetup | None:
     """The setup of the command's step-file form when --step (or --model, as the step file it
     is) is given; None for the built-in step, after refusing what only a step file takes
     (--timeout, --jobs). ``refused``: the command's flags of the built-in engine only
-    (BUILTIN_ONLY), by parameter name."""
+    (BUILTIN_ONLY), by parameter name. ``--checkpoint auto`` with a card (``gpu``, one GPU) plans
+    for that card less the margin (planner/measure/ckpt_plan.py ``auto_for_card``: auto:BYTES)."""
     if command != "profile":
         flags = flags.as_model_step()
     if flags.step is not None:
         if getattr(engine, "value", engine) == "analytic":
             raise refuse("--engine analytic", step_name(flags.step), "has no analytic engine registered", ["trace"])
-        return _step_setup(flags, refused or {}, sweep)
+        ss = _step_setup(flags, refused or {}, sweep)
+        if ss.checkpoint == ("auto",) and gpu and not max_gpus:  # issue 21: auto plans for the card
+            from planner.measure.ckpt_plan import auto_for_card
+
+            ss = replace(ss, checkpoint=auto_for_card(gpu, 0.05 if margin is None else margin))
+        return ss
     if flags.timeout is not None and not flags.model:
         raise PlannerError("--timeout: only with --step or --model (it stops your code; the built-in steps run none)")
     if jobs:

@@ -133,8 +133,13 @@ class StepSetup:
         if self.gpus == 1 and self.strategy != "none":
             raise PlannerError(f"--strategy {self.strategy}: needs --gpus 2 or more (one GPU has nothing to share)")
         for name in self.checkpoint:
-            if not name.isidentifier():
-                raise PlannerError(f"--checkpoint: {quote(name)} is not a class name (valid: auto or ClassName[,ClassName])")
+            if name.startswith("auto:") and name[5:].isdigit() and len(self.checkpoint) == 1:
+                continue  # auto for a budget of that many bytes of device total (planner/measure/ckpt_plan.py)
+            bare = name.removeprefix("sac:")  # selective checkpointing (planner/measure/ckpt_plan.py)
+            if not bare.isidentifier() and not all(part.isidentifier() or part.isdigit() for part in bare.split(".")):
+                raise PlannerError(f"--checkpoint: {quote(name)} is neither a class name nor a module path "
+                                   f"(valid: auto, ClassName[,ClassName], network.module.path, each optionally "
+                                   f"sac:NAME for selective checkpointing)")
         object.__setattr__(self, "knobs", tuple(sorted(self.knobs)))
 
     @property

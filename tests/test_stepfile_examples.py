@@ -315,7 +315,8 @@ def test_rgbd_policy_checkpoint_block():
     flag stays off): the saved activations shrink."""
     plain = _trace("rgbd_policy", RGBD, precision="amp-bf16")
     ckpt = _trace("rgbd_policy", RGBD, precision="amp-bf16", checkpoint=("auto",))
-    assert ckpt.setup["checkpoint"] == ["Block"]
+    # the per-module plan (planner/measure/ckpt_plan.py; its figures: tests/test_ckpt_plan.py) chose and traced
+    assert ckpt.setup["checkpoint"] and ckpt.setup["checkpoint_plan"]["saved_bytes"] > 0
     assert _cats(ckpt)["activations"] < _cats(plain)["activations"]
 
 

@@ -176,9 +176,7 @@ def test_checkpoint_unknown_class_lists_the_repeated_blocks(steps):
         _run(steps["tiny"], checkpoint=("NoSuchClass",))
 
 
-def test_checkpoint_auto_picks_the_repeated_block(steps):
-    rec = _run(steps["tiny"], checkpoint=("auto",))
-    assert rec.setup["checkpoint"] == ["Block"]
+# --checkpoint auto (the per-module plan): tests/test_ckpt_plan.py
 
 
 # --- gradient accumulation -----------------------------------------------------------------------

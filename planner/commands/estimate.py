@@ -42,7 +42,7 @@ def estimate(
     Example: vramplan estimate --model nets.py:make_net --input 2x1x96x96x96 --gpu 24GB
     """
     assert flags is not None  # takes_setup
-    ss = step_params(flags, "estimate", engine=engine, refused={"compare": compare})
+    ss = step_params(flags, "estimate", engine=engine, refused={"compare": compare}, gpu=gpu)
     if ss is not None:
         estimate_step_file(ss, gpu=gpu, profile_name=profile_name, backend="fake", as_json=as_json)
         return

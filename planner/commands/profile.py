@@ -33,7 +33,7 @@ def profile(
     Example: vramplan profile --step examples/steps/rgbd_policy.py --precision amp-bf16 --gpu 24GB
     """
     assert flags is not None  # takes_setup
-    ss = step_params(flags, "profile")
+    ss = step_params(flags, "profile", gpu=gpu)
     if ss is not None:
         estimate_step_file(ss, gpu=gpu, profile_name=None, backend=backend.value if backend else "fake",
                            as_json=as_json, fresh=True)

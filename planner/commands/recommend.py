@@ -102,7 +102,8 @@ def recommend(
     assert flags is not None  # takes_setup
     _one_search(max_batch=max_batch, max_voxel=max_voxel, max_knob=max_knob, max_gpus=max_gpus, write=write,
                 freeze=freeze, prefer=prefer, search=search, knob_step=knob_step, knob_min=knob_min)
-    ss = step_params(flags, "recommend", jobs=jobs, refused={"max_voxel": max_voxel, "write": write})
+    ss = step_params(flags, "recommend", jobs=jobs, refused={"max_voxel": max_voxel, "write": write}, gpu=gpu,
+                     margin=margin, max_gpus=max_gpus)
     if ss is not None:
         recommend_step_file(ss, gpu=gpu, margin=margin, jobs=jobs, max_batch=max_batch, max_knob=max_knob,
                             knob_step=knob_step, knob_min=knob_min, max_gpus=max_gpus, search=list(search or []),
@@ -329,7 +330,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
                   "capped": res.capped, "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting,
                   "start": res.start, "rejected": {str(k): v for k, v in res.rejected.items()},
                   "gpu": cap, "setup": ss.to_json(), "traces": stats.traces, "cached_traces": stats.cached,
-                  "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2)}
+                  "derived": stats.derived, "traced_directly": stats.direct, "seconds": round(stats.seconds, 2),
+                  "with_allocator": stats.allocator, "notes": stats.notes}  # issue 21: --max-batch's allocator note
         if as_json:
             print_json(result)
             return
@@ -346,6 +348,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
         if res.smaller_not_fitting:
             out.print(f"[yellow]note: smaller sizes that do NOT fit (memory is not monotone in the size): "
                       f"{', '.join(map(str, res.smaller_not_fitting))}[/yellow]")
+        for note in stats.notes:  # issue 21: e.g. the next micro-batch fits with expandable segments
+            out.print("note: " + note, markup=False)
         out.print("setup: " + ss.label(), markup=False)
         out.print(f"[dim]{stats.traces} traces ({stats.cached} from the cache), {stats.derived} sizes derived, "
                   f"{stats.direct} traced directly, {stats.seconds:.1f} s[/dim]")

@@ -20,7 +20,6 @@ within the budget plus SAFETY, until ALTERNATIVES + 1 fit. A candidate never ver
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -98,6 +97,7 @@ class Stats:
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the search's traces show (AMP costing memory)
+    allocator: dict | None = None  # --max-batch: the larger answer with expandable segments, where there is one
 
 
 def seconds_per_sample(record: Any, precision: str, gpu: GPU) -> float | None:
@@ -355,6 +355,9 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     t0 = time.perf_counter()
     cands = candidates(base, gpu, freeze, search_knobs, batch_default)
     budget = gpu.capacity_bytes * (1 - margin)
+    from planner.measure import ckpt_plan
+
+    plan_notes = ckpt_plan.resolve_auto(cands, base, gpu, margin)  # --checkpoint auto: the card's per-module plan
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
         # each change alone, exactly (the input itself included)
         alone = [c for c in cands if len(c.parts) <= 1]
@@ -409,9 +412,11 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     ordered = sorted(cands, key=key)
     fitting = [c for c in ordered if c.report is not None and c.fit_total <= budget]
     stats.seconds = time.perf_counter() - t0
-    if as_is in fitting and prefer != "speed":  # it fits as it is: nothing to change; the others are only faster
+    best = as_is if as_is in fitting and prefer != "speed" else (fitting[0] if fitting else None)
+    stats.notes += plan_notes + [n for n in [ckpt_plan.why(best, ordered, as_is, budget)] if n]
+    if best is as_is:  # it fits as it is: nothing to change; the others are only faster
         return as_is, [as_is] + [c for c in ordered if c is not as_is], stats
-    return (fitting[0] if fitting else None), ordered, stats
+    return best, ordered, stats
 
 
 # --- largest size ---------------------------------------------------------------------------------
@@ -422,8 +427,41 @@ def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jo
               fit_at: str = "high") -> tuple[SizeSearch, Stats]:
     """The largest micro-batch (accumulation as given) whose device total fits: the built-in
     kinds' search (planner.recommend._largest: doubling, bisection, a neighbourhood re-check)."""
-    return _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
-                   Evaluator(gpu, jobs, progress, derive_from=1, profile=profile), fit_at=fit_at)
+    res, stats = _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
+                         Evaluator(gpu, jobs, progress, derive_from=1, profile=profile), fit_at=fit_at)
+    return _with_allocator(base, res, stats, gpu, margin, limit, lambda: Evaluator(gpu, jobs, progress, derive_from=1,
+                                                                                   profile=profile), fit_at)
+
+
+def _with_allocator(base: StepSetup, res: SizeSearch, stats: Stats, gpu: GPU, margin: float, limit: int,
+                    evaluator: Callable[[], Evaluator], fit_at: str = "high") -> tuple[SizeSearch, Stats]:
+    """Where the next micro-batch fits with expandable segments (an allocator setting: same step,
+    same speed, less reserved beyond the live tensors; planner/allocator.py), the largest that fits
+    with it, said in a note; the answer itself stays the one for the settings given."""
+    from planner.allocator import parse_alloc_conf
+
+    conf = parse_alloc_conf(base.alloc_conf or None)
+    if conf.expandable_segments or not res.value or res.capped or res.value >= limit:
+        return res, stats
+    text = replace(conf, expandable_segments=True).to_alloc_conf()
+    alt = replace(base, alloc_conf=text)
+    with evaluator() as ev:
+        try:
+            nxt = ev.report(replace(alt, batch_size=res.value + 1))
+        except PlannerError:
+            return res, stats
+    from planner.band import fit_bytes
+
+    if fit_bytes(nxt, gpu, fit_at) > gpu.capacity_bytes * (1 - margin):
+        return res, stats
+    more, extra = _search(lambda k: replace(alt, batch_size=k), 1, gpu, margin, limit, evaluator(), lo=res.value + 1,
+                          fit_at=fit_at)
+    stats.traces, stats.cached = stats.traces + extra.traces, stats.cached + extra.cached
+    if more.value and more.report is not None:
+        stats.notes.append(f"with PYTORCH_CUDA_ALLOC_CONF={text} (allocator only: same step, same speed) micro-batch "
+                           f"{more.value} fits (device_total {more.report.device_total_bytes / 2**30:.2f} GiB)")
+        stats.allocator = {"alloc_conf": text, "max": more.value, "device_total_bytes": more.report.device_total_bytes}
+    return res, stats
 
 
 def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, limit: int,

@@ -345,15 +345,12 @@ def repeated_blocks(nets: dict[str, torch.nn.Module]) -> list[tuple[str, int, in
 def _checkpoint_classes(setup: StepSetup, nets: dict[str, torch.nn.Module]) -> tuple[str, ...]:
     if not setup.checkpoint:
         return ()
-    rows = repeated_blocks(nets)
-    if setup.checkpoint == ("auto",):
-        if not rows:
-            raise PlannerError("--checkpoint auto: the networks have no repeated module class of their own to "
-                               "checkpoint; name one with --checkpoint ClassName")
-        return (rows[0][0],)
+    rows = repeated_blocks(nets)  # --checkpoint auto is resolved before (run -> ckpt_plan.run_auto)
     present = {type(m).__name__ for net in nets.values() for m in net.modules()}
-    for name in setup.checkpoint:
-        if name not in present:
+    for name in (n.removeprefix("sac:") for n in setup.checkpoint):
+        if "." in name:
+            _instance(nets, name)  # a module path: checked here, wrapped by apply_checkpointing
+        elif name not in present:
             valid = ", ".join(r[0] for r in rows[:8]) or "none repeat"
             raise PlannerError(f"--checkpoint: no module of class '{name}' in the networks (repeated blocks: {valid})")
     return setup.checkpoint
@@ -368,10 +365,37 @@ def apply_checkpointing(nets: dict[str, torch.nn.Module], classes: tuple[str, ..
         checkpoint_wrapper,
     )
 
-    wrap = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    names = set(classes)
-    for net in nets.values():
-        apply_activation_checkpointing(net, checkpoint_wrapper_fn=wrap, check_fn=lambda m: type(m).__name__ in names)
+    from planner.measure.ckpt_plan import SAC, sac_context
+
+    for selective in (False, True):  # sac:NAME -- selective checkpointing (planner/measure/ckpt_plan.py)
+        chosen = [n.removeprefix(SAC) for n in classes if n.startswith(SAC) == selective]
+        if not chosen:
+            continue
+        extra = {"context_fn": sac_context} if selective else {}
+        wrap = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **extra)
+        names = {n for n in chosen if "." not in n}
+        ids = {id(_instance(nets, n)) for n in chosen if "." in n}
+        for net in nets.values():
+            apply_activation_checkpointing(net, checkpoint_wrapper_fn=wrap,
+                                           check_fn=lambda m: type(m).__name__ in names or id(m) in ids)
+
+
+def _instance(nets: dict[str, torch.nn.Module], path: str) -> torch.nn.Module:
+    """The module at ``network.qualified.name`` (as ``--checkpoint auto`` names instances), or at
+    ``qualified.name`` in the only network."""
+    root, _, rest = path.partition(".")
+    tries = [(nets[root], rest)] if root in nets else []
+    if len(nets) == 1:
+        tries.append((next(iter(nets.values())), path))
+    for net, name in tries:
+        try:
+            mod = net.get_submodule(name)
+        except AttributeError:
+            continue
+        if mod is not net:
+            return mod
+    raise PlannerError(f"--checkpoint: no module at '{path}' (valid: a class name, or a module path "
+                       f"network.name.sub as --checkpoint auto prints them; networks: {', '.join(nets)})")
 
 
 def _cast_forward(net: torch.nn.Module, dtype: torch.dtype, outputs_fp32: bool) -> None:
@@ -465,6 +489,11 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     )
     from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device, describe, swappable_fake_params
 
+    if setup.checkpoint and setup.checkpoint[0].split(":")[0] == "auto":  # the per-module plan (ckpt_plan.py), traced
+        from planner.measure.ckpt_plan import run_auto
+
+        return run_auto(setup, backend, progress=progress, keep_timeline=keep_timeline, count_flops=count_flops,
+                        observer=observer)
     note = progress or (lambda _m: None)
     sf = load(setup.path)
     values = knob_values(sf, setup)
