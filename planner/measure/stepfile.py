@@ -278,7 +278,7 @@ class _Run:
                     p.grad.zero_()
 
     def optimizer_step(self, o: torch.optim.Optimizer) -> None:
-        from planner.measure.step import _optimizer_step, _set_network
+        from planner.measure.step import _optimizer_step
 
         tracker = self.tracker
         network = self.network_of[id(o)]
@@ -290,8 +290,7 @@ class _Run:
                 p = self.params[pid]
                 if p.grad is not None:
                     m.grad = p.grad.detach().to(torch.float32, copy=True)  # a copy even of an fp32 grad (_flatten_dense_tensors)
-                    tracker.tag([m.grad], Category.GRADIENTS)
-                    _set_network(tracker, m.grad, network)
+                    tracker.tag([m.grad], Category.GRADIENTS, network)
                     if self.setup.precision == "fp16-master":
                         m.grad.mul_(1.0 / FP16_MASTER_LOSS_SCALE)
         _optimizer_step(tracker, o, self.scalers.get(id(o)), network)
