@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, quote
 from planner.measure.tracker import Category, Phase
 from planner.steps import StepSetup, show_value
 
@@ -309,13 +309,23 @@ def _owner(o: torch.optim.Optimizer, nets: dict[str, torch.nn.Module], master: d
     return next(iter(nets))
 
 
-def _as_dict(value: Any, what: str, kind: type, default_name: str) -> dict[str, Any]:
+def _as_dict(value: Any, what: str, kind: type, default_name: str, path: str) -> dict[str, Any]:
     if isinstance(value, kind):
         return {default_name: value}
     if isinstance(value, dict) and value and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items()):
         return dict(value)
-    raise PlannerError(f"step: {what}() must return a {kind.__name__} or a dict of name -> {kind.__name__}, "
-                       f"got {type(value).__name__}")
+    got = type(value).__name__
+    if isinstance(value, dict):  # say which entry is wrong, not just "got dict"
+        got = "an empty dict"
+        for k, v in value.items():
+            if not isinstance(k, str):
+                got = f"a dict with the key {quote(k)}, not a string"
+                break
+            if not isinstance(v, kind):
+                got = f"a dict whose {quote(k)} is {type(v).__name__}"
+                break
+    raise PlannerError(f"step: {what}() in {quote(path)} must return a {kind.__name__} or a dict of name -> "
+                       f"{kind.__name__}, got {got}")
 
 
 # --- knobs on the networks ---------------------------------------------------------------------
@@ -498,7 +508,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         torch.manual_seed(0)
         try:
             with swappable_fake_params():
-                nets = _as_dict(_call(sf, "networks", values), "networks", torch.nn.Module, "model")
+                nets = _as_dict(_call(sf, "networks", values), "networks", torch.nn.Module, "model", setup.path)
         except PlannerError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's code: one line
@@ -515,7 +525,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
             wrapped = wrap(nets, setup.strategy, setup.gpus, mesh)
             nets = wrapped.nets
         try:
-            opts = _as_dict(sf.fn("optimizers")(nets), "optimizers", torch.optim.Optimizer, "optimizer")
+            opts = _as_dict(sf.fn("optimizers")(nets), "optimizers", torch.optim.Optimizer, "optimizer", setup.path)
         except PlannerError:
             raise
         except Exception as exc:  # noqa: BLE001
