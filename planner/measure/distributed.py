@@ -143,7 +143,9 @@ INTERNALS = {
              ("torch.distributed.fsdp._fully_shard._fsdp_param", "free_storage"),
              ("torch.distributed.fsdp._fully_shard._fsdp_param", "FSDPParam.init_all_gather_outputs"),
              ("torch.distributed.fsdp._fully_shard._fsdp_param", "FSDPParam.init_unsharded_param"),
-             ("torch.distributed.fsdp._fully_shard._fsdp_collectives", "DefaultAllocMixin.allocate")),
+             ("torch.distributed.fsdp._fully_shard._fsdp_collectives", "DefaultAllocMixin.allocate"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param_group", "foreach_all_gather"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param_group", "foreach_reduce")),
 }
 
 
@@ -353,7 +355,7 @@ def _restore_attr(obj: Any, name: str) -> None:
 
 @contextlib.contextmanager
 def _fsdp_attribution(tracker: Any, wrapped: Wrapped) -> Iterator[None]:
-    from torch.distributed.fsdp._fully_shard import _fsdp_collectives, _fsdp_param
+    from torch.distributed.fsdp._fully_shard import _fsdp_collectives, _fsdp_param, _fsdp_param_group
 
     owner: dict[int, str] = {}
     for name, net in wrapped.fsdp.items():
@@ -393,20 +395,39 @@ def _fsdp_attribution(tracker: Any, wrapped: Wrapped) -> Iterator[None]:
                 lambda param, _n=net: tracker.tag([param.grad], Category.GRADIENTS, _n))
             p._vramplan_hooked = True
 
-    only = next(iter(wrapped.fsdp)) if len(wrapped.fsdp) == 1 else ""
+    # The all-gather and reduce-scatter buffers belong to the network whose parameters they carry:
+    # FSDPParamGroup calls foreach_all_gather(fsdp_params, ...) and foreach_reduce(fsdp_params, ...)
+    # (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py, the names it imports from
+    # _fsdp_collectives), which allocate them through DefaultAllocMixin.allocate.
+    carrying: list[str] = [""]
+    saved_gather, saved_reduce = _fsdp_param_group.foreach_all_gather, _fsdp_param_group.foreach_reduce
+
+    def carried_by(collective: Any) -> Any:
+        @functools.wraps(collective)
+        def call(fsdp_params: Any, *args: Any, **kwargs: Any) -> Any:
+            first = next(iter(fsdp_params), None)
+            carrying.append(owner.get(id(getattr(first, "sharded_param", None)), ""))
+            try:
+                return collective(fsdp_params, *args, **kwargs)
+            finally:
+                carrying.pop()
+        return call
 
     def allocate(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         t = saved_allocate(self, *args, **kwargs)
-        tracker.tag([t], Category.COMMUNICATION, only)
+        tracker.tag([t], Category.COMMUNICATION, carrying[-1])
         return t
 
     _fsdp_param.alloc_storage, _fsdp_param.free_storage = alloc_storage, free_storage
     _fsdp_param.FSDPParam.init_all_gather_outputs = init_all_gather_outputs
     _fsdp_param.FSDPParam.init_unsharded_param = init_unsharded_param
     _fsdp_collectives.DefaultAllocMixin.allocate = allocate
+    _fsdp_param_group.foreach_all_gather = carried_by(saved_gather)
+    _fsdp_param_group.foreach_reduce = carried_by(saved_reduce)
     try:
         yield
     finally:
+        _fsdp_param_group.foreach_all_gather, _fsdp_param_group.foreach_reduce = saved_gather, saved_reduce
         _fsdp_param.alloc_storage, _fsdp_param.free_storage = saved_alloc, saved_free
         _fsdp_param.FSDPParam.init_all_gather_outputs = saved_outputs
         _fsdp_param.FSDPParam.init_unsharded_param = saved_unsharded
