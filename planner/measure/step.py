@@ -536,6 +536,12 @@ def _next_batch(tracker: LiveStorageTracker, iteration: int, shape: tuple[int, .
     return torch.randn(shape, device=dev, dtype=dtype)
 
 
+def _set_network(tracker: LiveStorageTracker, t: torch.Tensor | None, network: str) -> None:
+    """File ``t`` (a DTensor: its local shard) under ``network``; see LiveStorageTracker.tag.
+    Kept for main's planner/measure/script_run.py, which calls it (fold it there when merging)."""
+    tracker.tag([t], None, network)
+
+
 def _optimizer_step(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, scaler: EmulatedGradScaler | None, network: str) -> None:
     tracker.phase = Phase.OPTIMIZER
 
