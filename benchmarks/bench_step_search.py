@@ -40,7 +40,7 @@ MAX_TRACES = {"recommend": 20, "max_batch": 6}  # measured 2026-12-02: 15 and 4
 
 
 def _timed(args: list[str], cache: str) -> tuple[float, float, dict]:
-    ref = min(speed._wall(lambda: speed._run(speed.REFERENCE_CMD)) for _ in range(3))
+    ref = min(speed._run(speed.REFERENCE_CMD)[0] for _ in range(3))
     env = dict(os.environ, VRAMPLAN_CACHE=cache)
     t0 = time.perf_counter()
     proc = subprocess.run(speed.vramplan_cmd(*args), capture_output=True, text=True, cwd=ROOT, env=env)

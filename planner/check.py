@@ -30,7 +30,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable
 
 from planner.errors import NotData, PlannerError, parse_json, quote
-from planner.result import GIB, TOP_MODULES, MemoryReport
+from planner.result import GIB, PROFILE_TERM, TOP_MODULES, MemoryReport
 
 BASELINE_VERSION = 1
 """The baseline file's format; a file with another version is refused."""
@@ -378,7 +378,10 @@ def read_baseline(path: str | Path, flag: str = "--baseline", make: str = "--upd
             if not isinstance(d, dict):
                 raise bad(f"{where}.{key} must be an object of name -> bytes, got {quote(d)}")
             for k, v in d.items():
-                if not _bytes_ok(v):
+                if k == PROFILE_TERM and key != "top_modules":  # a fitted correction: signed (planner/result.py)
+                    if not _bytes_ok(v, -(2**63)):
+                        raise bad(f"{where}.{key}[{quote(k)}] must be an integer of bytes, got {quote(v)}")
+                elif not _bytes_ok(v):
                     raise bad(f"{where}.{key}[{quote(k)}] must be a non-negative integer of bytes, got {quote(v)}")
     return Baseline(str(path), gpu, setups, margin)
 

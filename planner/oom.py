@@ -126,7 +126,9 @@ def size_bytes(number: str, unit: str) -> Size:
     """'23.55', 'GiB' -> Size(23.55 * 2**30 rounded half-even to a byte, ± 0.005 GiB)."""
     whole, _, frac = number.partition(".")
     if len(whole) > MAX_FIGURE_DIGITS or len(frac) > MAX_FIGURE_DIGITS:
-        raise PlannerError(f"MESSAGE: a figure of {len(whole):,}+{len(frac):,} digits ('{number[:12]}... {unit}'): "
+        digits = f"{len(whole):,} digits" + (f" before its point and {len(frac):,} after" if frac else "")
+        raise PlannerError(f"MESSAGE: a figure of {digits} ('{number[:12]}... {unit}'; at most {MAX_FIGURE_DIGITS} "
+                           f"either side of the point): "
                            f"no allocator prints that (format_size prints at most 2 decimals of a size_t); "
                            "paste the message as PyTorch printed it")
     try:

@@ -65,6 +65,7 @@ class DeviceProfile:
         return replace(
             report,
             peak_allocated_bytes=allocated,
+            breakdown=report.breakdown.with_profile_term(allocated - report.peak_allocated_bytes),
             peak_reserved_bytes=reserved,
             device_total_bytes=reserved + self.context_bytes,
             context_bytes=self.context_bytes,

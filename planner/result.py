@@ -38,6 +38,13 @@ class Category(str, Enum):
 COMMUNICATION = Category.COMMUNICATION.value
 ALL_CATEGORIES = tuple(c.value for c in Category)
 CATEGORIES = ALL_CATEGORIES[:-1]
+PROFILE_TERM = "profile_term"
+"""A device profile's fitted workspace term (``calibrate``: measured allocated minus the engine's,
+i.e. cuDNN/cuBLAS workspaces and whatever else the engine misses on that device), which
+:meth:`planner.profiles.DeviceProfile.apply` adds to ``peak_allocated_bytes``. A breakdown has it
+(by category and by network) only where a profile with a non-zero term was applied, so that the
+breakdown still sums to the allocated peak. Signed: a negative term means the engine counts more
+than that device allocated."""
 
 # CUDA context (driver, lazily loaded kernels) when no device profile is calibrated:
 # 426 MiB measured with nvidia-smi after torch.cuda.mem_get_info() on an RTX 6000 Ada,
@@ -65,6 +72,15 @@ class Breakdown:
     @property
     def total(self) -> int:
         return sum(self.by_category.values())
+
+    def with_profile_term(self, nbytes: int) -> "Breakdown":
+        """This breakdown with a profile's term (:data:`PROFILE_TERM`, signed) as its own entry by
+        category and by network, so that it sums to the peak the term was added to."""
+        if not nbytes:
+            return self
+        return Breakdown(by_category={**self.by_category, PROFILE_TERM: self.by_category.get(PROFILE_TERM, 0) + nbytes},
+                         by_network={**self.by_network, PROFILE_TERM: self.by_network.get(PROFILE_TERM, 0) + nbytes},
+                         top_modules=self.top_modules)
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,20 @@ BAD_BASELINES = [
 ]
 
 
+def test_a_profiles_signed_term_is_a_valid_baseline_entry(tmp_path):
+    # issue 23: a device profile's term is filed in the breakdown (planner/result.py PROFILE_TERM) and
+    # may be negative; every other entry stays non-negative
+    from planner.check import read_baseline
+    from planner.errors import PlannerError
+
+    ok = ENTRY.replace('"by_category": {}', '"by_category": {"profile_term": -10685}')
+    (tmp_path / "ok.json").write_text(ok)
+    assert read_baseline(tmp_path / "ok.json").setups["a.yaml"]["by_category"] == {"profile_term": -10685}
+    (tmp_path / "bad.json").write_text(ok.replace("-10685", '"x"'))
+    with pytest.raises(PlannerError, match=r"by_category\['profile_term'\] must be an integer of bytes, got 'x'"):
+        read_baseline(tmp_path / "bad.json")
+
+
 @pytest.mark.parametrize("text,needle", BAD_BASELINES)
 def test_bad_baseline_is_exit_2_naming_file_and_field(repo, text, needle):
     Path("vram.json").write_text(text)
@@ -370,6 +384,7 @@ def test_estimate_rollup_changes_only_module_names():
 
 def test_committed_project_baseline_is_valid():
     from planner.check import read_baseline
+    from planner.errors import PlannerError
 
     b = read_baseline(ROOT / "benchmarks" / "vram_baseline.json")
     assert "examples/seed004_high_res.yaml" in b.setups
@@ -384,6 +399,7 @@ def test_committed_project_baseline_is_valid():
 def test_valid_minimal_entry_reads(repo):
     Path("vram.json").write_text(ENTRY)  # the base of the bad cases above is itself valid
     from planner.check import read_baseline
+    from planner.errors import PlannerError
 
     assert read_baseline("vram.json").setups["a.yaml"]["device_total_bytes"] == 1
 

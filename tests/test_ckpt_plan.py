@@ -140,7 +140,7 @@ def test_max_batch_says_when_expandable_segments_fit_more(traced):
 
     setup = replace(traced[0], batch_size=None)
     card = exact_gpu(474_000_000, "test")
-    res, stats = max_batch(setup, card, 0.0, jobs=1)
+    res, stats = max_batch(setup, card, 0.0, jobs=1, fit_at="point")  # the point figure (not the band's top)
     assert res.value >= 1 and res.report.device_total_bytes <= card.capacity_bytes
     with Evaluator(card, 1, derive_from=1) as ev:
         nxt = ev.report(replace(setup, batch_size=res.value + 1))

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
+from planner.measure.profile import breakdown_of
 from planner.measure.stepfile import run
 from planner.measure.tracker import category_of
 from planner.step_setup import StepSetup
@@ -60,9 +61,9 @@ def _peak_cats(record) -> Counter:
     return c
 
 
-def _live_at(record, when) -> dict[str, int]:
-    """Bytes per category live after the first mark of iteration 2 where ``when(op, phase, next_phase)``
-    holds (replaying the trace's alloc/free events up to that mark)."""
+def _live_at(record, when, key=lambda info: category_of(info).value) -> dict:
+    """Bytes per category (or per ``key(info)``) live after the first mark of iteration 2 where
+    ``when(op, phase, next_phase)`` holds (replaying the trace's alloc/free events up to that mark)."""
     marks = record.marks
     live: dict[int, int] = {}
     done = 0
@@ -77,7 +78,7 @@ def _live_at(record, when) -> dict[str, int]:
         if step == "it2" and when(op, phase, nxt):
             c: Counter = Counter()
             for uid, d in live.items():
-                c[category_of(record.info[uid]).value] += d
+                c[key(record.info[uid])] += d
             return dict(c)
     raise AssertionError("no such point in iteration 2")
 
@@ -216,6 +217,30 @@ def test_fsdp_shards_parameters_gradients_and_adamw_state(tiny, world):
     assert rec.tracker.peak_bytes < one.tracker.peak_bytes
     assert rec.setup["layout"]["net"].startswith("sharded (FSDP2 fully_shard, ZeRO-3")
     assert rec.setup["effective_batch"] == 64 * world
+
+
+@pytest.mark.parametrize("gpus, strategy", [(4, "fsdp"), (2, "ddp")])
+def test_sharded_state_is_filed_under_its_network(tiny, gpus, strategy):
+    """Issue 23: FSDP's optimizer state is DTensors; it was filed under the network 'losses' (the
+    hint for ops outside any module) because the network was looked up by the DTensor's global
+    storage, not its local shard's. At the optimizer step's start (world 4, classes=10, derived in
+    test_fsdp_shards_parameters_gradients_and_adamw_state): parameters 266,240, gradients 266,240,
+    AdamW state 2 x 266,240 = 532,480 B, all on 'net'; DDP's are the full 1,059,328 B each."""
+    rec = _run(tiny, knobs=TEN, gpus=gpus, strategy=strategy)
+    at = _live_at(rec, lambda op, phase, nxt: phase == "optimizer", key=lambda i: (category_of(i).value, i.network))
+    per = {4: 266_240, 2: 1_059_328}[gpus]
+    # DDP also keeps its one gradient bucket (all 1,059,328 B of gradients, under the 25 MiB cap)
+    bucket = {("communication", "net"): per} if strategy == "ddp" else {}
+    assert {k: v for k, v in at.items() if k[0] != "activations"} == {
+        ("parameters", "net"): per, ("gradients", "net"): per, ("optimizer_state", "net"): 2 * per, **bucket}
+    # every storage the step tagged as state is the network's, never the losses'
+    assert {i.network for i in rec.info.values() if category_of(i).value in ("parameters", "gradients",
+                                                                             "optimizer_state")} == {"net"}
+    # at the peak 'losses' is the loss alone (a 0-dim fp32 tensor: one 512-B block; was 532,992 B
+    # under fsdp: the AdamW state with it), 'data' is x 64x128x4 = 32,768 and y 64 int64 -> 512
+    peak = breakdown_of(rec)
+    assert peak.by_network["losses"] == 512 and peak.by_network["data"] == 33_280
+    assert sum(peak.by_network.values()) == sum(peak.by_category.values())
 
 
 def test_fsdp_peak_holds_one_block_gathered_and_its_buffers(tiny):

@@ -12,7 +12,10 @@ profile JSON and calibration grids. The property, for every input:
 * every call returns within seconds.
 
 Only the analytic paths run here (``estimate``, ``table`` rows, argument checks that
-come before any measurement): never the profiler.
+come before any measurement): never the profiler. The one exception is user code (issue 23):
+tiny step files that print, raise, exit, loop or return junk, traced under a short
+``--timeout`` in the isolated worker (planner/measure/isolate.py); few examples, since a
+loop or ``os._exit`` costs a fresh worker.
 """
 
 from __future__ import annotations
@@ -707,3 +710,118 @@ def test_fuzz_oom_classes_on_the_command_line():
 def test_calibrate_and_timeline_gpu_are_not_ignored(tmp_path):
     grid = write(tmp_path / "grid.yaml", "[{data: {voxel_size: [32, 32, 32]}}]\n")
     one_error(["calibrate", "--name", "fuzz", "--gpu", "rtx4090", "--grid", str(grid)], "only with --backend cuda")
+
+
+# -- issue 23: user code (step files) that loops, exits, prints, raises or returns junk ---------------------
+
+USER_STEP = '''import torch
+import torch.nn as nn
+{at_import}
+
+def networks(width: int = 8):
+{at_networks}    return {{"net": {net}}}
+
+
+def optimizers(nets):
+{at_optimizers}    return {{"net": torch.optim.SGD(nets["net"].parameters(), lr=0.1)}}
+
+
+def batch(batch_size: int = 2, width: int = 8):
+{at_batch}    return {batch}
+
+
+def step(nets, opts, batch, vp):
+{at_step}    vp.zero_grad(opts["net"])
+    with vp.autocast():
+        loss = nets["net"](batch).float().pow(2).mean()
+    vp.backward(loss, opts["net"])
+    vp.step(opts["net"])
+'''
+USER_TIMEOUT = 1.0  # seconds: --timeout of every fuzzed step (a loop costs this and a fresh worker)
+USER_SLOW_S = USER_TIMEOUT + 60.0  # plus the stack sampling and a fresh worker's start (torch import) when loaded
+# what user code does, and the exit code that must follow: 0 a result, 2 the code rejected (one line
+# naming it), 3 stopped at --timeout, 4 ended without a result (isolate.py). The costly ones (a
+# worker killed and restarted) are few among the choices.
+USER_ACTIONS = {
+    "print": ("print('user says', 42)\nimport os\nos.write(1, b'fd 1\\n')", 0),
+    "print_stderr": ("import sys\nprint('x' * 5000, file=sys.stderr)", 0),
+    "value_error": ("raise ValueError('user bug')", 2),
+    "zero_division": ("1 / 0", 2),
+    "recursion": ("def f(n):\n    return f(n + 1)\nf(0)", 2),
+    "key_error": ("{}['missing']", 2),
+    "assert": ("assert False, 'user assertion ' * 100", 2),
+    "long_message": ("raise RuntimeError('\\n'.join(['many lines'] * 1000))", 2),
+    "sys_exit_0": ("import sys\nsys.exit(0)", 4),
+    "sys_exit_text": ("raise SystemExit('bye')", 4),
+    "interrupt": ("raise KeyboardInterrupt", 4),
+}
+USER_KILLERS = {  # these cost the worker (stopped or gone) and a fresh one's start: a few examples only
+    "os_exit": ("import os\nos._exit(0)", 4),
+    "loop": ("while True:\n    pass", 3),
+    "sleep": ("import time\ntime.sleep(3600)", 3),
+}
+USER_PLACES = ["import", "networks", "optimizers", "batch", "step"]
+USER_JUNK = {  # what networks() / batch() return instead of a module / a tensor: exit 2 (an empty tensor
+    # at the step's own defaults is its design and traced: _refuse_empty refuses only a knob's 0)
+    "net": ["5", "None", "'linear'", "[nn.Linear(width, width)]", "{1: nn.Linear(width, width)}"],
+    "batch": ["'x'", "None", "torch.randn(batch_size, width + 1, device='cuda')"],
+}
+
+
+def _indent(code: str, spaces: int) -> str:
+    return "".join(" " * spaces + line + "\n" for line in code.splitlines())
+
+
+@st.composite
+def user_steps(draw, actions: dict = USER_ACTIONS, others: bool = True) -> tuple[bytes, int]:
+    """A step file doing one thing wrong (or merely printing), and the exit code that must follow."""
+    fill = {"at_import": "", "at_networks": "", "at_optimizers": "", "at_batch": "", "at_step": "",
+            "net": "nn.Linear(width, width)", "batch": "torch.randn(batch_size, width, device='cuda')"}
+    kind = draw(st.sampled_from(["action"] * 4 + ["junk", "bad_byte"])) if others else "action"
+    if kind == "junk":
+        what = draw(st.sampled_from(sorted(USER_JUNK)))
+        fill[what] = draw(st.sampled_from(USER_JUNK[what]))
+        return USER_STEP.format(**fill).encode(), 2
+    if kind == "bad_byte":  # a byte that is not UTF-8, where Python itself refuses the file
+        text = USER_STEP.format(**fill)
+        cut = draw(st.integers(0, text.count("\n") - 1))
+        lines = text.split("\n")
+        lines.insert(cut, "# caf\udce9")
+        return "\n".join(lines).encode("utf-8", "surrogateescape"), 2
+    name = draw(st.sampled_from(sorted(actions)))
+    code, expected = actions[name]
+    place = draw(st.sampled_from(USER_PLACES))
+    fill[f"at_{place}"] = _indent(code, 0 if place == "import" else 4)
+    return USER_STEP.format(**fill).encode(), expected
+
+
+def _user_case(tmp_path_factory, case: tuple[bytes, int]) -> None:
+    data, expected = case
+    path = tmp_path_factory.mktemp("user") / "user_step.py"
+    path.write_bytes(data)
+    code, stdout, stderr, seconds = run(["estimate", "--step", str(path), "--timeout", str(USER_TIMEOUT), "--json"])
+    shown = data.decode("utf-8", "replace")
+    assert seconds < USER_SLOW_S, f"took {seconds:.1f} s:\n{shown}"
+    assert code == expected, f"exit {code}, expected {expected}:\n{shown}\n{stderr[-1000:]}"
+    assert "Traceback" not in stderr
+    if code == 0:
+        check_figures(stdout)
+    else:
+        lines = stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) <= MAX_LINE, stderr[:1000]
+        assert stdout == ""
+        assert "user_step.py" in lines[0]  # the user's file named (the line where it was, for code that ran)
+
+
+@fuzz(12)
+@given(user_steps())
+def test_fuzz_user_code(tmp_path_factory, case):
+    # in the worker: a print, a raise, sys.exit, KeyboardInterrupt, junk returned, a bad byte
+    _user_case(tmp_path_factory, case)
+
+
+@fuzz(2)
+@given(user_steps(USER_KILLERS, others=False))
+def test_fuzz_user_code_that_never_returns(tmp_path_factory, case):
+    # a loop or a sleep stopped at --timeout, os._exit: each ends its worker (test_isolation.py has one per kind)
+    _user_case(tmp_path_factory, case)

@@ -7,7 +7,7 @@ import pytest
 from planner.calibrate import fit, fit_line
 from planner.errors import PlannerError
 from planner.profiles import DeviceProfile, load, save
-from planner.result import Breakdown, MemoryReport
+from planner.result import PROFILE_TERM, Breakdown, MemoryReport
 
 
 def test_fit_line_is_least_squares():
@@ -49,6 +49,45 @@ def test_apply_adds_the_terms_and_says_so():
     assert out.peak_reserved_bytes == 2 * 2000 + 10
     assert out.device_total_bytes == 4010 + 300
     assert any("calibrated on real hardware" in n for n in out.notes)
+
+
+@pytest.mark.parametrize("workspace, term", [
+    (100, 100),  # 1000 + 100: the categories 1000 (activations) + the term 100
+    (-300, -300),  # a negative term (the engine counted more than the device allocated): 700
+    (-5000, -1000),  # clamped at 0 allocated: the term applied is 0 - 1000
+    (0, 0),  # no term, no entry
+])
+def test_apply_files_its_term_in_the_breakdown(workspace, term):
+    # issue 23: `--profile fake` changed peak_allocated but not the categories (no longer its sum)
+    rep = MemoryReport("estimate", 1000, 2000, 2007, Breakdown({"activations": 1000}, {"net": 1000}), "model", 7, "d")
+    out = DeviceProfile("x", {"name": "G"}, hardware=True, workspace_bytes=workspace).apply(rep)
+    assert out.peak_allocated_bytes == 1000 + term
+    extra = {PROFILE_TERM: term} if term else {}
+    assert out.breakdown.by_category == {"activations": 1000, **extra}
+    assert out.breakdown.by_network == {"net": 1000, **extra}
+    assert out.breakdown.total == sum(out.breakdown.by_network.values()) == out.peak_allocated_bytes
+
+
+def test_fake_profile_estimate_still_sums_to_its_peak(tmp_path):
+    """The shipped fake profile on an estimate through the CLI: its workspace term (read from
+    profiles/fake.json) is the difference between the two peaks and the breakdown's new entry."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    term = json.loads((Path(__file__).parents[1] / "profiles" / "fake.json").read_text())["terms"]["workspace_bytes"]
+    assert term != 0
+    runner = CliRunner()
+    args = ["estimate", "--voxel", "32x32x32", "--no-perceptual", "--json"]
+    plain = json.loads(runner.invoke(app, args).stdout)
+    fake = json.loads(runner.invoke(app, [*args, "--profile", "fake"]).stdout)
+    assert fake["peak_allocated_bytes"] == plain["peak_allocated_bytes"] + term
+    for key in ("by_category", "by_network"):
+        assert fake["breakdown"][key] == {**plain["breakdown"][key], PROFILE_TERM: term}
+        assert sum(fake["breakdown"][key].values()) == fake["peak_allocated_bytes"]
 
 
 def test_save_load_roundtrip_and_unknown(tmp_path):

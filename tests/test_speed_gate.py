@@ -22,18 +22,20 @@ def test_ratio_is_median_over_median_and_pairs_show_the_spread():
     times = iter([1.0, 2.0, 3.0, 6.0, 2.0, 4.0])
     calls = []
 
-    def fake_wall(fn):
+    def fake_timed(fn):
         calls.append(fn)
-        return next(times)
+        t = next(times)
+        return t, t / 2  # CPU time half the wall time: the CPU-time ratio is 2.0 as well
 
-    orig = speed._wall
-    speed._wall = fake_wall
+    orig = speed._timed
+    speed._timed = fake_timed
     try:
         r = speed.interleaved_inprocess("x", lambda: None, lambda: None, runs=3)
     finally:
-        speed._wall = orig
+        speed._timed = orig
     assert r.ratio == pytest.approx(2.0)
     assert r.spread == (pytest.approx(2.0), pytest.approx(2.0))
+    assert r.cpu_ratio == pytest.approx(2.0)  # medians 2.0 s / 1.0 s
     assert len(calls) == 6  # interleaved: reference, command, reference, command, ...
 
 
@@ -63,6 +65,38 @@ def test_gate_uses_target_then_baseline_slack_never_seconds():
     assert bench_run.speed_failures({"estimate_inproc": 0.5 * s + 1e-6}, {"estimate_inproc": 0.5})
     # no target and no baseline: printed, not gated
     assert bench_run.speed_failures({"new_figure": 99.0}, {}) == []
+
+
+def _ratio(name, walls, ref_walls, cpus, ref_cpus):
+    import statistics
+
+    return speed.Ratio(name, name, len(walls), statistics.median(walls), statistics.median(ref_walls),
+                       tuple(w / r for w, r in zip(walls, ref_walls)), tuple(cpus), tuple(ref_cpus), tuple(walls),
+                       tuple(ref_walls))
+
+
+def test_the_gate_reads_cpu_time_and_a_figure_over_its_bound_is_measured_again():
+    # wall times 3 s vs the reference's 1 s (the machine busy beside the command), CPU times
+    # 0.2 s vs 0.4 s: the gated ratio is the CPU one, 0.2 / 0.4 = 0.5; the wall one stays printed
+    busy = _ratio("x", [3.0, 3.0, 3.0], [1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.4, 0.4, 0.4])
+    assert busy.ratio == pytest.approx(3.0) and busy.gate_ratio == pytest.approx(0.5)
+    # a figure with no CPU times recorded is gated on its wall ratio
+    assert speed.Ratio("y", "y", 1, 2.0, 1.0, (2.0,)).gate_ratio == pytest.approx(2.0)
+
+    # held to its baseline 0.25 x SPEED_SLACK 1.8 = 0.45: 0.5 is over it, so two more rounds run;
+    # with CPU times 0.1 s in both (vs 0.4 s), the medians over the 9 runs are 0.1 / 0.4 = 0.25
+    calls = []
+
+    def again():
+        calls.append(1)
+        return _ratio("x", [1.0] * 3, [1.0] * 3, [0.1] * 3, [0.4] * 3)
+
+    merged = bench_run.confirm(busy, again, {"x": 0.25})
+    assert len(calls) == bench_run.CONFIRM_ROUNDS == 2
+    assert merged.runs == 9 and merged.gate_ratio == pytest.approx(0.25)
+    assert bench_run.speed_failures({"x": merged.gate_ratio}, {"x": 0.25}) == []
+    # under its bound: not measured again
+    assert bench_run.confirm(busy, again, {"x": 0.3}) is busy and len(calls) == 2
 
 
 def test_baseline_holds_ratios_only():

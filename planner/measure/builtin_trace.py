@@ -484,7 +484,7 @@ class _EventLog:
         def untrack(tensors: Any) -> None:
             tensors = [t for t in tensors if t is not None]
             for t in tensors:
-                uid = tracker._by_obj.get(id(t.untyped_storage()))
+                uid = tracker.uid_of(t)
                 if uid is not None and uid in tracker.live:
                     self.events.append((uid, -tracker.live[uid]))
             orig_untrack(tensors)
@@ -523,7 +523,7 @@ def track_network(tracker: LiveStorageTracker, name: str, m: torch.nn.Module) ->
     for p in m.parameters():
         if p.requires_grad:
             p.register_post_accumulate_grad_hook(
-                lambda param, _n=name: tracker.tag([param.grad], Category.GRADIENTS) or _set_network(tracker, param.grad, _n)
+                lambda param, _n=name: tracker.tag([param.grad], Category.GRADIENTS, _n)
             )
 
 
@@ -546,14 +546,6 @@ def _next_batch(tracker: LiveStorageTracker, iteration: int, shape: tuple[int, .
     return torch.randn(shape, device=dev, dtype=dtype)
 
 
-def _set_network(tracker: LiveStorageTracker, t: torch.Tensor | None, network: str) -> None:
-    if t is None:
-        return
-    uid = tracker._by_obj.get(id(t.untyped_storage()))
-    if uid is not None:
-        tracker.info[uid].network = network
-
-
 def _optimizer_step(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, scaler: EmulatedGradScaler | None, network: str) -> None:
     tracker.phase = Phase.OPTIMIZER
 
@@ -567,9 +559,7 @@ def _optimizer_step(tracker: LiveStorageTracker, opt: torch.optim.Optimizer, sca
     if scaler is not None:
         scaler.unscale_and_step(opt, step)
         scaler.update()
-        tracker.tag(scaler.state_tensors(), Category.OPTIMIZER_STATE)
-        for t in scaler.state_tensors():
-            _set_network(tracker, t, network)
+        tracker.tag(scaler.state_tensors(), Category.OPTIMIZER_STATE, network)
     else:
         step()
     tag_optimizer_state(tracker, opt, network)
@@ -584,8 +574,7 @@ def tag_optimizer_state(tracker: LiveStorageTracker, opt: torch.optim.Optimizer,
                 if k == "step":
                     tracker.untrack_host([v])
                 else:
-                    tracker.tag([v], Category.OPTIMIZER_STATE)
-                    _set_network(tracker, v, network)
+                    tracker.tag([v], Category.OPTIMIZER_STATE, network)
 
 
 def _record(tracker: LiveStorageTracker, log: _EventLog, roots: dict[str, torch.nn.Module], it2: int) -> StepRecord:

@@ -143,7 +143,9 @@ INTERNALS = {
              ("torch.distributed.fsdp._fully_shard._fsdp_param", "free_storage"),
              ("torch.distributed.fsdp._fully_shard._fsdp_param", "FSDPParam.init_all_gather_outputs"),
              ("torch.distributed.fsdp._fully_shard._fsdp_param", "FSDPParam.init_unsharded_param"),
-             ("torch.distributed.fsdp._fully_shard._fsdp_collectives", "DefaultAllocMixin.allocate")),
+             ("torch.distributed.fsdp._fully_shard._fsdp_collectives", "DefaultAllocMixin.allocate"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param_group", "foreach_all_gather"),
+             ("torch.distributed.fsdp._fully_shard._fsdp_param_group", "foreach_reduce")),
 }
 
 
@@ -266,9 +268,9 @@ class _DDPPreForward(TorchDispatchMode):
         known = len(self.tracker.info)  # uids count up from 1: a larger one is new in this op
         out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
-            uid = self.tracker._by_obj.get(id(t.untyped_storage())) if isinstance(t, torch.Tensor) else None
+            uid = self.tracker.uid_of(t) if isinstance(t, torch.Tensor) else None
             if uid is not None and uid > known:  # not the buffers the broadcast writes back into
-                _tag(self.tracker, t, Category.COMMUNICATION, self.network)
+                self.tracker.tag([t], Category.COMMUNICATION, self.network)
         return out
 
 
@@ -351,14 +353,9 @@ def _restore_attr(obj: Any, name: str) -> None:
     obj.__dict__.pop(name, None)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    local = getattr(t, "_local_tensor", None)
-    return local if isinstance(local, torch.Tensor) else t
-
-
 @contextlib.contextmanager
 def _fsdp_attribution(tracker: Any, wrapped: Wrapped) -> Iterator[None]:
-    from torch.distributed.fsdp._fully_shard import _fsdp_collectives, _fsdp_param
+    from torch.distributed.fsdp._fully_shard import _fsdp_collectives, _fsdp_param, _fsdp_param_group
 
     owner: dict[int, str] = {}
     for name, net in wrapped.fsdp.items():
@@ -368,7 +365,7 @@ def _fsdp_attribution(tracker: Any, wrapped: Wrapped) -> Iterator[None]:
                 # FSDP2 assigns the sharded gradient itself and then calls the parameter's
                 # post-accumulate-grad hooks (_fsdp_collectives.py foreach_reduce)
                 p.register_post_accumulate_grad_hook(
-                    lambda param, _n=name: _tag(tracker, param.grad, Category.GRADIENTS, _n))
+                    lambda param, _n=name: tracker.tag([param.grad], Category.GRADIENTS, _n))
 
     saved_alloc, saved_free = _fsdp_param.alloc_storage, _fsdp_param.free_storage
     saved_outputs = _fsdp_param.FSDPParam.init_all_gather_outputs
@@ -387,7 +384,7 @@ def _fsdp_attribution(tracker: Any, wrapped: Wrapped) -> Iterator[None]:
         saved_outputs(self, *args, **kwargs)
         net = owner.get(id(self.sharded_param), "")
         for t in self.all_gather_outputs:
-            _tag(tracker, t, Category.PARAMETERS, net)
+            tracker.tag([t], Category.PARAMETERS, net)
 
     def init_unsharded_param(self: Any) -> None:
         saved_unsharded(self)
@@ -395,38 +392,46 @@ def _fsdp_attribution(tracker: Any, wrapped: Wrapped) -> Iterator[None]:
         if p is not None and p.requires_grad and not getattr(p, "_vramplan_hooked", False):
             net = owner.get(id(self.sharded_param), "")
             p.register_post_accumulate_grad_hook(
-                lambda param, _n=net: _tag(tracker, param.grad, Category.GRADIENTS, _n))
+                lambda param, _n=net: tracker.tag([param.grad], Category.GRADIENTS, _n))
             p._vramplan_hooked = True
 
-    only = next(iter(wrapped.fsdp)) if len(wrapped.fsdp) == 1 else ""
+    # The all-gather and reduce-scatter buffers belong to the network whose parameters they carry:
+    # FSDPParamGroup calls foreach_all_gather(fsdp_params, ...) and foreach_reduce(fsdp_params, ...)
+    # (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py, the names it imports from
+    # _fsdp_collectives), which allocate them through DefaultAllocMixin.allocate.
+    carrying: list[str] = [""]
+    saved_gather, saved_reduce = _fsdp_param_group.foreach_all_gather, _fsdp_param_group.foreach_reduce
+
+    def carried_by(collective: Any) -> Any:
+        @functools.wraps(collective)
+        def call(fsdp_params: Any, *args: Any, **kwargs: Any) -> Any:
+            first = next(iter(fsdp_params), None)
+            carrying.append(owner.get(id(getattr(first, "sharded_param", None)), ""))
+            try:
+                return collective(fsdp_params, *args, **kwargs)
+            finally:
+                carrying.pop()
+        return call
 
     def allocate(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         t = saved_allocate(self, *args, **kwargs)
-        _tag(tracker, t, Category.COMMUNICATION, only)
+        tracker.tag([t], Category.COMMUNICATION, carrying[-1])
         return t
 
     _fsdp_param.alloc_storage, _fsdp_param.free_storage = alloc_storage, free_storage
     _fsdp_param.FSDPParam.init_all_gather_outputs = init_all_gather_outputs
     _fsdp_param.FSDPParam.init_unsharded_param = init_unsharded_param
     _fsdp_collectives.DefaultAllocMixin.allocate = allocate
+    _fsdp_param_group.foreach_all_gather = carried_by(saved_gather)
+    _fsdp_param_group.foreach_reduce = carried_by(saved_reduce)
     try:
         yield
     finally:
+        _fsdp_param_group.foreach_all_gather, _fsdp_param_group.foreach_reduce = saved_gather, saved_reduce
         _fsdp_param.alloc_storage, _fsdp_param.free_storage = saved_alloc, saved_free
         _fsdp_param.FSDPParam.init_all_gather_outputs = saved_outputs
         _fsdp_param.FSDPParam.init_unsharded_param = saved_unsharded
         _fsdp_collectives.DefaultAllocMixin.allocate = saved_allocate
-
-
-def _tag(tracker: Any, t: torch.Tensor | None, category: Category, network: str) -> None:
-    if t is None:
-        return
-    t = _local(t)
-    tracker.tag([t], category)
-    if network:
-        uid = tracker._by_obj.get(id(t.untyped_storage()))
-        if uid is not None:
-            tracker.info[uid].network = network
 
 
 def error_hint(exc: BaseException, strategy: str) -> str:

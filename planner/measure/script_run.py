@@ -353,13 +353,9 @@ def _grad_scaler_classes(state: _State) -> tuple[type, type]:
         def update(self, new_scale: Any = None) -> None:
             if not self._enabled:
                 return
-            from planner.measure.builtin_trace import _set_network
-
             self._emu.update()
             self._unscaled.clear()
-            state.tracker.tag(self._emu.state_tensors(), Category.OPTIMIZER_STATE)
-            for t in self._emu.state_tensors():
-                _set_network(state.tracker, t, self._network)
+            state.tracker.tag(self._emu.state_tensors(), Category.OPTIMIZER_STATE, self._network)
 
         def get_scale(self) -> float:
             return float(self._init_scale) if self._enabled else 1.0

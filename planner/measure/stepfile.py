@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, quote
 from planner.measure.tracker import Category, Phase
 from planner.step_setup import StepSetup, show_value
 
@@ -279,7 +279,7 @@ class _Run:
                     p.grad.zero_()
 
     def optimizer_step(self, o: torch.optim.Optimizer) -> None:
-        from planner.measure.builtin_trace import _optimizer_step, _set_network
+        from planner.measure.builtin_trace import _optimizer_step
 
         tracker = self.tracker
         network = self.network_of[id(o)]
@@ -291,8 +291,7 @@ class _Run:
                 p = self.params[pid]
                 if p.grad is not None:
                     m.grad = p.grad.detach().to(torch.float32, copy=True)  # a copy even of an fp32 grad (_flatten_dense_tensors)
-                    tracker.tag([m.grad], Category.GRADIENTS)
-                    _set_network(tracker, m.grad, network)
+                    tracker.tag([m.grad], Category.GRADIENTS, network)
                     if self.setup.precision == "fp16-master":
                         m.grad.mul_(1.0 / FP16_MASTER_LOSS_SCALE)
         _optimizer_step(tracker, o, self.scalers.get(id(o)), network)
@@ -311,13 +310,23 @@ def _owner(o: torch.optim.Optimizer, nets: dict[str, torch.nn.Module], master: d
     return next(iter(nets))
 
 
-def _as_dict(value: Any, what: str, kind: type, default_name: str) -> dict[str, Any]:
+def _as_dict(value: Any, what: str, kind: type, default_name: str, path: str) -> dict[str, Any]:
     if isinstance(value, kind):
         return {default_name: value}
     if isinstance(value, dict) and value and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items()):
         return dict(value)
-    raise PlannerError(f"step: {what}() must return a {kind.__name__} or a dict of name -> {kind.__name__}, "
-                       f"got {type(value).__name__}")
+    got = type(value).__name__
+    if isinstance(value, dict):  # say which entry is wrong, not just "got dict"
+        got = "an empty dict"
+        for k, v in value.items():
+            if not isinstance(k, str):
+                got = f"a dict with the key {quote(k)}, not a string"
+                break
+            if not isinstance(v, kind):
+                got = f"a dict whose {quote(k)} is {type(v).__name__}"
+                break
+    raise PlannerError(f"step: {what}() in {quote(path)} must return a {kind.__name__} or a dict of name -> "
+                       f"{kind.__name__}, got {got}")
 
 
 # --- knobs on the networks ---------------------------------------------------------------------
@@ -529,7 +538,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         torch.manual_seed(0)
         try:
             with swappable_fake_params():
-                nets = _as_dict(_call(sf, "networks", values), "networks", torch.nn.Module, "model")
+                nets = _as_dict(_call(sf, "networks", values), "networks", torch.nn.Module, "model", setup.path)
         except PlannerError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's code: one line
@@ -546,7 +555,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
             wrapped = wrap(nets, setup.strategy, setup.gpus, mesh)
             nets = wrapped.nets
         try:
-            opts = _as_dict(sf.fn("optimizers")(nets), "optimizers", torch.optim.Optimizer, "optimizer")
+            opts = _as_dict(sf.fn("optimizers")(nets), "optimizers", torch.optim.Optimizer, "optimizer", setup.path)
         except PlannerError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -192,21 +192,30 @@ class LiveStorageTracker(TorchDispatchMode):
                 info.network = network
         self._note_peak("external")
 
-    def tag(self, tensors: Iterable[torch.Tensor | None], category: Category) -> None:
+    def uid_of(self, t: torch.Tensor) -> int | None:
+        """The tracked storage behind ``t`` (a DTensor's: its local shard's), or None."""
+        return self._by_obj.get(id(_local(t).untyped_storage()))
+
+    def tag(self, tensors: Iterable[torch.Tensor | None], category: Category | None, network: str = "") -> None:
+        """File tracked tensors under ``category`` (None: keep theirs) and, when given, ``network``.
+        A DTensor (FSDP2's sharded parameters, gradients, optimizer state) is its local shard's
+        storage, the one :meth:`track` and the op-by-op registration count."""
         for t in tensors:
             if t is None:
                 continue
-            uid = self._by_obj.get(id(_local(t).untyped_storage()))
+            uid = self.uid_of(t)
             if uid is not None:
-                self.info[uid].category = category
+                if category is not None:
+                    self.info[uid].category = category
+                if network:
+                    self.info[uid].network = network
 
     def untrack_host(self, tensors: Iterable[torch.Tensor | None]) -> None:
         """Storages that live in host memory on a real CUDA run (Adam's ``step`` counters)."""
         for t in tensors:
             if t is None:
                 continue
-            key = id(_local(t).untyped_storage())
-            uid = self._by_obj.get(key)
+            uid = self.uid_of(t)
             if uid is not None and uid in self.live:
                 nbytes = self.live.pop(uid)
                 self.current -= nbytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from planner.gpus import GPU
-from planner.result import ALL_CATEGORIES, CATEGORIES, COMMUNICATION, GIB
+from planner.result import ALL_CATEGORIES, CATEGORIES, COMMUNICATION, GIB, PROFILE_TERM
 
 MAX_SERIES = 24
 """Bars (breakdown) or lines (scaling) in one figure: more cannot be told apart, and a
@@ -18,6 +18,7 @@ COLORS = {
     "activations": "#8172b2",
     "temporaries": "#ccb974",
     "communication": "#64b5cd",
+    "profile_term": "#8c8c8c",
     "allocator overhead": "#bbbbbb",
     "context": "#666666",
 }
@@ -74,8 +75,11 @@ def breakdown_figure(labels: Sequence[str], reports: Sequence, gpus: Sequence[GP
 
 
 def _categories(dicts) -> tuple[str, ...]:
-    """The five categories, and communication where any figure has some (--gpus N)."""
-    return ALL_CATEGORIES if any(d.get(COMMUNICATION, 0) for d in dicts) else CATEGORIES
+    """The five categories, communication where any figure has some (--gpus N), and a device
+    profile's term where any figure has one (--profile)."""
+    dicts = list(dicts)
+    cats = ALL_CATEGORIES if any(d.get(COMMUNICATION, 0) for d in dicts) else CATEGORIES
+    return cats + ((PROFILE_TERM,) if any(d.get(PROFILE_TERM, 0) for d in dicts) else ())
 
 
 def crossings(xs: Sequence[float], ys: Sequence[float], level: float) -> list[float]:
