@@ -50,6 +50,10 @@ def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PlannerError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
             raise typer.Exit(exc.exit_code) from None  # 2; 3 and 4 for user code stopped or ended (isolate.py)
+        finally:  # a command's --timeout ends with it (a process that runs several, e.g. the tests)
+            isolate = sys.modules.get("planner.measure.isolate")
+            if isolate is not None:
+                isolate.set_timeout(None)
 
     return wrapper
 
