@@ -72,7 +72,7 @@ def main() -> int:
           f"{TARGETS['recommend']:.0f} s; {rc['ratio']}x the reference {rc['reference_s']} s); "
           f"{rc['considered']} candidates (target >= {MIN_CANDIDATES}): {rc['evaluated']} exact "
           f"({rc['derived']} derived, {rc['traced_directly']} traced directly), {rc['predicted']} predicted; "
-          f"{rc['traces']} traces; best: {', '.join(rc['best'] or ['nothing fits']) or 'as is'}")
+          f"{rc['traces']} traces; best: {'nothing fits' if rc['best'] is None else ', '.join(rc['best']) or 'as is'}")
     print(f"recommend --step {STEP} --gpu rtx4090 --max-batch (empty trace cache): {mb['wall_s']} s (target <= "
           f"{TARGETS['max_batch']:.0f} s; {mb['ratio']}x the reference); largest micro-batch {mb['max']}; "
           f"{mb['traces']} traces, {mb['derived']} sizes derived, {mb['traced_directly']} traced directly")
