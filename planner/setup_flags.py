@@ -157,7 +157,7 @@ class SetupFlags:
         (planner/check.py STEP_FLAGS; the knobs as --knob NAME=VALUE)."""
         return {"batch": self.batch, "accum": self.accum, "precision": self.precision, "checkpoint": self.checkpoint,
                 "sdpa": self.sdpa, "optimizer": self.optimizer, "alloc_conf": self.alloc_conf, "gpus": self.gpus,
-                "strategy": self.strategy, "knob": [f"{name}={raw}" for name, raw, _ in self.knobs] or None,
+                "strategy": self.strategy, "knob": self.knob_texts() or None,
                 "jobs": jobs, "timeout": self.timeout}
 
     def is_given(self, name: str) -> bool:
@@ -267,6 +267,16 @@ class SetupFlags:
             else:
                 out[name] = parse_value(raw)
         return out
+
+    def knob_texts(self) -> list[str]:
+        """The knobs as --knob NAME=VALUE: --knob's as typed, an alias's value as the step file
+        takes it (``--voxel 64x64x32`` -> ``voxel=64,64,32``, ``--attention F,F,T`` ->
+        ``attention=False,False,True``), so a consumer that parses --knob gets the same values."""
+        from planner.step_setup import show_value
+
+        values = self.knob_values()
+        return [f"{name}={raw}" if flag == "--knob" else f"{name}={show_value(values[name])}"
+                for name, raw, flag in self.knobs]
 
     def alias_flags(self) -> dict[str, str]:
         """knob name -> alias flag, for the knobs an alias set (the step-file loader's messages)."""

@@ -235,3 +235,16 @@ def test_every_command_that_takes_a_setup_takes_every_setup_flag():
 def test_a_setup_flag_a_command_cannot_use_is_one_line(args, message):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_check_gives_its_step_files_the_same_knob_values_as_every_other_command():
+    # check hands its flags on as a mapping with --knob texts (planner/check.py); an alias's value
+    # must reach the step file as it does through --step directly: --voxel 64x64x32 as (64, 64, 32)
+    from planner.setup_flags import step_setup
+
+    params = {"voxel": "64x64x32", "attention": "F,F,T", "perceptual": False, "knob": ["mult=1,2"]}
+    direct = SetupFlags.from_params({"step": STEP, **params}).step_setup()
+    via_check = step_setup({"step": STEP, **SetupFlags.from_params(params).step_flags()})
+    assert via_check.knobs == direct.knobs
+    assert via_check.knob_dict["voxel"] == (64, 64, 32)
+    assert via_check.knob_dict["attention"] == (False, False, True)

@@ -59,16 +59,11 @@ def estimate(
     if chosen == "trace":
         if compare:
             raise PlannerError("--compare: with --engine trace the estimate is the trace already")
-        from planner.measure.profile import report_from
-        from planner.measure.builtin_trace import run_step
+        from planner.measure.profile import profile as run_profile
 
         with err.status("tracing the built-in step (fake backend)"):
-            import time
-
-            t0 = time.perf_counter()
-            record = run_step(setup, "fake")
-            report = report_from(record, "fake", setup.device.alloc_conf, time.perf_counter() - t0,
-                                 source="estimate:trace", capacity_bytes=card.capacity_bytes if card else None)
+            report = run_profile(setup, "fake", source="estimate:trace",
+                                 capacity_bytes=card.capacity_bytes if card else None)
     else:
         report = run_estimate(setup, card.capacity_bytes if card else None)
     if prof is not None:

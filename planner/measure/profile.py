@@ -24,7 +24,11 @@ def profile(
     custom_model: str | None = None,
     custom_input: tuple[int, ...] | None = None,
     progress: Callable[[str], None] | None = None,
+    capacity_bytes: int | None = None,
+    source: str | None = None,
 ) -> MemoryReport:
+    """The report of two traced iterations of ``setup`` on ``backend``. ``capacity_bytes``: the
+    card's, for the allocator model; ``source``: the report's source (default profile:BACKEND)."""
     if backend == "cuda":
         from planner.measure.cuda_backend import profile_cuda
 
@@ -34,7 +38,7 @@ def profile(
     t0 = time.perf_counter()
     record = run_step(setup, backend, custom_model=custom_model, custom_input=custom_input, progress=progress)
     conf = setup.device.alloc_conf if setup is not None else ""
-    return report_from(record, backend, conf, time.perf_counter() - t0)
+    return report_from(record, backend, conf, time.perf_counter() - t0, source=source, capacity_bytes=capacity_bytes)
 
 
 BACKEND_DEVICE = {"fake": "CPU, FakeTensorMode (CUDA emulated)", "cpu": "CPU, real tensors (CUDA emulated)"}
