@@ -438,11 +438,9 @@ def _step_setup(flags: SetupFlags, refused: dict[str, Any], sweep: Any = ()) -> 
 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:
-    """The StepSetup of a mapping of setup flags (library callers: check, record, snapshot)."""
-    flags = SetupFlags.from_params(p)
-    if p.get("as_flag"):
-        flags = replace(flags, as_flag=p["as_flag"])
-    return _step_setup(flags, p, p.get("sweep") or ())
+    """The StepSetup of a mapping of setup flags (planner/check.py: the flags ``check`` applies
+    to every step file, ``SetupFlags.step_flags``)."""
+    return _step_setup(SetupFlags.from_params(p), p, p.get("sweep") or ())
 
 
 def sweep_names(sweep: Any) -> list[str]:
