@@ -1,18 +1,13 @@
-"""``vramplan recommend``: the cheapest configuration that fits a GPU. Torch-free.
+"""``vramplan recommend`` on the built-in steps: their search space and the analytic engine
+that answers it for planner/search.py's one search. Torch-free.
 
-Search. Every knob has a list of settings, the first being "leave it as it is";
-a candidate is one setting per knob, so the space is their product (tens of
-thousands of candidates for stage 1). Candidates are ordered by the user's
-preference (default: lowest quality-risk tier, then fastest estimated time per
-effective sample). Memory and time of a candidate are first predicted by a
-surrogate: the exact estimate of the input configuration times, for each changed
-knob, the ratio that knob alone produced in an exact estimate (so ~20 exact
-simulations cover the whole space). Walking the ordered list, a candidate whose
-predicted device total is within the budget plus a safety allowance is verified
-with an exact estimate; the first that truly fits (the top of its device_total band,
-planner/band.py ``fit_bytes``, <= card x (1 - margin); ``fit_at="point"``: the point figure)
-is the answer. On small spaces (<= EXHAUSTIVE candidates) every candidate
-is estimated exactly, which is what brute force does.
+The space (``knob_settings``): AMP, micro-batch x accumulation, checkpointing, flash attention,
+attention levels, non-local attention, the perceptual loss, the discriminator, channels, patch
+size, the allocator, the optimizer (tens of thousands of candidates for stage 1). The engine
+(``AnalyticEngine``) estimates exactly in milliseconds, so spaces of up to EXHAUSTIVE candidates
+are verified without the SAFETY filter (what brute force does), and takes each change's memory
+ratio from the simulator's allocated peak without the allocator replay (``_quick``), the exact
+figure where that peak does not move.
 
 Quality-risk tiers (issue 5): none — AMP, accumulation, checkpointing, flash
 attention; slight — perceptual ratio, discriminator size; moderate — channels,
@@ -21,30 +16,25 @@ attention levels, non-local attention, perceptual off, patch size, optimizer.
 
 from __future__ import annotations
 
-import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 from planner.allocator import parse_alloc_conf
-from planner.band import check_fit_at, fit_bytes, margin_json, margin_line
 from planner.errors import PlannerError
-from planner.gpus import CATALOG, GPU
+from planner.gpus import GPU
 from planner.result import GIB, MemoryReport
+from planner.search import ALTERNATIVES, TIER_NAMES, Candidate, Change, Outcome, SizeSearch, fewest_gpus, max_size
+from planner.search import recommend as search_recommend
 from planner.spec import TrainingSetup, spec_to_dict
 
-TIERS = {"none": 0, "slight": 1, "moderate": 2}
-TIER_NAMES = {v: k for k, v in TIERS.items()}
 EXHAUSTIVE = 256
-SAFETY = 0.15  # verify candidates predicted up to 15 % over the budget
+Recommendation = Outcome  # what recommend returns (planner/search.py)
 
 
-@dataclass(frozen=True)
-class Setting:
-    knob: str
-    label: str
-    tier: int
-    apply: Callable[[TrainingSetup], TrainingSetup]
+def Setting(knob: str, label: str, tier: int, apply: Callable[[TrainingSetup], TrainingSetup]) -> Change:
+    """A built-in knob's change (its label is its value)."""
+    return Change(knob, label, label, tier, apply)
 
 
 def _ae(setup: TrainingSetup, **kw) -> TrainingSetup:
@@ -65,15 +55,14 @@ def _round_to(x: float, m: int) -> int:
     return max(m, int(round(x / m)) * m)
 
 
-def knob_settings(setup: TrainingSetup, gpu: GPU, freeze: set[str]) -> list[list[Setting]]:
-    """Per knob: the settings to try, the first one the input's own."""
-    keep = lambda knob: Setting(knob, "as is", 0, lambda s: s)  # noqa: E731
-    knobs: list[list[Setting]] = []
+def knob_settings(setup: TrainingSetup, gpu: GPU, freeze: set[str]) -> list[list[Change]]:
+    """Per knob: the changes to try (the input's own setting is "as is", not listed)."""
+    knobs: list[list[Change]] = []
 
-    def add(knob: str, options: list[Setting]) -> None:
+    def add(knob: str, options: list[Change]) -> None:
         if knob in freeze or not options:
             return
-        knobs.append([keep(knob)] + options)
+        knobs.append(options)
 
     dev = setup.device
     amp: list[Setting] = []
@@ -154,57 +143,6 @@ def knob_settings(setup: TrainingSetup, gpu: GPU, freeze: set[str]) -> list[list
     return knobs
 
 
-@dataclass
-class Candidate:
-    settings: tuple[Setting, ...]
-    predicted_total: float
-    predicted_seconds: float
-    tier: int
-    changes: int
-    exact: MemoryReport | None = None
-    seconds: float | None = None
-    setup: TrainingSetup | None = None
-
-    @property
-    def labels(self) -> list[str]:
-        return [s.label for s in self.settings if s.label != "as is"]
-
-
-@dataclass
-class Recommendation:
-    base: MemoryReport
-    base_seconds: float | None
-    gpu: GPU
-    budget_bytes: int
-    best: Candidate | None
-    alternatives: list[Candidate]
-    savings: dict[str, int] = field(default_factory=dict)  # change label -> bytes it saves alone
-    considered: int = 0
-    verified: int = 0
-    seconds: float = 0.0
-    smallest: Candidate | None = None
-    needed_gpu: GPU | None = None
-    input_fits: bool = False
-    """The input already fits the budget: ``best`` is the input as is, ``faster`` what else fits and is faster."""
-    faster: list[Candidate] = field(default_factory=list)
-    fit_at: str = "high"
-    """Where in the device_total band a plan must fit (planner/band.py ``fit_bytes``)."""
-
-    @property
-    def headroom_bytes(self) -> int:
-        """Budget minus the input's figure at ``fit_at`` in its band (negative: short)."""
-        return self.budget_bytes - fit_bytes(self.base, self.gpu, self.fit_at)
-
-    def margin_json(self, c: Candidate) -> dict:
-        """How a verified candidate's figure splits into the point and each band term above it."""
-        assert c.exact is not None
-        return margin_json(c.exact, self.gpu, self.budget_bytes, self.fit_at)
-
-    def margin_line(self, c: Candidate) -> str:
-        assert c.exact is not None
-        return margin_line(c.exact, self.gpu, self.budget_bytes, self.fit_at)
-
-
 def _report(setup: TrainingSetup, gpu: GPU, profile: Any = None) -> MemoryReport:
     """The exact estimate on ``gpu``, with ``profile`` (a DeviceProfile) applied when given."""
     from planner.analytic.estimate import estimate
@@ -232,12 +170,59 @@ def _quick(setup: TrainingSetup, gpu: GPU) -> tuple[float, float | None]:
     return float(res.peak_bytes), step / (setup.batch_size * setup.accumulation_steps)
 
 
-def _order_key(prefer: str) -> Callable[[Candidate], tuple]:
-    if prefer == "speed":
-        return lambda c: (c.predicted_seconds, c.tier, c.changes)
-    if prefer == "quality":
-        return lambda c: (c.tier, c.changes, c.predicted_seconds)
-    return lambda c: (c.tier, c.predicted_seconds, c.changes)
+class AnalyticEngine:
+    """The analytic estimator as planner/search.py's engine (every figure exact against the
+    trace, milliseconds each)."""
+
+    exhaustive = EXHAUSTIVE
+
+    def __init__(self, gpu: GPU, profile: Any = None, timed: bool = True):
+        """``timed``: also the time per sample (recommend orders by it; the size searches do not)."""
+        self.gpu, self.profile, self.timed = gpu, profile, timed
+        self.evaluations = 0
+        self._cache: dict[str, tuple[MemoryReport | None, float | None, str]] = {}
+
+    def evaluate(self, setups: list[TrainingSetup]) -> list[tuple[MemoryReport | None, float | None, str]]:
+        out = []
+        for s in setups:
+            key = repr(spec_to_dict(s))
+            if key not in self._cache:
+                try:
+                    rep, secs = _evaluate(s, self.gpu, self.profile) if self.timed else (_report(s, self.gpu, self.profile), None)
+                    self._cache[key] = (rep, secs, "estimated")
+                except PlannerError as exc:
+                    self._cache[key] = (None, None, str(exc))
+                self.evaluations += 1
+            out.append(self._cache[key])
+        return out
+
+    def ratios(self, base: Candidate, singles: list[Candidate],
+               verify: Callable[[list[Candidate]], None]) -> dict[Change, tuple[float, float, int] | None]:
+        """From the allocated peak without the allocator replay; where a change leaves that peak
+        as it is, it acts on what that does not model (the allocator's reserve, which the band's
+        top counts twice): its exact figure."""
+        assert base.report is not None and base.fit
+        base_alloc = float(base.report.peak_allocated_bytes)
+        base_s = base.seconds_per_sample or 1.0
+        out: dict[Change, tuple[float, float, int] | None] = {}
+        for c in singles:
+            st = c.settings[0]
+            try:
+                c.setup = st.apply(base.setup)
+                alloc, sec = _quick(c.setup, self.gpu)
+            except PlannerError as exc:
+                c.how, c.error, out[st] = "failed", str(exc), None
+                continue
+            self.evaluations += 1
+            mem = alloc / base_alloc
+            if alloc == base_alloc:
+                verify([c])
+                if c.report is None:
+                    out[st] = None
+                    continue
+                mem = c.fit_total / base.fit
+            out[st] = (mem, (sec or base_s) / base_s, int(base_alloc - alloc))
+        return out
 
 
 def recommend(
@@ -246,125 +231,17 @@ def recommend(
     margin: float = 0.05,
     prefer: str = "risk",
     freeze: set[str] | None = None,
-    alternatives: int = 5,
+    alternatives: int = ALTERNATIVES,
     exhaustive: bool | None = None,
     fit_at: str = "high",
     profile: Any = None,
-) -> Recommendation:
-    """``fit_at``: a plan fits when its device_total band's top (default) or point is within the
-    budget (planner/band.py ``fit_bytes``); ``profile``: a DeviceProfile applied to every estimate
-    (a GPU-measured one collapses the band to its point)."""
-    check_fit_at(fit_at)
-    if not 0 <= margin < 1:
-        raise PlannerError(f"--margin: {margin} must be in [0, 1)")
-    if prefer not in ("risk", "speed", "quality"):
-        raise PlannerError(f"--prefer: '{prefer}' (valid: risk, speed, quality)")
-    t0 = time.perf_counter()
-    budget = int(gpu.capacity_bytes * (1 - margin))
-    base_rep, base_s = _evaluate(setup, gpu, profile)
-    base_fit = fit_bytes(base_rep, gpu, fit_at)
-    base_s = base_s or 1.0
-    base_alloc = float(base_rep.peak_allocated_bytes)
-    knobs = knob_settings(setup, gpu, freeze or set())
-    # exact effect of each setting alone (on the allocated peak; reserved follows it)
-    alone: dict[int, tuple[float, float]] = {}
-    savings: dict[str, int] = {}
-    verified = 1
-    for options in knobs:
-        for st in options[1:]:
-            try:
-                alloc, sec = _quick(st.apply(setup), gpu)
-            except PlannerError:
-                alone[id(st)] = (float("inf"), float("inf"))
-                continue
-            verified += 1
-            mem = alloc / base_alloc
-            if alloc == base_alloc:
-                # the allocated peak is unchanged: the setting acts on what _quick does not model
-                # (the allocator's reserve, which the band's top counts twice): its exact figure
-                mem = fit_bytes(_report(st.apply(setup), gpu, profile), gpu, fit_at) / base_fit
-                verified += 1
-            alone[id(st)] = (mem, (sec or base_s) / base_s)
-            savings[st.label] = int(base_alloc - alloc)
-    cands: list[Candidate] = []
-    for combo in itertools.product(*knobs):
-        mem, tim = 1.0, 1.0
-        for st in combo:
-            if st.label != "as is":
-                m, t = alone[id(st)]
-                mem *= m
-                tim *= t
-        changed = [s for s in combo if s.label != "as is"]
-        cands.append(Candidate(combo, base_fit * mem, base_s * tim,
-                               max((s.tier for s in changed), default=0), len(changed)))
-    cands.sort(key=_order_key(prefer))
-    do_all = exhaustive if exhaustive is not None else len(cands) <= EXHAUSTIVE
-    found: list[Candidate] = []
-    cache: dict[str, tuple[MemoryReport, float | None]] = {}
-
-    def exact(c: Candidate) -> bool:
-        nonlocal verified
-        s = setup
-        try:
-            for st in c.settings:
-                s = st.apply(s)
-        except PlannerError:
-            return False
-        key = repr(spec_to_dict(s))
-        if key not in cache:
-            cache[key] = _evaluate(s, gpu, profile)
-            verified += 1
-        c.exact, c.seconds = cache[key]
-        c.setup = s
-        return fit_bytes(c.exact, gpu, fit_at) <= budget
-
-    if base_fit <= budget:
-        # Already fits: keep it, and offer the settings predicted faster that still fit.
-        as_is = next(c for c in cands if c.changes == 0)
-        as_is.exact, as_is.seconds, as_is.setup = base_rep, base_s, setup
-        faster: list[Candidate] = []
-        tried = 0
-        for c in cands:
-            if len(faster) >= alternatives or tried >= 4 * alternatives + 8:
-                break
-            if c.changes == 0 or c.predicted_seconds >= base_s * 0.995:
-                continue
-            if c.predicted_total > budget * (1 + SAFETY):
-                continue
-            tried += 1
-            if exact(c) and (c.seconds or base_s) < base_s:
-                faster.append(c)
-        for c in faster:  # the user's order (--prefer), on the exact times
-            c.predicted_seconds = c.seconds or c.predicted_seconds
-        faster.sort(key=_order_key(prefer))
-        rec = Recommendation(base_rep, base_s, gpu, budget, as_is, [], savings,
-                             considered=len(cands), verified=verified, input_fits=True, faster=faster, fit_at=fit_at)
-        rec.seconds = time.perf_counter() - t0
-        return rec
-
-    for c in cands:
-        if len(found) > alternatives:
-            break
-        if not do_all and c.predicted_total > budget * (1 + SAFETY):
-            continue
-        if exact(c):
-            found.append(c)
-    if do_all and found:
-        # exact order among the fitting ones (predicted time replaced by the exact one)
-        for c in found:
-            c.predicted_seconds = c.seconds or c.predicted_seconds
-        found.sort(key=_order_key(prefer))
-    rec = Recommendation(base_rep, base_s, gpu, budget, found[0] if found else None, found[1:], savings,
-                         considered=len(cands), verified=verified, fit_at=fit_at)
-    if not found:
-        smallest = min(cands, key=lambda c: c.predicted_total)
-        exact(smallest)
-        rec.smallest = smallest
-        need = fit_bytes(smallest.exact, gpu, fit_at) / (1 - margin)
-        fits = [g for g in CATALOG if g.capacity_bytes >= need]
-        rec.needed_gpu = min(fits, key=lambda g: g.capacity_bytes) if fits else None
-    rec.seconds = time.perf_counter() - t0
-    return rec
+) -> Outcome:
+    """planner/search.py ``recommend`` over the built-in step's space, answered by the analytic
+    engine. ``fit_at``: a plan fits when its device_total band's top (default) or point is within
+    the budget (planner/band.py ``fit_bytes``); ``profile``: a DeviceProfile applied to every
+    estimate (a GPU-measured one collapses the band to its point)."""
+    return search_recommend(setup, knob_settings(setup, gpu, freeze or set()), AnalyticEngine(gpu, profile), margin,
+                            prefer, fit_at, alternatives, exhaustive)
 
 
 def yaml_diff(base: TrainingSetup, new: TrainingSetup) -> list[str]:
@@ -402,8 +279,8 @@ def largest_share_change(setup: TrainingSetup, gpu: GPU, report: MemoryReport) -
     acts = bd.by_category.get("activations", 0)
     temps = bd.by_category.get("temporaries", 0)
     attention = bd.by_network.get("attention", 0)
-    options = [st for knob in knob_settings(setup, gpu, set()) for st in knob[1:] if st.tier == 0]
-    targeted: list[tuple[int, str, Setting]] = []
+    options = [st for knob in knob_settings(setup, gpu, set()) for st in knob if st.tier == 0]
+    targeted: list[tuple[int, str, Change]] = []
     for st in options:
         if st.knob == "flash":
             targeted.append((attention, "attention at the peak", st))
@@ -429,89 +306,6 @@ def largest_share_change(setup: TrainingSetup, gpu: GPU, report: MemoryReport) -
     }
 
 
-@dataclass
-class SizeSearch:
-    """Result of ``max_batch`` / ``max_voxel``; unpacks as ``(value, report)``."""
-
-    value: Any
-    report: MemoryReport | None
-    capped: bool = False
-    """The search stopped at its cap while still fitting: the answer is at least ``value``."""
-    cap: Any = None
-    smaller_not_fitting: list = field(default_factory=list)
-    """Sizes below the answer that do NOT fit (device total is not monotone in the size)."""
-    larger_fitting_skipped: list = field(default_factory=list)
-    """Sizes above the bisection's first answer found to fit by the neighbourhood scan."""
-    estimates: int = 0
-    constraints: dict | None = None
-    """max_voxel: the step and minimum side per network (planner.shapes.constraints)."""
-    rejected: dict = field(default_factory=dict)
-    """Sizes the step itself rejected (its one-line error), searched past as not fitting."""
-    start: int = 0
-    """Where the search started (the step's own value for --max-knob)."""
-
-    def __iter__(self):
-        return iter((self.value, self.report))
-
-
-NEIGHBOURHOOD = 8
-"""How many sizes below (and half as many above) the bisection's answer are re-checked."""
-
-
-def _check_margin(margin: float) -> None:
-    if not 0 <= margin < 1:
-        raise PlannerError(f"--margin: {margin} must be in [0, 1)")
-
-
-def _largest(fits: Callable[[int], MemoryReport | None], lo_k: int, limit: int) -> SizeSearch:
-    """Largest k in [lo_k, limit] with fits(k), not assuming monotonicity.
-
-    Doubling then bisection finds a k that fits with k+1 not fitting; the device
-    total can still drop as the size grows (allocator segment rounding), so the
-    NEIGHBOURHOOD sizes above are re-checked (and the search moves up if one fits)
-    and those below are scanned: any that does not fit is reported.
-    """
-    memo: dict[int, MemoryReport | None] = {}
-
-    def f(k: int) -> MemoryReport | None:
-        if k not in memo:
-            memo[k] = fits(k)
-        return memo[k]
-
-    if f(lo_k) is None:
-        # the smallest does not fit; a slightly larger one still might
-        for k in range(lo_k + 1, min(limit, lo_k + NEIGHBOURHOOD // 2) + 1):
-            if f(k) is not None:
-                lo_k = k
-                break
-        else:
-            return SizeSearch(0, None, estimates=len(memo))
-    lo, hi = lo_k, lo_k * 2
-    while hi <= limit and f(hi) is not None:
-        lo, hi = hi, hi * 2
-    if hi > limit:
-        hi = limit + 1
-        if lo < limit and f(limit) is not None:
-            lo = limit
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if f(mid) is not None:
-            lo = mid
-        else:
-            hi = mid
-    skipped = []
-    moved = True
-    while moved:
-        moved = False
-        for k in range(lo + 1, min(limit, lo + NEIGHBOURHOOD // 2) + 1):
-            if f(k) is not None:
-                skipped.append(k)
-                lo, moved = k, True
-    below = [k for k in range(max(lo_k, lo - NEIGHBOURHOOD), lo) if f(k) is None]
-    return SizeSearch(lo, f(lo), capped=(lo == limit), cap=limit, smaller_not_fitting=below,
-                      larger_fitting_skipped=skipped, estimates=len(memo))
-
-
 def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int | None = None,
               fit_at: str = "high", profile: Any = None) -> SizeSearch:
     """Largest micro-batch whose device total (the top of its band by default, planner/band.py
@@ -522,30 +316,16 @@ def max_batch(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int |
     """
     from planner.spec import MAX_BATCH
 
-    _check_margin(margin)
-    check_fit_at(fit_at)
-    budget = gpu.capacity_bytes * (1 - margin)
-    limit = MAX_BATCH if limit is None else limit
-
-    def fits(b: int) -> MemoryReport | None:
-        try:
-            rep = _report(_tr(setup, batch_size=b), gpu, profile)
-        except PlannerError:
-            return None
-        return rep if fit_bytes(rep, gpu, fit_at) <= budget else None
-
-    return _largest(fits, 1, limit)
+    return max_size(lambda b: _tr(setup, batch_size=b), AnalyticEngine(gpu, profile, timed=False), margin,
+                    MAX_BATCH if limit is None else limit, skip_rejected=True, fit_at=fit_at)
 
 
 def max_gpus(setup: TrainingSetup, gpu: GPU, margin: float, limit: int, fit_at: str = "high",
              profile: Any = None) -> tuple[Any, list, dict, float]:
     """``recommend --max-gpus``: planner/gpusearch.py ``search`` over exact analytic estimates.
     Returns (answer or None, the options tried, the verdict, seconds)."""
-    from planner.gpusearch import search
     from planner.spec import ParallelSpec
 
-    _check_margin(margin)
-    check_fit_at(fit_at)
     if setup.parallel.gpus != 1:
         raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
     t0 = time.perf_counter()
@@ -553,17 +333,10 @@ def max_gpus(setup: TrainingSetup, gpu: GPU, margin: float, limit: int, fit_at: 
     def make(b: int, a: int, n: int, strategy: str) -> TrainingSetup:
         return replace(_tr(setup, batch_size=b, gradient_accumulation_steps=a), parallel=ParallelSpec(n, strategy))
 
-    def evaluate(s: TrainingSetup) -> tuple[MemoryReport | None, str]:
-        try:
-            return _report(s, gpu, profile), "estimated"
-        except PlannerError as exc:
-            return None, str(exc)
-
     smaller = "vramplan recommend" + (f" --voxel {'x'.join(map(str, setup.data.voxel_size))}"
                                       if setup.kind == "ldm-stage1" else "")
-    answer, tried, verdict = search(setup.batch_size * setup.accumulation_steps, limit,
-                                    gpu.capacity_bytes * (1 - margin), make, evaluate, smaller,
-                                    fit=lambda r: fit_bytes(r, gpu, fit_at))
+    answer, tried, verdict = fewest_gpus(setup.batch_size * setup.accumulation_steps, limit, make,
+                                         AnalyticEngine(gpu, profile, timed=False), margin, smaller, fit_at)
     return answer, tried, verdict, time.perf_counter() - t0
 
 
@@ -580,9 +353,6 @@ def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int =
     from planner.shapes import constraints
     from planner.spec import MAX_SIDE
 
-    _check_margin(margin)
-    check_fit_at(fit_at)
-    budget = gpu.capacity_bytes * (1 - margin)
     base = setup.data.voxel_size
     cons = constraints(setup)
     step = cons["step"]
@@ -594,20 +364,10 @@ def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int =
         return tuple(max(cons["min_side"], _round_to(d * k * step / smallest, step)) for d in base)
 
     kmax = max(k0, min(limit, MAX_SIDE) * smallest // (max(base) * step))
-
-    def fits(k: int) -> MemoryReport | None:
-        try:
-            s = replace(setup, data=replace(setup.data, voxel_size=at(k)))
-            rep = _report(s, gpu, profile)
-        except PlannerError:
-            return None
-        return rep if fit_bytes(rep, gpu, fit_at) <= budget else None
-
-    res = _largest(fits, k0, kmax)
-    res.smaller_not_fitting = [at(k) for k in res.smaller_not_fitting]
-    res.larger_fitting_skipped = [at(k) for k in res.larger_fitting_skipped]
-    res.cap = at(kmax)
-    res.value = at(res.value) if res.report is not None else None
+    res = max_size(lambda k: replace(setup, data=replace(setup.data, voxel_size=at(k))), AnalyticEngine(gpu, profile, timed=False),
+                   margin, kmax, lo=k0, value_of=at, skip_rejected=True, fit_at=fit_at)
+    if res.report is None:
+        res.value = None
     res.constraints = cons
     return res
 
@@ -615,5 +375,3 @@ def max_voxel(setup: TrainingSetup, gpu: GPU, margin: float = 0.05, limit: int =
 def gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
-
-TIER_OF = TIER_NAMES

@@ -248,3 +248,33 @@ def test_check_gives_its_step_files_the_same_knob_values_as_every_other_command(
     assert via_check.knobs == direct.knobs
     assert via_check.knob_dict["voxel"] == (64, 64, 32)
     assert via_check.knob_dict["attention"] == (False, False, True)
+
+
+def test_the_one_search_answers_the_builtin_step_and_its_step_file_alike(tmp_path, monkeypatch):
+    """recommend on the built-in step (analytic engine) and on its step file (the tracer) is one
+    search (planner/search.py): the same space of micro-batch x accumulation at 4 samples per
+    step gives the same answer. Analytic figures at 32x32x32 without the perceptual loss, AMP fp16
+    (fit_bytes on this card, planner/band.py): batch 4 x 1: 1.42e9 B; 2 x 2: 1.09e9; 1 x 4: 0.99e9.
+    Card "exact:1300MiB": budget 0.95 x 1,363,148,800 = 1.295e9 B, so 4 x 1 does not fit and 2 x 2, the
+    faster of the two that do, is the answer."""
+    import planner.search as one
+
+    monkeypatch.setenv("VRAMPLAN_CACHE", str(tmp_path))
+    calls = []
+    real = one.recommend
+    monkeypatch.setattr(one, "recommend", lambda *a, **k: calls.append(type(a[2]).__name__) or real(*a, **k))
+    common = ("--voxel", "32x32x32", "--no-perceptual", "--batch", "4", "--gpu", "exact:1300MiB", "--json")
+    res = runner.invoke(app, ["recommend", *common, "--freeze",
+                              "amp,checkpointing,flash,attention,nonlocal,perceptual,discriminator,channels,patch,"
+                              "optimizer,allocator"])
+    assert res.exit_code == 0, res.output
+    builtin = json.loads(res.stdout)
+    res = runner.invoke(app, ["recommend", "--step", STEP, *common, "--precision", "amp-fp16",
+                              "--freeze", "precision,checkpointing"])
+    assert res.exit_code == 0, res.output
+    stepfile = json.loads(res.stdout)
+    assert calls == ["AnalyticEngine", "TraceEngine"]
+    assert builtin["recommended"]["changes"] == ["batch 2 x accum 2"]
+    assert stepfile["best"]["changes"] == ["micro-batch 2 x accumulation 2"]
+    # the same step: allocated to the byte; reserved within one 2 MiB segment (see above)
+    assert abs(builtin["recommended"]["device_total_bytes"] - stepfile["best"]["device_total_bytes"]) <= 2 * 2**20

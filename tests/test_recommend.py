@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -14,7 +13,8 @@ from planner.band import band_for, fit_bytes
 from planner.cli import app
 from planner.config import Overrides, resolve_setup
 from planner.gpus import parse_gpu
-from planner.recommend import _order_key, knob_settings, max_batch, recommend
+from planner.recommend import knob_settings, max_batch, recommend
+from planner.search import Candidate, apply, order_key, space
 
 ALL = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer"}
 
@@ -22,25 +22,20 @@ ALL = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perce
 def _fitting(setup, gpu, margin, freeze):
     """Exact estimate of every combination; the ones that fit."""
     budget = gpu.capacity_bytes * (1 - margin)
-    knobs = knob_settings(setup, gpu, freeze)
     fitting = []
-    for combo in itertools.product(*knobs):
-        s = setup
-        for st in combo:
-            s = st.apply(s)
+    for combo in space(knob_settings(setup, gpu, freeze)):
+        s = apply(setup, combo)
         rep = estimate(s)
         if fit_bytes(rep, gpu) <= budget:  # the top of the device_total band (planner/band.py), as recommend
-            changed = [c for c in combo if c.label != "as is"]
-            fitting.append(type("C", (), {
-                "tier": max((c.tier for c in changed), default=0), "changes": len(changed),
-                "predicted_seconds": seconds_per_sample(s, rep, gpu), "labels": [c.label for c in changed]})())
+            fitting.append(Candidate(combo, max((c.tier for c in combo), default=0), s, rep,
+                                     seconds_per_sample(s, rep, gpu)))
     return fitting
 
 
 def brute_force(setup, gpu, margin, prefer, freeze, fitting=None):
     """The best fitting combination by the same order (``fitting``: the fitting combinations,
     when already estimated)."""
-    fitting = sorted(_fitting(setup, gpu, margin, freeze) if fitting is None else fitting, key=_order_key(prefer))
+    fitting = sorted(_fitting(setup, gpu, margin, freeze) if fitting is None else fitting, key=order_key(prefer))
     return fitting[0].labels if fitting else None
 
 
@@ -194,7 +189,7 @@ def test_issue9_search_does_not_assume_monotonicity():
     # defect 7: totals that drop as the size grows: k = 1..10 fit except 7 (like 140x88x144
     # not fitting where 144x88x144 does). Bisection from 1: 1, 2, 4, 8 fit, 16 > limit 10 ->
     # checks 10 (no), 9 (yes) -> 9; the scan below (1..8) must report 7.
-    from planner.recommend import _largest
+    from planner.search import largest as _largest
 
     ok = {1, 2, 3, 4, 5, 6, 8, 9}
     res = _largest(lambda k: object() if k in ok else None, 1, 10)

@@ -13,7 +13,7 @@ from planner.commands.options import takes_setup, JobsOpt, JsonOpt, Prefer
 from planner.commands.render import step_profile, progress, write_setup
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.recommend import SAFETY, TIER_NAMES
+from planner.search import SAFETY, TIER_NAMES, check_margin
 from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, step_params
 from planner.step_setup import StepSetup, parse_value
 
@@ -185,7 +185,7 @@ def recommend(
         from planner.spec import spec_to_dict
 
         def cand(c):
-            return {"changes": c.labels, "tier": R.TIER_NAMES[c.tier], "device_total_bytes": c.exact.device_total_bytes,
+            return {"changes": c.labels, "tier": TIER_NAMES[c.tier], "device_total_bytes": c.exact.device_total_bytes,
                     "seconds_per_sample": c.seconds, "diff": R.yaml_diff(setup, c.setup)}
         print_json({
             "gpu": {"key": card.key, "name": card.name, "memory_bytes": card.memory_bytes, **card.capacity_json()},
@@ -231,7 +231,7 @@ def recommend(
                 fast.add_column(col)
             for c in rec.faster:
                 rel = f"{c.seconds / rec.base_seconds:.2f}x" if c.seconds and rec.base_seconds else "-"
-                fast.add_row(", ".join(c.labels), R.TIER_NAMES[c.tier], f"{c.exact.device_total_bytes / 2**30:.2f}",
+                fast.add_row(", ".join(c.labels), TIER_NAMES[c.tier], f"{c.exact.device_total_bytes / 2**30:.2f}",
                              f"{(rec.budget_bytes - c.exact.device_total_bytes) / 2**30:.2f}", rel)
             out.print(fast)
             out.print(f"YAML diff of the first ({', '.join(rec.faster[0].labels)}): "
@@ -260,7 +260,7 @@ def recommend(
         why.add_column("saves GiB", justify="right")
         for st in best.settings:
             if st.label != "as is":
-                why.add_row(st.label, R.TIER_NAMES[st.tier], f"{rec.savings.get(st.label, 0) / 2**30:.2f}")
+                why.add_row(st.label, TIER_NAMES[st.tier], f"{rec.savings.get(st.label, 0) / 2**30:.2f}")
         out.print(why)
     if best.seconds and rec.base_seconds:
         out.print(f"estimated time per effective sample: {best.seconds / rec.base_seconds:.2f}x the input's (roofline model, uncalibrated)")
@@ -273,7 +273,7 @@ def recommend(
             alt.add_column(col)
         for c in rec.alternatives:
             rel = f"{c.seconds / rec.base_seconds:.2f}x" if c.seconds and rec.base_seconds else "-"
-            alt.add_row(", ".join(c.labels) or "as is", R.TIER_NAMES[c.tier], f"{c.exact.device_total_bytes / 2**30:.2f}", rel)
+            alt.add_row(", ".join(c.labels) or "as is", TIER_NAMES[c.tier], f"{c.exact.device_total_bytes / 2**30:.2f}", rel)
         out.print(alt)
     if write:
         write_setup(write, best.setup)
@@ -294,9 +294,7 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
 
     profile = step_profile(profile_name)  # issue 24 (band): a GPU-measured profile collapses the band
     card = parse_gpu(gpu)
-    from planner.recommend import _check_margin
-
-    _check_margin(margin)
+    check_margin(margin)
     sf = load_step(ss)
     terms = sf.terms
     ss = filled(ss, sf)
@@ -368,8 +366,11 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
         raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, batch)")
     prog, tick = progress(err, "tracing")
     with prog:
-        best, ordered, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,
-                                         profile=profile, fit_at=fit_at)
+        found, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,
+                                   profile=profile, fit_at=fit_at)
+    best = found.best
+    # the input first where it is the answer; else every candidate in preference order
+    ordered = [best] + [c for c in found.ordered if c is not best] if best is found.input else found.ordered
     from planner.band import margin_json, margin_line  # issue 24 (band): how the chosen plan's margin splits
 
     band = (lambda f: f(best.report, card, cap["budget_bytes"], fit_at)) if best else None
@@ -384,9 +385,11 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
         from planner.terms import say
 
         print_json({"gpu": cap, "input": ss.to_json(),
-                     "best": {**best.to_json(), "in_the_steps_terms": say(best.parts, terms),
+                     "best": {**_step_candidate_json(best), "in_the_steps_terms": say(best.parts, terms),
                               "band_margin": band(margin_json)} if best else None,
-                     "candidates": [c.to_json() for c in ordered], "considered": len(ordered),
+                     "candidates": [_step_candidate_json(c) for c in ordered], "considered": len(ordered),
+                     "smallest": _step_candidate_json(found.smallest) if found.smallest else None,
+                     "card_needed": found.needed_gpu.key if found.needed_gpu else None,
                      "evaluated": exact, "predicted": stats.predicted, "traces": stats.traces,
                      "cached_traces": stats.cached, "derived": stats.derived, "traced_directly": stats.direct,
                      "failed": stats.failed, "notes": stats.notes, "seconds": round(stats.seconds, 2),
@@ -398,9 +401,11 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
               f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%})")
     out.print("input: " + ss.label(), markup=False)
     if best is None:
-        low = min((c for c in ordered if c.report is not None), key=lambda c: c.total)
+        low, need = found.smallest or found.input, found.needed_gpu
         out.print(f"[bold red]nothing fits[/bold red]: the smallest candidate needs {low.total / 2**30:.2f} GiB "
-                  f"({'; '.join(low.changes) or 'as is'})")
+                  f"({'; '.join(low.changes) or 'as is'})"
+                  + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)" if need else
+                     "; no catalog card is that large"), markup=False)
     elif not best.changes:
         out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
                   f"{cap['budget_bytes'] / 2**30:.2f} GiB budget; nothing needs to change")
@@ -439,6 +444,18 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
         out.print(f"note: {note}", markup=False)
     out.print(f"[dim]{summary}. Time per sample: roofline over the traced FLOPs and bytes ({card.name} rates), "
               f"uncalibrated, relative to 'as is'.[/dim]")
+
+
+def _step_candidate_json(c: Any) -> dict:
+    """A step file's candidate (planner/search.py ``Candidate``) as recommend --step --json gives it."""
+    r = c.report
+    return {"changes": c.changes, "tier": TIER_NAMES[c.tier], "setup": c.setup.to_json() if c.setup else None,
+            "peak_allocated_bytes": r.peak_allocated_bytes if r else None,
+            "device_total_bytes": r.device_total_bytes if r else None,
+            "predicted_device_total_bytes": (None if r or c.predicted_total in (None, float("inf"))
+                                             else int(c.predicted_total)),
+            "seconds_per_sample": c.seconds_per_sample if r else c.predicted_seconds,
+            "fit_bytes": c.fit if r else None, "how": c.how, "error": c.error}
 
 
 def max_gpus_step_file(ss: StepSetup, sf: Any, card: Any, margin: float, cap: dict, *, limit: int, jobs: int,

@@ -9,12 +9,10 @@ micro-batch. Candidates with A >= 3 take accumulation 2's figures where a trace 
 accumulation 3 (micro-batch 2) has the same peak as accumulation 2, and are traced
 directly where it does not.
 
-``recommend`` searches the product of precision x checkpointing x (micro-batch,
-accumulation) x the file's ``--search`` knobs the way the built-in recommend does
-(``planner/recommend.py``): each change alone is traced exactly, every combination is
-predicted from them (the exact figure of the input times, per change, the ratio that change
-alone produced), and candidates are verified exactly in preference order, those predicted
-within the budget plus SAFETY, until ALTERNATIVES + 1 fit. A candidate never verified says
+``recommend`` is planner/search.py's one search with the tracer as its engine
+(``TraceEngine``) over the step's space (``dims``: precision x checkpointing x (micro-batch,
+accumulation) x the file's ``--search`` knobs): each change alone is traced exactly, every
+combination predicted from them and verified in preference order. A candidate never verified says
 "predicted".
 """
 
@@ -26,65 +24,15 @@ from typing import Any, Callable
 
 from planner.errors import PlannerError
 from planner.gpus import GPU
-from planner.gpusearch import GpuOption, search
-from planner.recommend import SAFETY, TIER_NAMES, SizeSearch, _check_margin, _largest
+from planner.gpusearch import GpuOption
+from planner.search import Candidate, Change, Outcome, SizeSearch, apply, check_margin, fewest_gpus, max_size
 from planner.result import MemoryReport
 from planner.measure.precision_note import amp_costs_more, precision_pair
-from planner.step_setup import PRECISION_HELP, StepSetup, show_value
+from planner.step_setup import PRECISION_HELP, StepSetup
 
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
 ACCUM_CHECK = (2, 3)  # (micro-batch, accumulation) of the trace that checks "A >= 3 is like A = 2"
 DIRECT_ACCUM = 4  # one setup of a class at accumulation <= this is traced as it is, not checked
-ALTERNATIVES = 5  # fitting candidates found besides the best before the search stops
-
-
-@dataclass
-class Candidate:
-    setup: StepSetup
-    changes: list[str]
-    tier: int
-    parts: tuple[tuple[str, Any], ...] = ()  # (dimension, value) changed from the input
-    report: MemoryReport | None = None
-    seconds_per_sample: float | None = None
-    how: str = "predicted"
-    predicted_total: float | None = None
-    predicted_seconds: float | None = None
-    error: str | None = None
-    fit: int | None = None
-    """Where verified: the figure held against the budget (planner/band.py ``fit_bytes``: the top of
-    the device_total band by default, its point with ``fit_at="point"`` or a GPU profile)."""
-    predicted_fit: float | None = None
-
-    @property
-    def fit_total(self) -> float:
-        """What the search holds against the budget: ``fit`` where verified, else the prediction
-        (inf: cannot run)."""
-        if self.report is not None and self.fit is not None:
-            return float(self.fit)
-        return self.predicted_fit if self.predicted_fit is not None else self.total
-
-    @property
-    def total(self) -> float:
-        """The exact device total where verified, else the prediction (inf: cannot run)."""
-        if self.report is not None:
-            return float(self.report.device_total_bytes)
-        return self.predicted_total if self.predicted_total is not None else float("inf")
-
-    @property
-    def seconds(self) -> float:
-        v = self.seconds_per_sample if self.report is not None else self.predicted_seconds
-        return v if v is not None else float("inf")
-
-    def to_json(self) -> dict:
-        r = self.report
-        return {"changes": self.changes, "tier": TIER_NAMES[self.tier], "setup": self.setup.to_json(),
-                "peak_allocated_bytes": r.peak_allocated_bytes if r else None,
-                "device_total_bytes": r.device_total_bytes if r else None,
-                "predicted_device_total_bytes": (None if r or self.predicted_total in (None, float("inf"))
-                                                 else int(self.predicted_total)),
-                "seconds_per_sample": self.seconds_per_sample if r else self.predicted_seconds,
-                "fit_bytes": self.fit if r else None,
-                "how": self.how, "error": self.error}
 
 
 @dataclass
@@ -272,151 +220,116 @@ class Evaluator:
 # --- recommend ------------------------------------------------------------------------------------
 
 
-def candidates(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, list[Any]],
-               batch_default: int) -> list[Candidate]:
-    """precision x checkpointing x (micro-batch, accumulation) at the same effective batch
-    x the file's own knobs named by --search."""
-    b0 = base.batch_size or batch_default
-    effective = b0 * base.accumulation
-    precisions = [base.precision] + [p for p in ("fp32", "amp-fp16", "amp-bf16", "fp16-master", "bf16-master")
-                                     if p != base.precision and (gpu.bf16 or "bf16" not in p)]
-    if "precision" in freeze:
-        precisions = [base.precision]
-    ckpts = [base.checkpoint] + ([("auto",)] if base.checkpoint != ("auto",) and not base.checkpoint else [()] if base.checkpoint else [])
-    if "checkpointing" in freeze:
-        ckpts = [base.checkpoint]
-    splits = [(b0, base.accumulation)] + [(effective // a, a) for a in range(1, effective + 1)
-                                          if effective % a == 0 and (effective // a, a) != (b0, base.accumulation)]
-    if "batch" in freeze:
-        splits = [(b0, base.accumulation)]
-    knob_sets: list[dict[str, Any]] = [{}]
-    for name, values in search_knobs.items():
-        # the step's own value first: the input itself is always a candidate ("as is")
-        own = base.knob_dict.get(name)
-        tried = [own] + [v for v in values if v != own]
-        knob_sets = [{**ks, **({} if v is None else {name: v})} for ks in knob_sets for v in tried]
-    out = []
-    for p in precisions:
-        for ck in ckpts:
-            for b, a in splits:
-                for ks in knob_sets:
-                    s = replace(base, precision=p, checkpoint=ck, batch_size=b, accumulation=a).with_knobs(**ks)
-                    changes, parts = [], []
-                    if p != base.precision:
-                        changes.append(f"precision {p} ({PRECISION_HELP[p]})")
-                        parts.append(("precision", p))
-                    if ck != base.checkpoint:
-                        changes.append("checkpoint " + (",".join(ck) if ck else "off"))
-                        parts.append(("checkpoint", ck))
-                    if (b, a) != (b0, base.accumulation):
-                        changes.append(f"micro-batch {b} x accumulation {a}")
-                        parts.append(("split", (b, a)))
-                    for k, v in ks.items():
-                        if base.knob_dict.get(k) != v:
-                            changes.append(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
-                            parts.append((f"knob {k}", v))
-                    tier = max([PRECISION_TIER[p] if p != base.precision else 0] + [2 for k in ks if base.knob_dict.get(k) != ks[k]])
-                    out.append(Candidate(s, changes, tier, tuple(parts)))
-    return out
+class TraceEngine:
+    """The tracer as planner/search.py's engine: every figure a trace (derived where the step is
+    affine in the micro-batch); each change's ratio is its exact figure alone."""
+
+    exhaustive = 0  # seconds per trace: always walk with the SAFETY filter
+
+    def __init__(self, ev: Evaluator):
+        self.ev, self.gpu = ev, ev.gpu
+
+    @property
+    def evaluations(self) -> int:
+        return self.ev.stats.traces + self.ev.stats.cached
+
+    def evaluate(self, setups: list[StepSetup]) -> list[tuple[MemoryReport | None, float | None, str]]:
+        res = self.ev.reports(setups)
+        return [res[s] for s in setups]
+
+    def ratios(self, base: Candidate, singles: list[Candidate],
+               verify: Callable[[list[Candidate]], None]) -> dict[Change, tuple[float, float, int] | None]:
+        verify(singles)  # one round: traced side by side
+        out: dict[Change, tuple[float, float, int] | None] = {}
+        b = base.seconds_per_sample
+        for c in singles:
+            out[c.settings[0]] = None if c.report is None else (
+                c.total / base.total, (c.seconds_per_sample / b) if b and c.seconds_per_sample else 1.0,
+                int(base.total - c.total))
+        return out
 
 
-def _order_key(prefer: str) -> Callable[[Candidate], tuple]:
-    if prefer == "speed":
-        return lambda c: (c.seconds, c.tier, c.total)
-    if prefer == "quality":
-        return lambda c: (c.tier, len(c.parts), c.seconds)
-    return lambda c: (c.tier, c.seconds, c.total)
-
-
-def _verify(ev: Evaluator, cands: list[Candidate], fit_at: str = "high") -> None:
-    from planner.band import fit_bytes
-
-    results = ev.reports([c.setup for c in cands])
-    for c in cands:
-        rep, secs, how = results[c.setup]
-        if rep is None:
-            c.error, c.how = how, "failed"
+def dims(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, list[Any]],
+         checkpoint_plan: Callable[[StepSetup], Any] | None = None) -> tuple[StepSetup, list[list[Change]], list[str]]:
+    """The step's search space around ``base`` (micro-batch set): precision x checkpointing x
+    (micro-batch, accumulation) at the same effective batch x the file's own knobs named by
+    --search. ``checkpoint_plan``: the card's per-module plan for a setup (``--checkpoint auto``
+    becomes that plan; planner/measure/ckpt_plan.py). Returns the input (its own ``auto``
+    resolved), the dimensions and notes."""
+    notes: list[str] = []
+    plan = None
+    offer_auto = "checkpointing" not in freeze and not base.checkpoint
+    if checkpoint_plan is not None and (base.checkpoint == ("auto",) or offer_auto):
+        plan = checkpoint_plan(base)
+        notes.append(plan.summary())
+        if base.checkpoint == ("auto",):
+            base = replace(base, checkpoint=plan.checkpoint)
+    out: list[list[Change]] = []
+    if "precision" not in freeze:
+        out.append([Change("precision", p, f"precision {p} ({PRECISION_HELP[p]})", PRECISION_TIER[p],
+                           lambda s, p=p: replace(s, precision=p))
+                    for p in ("fp32", "amp-fp16", "amp-bf16", "fp16-master", "bf16-master")
+                    if p != base.precision and (gpu.bf16 or "bf16" not in p)])
+    if "checkpointing" not in freeze:
+        if base.checkpoint:
+            out.append([Change("checkpoint", (), "checkpoint off", 0, lambda s: replace(s, checkpoint=()))])
+        elif plan is None:
+            out.append([Change("checkpoint", ("auto",), "checkpoint auto", 0, lambda s: replace(s, checkpoint=("auto",)))])
+        elif plan.checkpoint:
+            out.append([Change("checkpoint", plan.checkpoint, f"checkpoint {plan.short()} (per-module plan)", 0,
+                               lambda s, ck=plan.checkpoint: replace(s, checkpoint=ck))])
         else:
-            c.report, c.seconds_per_sample, c.how = rep, secs, how
-            c.fit = fit_bytes(rep, ev.gpu, fit_at)
+            notes.append("checkpointing: not a candidate, it removes nothing at the peak")
+    if "batch" not in freeze:
+        assert base.batch_size is not None
+        b0, a0 = base.batch_size, base.accumulation
+        effective = b0 * a0
+        out.append([Change("split", (effective // a, a), f"micro-batch {effective // a} x accumulation {a}", 0,
+                           lambda s, b=effective // a, a=a: replace(s, batch_size=b, accumulation=a))
+                    for a in range(1, effective + 1) if effective % a == 0 and a != a0])
+    for name, values in search_knobs.items():
+        own = base.knob_dict.get(name)
+        out.append([Change(f"knob {name}", v, f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}", 2,
+                           lambda s, name=name, v=v: s.with_knobs(**{name: v}))
+                    for v in dict.fromkeys(values) if v != own])
+    return base, [d for d in out if d], notes
 
 
 def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set[str],
               search_knobs: dict[str, list[Any]], batch_default: int, jobs: int = 0,
               progress: Callable[[int, int, str], None] | None = None,
-              profile: Any = None, fit_at: str = "high") -> tuple[Candidate | None, list[Candidate], Stats]:
-    """The cheapest candidate that fits (None: nothing does) and every candidate in preference
-    order: exact where verified, predicted elsewhere (see the module docstring). A candidate fits
-    when ``Candidate.fit_total`` (the top of its device_total band, or its point with
-    ``fit_at="point"``; planner/band.py ``fit_bytes``) is within the budget."""
+              profile: Any = None, fit_at: str = "high") -> tuple[Outcome, Stats]:
+    """planner/search.py ``recommend`` over the step's space (:func:`dims`), every figure traced:
+    the outcome and the traces' statistics (with notes: the per-module checkpoint plan, why the
+    winner wins, AMP costing memory)."""
     from planner.band import check_fit_at
+    from planner.measure import ckpt_plan
+    from planner.search import recommend as search_recommend
 
     check_fit_at(fit_at)
+    check_margin(margin)
     t0 = time.perf_counter()
-    cands = candidates(base, gpu, freeze, search_knobs, batch_default)
-    budget = gpu.capacity_bytes * (1 - margin)
-    from planner.measure import ckpt_plan
-
-    plan_notes = ckpt_plan.resolve_auto(cands, base, gpu, margin)  # --checkpoint auto: the card's per-module plan
+    start, space, notes = dims(replace(base, batch_size=base.batch_size or batch_default), gpu, freeze, search_knobs,
+                               lambda s: ckpt_plan.card_plan(s, gpu, margin))
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
-        # each change alone, exactly (the input itself included)
-        alone = [c for c in cands if len(c.parts) <= 1]
-        _verify(ev, alone, fit_at)
-        as_is = next(c for c in alone if not c.parts)
-        if as_is.report is None:
-            raise PlannerError(as_is.error or "step: the input setup could not be traced")
-        ratio: dict[tuple[str, Any], tuple[float, float] | None] = {}
-        base_secs = as_is.seconds_per_sample
-        for c in alone:
-            if c.parts:
-                ratio[c.parts[0]] = None if c.report is None else (
-                    c.total / as_is.total, (c.seconds / base_secs) if base_secs and c.seconds_per_sample else 1.0)
-        for c in cands:
-            if c.report is not None or c.error:
-                continue
-            mem, tim = as_is.total, base_secs
-            for part in c.parts:
-                r = ratio.get(part)
-                if r is None:
-                    c.how, c.error = "failed", f"not run: {part[0]} {show_value(part[1], 'off')} alone failed"
-                    break
-                mem, tim = mem * r[0], (tim * r[1] if tim else None)
-            else:
-                c.predicted_total, c.predicted_seconds = mem, tim
-                c.predicted_fit = mem * as_is.fit_total / as_is.total  # the input's band top over its point
-        key = _order_key(prefer)
-        found: list[Candidate] = []
-        for c in sorted(cands, key=key):
-            if len(found) > ALTERNATIVES:
-                break
-            if c.error:
-                continue
-            if c.report is None:
-                if c.fit_total > budget * (1 + SAFETY):
-                    continue
-                _verify(ev, [c], fit_at)
-            if c.report is not None and c.fit_total <= budget:
-                found.append(c)
-        if not found:
-            rest = [c for c in cands if c.report is None and not c.error and c.total < float("inf")]
-            if rest:
-                _verify(ev, [min(rest, key=lambda c: c.fit_total)], fit_at)
+        found = search_recommend(start, space, TraceEngine(ev), margin, prefer, fit_at)
         stats = ev.stats
-        pair = precision_pair(cands)
+        pair = precision_pair(found.ordered)
         if pair is not None:
             recs = ev.evaluate([pair[0].setup, pair[1].setup])
             amp, fp32 = recs[pair[0].setup][0], recs[pair[1].setup][0]
             note = amp_costs_more(amp, fp32, pair[0].setup.precision) if amp is not None and fp32 is not None else None
-            stats.notes += [note] if note else []
-    stats.predicted = sum(1 for c in cands if c.report is None and not c.error)
-    ordered = sorted(cands, key=key)
-    fitting = [c for c in ordered if c.report is not None and c.fit_total <= budget]
+            notes += [note] if note else []
+    for c in found.ordered:  # every candidate names its setup (the JSON's "setup")
+        if c.setup is None:
+            try:
+                c.setup = apply(start, c.settings)
+            except PlannerError as exc:
+                c.how, c.error = "failed", str(exc)
+    stats.predicted = sum(1 for c in found.ordered if c.report is None and not c.error)
     stats.seconds = time.perf_counter() - t0
-    best = as_is if as_is in fitting and prefer != "speed" else (fitting[0] if fitting else None)
-    stats.notes += plan_notes + [n for n in [ckpt_plan.why(best, ordered, as_is, budget)] if n]
-    if best is as_is:  # it fits as it is: nothing to change; the others are only faster
-        return as_is, [as_is] + [c for c in ordered if c is not as_is], stats
-    return best, ordered, stats
+    stats.notes += notes + [n for n in [ckpt_plan.why(found.best, found.ordered, found.input, found.budget_bytes)] if n]
+    return found, stats
 
 
 # --- largest size ---------------------------------------------------------------------------------
@@ -426,7 +339,7 @@ def max_batch(base: StepSetup, gpu: GPU, margin: float, limit: int = 1 << 16, jo
               progress: Callable[[int, int, str], None] | None = None, profile: Any = None,
               fit_at: str = "high") -> tuple[SizeSearch, Stats]:
     """The largest micro-batch (accumulation as given) whose device total fits: the built-in
-    kinds' search (planner.recommend._largest: doubling, bisection, a neighbourhood re-check)."""
+    kinds' search (planner.search.largest: doubling, bisection, a neighbourhood re-check)."""
     res, stats = _search(lambda k: replace(base, batch_size=k), 1, gpu, margin, limit,
                          Evaluator(gpu, jobs, progress, derive_from=1, profile=profile), fit_at=fit_at)
     return _with_allocator(base, res, stats, gpu, margin, limit, lambda: Evaluator(gpu, jobs, progress, derive_from=1,
@@ -479,35 +392,13 @@ def max_knob(base: StepSetup, name: str, step: int, gpu: GPU, margin: float, lim
 def _search(at: Callable[[int], StepSetup], unit: int, gpu: GPU, margin: float, limit: int,
             ev: Evaluator, lo: int = 1, skip_rejected: bool = False, floor: int = 1,
             fit_at: str = "high") -> tuple[SizeSearch, Stats]:
-    from planner.band import check_fit_at, fit_bytes
-
-    _check_margin(margin)
-    check_fit_at(fit_at)
-    budget = gpu.capacity_bytes * (1 - margin)
+    """planner/search.py ``max_size`` with every figure traced; sizes in multiples of ``unit``."""
     t0 = time.perf_counter()
-    rejected: dict[int, str] = {}
-
-    def fits(k: int) -> MemoryReport | None:
-        try:
-            rep = ev.report(at(k))
-        except PlannerError as exc:
-            if not skip_rejected:
-                raise
-            rejected[k * unit] = str(exc)
-            return None
-        return rep if fit_bytes(rep, gpu, fit_at) <= budget else None
-
-    lo = min(lo, limit)
     with ev:
-        res = _largest(fits, lo, limit)
-        if not res.value and floor < lo:  # the start does not fit: the answer is below it
-            res = _largest(fits, floor, lo - 1)
+        res = max_size(at, TraceEngine(ev), margin, limit, lo=lo, floor=floor, value_of=lambda k: k * unit,
+                       skip_rejected=skip_rejected, fit_at=fit_at)
     ev.stats.seconds = time.perf_counter() - t0
-    if unit != 1:
-        res = replace(res, value=res.value * unit, cap=None if res.cap is None else res.cap * unit,
-                      smaller_not_fitting=[k * unit for k in res.smaller_not_fitting if k * unit not in rejected],
-                      larger_fitting_skipped=[k * unit for k in res.larger_fitting_skipped])
-    return replace(res, rejected=dict(sorted(rejected.items())), start=min(lo, limit) * unit), ev.stats
+    return res, ev.stats
 
 
 # --- more GPUs --------------------------------------------------------------------------------------
@@ -517,23 +408,14 @@ def max_gpus(base: StepSetup, gpu: GPU, margin: float, limit: int, batch_default
              progress: Callable[[int, int, str], None] | None = None,
              profile: Any = None, fit_at: str = "high") -> tuple[GpuOption | None, list[GpuOption], dict[str, Any], Stats]:
     """``recommend --step --max-gpus``: planner/gpusearch.py ``search`` with every option traced."""
-    from planner.band import check_fit_at, fit_bytes
-
-    _check_margin(margin)
-    check_fit_at(fit_at)
     if base.gpus != 1:
         raise PlannerError("--max-gpus: searches the GPU count and strategy itself; leave out --gpus/--strategy")
     t0 = time.perf_counter()
     total = (base.batch_size or batch_default) * base.accumulation  # samples per optimizer step, all ranks
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
-        def evaluate(s: StepSetup) -> tuple[MemoryReport | None, str]:
-            rep, _, how = ev.reports([s])[s]
-            return rep, how
-
-        answer, tried, verdict = search(
-            total, limit, gpu.capacity_bytes * (1 - margin),
-            lambda b, a, n, strategy: replace(base, batch_size=b, accumulation=a, gpus=n, strategy=strategy),
-            evaluate, f"vramplan recommend --step {base.path}", fit=lambda r: fit_bytes(r, gpu, fit_at))
+        answer, tried, verdict = fewest_gpus(
+            total, limit, lambda b, a, n, strategy: replace(base, batch_size=b, accumulation=a, gpus=n, strategy=strategy),
+            TraceEngine(ev), margin, f"vramplan recommend --step {base.path}", fit_at)
         stats = ev.stats
     stats.seconds = time.perf_counter() - t0
     return answer, tried, verdict, stats
