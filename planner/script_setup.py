@@ -63,6 +63,28 @@ class ScriptSetup:
         return f"{cmd} ({', '.join(knobs)})"
 
 
+def script_setup(words: list[str] | None, *, steps: int = 2, card: Any = None, precision: str | None = None,
+                 checkpoint: str | None = None, sdpa: str | None = None, batch: int | None = None) -> ScriptSetup:
+    """The ScriptSetup of a command line (``run``, ``recommend -- python train.py``): the command after
+    ``--``, the card to emulate, the knobs applied from outside, each checked."""
+    classes: tuple[str, ...] = ()
+    if checkpoint is not None:
+        classes = tuple(c.strip() for c in checkpoint.split(",") if c.strip())
+        if not classes or "auto" in classes or "none" in classes:
+            raise PlannerError(f"--checkpoint: {checkpoint!r} (valid for a script: ClassName[,ClassName], the module "
+                               f"classes to wrap)")
+    sdpa = sdpa or "auto"
+    if sdpa not in ("auto", "flash", "efficient", "math"):
+        raise PlannerError(f"--sdpa: {sdpa!r} (valid: flash, efficient, math, auto)")
+    kw: dict[str, Any] = {}
+    if card is not None:
+        cc = card.compute_capability or "8.0"
+        kw = {"gpu_name": card.name, "gpu_total": card.capacity_bytes,
+              "gpu_capability": tuple(int(x) for x in cc.split(".")[:2])}
+    return ScriptSetup(argv=parse_command(words or []), steps=steps, precision=precision, checkpoint=classes,
+                       sdpa=sdpa, batch=batch, cwd=os.getcwd(), **kw)
+
+
 def parse_command(words: list[str]) -> tuple[str, ...]:
     """``python train.py ARGS`` / ``python -m pkg.mod ARGS`` (``python`` may be left out) -> argv."""
     words = list(words)
@@ -108,6 +130,10 @@ class ScriptRun:
     notes: list[str]
     steps: int
     networks: dict[str, str] = field(default_factory=dict)  # name -> where the script first called it
+    facts: dict[str, Any] = field(default_factory=dict)
+    """What ``recommend`` reads off the run (planner/measure/script_run.py ``_facts``): the int argparse
+    options, the DataLoaders (site, batch_size, training), the autocast and GradScaler sites, the
+    repeated blocks, the effective precision, SDPA calls, FLOPs and bytes written per part of the run."""
 
 
 def _trace(setup: ScriptSetup) -> ScriptRun:

@@ -140,6 +140,20 @@ class Engine(Protocol):
         cannot run."""
 
 
+def exact_ratios(base: Candidate, singles: list[Candidate],
+                 verify: Callable[[list[Candidate]], None]) -> dict[Change, tuple[float, float, int] | None]:
+    """``Engine.ratios`` of an engine whose every figure is exact (a trace): each change alone evaluated
+    (one ``verify`` round: a tracer runs them side by side), its ratios to ``base``."""
+    verify(singles)
+    out: dict[Change, tuple[float, float, int] | None] = {}
+    b = base.seconds_per_sample
+    for c in singles:
+        out[c.settings[0]] = None if c.report is None else (
+            c.total / base.total, (c.seconds_per_sample / b) if b and c.seconds_per_sample else 1.0,
+            int(base.total - c.total))
+    return out
+
+
 def order_key(prefer: str) -> Callable[[Candidate], tuple]:
     """risk (default): lowest quality-risk tier, then fastest, then fewest changes; speed: fastest
     first; quality: fewest and least risky changes first. The device total breaks ties."""

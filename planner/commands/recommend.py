@@ -85,6 +85,11 @@ def recommend(
     fit_at: Annotated[str, typer.Option("--fit-at", help="high (default): a plan fits when the top of its device_total band does (planner/band.py); point: the point figure.")] = "high",
     profile_name: Annotated[Optional[str], typer.Option("--profile", help="Device profile to apply to every estimate (default for the built-in kinds: the GPU-measured profile of --gpu, if any).")] = None,
     as_json: JsonOpt = False,
+    command: Annotated[Optional[list[str]], typer.Argument(
+        help="After --: your training script, python train.py ARGS (or python -m package.module ARGS); "
+        "recommends what vramplan run can change, in the script's own terms.", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="With -- python train.py: optimizer steps "
+                                                 "each trace runs (default 2).")] = None,
     flags: SetupFlags | None = None,
 ) -> None:
     """The cheapest configuration that fits a GPU, with what each change saves.
@@ -98,8 +103,21 @@ def recommend(
     Example: vramplan recommend --voxel 256x256x64 --batch 4 --max-gpus 8 --gpu 80GB
 
     Example: vramplan recommend --step examples/steps/ldm_stage1.py --knob voxel=256,256,64 --batch 4 --max-gpus 8 --gpu 80GB
+
+    Example: vramplan recommend --gpu 24GB -- python train.py --batch-size 8
     """
     assert flags is not None  # takes_setup
+    if command or steps is not None:  # issue 22: recommend on a script (planner/commands/recommend_script.py)
+        from planner.commands.recommend_script import recommend_script
+
+        if not command:
+            raise PlannerError("--steps: only with a script after -- (vramplan recommend [OPTIONS] -- python train.py)")
+        recommend_script(command, flags, steps=steps, gpu=gpu, margin=margin, prefer=prefer.value if prefer else "risk",
+                         freeze=freeze, fit_at=check_fit_at(fit_at), as_json=as_json, other={
+                             "--max-batch": max_batch, "--max-voxel": max_voxel, "--write": write, "--jobs": jobs,
+                             "--search": search, "--max-knob": max_knob, "--max-gpus": max_gpus,
+                             "--knob-step": knob_step, "--knob-min": knob_min, "--profile": profile_name})
+        return
     _one_search(max_batch=max_batch, max_voxel=max_voxel, max_knob=max_knob, max_gpus=max_gpus, write=write,
                 freeze=freeze, prefer=prefer, search=search, knob_step=knob_step, knob_min=knob_min)
     ss = step_params(flags, "recommend", jobs=jobs, refused={"max_voxel": max_voxel, "write": write}, gpu=gpu,
@@ -395,8 +413,6 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
                      "failed": stats.failed, "notes": stats.notes, "seconds": round(stats.seconds, 2),
                      "time_model": "roofline over the traced step's FLOPs and bytes, uncalibrated (relative)"})
         return
-    from planner.report.text import TextTable
-
     out.print(f"[bold]vramplan recommend --step[/bold] for {card.name} "
               f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%})")
     out.print("input: " + ss.label(), markup=False)
@@ -425,19 +441,7 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
             out.print("  in the step's own terms (its TERMS): " + "; ".join(say(best.parts, terms)), markup=False)
     if best is not None:
         out.print("Band: " + band(margin_line), markup=False)
-    t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes; ~ predicted, not traced)")
-    for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
-        t.add_column(col)
-    base_secs = next((c.seconds for c in ordered if not c.changes), None) or 1.0
-    budget = cap["budget_bytes"]
-    for c in ordered[:12]:
-        pre = "" if c.report is not None else "~"
-        total = "-" if c.total == float("inf") else f"{pre}{c.total / 2**30:.2f}"
-        t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], total,
-                  "-" if c.total == float("inf") else pre + ("yes" if c.fit_total <= budget else "no"),
-                  f"{pre}{c.seconds / base_secs:.2f}" if c.seconds < float("inf") else "-",
-                  "not run" if c.error and c.error.startswith("not run") else c.how)
-    out.print(t)
+    out.print(candidate_table(ordered, cap["budget_bytes"]))
     for label, e in stats.failed.items():
         out.print(f"[yellow]could not trace {label}: {e}[/yellow]", markup=True)
     for note in stats.notes:
@@ -446,8 +450,27 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
               f"uncalibrated, relative to 'as is'.[/dim]")
 
 
+def candidate_table(ordered: list, budget: int) -> Any:
+    """The first 12 candidates (planner/search.py ``Candidate``) in preference order, figures against
+    ``budget``; time per sample relative to the input's ("as is")."""
+    from planner.report.text import TextTable
+
+    t = TextTable(title="Candidates (first 12 in preference order; GiB = 2**30 bytes; ~ predicted, not traced)")
+    for col in ("changes", "risk", "device_total GiB", "fits", "rel. time/sample", "how"):
+        t.add_column(col)
+    base_secs = next((c.seconds for c in ordered if not c.changes), None) or 1.0
+    for c in ordered[:12]:
+        pre = "" if c.report is not None else "~"
+        total = "-" if c.total == float("inf") else f"{pre}{c.total / 2**30:.2f}"
+        t.add_row("; ".join(c.changes) or "as is", TIER_NAMES[c.tier], total,
+                  "-" if c.total == float("inf") else pre + ("yes" if c.fit_total <= budget else "no"),
+                  f"{pre}{c.seconds / base_secs:.2f}" if c.seconds < float("inf") else "-",
+                  "not run" if c.error and c.error.startswith("not run") else c.how)
+    return t
+
+
 def _step_candidate_json(c: Any) -> dict:
-    """A step file's candidate (planner/search.py ``Candidate``) as recommend --step --json gives it."""
+    """A step file's (or a script's) candidate (planner/search.py ``Candidate``) as recommend --json gives it."""
     r = c.report
     return {"changes": c.changes, "tier": TIER_NAMES[c.tier], "setup": c.setup.to_json() if c.setup else None,
             "peak_allocated_bytes": r.peak_allocated_bytes if r else None,

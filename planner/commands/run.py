@@ -8,7 +8,7 @@ imported only in the worker.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -58,32 +58,15 @@ def run(
     from planner.config import environment_alloc_conf
     from planner.gpus import parse_gpu
     from planner.measure.isolate import set_timeout
-    from planner.script_setup import ScriptSetup, parse_command, trace_in_worker
+    from planner.script_setup import script_setup, trace_in_worker
 
     if accum is not None:
         raise PlannerError(f"--accum {accum}: gradient accumulation in your own loop cannot be applied from "
                            f"outside; change the script's own accumulation setting (after --) instead")
     set_timeout(timeout)
     card = parse_gpu(gpu) if gpu else None
-    classes: tuple[str, ...] = ()
-    if checkpoint is not None:
-        classes = tuple(c.strip() for c in checkpoint.split(",") if c.strip())
-        if not classes or "auto" in classes:
-            raise PlannerError(f"--checkpoint: {checkpoint!r} (valid for run: ClassName[,ClassName], the module "
-                               f"classes to wrap)")
-    sdpa = sdpa or "auto"
-    if sdpa not in ("auto", "flash", "efficient", "math"):
-        raise PlannerError(f"--sdpa: {sdpa!r} (valid: flash, efficient, math, auto)")
-    import os
-
-    kw: dict[str, Any] = {}
-    if card is not None:
-        cc = card.compute_capability or "8.0"
-        kw = {"gpu_name": card.name, "gpu_total": card.capacity_bytes,
-              "gpu_capability": tuple(int(x) for x in cc.split(".")[:2])}
-    setup = ScriptSetup(argv=parse_command(command or []), steps=steps,
-                        precision=precision, checkpoint=classes, sdpa=sdpa, batch=batch,
-                        cwd=os.getcwd(), **kw)
+    setup = script_setup(command, steps=steps, card=card, precision=precision, checkpoint=checkpoint, sdpa=sdpa,
+                         batch=batch)
     alloc_conf = alloc_conf or environment_alloc_conf()
     from planner.allocator import parse_alloc_conf
 

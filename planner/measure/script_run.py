@@ -108,6 +108,13 @@ class _State:
         self.added_autocast: list[Any] = []
         self.autocast: Any = None  # user_code.CudaAutocastAsTraced
         self.log: Any = None  # step._EventLog: the allocation stream the allocator model replays
+        # what `recommend` on a script needs to say a change in the script's own terms (ScriptRun.facts)
+        self.options: list[dict] = []  # int-valued argparse options as parsed: options, dest, value, default
+        self.loaders: list[dict] = []  # DataLoaders made: site, batch_size, training (shuffles)
+        self.autocast_sites: list[str] = []  # where the script made CUDA autocast regions
+        self.scaler_sites: list[str] = []  # where it made a GradScaler
+        self.work: dict[str, list[int]] = {}  # part of the run -> [matmul/conv/attention FLOPs, bytes written]
+        self.sdpa_calls = 0
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -315,6 +322,7 @@ def _grad_scaler_classes(state: _State) -> tuple[type, type]:
 
         def __init__(self, device: str = "cuda", init_scale: float = 2.0**16, growth_factor: float = 2.0,
                      backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True) -> None:
+            state.scaler_sites.append(_site())
             if state.setup.precision == "fp32" and enabled:
                 enabled = False
                 state.note("--precision fp32: the script's GradScaler disabled")
@@ -528,6 +536,36 @@ def _boundary(state: _State) -> Iterator[None]:
 
     patches += [(torch, "save", save), (torch, "compile", compile_)]
 
+    import argparse
+
+    parse_known = argparse.ArgumentParser.parse_known_args
+
+    def parse_known_args(self_: Any, args: Any = None, namespace: Any = None) -> Any:
+        """The script's command line as argparse parsed it: its int options, for ``recommend`` to say a
+        DataLoader's batch size as the option that gave it."""
+        ns, rest = parse_known(self_, args, namespace)
+        if args is None:  # sys.argv, not a list the script built
+            for act in self_._actions:
+                v = getattr(ns, act.dest, None) if act.option_strings else None
+                if isinstance(v, int) and not isinstance(v, bool):
+                    d = act.default
+                    state.options.append({"options": list(act.option_strings), "dest": act.dest, "value": v,
+                                          "default": d if isinstance(d, int) and not isinstance(d, bool) else None})
+        return ns, rest
+
+    patches.append((argparse.ArgumentParser, "parse_known_args", parse_known_args))
+    autocast_cls = torch.amp.autocast_mode.autocast
+    traced_autocast = autocast_cls.__init__  # user_code.CudaAutocastAsTraced's, entered before
+
+    def autocast_init(self_: Any, device_type: str, *args: Any, **kwargs: Any) -> None:
+        if device_type == "cuda":
+            site = _site()
+            if site not in state.autocast_sites:
+                state.autocast_sites.append(site)
+        traced_autocast(self_, device_type, *args, **kwargs)
+
+    patches.append((autocast_cls, "__init__", autocast_init))
+
     from planner.measure.user_code import swappable_fake_params
 
     apply = torch.nn.Module._apply
@@ -566,13 +604,16 @@ def _boundary(state: _State) -> Iterator[None]:
                          ("multiprocessing_context", None)):
             if a.get(key):
                 a[key] = off
+        sampler = a.get("sampler")
+        training = bool(a.get("shuffle")) or isinstance(sampler, (torch.utils.data.RandomSampler,
+                                                                   torch.utils.data.distributed.DistributedSampler))
         if setup.batch is not None and a.get("batch_sampler") is None:
-            sampler = a.get("sampler")
-            shuffles = a.get("shuffle") or isinstance(sampler, (torch.utils.data.RandomSampler,
-                                                                 torch.utils.data.distributed.DistributedSampler))
-            if shuffles and a.get("batch_size", 1) is not None:
+            if training and a.get("batch_size", 1) is not None:
                 state.batch_applied.append(f"{where} (batch_size {a.get('batch_size', 1)} -> {setup.batch})")
                 a["batch_size"] = setup.batch
+        batch_size = a.get("batch_size", 1)
+        state.loaders.append({"site": where, "batch_size": batch_size if a.get("batch_sampler") is None else None,
+                              "training": training})
         init(*bound.args, **bound.kwargs)
 
     loader_iter = dl.DataLoader.__iter__
@@ -597,6 +638,69 @@ def _boundary(state: _State) -> Iterator[None]:
         stack.callback(h1.remove)
         stack.callback(h2.remove)
         yield
+
+
+@contextlib.contextmanager
+def _counting_work(state: _State) -> Iterator[None]:
+    """Matmul/conv/attention FLOPs (torch.utils.flop_counter's ``flop_registry``, as
+    ``stepfile._FlopCount`` counts them) and the bytes each op writes, per part of the run, and the
+    SDPA calls: the time model of ``recommend`` on a script. Innermost mode: it sees every op first
+    and changes nothing the tracker sees."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.flop_counter import flop_registry
+
+    tr = state.tracker
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            work = state.work.setdefault(tr.step or "setup", [0, 0])
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                work[0] += int(formula(*args, **kwargs, out_val=out))
+            if func._overloadpacket.__name__.startswith("_scaled_dot_product"):
+                state.sdpa_calls += 1
+            work[1] += sum(t.untyped_storage().nbytes() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)
+                           and not t._is_view())
+            return out
+
+    with _Count():
+        yield
+
+
+def _facts(state: _State, own: Any) -> dict:
+    """What ``recommend`` on a script (planner/script_search.py) reads off a run: plain data."""
+    from planner.measure.isolate import short_path
+    from planner.measure.stepfile import repeated_blocks
+
+    blocks = []
+    classes = {type(m).__name__: type(m) for net in state.networks.values() for m in net.modules()}
+    for name, count, params in repeated_blocks(state.networks):
+        # the `class Name` line above its forward (inspect.getsourcelines cannot find a class of the
+        # script's __main__, which runpy has replaced by now)
+        code = getattr(getattr(classes[name], "forward", None), "__code__", None)
+        where = ""
+        if code is not None:
+            where = f"{short_path(code.co_filename)}:{code.co_firstlineno}"
+            try:
+                with open(code.co_filename, encoding="utf-8") as f:
+                    lines = f.read().splitlines()[:code.co_firstlineno]
+                line = next(i for i in range(len(lines), 0, -1) if lines[i - 1].lstrip().startswith(f"class {name}"))
+                where = f"{short_path(code.co_filename)}:{line}"
+            except (OSError, StopIteration, UnicodeDecodeError):
+                pass
+        blocks.append({"class": name, "instances": count, "parameters": params, "defined_at": where})
+    if state.setup.precision is not None:
+        precision = state.setup.precision
+    else:
+        dtypes = {str(d).replace("torch.", "") for d in own.dtypes}
+        precision = "amp-bf16" if dtypes == {"bfloat16"} else "amp-fp16" if dtypes else "fp32"
+    return {"options": state.options, "loaders": state.loaders, "autocast_sites": state.autocast_sites,
+            "scaler_sites": state.scaler_sites, "blocks": blocks, "precision": precision,
+            "sdpa_calls": state.sdpa_calls, "work": {k: tuple(v) for k, v in state.work.items()},
+            "networks": dict(state.first_call)}
 
 
 @contextlib.contextmanager
@@ -684,7 +788,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
     with quiet_fake_tensor_log(), fake_mode_with_values(FakeTensorMode(allow_non_fake_inputs=True)), \
             CudaEmulation(sdpa=True, cudnn_layout=True), cuda_as_traced_device(torch.device("cpu"), own), \
             _HostAndDevice(state), _sdpa(setup.sdpa), _boundary(state), _script_argv(setup), modules, tracker, \
-            _restore_gc(gc_was):
+            _restore_gc(gc_was), _counting_work(state):
         gc.disable()  # collected per op instead (stepfile._collect_young_garbage_per_op)
         try:
             _run_script(setup)
@@ -742,7 +846,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
     record = replace(record, setup=info)
     segments = sorted(state.segments.values(), key=lambda s: _segment_order(s.label))
     return ScriptRun(record, [s for s in segments if s.label != "setup"], notes, state.steps,
-                     {n: state.first_call[n] for n in state.networks})
+                     {n: state.first_call[n] for n in state.networks}, _facts(state, own))
 
 
 def _segment_order(label: str) -> tuple[int, int]:

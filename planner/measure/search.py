@@ -25,7 +25,8 @@ from typing import Any, Callable
 from planner.errors import PlannerError
 from planner.gpus import GPU
 from planner.gpusearch import GpuOption
-from planner.search import Candidate, Change, Outcome, SizeSearch, apply, check_margin, fewest_gpus, max_size
+from planner.search import (Candidate, Change, Outcome, SizeSearch, apply, check_margin, exact_ratios, fewest_gpus,
+                            max_size)
 from planner.result import MemoryReport
 from planner.measure.precision_note import amp_costs_more, precision_pair
 from planner.step_setup import PRECISION_HELP, StepSetup
@@ -239,14 +240,7 @@ class TraceEngine:
 
     def ratios(self, base: Candidate, singles: list[Candidate],
                verify: Callable[[list[Candidate]], None]) -> dict[Change, tuple[float, float, int] | None]:
-        verify(singles)  # one round: traced side by side
-        out: dict[Change, tuple[float, float, int] | None] = {}
-        b = base.seconds_per_sample
-        for c in singles:
-            out[c.settings[0]] = None if c.report is None else (
-                c.total / base.total, (c.seconds_per_sample / b) if b and c.seconds_per_sample else 1.0,
-                int(base.total - c.total))
-        return out
+        return exact_ratios(base, singles, verify)
 
 
 def dims(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, list[Any]],
