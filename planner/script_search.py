@@ -369,7 +369,12 @@ def run_command(plan: ScriptPlan, base: ScriptPlan, gpu_arg: str, terms: list[di
                             ("--alloc-conf", base.alloc_conf or None, None)):
         if have and not any(f.startswith(flag) for f in flags):
             flags.append(f"{flag} {have}")
-    return "vramplan run " + " ".join(flags) + " -- python " + " ".join(shlex.quote(a) for a in plan.setup.argv)
+    launch = "python"
+    if plan.setup.launcher == "torchrun":
+        launch = f"torchrun --nproc-per-node {plan.setup.gpus}"
+    elif plan.setup.gpus > 1:
+        flags.append(f"--gpus {plan.setup.gpus}")
+    return "vramplan run " + " ".join(flags) + f" -- {launch} " + " ".join(shlex.quote(a) for a in plan.setup.argv)
 
 
 def recommend(base: ScriptPlan, gpu: Any, margin: float, prefer: str, freeze: set[str], fit_at: str,

@@ -229,8 +229,8 @@ def test_a_script_that_ends_early_says_where(tmp_path: Path, body: str, message:
 def test_bad_input_is_one_line() -> None:
     with pytest.raises(PlannerError, match="--precision: 'fp16-master' cannot be applied"):
         ScriptSetup(argv=("x.py",), precision="fp16-master")
-    with pytest.raises(PlannerError, match="'torchrun' launches are not traced"):
-        parse_command(["torchrun", "--nproc_per_node", "2", "train.py"])
+    with pytest.raises(PlannerError, match="'accelerate' launches are not traced"):
+        parse_command(["accelerate", "launch", "train.py"])
     with pytest.raises(PlannerError, match="no such script 'missing.py'"):
         parse_command(["python", "missing.py"])
     assert parse_command(["python", "-m", "pkg.train", "--lr", "1"]) == ("-m", "pkg.train", "--lr", "1")
@@ -321,3 +321,76 @@ def test_empty_cache_is_replayed_by_the_allocator_model(tmp_path: Path) -> None:
         reserved[call] = report_from(_trace(p, steps=1).record, "fake", "", 0.0).peak_reserved_bytes
     # the training step's small tensors (< 1 MiB each) use the small pool either way
     assert reserved["pass"] - reserved["torch.cuda.empty_cache()"] == 30 * mib
+
+
+DDP = '''
+import json, os, sys
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+dist.init_process_group("nccl")
+rank = int(os.environ["LOCAL_RANK"])
+torch.cuda.set_device(rank)
+log = {"world": dist.get_world_size(), "rank": dist.get_rank(), "env": os.environ["WORLD_SIZE"],
+       "devices": torch.cuda.device_count()}
+model = nn.Linear(256, 256, bias=False).cuda(rank)
+if log["world"] > 1:
+    model = DDP(model, device_ids=[rank])
+opt = torch.optim.Adam(model.parameters())
+ds = TensorDataset(torch.randn(64, 256))
+loader = DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds))
+for (b,) in loader:
+    log["batch"] = b.shape[0]
+    log["samples_per_rank"] = len(loader.sampler)
+    json.dump(log, open(sys.argv[1], "w"))
+    opt.zero_grad()
+    model(b.cuda()).pow(2).mean().backward()
+    opt.step()
+'''
+
+
+def test_ddp_launched_by_torchrun_is_rank_0_of_a_fake_group(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    from planner.measure.profile import report_from
+    from planner.script_setup import parse_launch, script_setup
+
+    p = tmp_path / "ddp.py"
+    p.write_text(DDP)
+    log = str(tmp_path / "log.json")
+    assert parse_launch(["torchrun", "--standalone", "--nproc_per_node=2", str(p), log]) == ((str(p), log), 2)
+    assert parse_launch(["python", "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "4", str(p)]) \
+        == ((str(p),), 8)
+    peaks, comm = {}, {}
+    for n in (1, 2):
+        r = trace(script_setup(["torchrun", "--nproc-per-node", str(n), str(p), log]))
+        rep = report_from(r.record, "fake", "", 0.0)
+        peaks[n], comm[n] = rep.peak_allocated_bytes, rep.to_json()["breakdown"]["by_category"].get("communication", 0)
+        got = json.loads((tmp_path / "log.json").read_text())
+        # torchrun's environment, the fake group's answers, the DistributedSampler's share (64 samples / n ranks)
+        assert got == {"world": n, "rank": 0, "env": str(n), "devices": n, "batch": 8, "samples_per_rank": 64 // n}
+        assert not dist.is_initialized()  # the group is destroyed after the run
+    # DDP's one gradient bucket holds a flat copy of the one 256 x 256 fp32 weight: 256 * 256 * 4 = 262,144 B of
+    # communication, and nothing else changes. The same step as a step file (Linear(256, 256, bias=False), Adam,
+    # an 8 x 256 batch, fp32) measured here with profile --step --gpus 2 --strategy ddp: 1,581,568 B against
+    # 1,319,424 B on one GPU, the same +262,144 B; its peak is 8,704 B above the script's because the step's batch
+    # (8 x 256 x 4 = 8,192 B) and loss (512 B) are still alive in its optimizer step, the script's b.cuda() is not
+    assert comm == {1: 0, 2: 262_144} and peaks[2] - peaks[1] == 262_144
+    assert r.record.setup["gpus"] == 2 and r.record.setup["strategy"] == "ddp"
+    assert r.notes[0].startswith("per rank: rank 0 of 2 traced (ddp, the script's own DistributedDataParallel")
+    assert any(f"init_process_group('nccl') at {p}:9: answered by torch's fake process group, rank 0 of 2" in n
+               for n in r.notes)
+    assert any("device_ids=[0] dropped" in n for n in r.notes)
+    with pytest.raises(PlannerError, match="--gpus 3: torchrun launches 2 processes"):
+        script_setup(["torchrun", "--nproc-per-node", "2", str(p)], gpus=3)
+    with pytest.raises(PlannerError, match="--strategy fsdp: a script's own wrapping is what is traced"):
+        script_setup(["python", str(p)], gpus=2, strategy="fsdp")
+    with pytest.raises(PlannerError, match="torchrun --nproc-per-node gpu"):
+        parse_launch(["torchrun", "--nproc-per-node", "gpu", str(p)])
+    r = runner.invoke(app, ["run", "--gpus", "2", "--json", "--", "python", str(p), log])
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["run"]["gpus"] == 2 and data["peak_allocated_bytes"] == peaks[2]

@@ -11,7 +11,7 @@ from planner.errors import PlannerError
 from planner.search import SAFETY
 
 # recommend's setup flags a script takes (the input's knobs, as `vramplan run` applies them)
-SCRIPT_FLAGS = ("precision", "amp", "checkpoint", "sdpa", "batch", "alloc_conf", "timeout")
+SCRIPT_FLAGS = ("precision", "amp", "checkpoint", "sdpa", "batch", "alloc_conf", "timeout", "gpus", "strategy")
 
 
 def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: str, margin: float, prefer: str,
@@ -27,7 +27,8 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     for name, value in flags.given:
         if name not in SCRIPT_FLAGS and value not in (None, False, [], ()):
             raise PlannerError(f"--{name.replace('_', '-')}: does not apply to a script (valid with -- python "
-                               f"train.py: --precision, --checkpoint, --sdpa, --batch, --alloc-conf, --timeout, --steps)")
+                               f"train.py: --precision, --checkpoint, --sdpa, --batch, --alloc-conf, --timeout, --steps, --gpus, "
+                               f"--strategy ddp)")
     for flag, value in other.items():
         if value not in (None, False, [], ()):
             raise PlannerError(f"{flag}: does not apply to a script (valid with -- python train.py: --gpu, --margin, "
@@ -37,7 +38,8 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     card = parse_gpu(gpu)
     set_timeout(flags.timeout)
     setup = script_setup(command, steps=steps or 2, card=card, precision=flags.precision,
-                         checkpoint=flags.checkpoint, sdpa=flags.sdpa, batch=flags.batch)
+                         checkpoint=flags.checkpoint, sdpa=flags.sdpa, batch=flags.batch, gpus=flags.gpus,
+                         strategy=flags.strategy)
     conf = flags.alloc_conf or environment_alloc_conf() or ""
     from planner.allocator import parse_alloc_conf
 

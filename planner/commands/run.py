@@ -20,7 +20,8 @@ from planner.gpu_rule import GPU_HELP
 @command(name="run")
 def run(
     command: Annotated[Optional[list[str]], typer.Argument(
-        help="After --: python train.py ARGS, or python -m package.module ARGS.", show_default=False)] = None,
+        help="After --: python train.py ARGS, python -m package.module ARGS, or torchrun --nproc-per-node N "
+        "train.py ARGS.", show_default=False)] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps to run, then stop the script.")] = 2,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help=f"Card to emulate and check against. {GPU_HELP}")] = None,
     precision: Annotated[Optional[str], typer.Option(
@@ -36,6 +37,11 @@ def run(
         "reserved-memory model.")] = None,
     batch: Annotated[Optional[int], typer.Option(
         "--batch", min=1, help="batch_size of the script's training DataLoaders (those that shuffle).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(
+        "--gpus", min=1, help="Data-parallel ranks: rank 0 of N is traced, the script's init_process_group answered by a "
+        "fake process group, LOCAL_RANK/RANK/WORLD_SIZE set; figures per rank. A torchrun launch sets it.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        "--strategy", help="With --gpus N: ddp (the script's own DistributedDataParallel is what is traced).")] = None,
     accum: Annotated[Optional[int], typer.Option(
         "--accum", min=1, help="Refused: accumulation in your own loop is set in the script.")] = None,
     timeout: Annotated[Optional[float], typer.Option(
@@ -54,6 +60,8 @@ def run(
     Example: vramplan run --gpu 24GB -- python train.py --roi 96
 
     Example: vramplan run --precision amp-bf16 --checkpoint SwinTransformerBlock --json -- python -m mypkg.train
+
+    Example: vramplan run --gpu 80GB -- torchrun --nproc-per-node 8 train.py
     """
     from planner.config import environment_alloc_conf
     from planner.gpus import parse_gpu
@@ -66,7 +74,7 @@ def run(
     set_timeout(timeout)
     card = parse_gpu(gpu) if gpu else None
     setup = script_setup(command, steps=steps, card=card, precision=precision, checkpoint=checkpoint, sdpa=sdpa,
-                         batch=batch)
+                         batch=batch, gpus=gpus, strategy=strategy)
     alloc_conf = alloc_conf or environment_alloc_conf()
     from planner.allocator import parse_alloc_conf
 
@@ -92,7 +100,7 @@ def run(
         data = report.to_json()
         data["fits"] = v.fits if v else None
         data["gpu"] = v.to_json() if v else None
-        data["run"] = {"command": ["python", *setup.argv], "optimizer_steps": result.steps,
+        data["run"] = {"command": ["python", *setup.argv], "gpus": setup.gpus, "optimizer_steps": result.steps,
                        "networks": result.networks, "parts": [s.to_json() for s in result.segments]}
         data["device_band"] = band_json(report, card)
         print_json(data)

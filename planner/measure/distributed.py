@@ -210,6 +210,17 @@ def _inplace_allreduce(_state, bucket):  # noqa: ANN001, ANN202 - DDP's _check_c
 def _ddp(net: torch.nn.Module) -> Any:
     import torch.nn.parallel.distributed as ddp_mod
 
+    with constructing_ddp() as capture:
+        wrapped = ddp_mod.DistributedDataParallel(net)  # torch's defaults
+    return ddp_made(wrapped, capture)
+
+
+@contextlib.contextmanager
+def constructing_ddp() -> Iterator["_Allocations"]:
+    """While a DistributedDataParallel is constructed (by vramplan for a step file, by the user's script
+    under ``vramplan run --gpus``): what it allocates, recorded."""
+    import torch.nn.parallel.distributed as ddp_mod
+
     saved = ddp_mod._verify_param_shape_across_processes, ddp_mod._sync_module_states
     # torch/nn/parallel/distributed.py DistributedDataParallel.__init__: both read data (an
     # all-gather of parameter shapes; rank 0's parameters and buffers broadcast); no-ops while
@@ -219,13 +230,18 @@ def _ddp(net: torch.nn.Module) -> Any:
     capture = _Allocations()
     try:
         with capture:
-            wrapped = ddp_mod.DistributedDataParallel(net)  # torch's defaults
+            yield capture
     finally:
         ddp_mod._verify_param_shape_across_processes, ddp_mod._sync_module_states = saved
+
+
+def ddp_made(wrapped: Any, capture: "_Allocations") -> Any:
+    """A DDP just constructed (``constructing_ddp``): the in-place allreduce hook registered and its
+    first buckets kept (weakly) for the tracker."""
     wrapped.register_comm_hook(None, _inplace_allreduce)
     # The Reducer's first buckets (one per dtype: before the first backward DDP does not
     # bucket by size, torch/nn/parallel/distributed.py _BucketCapacityConfig.compute_bucket_size_limits),
-    # made before the tracker exists: tracked when it starts, freed by the rebuild.
+    # made before the tracker exists (a step file): tracked when it starts, freed by the rebuild.
     wrapped._vramplan_buckets = capture.made
     return wrapped
 
@@ -318,31 +334,40 @@ def _inside(mod: torch.nn.Module, units: list[torch.nn.Module]) -> bool:
 # --- attribution while tracing --------------------------------------------------------------
 
 
+def per_rank_note(world: int, strategy: str) -> str:
+    from planner.workspaces import nccl_term
+
+    nccl = nccl_term(world)
+    return (f"per rank: rank 0 of {world} traced ({strategy}, torch.distributed's own code under a fake process "
+            f"group; ranks are symmetric); NCCL's own buffers are outside the caching allocator and not in these "
+            f"figures: {nccl.bytes / 2**20:.2f} MiB ({nccl.note}; sourced, uncalibrated: {nccl.source})")
+
+
+def track_ddp(tracker: Any, d: Any, name: str, stack: contextlib.ExitStack) -> None:
+    """A DDP's attribution while tracing: its first buckets tracked (or, made under the tracker, tagged)
+    as ``communication``; its ``_pre_forward`` (the bucket rebuild) traced; undone by ``stack``."""
+    tracker.track([t for t in (r() for r in d._vramplan_buckets) if t is not None], Category.COMMUNICATION,
+                  network=name)  # no reference kept: the rebuild frees them
+    orig = d._pre_forward
+    fake = any(type(p).__name__ == "FakeTensor" for p in d.module.parameters())
+    d._pre_forward = functools.partial(_pre_forward_traced, orig, tracker, name, fake)
+    stack.callback(_restore_attr, d, "_pre_forward")
+
+
 @contextlib.contextmanager
 def tracing(wrapped: Wrapped | None, tracker: Any) -> Iterator[None]:
     """Install the attribution for the iterations of the trace; undo on exit."""
     if wrapped is None:
         yield
         return
-    from planner.workspaces import nccl_term
-
-    nccl = nccl_term(wrapped.world)
-    tracker.notes.append(f"per rank: rank 0 of {wrapped.world} traced ({wrapped.strategy}, torch.distributed's own code "
-                         f"under a fake process group; ranks are symmetric); NCCL's own buffers are outside the "
-                         f"caching allocator and not in these figures: {nccl.bytes / 2**20:.2f} MiB ({nccl.note}; "
-                         f"sourced, uncalibrated: {nccl.source})")
+    tracker.notes.append(per_rank_note(wrapped.world, wrapped.strategy))
     with contextlib.ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         # _fsdp_state.py _register_pre_backward_hook: a module returning a view; about in-place
         # ops on it in the user's code, not about memory
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
         for name, d in wrapped.ddp.items():
-            tracker.track([t for t in (r() for r in d._vramplan_buckets) if t is not None], Category.COMMUNICATION,
-                          network=name)  # no reference kept: the rebuild frees them
-            orig = d._pre_forward
-            fake = any(type(p).__name__ == "FakeTensor" for p in d.module.parameters())
-            d._pre_forward = functools.partial(_pre_forward_traced, orig, tracker, name, fake)
-            stack.callback(_restore_attr, d, "_pre_forward")
+            track_ddp(tracker, d, name, stack)
         if wrapped.fsdp:
             tracker.dtensors = True
             stack.enter_context(_fsdp_attribution(tracker, wrapped))

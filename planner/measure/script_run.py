@@ -115,6 +115,8 @@ class _State:
         self.scaler_sites: list[str] = []  # where it made a GradScaler
         self.work: dict[str, list[int]] = {}  # part of the run -> [matmul/conv/attention FLOPs, bytes written]
         self.sdpa_calls = 0
+        self.ddp: list[str] = []  # networks the script wrapped in DistributedDataParallel
+        self.stack: contextlib.ExitStack | None = None  # the DDPs' attribution, undone after the run
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -137,8 +139,14 @@ class _State:
     def discover(self, mod: torch.nn.Module) -> tuple[str, str, bool] | None:
         if not any(True for _ in mod.parameters()):
             return None
+        from torch.nn.parallel import DistributedDataParallel
+
         from planner.measure.builtin_trace import _attention_types, track_network
         from planner.measure.stepfile import apply_checkpointing
+
+        outer = mod
+        if isinstance(mod, DistributedDataParallel):  # named and tracked as the module it wraps (no "module.")
+            mod = mod.module
 
         want = [c for c in self.setup.checkpoint if any(type(m).__name__ == c for m in mod.modules())]
         if want:
@@ -158,6 +166,7 @@ class _State:
         for p in mod.parameters():
             self.owner.setdefault(id(p), name)
         track_network(self.tracker, name, mod)
+        self.modules.names[id(outer)] = self.modules.names[id(mod)]
         return self.modules.names[id(mod)]
 
     def enter_forward(self, mod: torch.nn.Module) -> None:
@@ -291,7 +300,7 @@ def _cuda_answers(state: _State) -> dict[str, Any]:
 
     return {
         "is_available": lambda: True,
-        "device_count": lambda: 1,
+        "device_count": lambda: setup.gpus,
         "current_device": lambda: 0,
         "set_device": lambda device: None,
         "get_device_name": lambda device=None: setup.gpu_name,
@@ -704,6 +713,82 @@ def _facts(state: _State, own: Any) -> dict:
 
 
 @contextlib.contextmanager
+def _distributed(state: _State) -> Iterator[None]:
+    """The ranks (``--gpus N`` / a torchrun launch): torchrun's environment for rank 0 of N
+    (``torch/distributed/run.py``: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT,
+    TORCHELASTIC_RUN_ID); the script's ``init_process_group`` answered by torch's fake process group
+    (``planner/measure/distributed.py`` ``fake_group``: FakeStore, backend "fake", rank 0 of N); each
+    DistributedDataParallel it makes constructed as a step file's is (``constructing_ddp``, ``ddp_made``:
+    no shape all-gather or broadcast of data, the in-place allreduce hook) with ``device_ids`` dropped
+    (the traced device is the CPU), and attributed while it trains (``track_ddp``: buckets as
+    ``communication``, the bucket rebuild traced). The group is destroyed after the run."""
+    import inspect
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from planner.measure.distributed import check_internals, constructing_ddp, ddp_made, track_ddp
+
+    setup, world = state.setup, state.setup.gpus
+    env: dict[str, str] = {}
+    if world > 1 or setup.launcher == "torchrun":
+        env = {"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0", "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+               "TORCHELASTIC_RUN_ID": "vramplan"}
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    init_pg = dist.init_process_group
+
+    def init_process_group(backend: Any = None, init_method: Any = None, timeout: Any = None, world_size: int = -1,
+                           rank: int = -1, *args: Any, **kwargs: Any) -> None:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        if world_size not in (-1, None, world):
+            raise PlannerError(f"run: the script's init_process_group(world_size={world_size}) at {_site()} is not the "
+                               f"{world} ranks of --gpus / torchrun (valid: the same number)")
+        state.note(f"torch.distributed.init_process_group({backend!r}) at {_site()}: answered by torch's fake process "
+                   f"group, rank 0 of {world} (collectives move no data; the buffers DDP makes for them are counted)")
+        with _real():
+            init_pg("fake", store=FakeStore(), rank=0, world_size=world)
+
+    ddp_init = DistributedDataParallel.__init__
+    sig = inspect.signature(ddp_init)
+
+    def ddp_init_traced(self_: Any, *args: Any, **kwargs: Any) -> None:
+        check_internals("ddp")
+        bound = sig.bind(self_, *args, **kwargs)
+        a = bound.arguments
+        if a.get("device_ids") or a.get("output_device") is not None:
+            state.note(f"DistributedDataParallel at {_site()}: device_ids={a.get('device_ids')} dropped (rank 0's device "
+                       f"is the traced one)")
+        a["device_ids"], a["output_device"] = None, None
+        with constructing_ddp() as capture:
+            ddp_init(*bound.args, **bound.kwargs)
+        ddp_made(self_, capture)
+        info = state.discover(self_)
+        if info is not None and state.stack is not None:
+            state.ddp.append(info[0])
+            track_ddp(state.tracker, self_, info[0], state.stack)
+
+    try:
+        with contextlib.ExitStack() as stack:
+            state.stack = stack
+            stack.enter_context(_patched(dist, "init_process_group", init_process_group))
+            stack.enter_context(_patched(DistributedDataParallel, "__init__", ddp_init_traced))
+            yield
+    finally:
+        state.stack = None
+        if dist.is_available() and dist.is_initialized():
+            with _real():
+                dist.destroy_process_group()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def _script_argv(setup: ScriptSetup) -> Iterator[None]:
     old_argv, old_path = list(sys.argv), list(sys.path)
     if setup.argv[0] == "-m":
@@ -788,7 +873,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
     with quiet_fake_tensor_log(), fake_mode_with_values(FakeTensorMode(allow_non_fake_inputs=True)), \
             CudaEmulation(sdpa=True, cudnn_layout=True), cuda_as_traced_device(torch.device("cpu"), own), \
             _HostAndDevice(state), _sdpa(setup.sdpa), _boundary(state), _script_argv(setup), modules, tracker, \
-            _restore_gc(gc_was), _counting_work(state):
+            _distributed(state), _restore_gc(gc_was), _counting_work(state):
         gc.disable()  # collected per op instead (stepfile._collect_young_garbage_per_op)
         try:
             _run_script(setup)
@@ -820,6 +905,11 @@ def trace(setup: ScriptSetup) -> ScriptRun:
         raise PlannerError(f"--batch: the script made no training DataLoader (one that shuffles) whose batch_size "
                            f"vramplan could set; change the script's own batch-size argument instead")
     notes = list(state.notes)
+    if setup.gpus > 1:
+        from planner.measure.distributed import per_rank_note
+
+        notes.insert(0, per_rank_note(setup.gpus, "ddp, the script's own DistributedDataParallel" if state.ddp else
+                                      "the script made no DistributedDataParallel: no gradient buckets"))
     for where in state.batch_applied:
         notes.append(f"--batch {setup.batch}: DataLoader at {where}")
     if setup.checkpoint:
@@ -843,6 +933,8 @@ def trace(setup: ScriptSetup) -> ScriptRun:
         "optimizers": dict(state.optimizers),
         "backend": "fake",
     }
+    if setup.gpus > 1:
+        info.update(gpus=setup.gpus, strategy="ddp" if state.ddp else "no DDP")
     record = replace(record, setup=info)
     segments = sorted(state.segments.values(), key=lambda s: _segment_order(s.label))
     return ScriptRun(record, [s for s in segments if s.label != "setup"], notes, state.steps,

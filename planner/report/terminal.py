@@ -74,6 +74,7 @@ def run_line(info: dict) -> str:
                  f"checkpoint {','.join(info['checkpoint'])}" if info.get("checkpoint") else "",
                  f"sdpa {info['sdpa']}" if info.get("sdpa", "auto") != "auto" else "",
                  "optimizers " + ", ".join(f"{k} {v}" for k, v in info.get("optimizers", {}).items()),
+                 f"rank 0 of {info['gpus']} ({info.get('strategy')}), figures per rank" if info.get("gpus") else "",
                  f"{info.get('backend', '')} backend"]
         return "ran: " + "; ".join(p for p in parts if p)
     if "knobs" in info:  # a step file
