@@ -35,11 +35,12 @@ from typing import Any, Callable
 
 from planner.errors import PlannerError
 from planner.script_setup import PRECISIONS, ScriptRun, ScriptSetup
-from planner.search import Candidate, Change, Outcome, apply, exact_ratios, max_size
+from planner.search import Candidate, Change, Outcome, SizeSearch, apply, exact_ratios, max_size
 from planner.result import MemoryReport
 
 BLOCKS = 3  # repeated module classes offered for checkpointing
 HALVINGS = 3  # batch sizes offered: the script's halved, up to this many times
+BATCH_LIMIT = 1024  # --max-batch: the largest batch size tried
 FREEZE = ("precision", "checkpointing", "batch", "sdpa", "allocator")
 BATCH_TIER = 2  # "moderate": the effective batch changes (no accumulation can be added from outside)
 EXPANDABLE = "expandable_segments:True"
@@ -56,7 +57,7 @@ class ScriptPlan:
 
     def to_json(self) -> dict:
         s = self.setup
-        return {"command": ["python", *s.argv], "steps": s.steps, "precision": s.precision,
+        return {"command": s.command_words(), "gpus": s.gpus, "steps": s.steps, "precision": s.precision,
                 "checkpoint": list(s.checkpoint), "sdpa": s.sdpa, "batch": s.batch, "alloc_conf": self.alloc_conf}
 
 
@@ -183,14 +184,16 @@ def batch_change(base: ScriptPlan, facts: dict, engine: ScriptEngine) -> tuple[C
     loader = training_loader(facts)
     assert loader is not None
     outside = (lambda p, n: _setup(p, batch=n))
+    if base.setup.batch is not None:
+        return outside, None, f"batch size: the input sets it from outside (--batch {base.setup.batch}); changed so"
     option = batch_option(facts)
-    if option is None or base.setup.batch is not None:
+    if option is None:
         return outside, None, (f"batch size: no argparse option of the script holds the DataLoader's batch_size "
                                f"{loader['batch_size']}; said as the DataLoader at {loader['site']}")
-    probe = max(1, loader["batch_size"] // 2)
+    probe = loader["batch_size"] // 2 if loader["batch_size"] > 1 else 2
     argv = with_option(base.setup.argv, option, probe)
     name = max(option["options"], key=len)
-    if argv is not None and probe != loader["batch_size"]:
+    if argv is not None:
         try:
             got = training_loader(engine.run(replace(base.setup, argv=argv)).facts)
         except PlannerError:
@@ -339,8 +342,10 @@ def in_script_terms(settings: tuple[Change, ...], facts: dict, option: dict | No
                 text = f"{max(option['options'], key=len)} {c.value} on the script's command line"
             else:
                 text = f"batch_size={c.value} in the DataLoader at {loader['site'] if loader else '?'}"
-            out.append({"change": c.label, "script": text + " (a smaller effective batch: retune the learning "
-                        "rate, or accumulate gradients in the loop)", "run_flag": f"--batch {c.value}"})
+            own = loader["batch_size"] if loader else c.value
+            why = (" (a smaller effective batch: retune the learning rate, or accumulate gradients in the loop)"
+                   if c.value < own else " (a larger effective batch: retune the learning rate)" if c.value > own else "")
+            out.append({"change": c.label, "script": text + why, "run_flag": f"--batch {c.value}"})
         elif c.dim == "sdpa":
             name = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}[c.value]
             out.append({"change": c.label, "run_flag": f"--sdpa {c.value}",
@@ -352,29 +357,19 @@ def in_script_terms(settings: tuple[Change, ...], facts: dict, option: dict | No
     return out
 
 
-def run_command(plan: ScriptPlan, base: ScriptPlan, gpu_arg: str, terms: list[dict]) -> str:
-    """The ``vramplan run`` line that traces ``plan``: the flags of changes applied from outside, the
-    script's command line with its own option changed."""
+def run_command(plan: ScriptPlan, gpu_arg: str) -> str:
+    """The ``vramplan run`` line that traces ``plan``: its knobs applied from outside as flags, the
+    script's command line (with its own option changed where the batch goes through it)."""
+    s = plan.setup
     flags = [f"--gpu {shlex.quote(gpu_arg)}"]
-    if plan.setup.steps != 2:
-        flags.append(f"--steps {plan.setup.steps}")
-    argv_changed = plan.setup.argv != base.setup.argv
-    for t in terms:
-        if t["run_flag"].startswith("--batch") and argv_changed:
-            continue  # said by the script's own option below
-        if not t["run_flag"].startswith("("):
-            flags.append(t["run_flag"])
-    for flag, have, new in (("--precision", base.setup.precision, plan.setup.precision),
-                            ("--sdpa", base.setup.sdpa if base.setup.sdpa != "auto" else None, None),
-                            ("--alloc-conf", base.alloc_conf or None, None)):
-        if have and not any(f.startswith(flag) for f in flags):
-            flags.append(f"{flag} {have}")
-    launch = "python"
-    if plan.setup.launcher == "torchrun":
-        launch = f"torchrun --nproc-per-node {plan.setup.gpus}"
-    elif plan.setup.gpus > 1:
-        flags.append(f"--gpus {plan.setup.gpus}")
-    return "vramplan run " + " ".join(flags) + f" -- {launch} " + " ".join(shlex.quote(a) for a in plan.setup.argv)
+    flags += [f"--steps {s.steps}"] if s.steps != 2 else []
+    flags += [f"--precision {s.precision}"] if s.precision else []
+    flags += [f"--checkpoint {','.join(s.checkpoint)}"] if s.checkpoint else []
+    flags += [f"--sdpa {s.sdpa}"] if s.sdpa != "auto" else []
+    flags += [f"--batch {s.batch}"] if s.batch is not None else []
+    flags += [f"--alloc-conf {shlex.quote(plan.alloc_conf)}"] if plan.alloc_conf else []
+    flags += [f"--gpus {s.gpus}"] if s.gpus > 1 and s.launcher != "torchrun" else []
+    return "vramplan run " + " ".join(flags) + " -- " + " ".join(shlex.quote(a) for a in s.command_words())
 
 
 def recommend(base: ScriptPlan, gpu: Any, margin: float, prefer: str, freeze: set[str], fit_at: str,
@@ -399,3 +394,23 @@ def recommend(base: ScriptPlan, gpu: Any, margin: float, prefer: str, freeze: se
     if run.facts.get("work") and seconds_per_sample(run, gpu) is None:
         notes.append("time per sample: not modelled (no training DataLoader batch size or no FLOPs traced)")
     return found, run, notes, knob, refined
+
+
+def max_batch(base: ScriptPlan, gpu: Any, margin: float, fit_at: str, engine: ScriptEngine | None = None,
+              limit: int = BATCH_LIMIT) -> tuple[SizeSearch, ScriptRun, BatchKnob, list[str]]:
+    """``recommend --max-batch -- python train.py``: the largest batch size of the training DataLoader
+    (set as :func:`batch_change` sets it) whose run fits ``gpu`` less ``margin``, searched from the
+    script's own (planner/search.py ``max_size``: doubling, bisection, a neighbourhood re-check; below
+    it where it does not fit)."""
+    engine = engine or ScriptEngine(gpu)
+    run = engine.run(base.setup)
+    loader = training_loader(run.facts)
+    if loader is None:
+        raise PlannerError("--max-batch: the script made no DataLoader that shuffles with a batch_size, which is what "
+                           "vramplan sets (valid: a script with a training DataLoader; else change its own batch "
+                           "argument and run vramplan run again)")
+    how, option, note = batch_change(base, run.facts, engine)
+    knob = BatchKnob(how, option, loader["batch_size"])
+    res = max_size(lambda k: knob.apply(base, k), engine, margin, max(limit, loader["batch_size"]),
+                   lo=loader["batch_size"], fit_at=fit_at)
+    return res, run, knob, [note]

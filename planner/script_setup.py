@@ -55,9 +55,13 @@ class ScriptSetup:
     def script(self) -> str:
         return self.argv[1] if self.argv[0] == "-m" else self.argv[0]
 
+    def command_words(self) -> list[str]:
+        """The command as the user launches it: ``python ARGV`` or ``torchrun --nproc-per-node N ARGV``."""
+        launch = ["torchrun", "--nproc-per-node", str(self.gpus)] if self.launcher == "torchrun" else ["python"]
+        return [*launch, *self.argv]
+
     def label(self) -> str:
-        cmd = ("torchrun --nproc-per-node " + str(self.gpus) + " " if self.launcher == "torchrun" else "python ") + \
-            " ".join(self.argv)
+        cmd = " ".join(self.command_words())
         knobs = [f"--steps {self.steps}"] + ([f"--gpus {self.gpus}"] if self.gpus > 1 else [])
         if self.precision:
             knobs.append(f"--precision {self.precision}")

@@ -107,19 +107,19 @@ def recommend(
     Example: vramplan recommend --gpu 24GB -- python train.py --batch-size 8
     """
     assert flags is not None  # takes_setup
+    _one_search(max_batch=max_batch, max_voxel=max_voxel, max_knob=max_knob, max_gpus=max_gpus, write=write,
+                freeze=freeze, prefer=prefer, search=search, knob_step=knob_step, knob_min=knob_min)
     if command or steps is not None:  # issue 22: recommend on a script (planner/commands/recommend_script.py)
         from planner.commands.recommend_script import recommend_script
 
         if not command:
             raise PlannerError("--steps: only with a script after -- (vramplan recommend [OPTIONS] -- python train.py)")
         recommend_script(command, flags, steps=steps, gpu=gpu, margin=margin, prefer=prefer.value if prefer else "risk",
-                         freeze=freeze, fit_at=check_fit_at(fit_at), as_json=as_json, other={
-                             "--max-batch": max_batch, "--max-voxel": max_voxel, "--write": write, "--jobs": jobs,
+                         freeze=freeze, fit_at=check_fit_at(fit_at), as_json=as_json, max_batch=max_batch, other={
+                             "--max-voxel": max_voxel, "--write": write, "--jobs": jobs,
                              "--search": search, "--max-knob": max_knob, "--max-gpus": max_gpus,
                              "--knob-step": knob_step, "--knob-min": knob_min, "--profile": profile_name})
         return
-    _one_search(max_batch=max_batch, max_voxel=max_voxel, max_knob=max_knob, max_gpus=max_gpus, write=write,
-                freeze=freeze, prefer=prefer, search=search, knob_step=knob_step, knob_min=knob_min)
     ss = step_params(flags, "recommend", jobs=jobs, refused={"max_voxel": max_voxel, "write": write}, gpu=gpu,
                      margin=margin, max_gpus=max_gpus)
     if ss is not None:

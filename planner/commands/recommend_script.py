@@ -15,7 +15,8 @@ SCRIPT_FLAGS = ("precision", "amp", "checkpoint", "sdpa", "batch", "alloc_conf",
 
 
 def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: str, margin: float, prefer: str,
-                     freeze: str | None, fit_at: str, as_json: bool, other: dict[str, Any]) -> None:
+                     freeze: str | None, fit_at: str, as_json: bool, other: dict[str, Any],
+                     max_batch: bool = False) -> None:
     """``other``: recommend's options that do not apply to a script (flag -> value), refused when given."""
     from planner.config import environment_alloc_conf
     from planner.gpus import parse_gpu
@@ -46,6 +47,9 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     parse_alloc_conf(conf or None)  # a bad setting is one line before the script runs
     frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
     base = S.ScriptPlan(setup, conf)
+    if max_batch:
+        _max_batch(base, card, gpu, margin, fit_at, as_json)
+        return
     with err.status(f"tracing {setup.script}") as status:
         engine = S.ScriptEngine(card, progress=lambda label: status.update(f"tracing {label[:100]}"))
         found, run, notes, knob, refined = S.recommend(base, card, margin, prefer, frozen, fit_at, engine)
@@ -56,7 +60,7 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     cap = {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes, "margin": margin,
            "budget_bytes": budget}
     terms = S.in_script_terms(best.settings, facts, option) if best else []
-    command_line = S.run_command(best.setup, base, gpu, terms) if best else None
+    command_line = S.run_command(best.setup, gpu) if best else None
     # the answer first, then every candidate in preference order
     ordered = list(dict.fromkeys([c for c in (best, found.best) if c is not None] + found.ordered))
     if refined is not None and found.best is not None:
@@ -109,3 +113,40 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
               f"each), the others predicted from each change's exact ratio alone and verified in preference order "
               f"where predicted within the budget + {SAFETY:.0%}; {found.seconds:.1f} s. Time per sample: roofline "
               f"over the traced FLOPs and bytes ({card.name} rates), uncalibrated, relative to 'as is'.[/dim]")
+
+
+def _max_batch(base: Any, card: Any, gpu: str, margin: float, fit_at: str, as_json: bool) -> None:
+    """recommend --max-batch -- python train.py (planner/script_search.py ``max_batch``)."""
+    from planner import script_search as S
+
+    with err.status(f"tracing {base.setup.script}") as status:
+        engine = S.ScriptEngine(card, progress=lambda label: status.update(f"tracing {label[:100]}"))
+        res, run, knob, notes = S.max_batch(base, card, margin, fit_at, engine)
+    value, rep = res.value, res.report
+    terms = S.in_script_terms((knob.change(value),), run.facts, knob.option) if value and rep else []
+    plan = knob.apply(base, value) if value and rep else None
+    budget = int(card.capacity_bytes * (1 - margin))
+    if as_json:
+        print_json({"gpu": {"key": card.key, "name": card.name, "capacity_bytes": card.capacity_bytes,
+                            "margin": margin, "budget_bytes": budget},
+                    "input": base.to_json(), "script_batch": knob.script_batch, "max_batch": value or None,
+                    "device_total_bytes": rep.device_total_bytes if rep else None, "capped": res.capped,
+                    "search_cap": res.cap, "smaller_not_fitting": res.smaller_not_fitting,
+                    "in_the_scripts_terms": terms, "run_command": S.run_command(plan, gpu) if plan else None,
+                    "batch_option": knob.option["options"] if knob.option else None, "traces": engine.traces,
+                    "notes": notes})
+        return
+    if not value or rep is None:
+        out.print(f"even batch 1 does not fit {card.name} (budget {budget / 2**30:.2f} GiB)")
+    else:
+        head = "(the search cap) still fits" if res.capped else "is the largest batch that fits"
+        out.print(f"batch {value} {head} {card.name}: device_total {rep.device_total_bytes / 2**30:.2f} GiB, budget "
+                  f"{budget / 2**30:.2f} GiB (the script's own: {knob.script_batch})")
+        out.print("in the script's own terms: " + terms[0]["script"], markup=False)
+        out.print("to check it without editing: " + S.run_command(plan, gpu), markup=False)
+    if res.smaller_not_fitting:
+        out.print(f"note: smaller sizes that do NOT fit (memory is not monotone in the size): "
+                  f"{', '.join(map(str, res.smaller_not_fitting))}", markup=False)
+    for note in notes:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"[dim]{engine.traces} traces of the script ({base.setup.steps} optimizer steps each)[/dim]")

@@ -100,7 +100,7 @@ def run(
         data = report.to_json()
         data["fits"] = v.fits if v else None
         data["gpu"] = v.to_json() if v else None
-        data["run"] = {"command": ["python", *setup.argv], "gpus": setup.gpus, "optimizer_steps": result.steps,
+        data["run"] = {"command": setup.command_words(), "gpus": setup.gpus, "optimizer_steps": result.steps,
                        "networks": result.networks, "parts": [s.to_json() for s in result.segments]}
         data["device_band"] = band_json(report, card)
         print_json(data)
@@ -108,7 +108,7 @@ def run(
     from planner.report.terminal import render_report
 
     render_report(report, None, out, title="vramplan run (traced now)")
-    out.print("command: python " + " ".join(setup.argv), markup=False)
+    out.print("command: " + " ".join(setup.command_words()), markup=False)
     out.print("peak by part of the run (allocated, GiB = 2**30 B):", markup=False)
     for s in result.segments:
         out.print(f"  {s.label:<28} {s.peak_bytes / 2**30:8.3f} GiB  ({s.peak_bytes:,} B) at {s.where}", markup=False)
