@@ -107,6 +107,29 @@ def test_run_command_applies_every_knob_from_outside() -> None:
     assert S.run_command(python, "rtx4090") == "vramplan run --gpu rtx4090 --steps 3 --gpus 2 -- python t.py"
 
 
+def test_changes_said_at_the_scripts_own_lines() -> None:
+    from planner.search import Change
+
+    facts = dict(FACTS, precision="amp-fp16", autocast_sites=["train.py:40"], scaler_sites=["train.py:30"],
+                 networks={"UNet": "train.py:41"}, blocks=[])
+
+    def said(dim: str, value: object) -> dict:
+        return S.in_script_terms((Change(dim, value, f"{dim} {value}", 0, lambda x: x),), facts, None)[0]
+
+    assert said("precision", "amp-bf16") == {
+        "change": "precision amp-bf16", "run_flag": "--precision amp-bf16",
+        "script": "dtype=torch.bfloat16 in the torch.autocast at train.py:40 (the GradScaler at train.py:30 may go: "
+                  "bf16 needs none)"}
+    assert said("precision", "fp32")["script"] == "remove the torch.autocast at train.py:40 and the GradScaler at train.py:30"
+    assert said("sdpa", "efficient")["script"] == ("with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend."
+                                                   "EFFICIENT_ATTENTION): around the training step")
+    assert said("allocator", "expandable_segments:True") == {
+        "change": "allocator expandable_segments:True", "run_flag": "--alloc-conf expandable_segments:True",
+        "script": "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the environment (no code change)"}
+    # the training loader (train.py:8, batch 8) said by its line without an option; 4 is a smaller batch
+    assert said("batch", 4)["script"].startswith("batch_size=4 in the DataLoader at train.py:8 (a smaller effective")
+
+
 # --- traced ---------------------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")

@@ -88,7 +88,9 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     if best is None:
         low, need = found.smallest or found.input, found.needed_gpu
         out.print("[bold red]nothing fits[/bold red]: ", end="")
-        out.print(f"the smallest candidate needs {low.total / 2**30:.2f} GiB ({'; '.join(low.labels) or 'as is'})"
+        at = "at the top of its band" if fit_at == "high" else "at its point"
+        out.print(f"the smallest candidate needs {low.fit_total / 2**30:.2f} GiB {at} (device_total "
+                  f"{low.total / 2**30:.2f} GiB; {'; '.join(low.labels) or 'as is'})"
                   + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)" if need
                      else "; no catalog card is that large"), markup=False)
     elif not best.settings:
