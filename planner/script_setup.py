@@ -80,7 +80,7 @@ def script_setup(words: list[str] | None, *, steps: int = 2, card: Any = None, p
     """The ScriptSetup of a command line (``run``, ``recommend -- python train.py``): the command after
     ``--``, the card to emulate, the knobs applied from outside, the ranks (``--gpus`` or torchrun's
     ``--nproc-per-node`` x ``--nnodes``), each checked."""
-    argv, world = parse_launch(words or [])
+    argv, world = parse_launch(words or [], gpus)
     if world is not None and gpus is not None and gpus != world:
         raise PlannerError(f"--gpus {gpus}: torchrun launches {world} processes (--nproc-per-node x --nnodes); "
                            f"give the same number or leave --gpus out")
@@ -120,10 +120,11 @@ _TORCHRUN_VALUE = frozenset((
 _TORCHRUN_FLAGS = frozenset(("--standalone", "--run-path", "--use-env", "--no-python"))
 
 
-def parse_launch(words: list[str]) -> tuple[tuple[str, ...], int | None]:
+def parse_launch(words: list[str], gpus: int | None = None) -> tuple[tuple[str, ...], int | None]:
     """The command after ``--`` -> (argv as for ``python``, the world torchrun launches or None).
     ``torchrun [OPTS] train.py ARGS`` (or ``python -m torch.distributed.run``): its processes per node
-    times its nodes are the world; the script runs as rank 0."""
+    times its nodes are the world (``--nproc-per-node gpu``/``auto``: one per GPU, ``gpus`` of them, on
+    one node); the script runs as rank 0."""
     words = list(words)
     if words and os.path.basename(words[0]).startswith("python") and words[1:3] == ["-m", "torch.distributed.run"]:
         words = ["torchrun", *words[3:]]
@@ -159,11 +160,13 @@ def parse_launch(words: list[str]) -> tuple[tuple[str, ...], int | None]:
         raise PlannerError("run: no script after torchrun's options (valid: torchrun --nproc-per-node N train.py ARGS)")
     argv = parse_command(["-m", *rest] if module else rest)
     counts = []
+    if opts.get("--nproc-per-node") in ("gpu", "auto", "cuda") and gpus and opts.get("--nnodes", "1") == "1":
+        opts["--nproc-per-node"] = str(gpus)  # torch/distributed/run.py determine_local_world_size: one per device
     for name, default in (("--nproc-per-node", "1"), ("--nnodes", "1")):
         text = opts.get(name, default)
         if not text.isdigit() or int(text) < 1:
-            raise PlannerError(f"run: torchrun {name} {text} (valid: a positive number; 'gpu'/'auto' or an elastic "
-                               f"range is not a fixed world: give --nproc-per-node N)")
+            raise PlannerError(f"run: torchrun {name} {text} (valid: a positive number, or gpu/auto with vramplan's "
+                               f"--gpus N on one node; an elastic range is not a fixed world)")
         counts.append(int(text))
     return argv, counts[0] * counts[1]
 

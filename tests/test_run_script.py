@@ -388,8 +388,9 @@ def test_ddp_launched_by_torchrun_is_rank_0_of_a_fake_group(tmp_path: Path) -> N
         script_setup(["torchrun", "--nproc-per-node", "2", str(p)], gpus=3)
     with pytest.raises(PlannerError, match="--strategy fsdp: a script's own wrapping is what is traced"):
         script_setup(["python", str(p)], gpus=2, strategy="fsdp")
-    with pytest.raises(PlannerError, match="torchrun --nproc-per-node gpu"):
+    with pytest.raises(PlannerError, match="torchrun --nproc-per-node gpu .*gpu/auto with vramplan's --gpus N"):
         parse_launch(["torchrun", "--nproc-per-node", "gpu", str(p)])
+    assert parse_launch(["torchrun", "--nproc-per-node", "gpu", str(p)], gpus=4) == ((str(p),), 4)  # one per GPU
     r = runner.invoke(app, ["run", "--gpus", "2", "--json", "--", "python", str(p), log])
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
