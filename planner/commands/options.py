@@ -196,7 +196,8 @@ def takes_setup(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kw: Any) -> Any:
         given = {name: kw.pop(name, default) for name, (_, default) in SETUP_OPTIONS.items()}
-        return fn(*args, flags=SetupFlags.from_params(given), **kw)
+        # a built-in step named as its step file (--step ldm-stage1) goes to the engine that answers it
+        return fn(*args, flags=SetupFlags.from_params(given).for_engine(kw.get("engine")), **kw)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
