@@ -205,6 +205,7 @@ def recommend(
             "smallest_device_total_bytes": rec.smallest.exact.device_total_bytes if rec.smallest else None,
             "card_needed": rec.needed_gpu.key if rec.needed_gpu else None,
             "band_margin": rec.margin_json(best) if best else None,  # issue 24 (band)
+            "notes": rec.notes,
         })
         if best and write:
             write_setup(write, best.setup)
@@ -247,6 +248,8 @@ def recommend(
         need = rec.needed_gpu
         out.print(f"[bold red]Nothing fits.[/bold red] The smallest configuration ({', '.join(s.labels) or 'as is'}) needs "
                   f"{s.exact.device_total_bytes / 2**30:.2f} GiB" + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)." if need else "; no catalog card is that large."))
+        for note in rec.notes:
+            out.print("note: " + note, markup=False)
         return
     if not best.labels:
         out.print("[bold green]The input already fits; nothing to change.[/bold green]")

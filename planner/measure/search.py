@@ -328,7 +328,7 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
                 c.how, c.error = "failed", str(exc)
     stats.predicted = sum(1 for c in found.ordered if c.report is None and not c.error)
     stats.seconds = time.perf_counter() - t0
-    stats.notes += notes + [n for n in [ckpt_plan.why(found.best, found.ordered, found.input, found.budget_bytes)] if n]
+    stats.notes += notes + found.notes + [n for n in [ckpt_plan.why(found.best, found.ordered, found.input, found.budget_bytes)] if n]
     return found, stats
 
 
