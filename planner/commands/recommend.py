@@ -364,9 +364,10 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
             raise PlannerError(f"--search: {text!r} must be knob=v1/v2/... with a knob of '{ss.path}' (valid: {valid})")
         search_knobs[name] = [parse_value(v.strip()) for v in raw.split("/") if v.strip()]
     frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
-    bad = frozen - {"precision", "checkpointing", "batch"}
+    bad = frozen - {"precision", "checkpointing", "batch", "sdpa", "allocator"}
     if bad:
-        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, batch)")
+        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, "
+                           f"batch, sdpa, allocator)")
     prog, tick = progress(err, "tracing")
     with prog:
         found, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,
