@@ -225,6 +225,8 @@ class SetupFlags:
             return f"--checkpoint {self.checkpoint}"
         if kind == "ldm-stage2" and self.sdpa not in (None, "auto"):
             return f"--sdpa {self.sdpa}"
+        if self.timeout is not None:
+            return "--timeout (it stops a traced step's code)"
         return None
 
     def flag(self, knob: str) -> str:

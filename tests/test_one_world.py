@@ -321,7 +321,7 @@ def test_what_the_analytic_engine_cannot_express_goes_to_the_tracer_or_is_refuse
     assert f.step is None and ("kind", "ldm-stage1", "--step") in f.knobs and f.sdpa is None
     # not expressible: the packaged step file, traced, at the built-in's default precision
     for p, engine in (({"precision": "bf16-master"}, None), ({"checkpoint": "auto"}, None),
-                      ({"knob": ["latent_channels=4"]}, None), ({}, "trace")):
+                      ({"knob": ["latent_channels=4"]}, None), ({"timeout": 30.0}, None), ({}, "trace")):
         f = flags(**p).for_engine(engine)
         assert f.step == packaged_path("ldm-stage1") and f.precision == p.get("precision", "amp-fp16")
     with pytest.raises(PlannerError, match=r"^--engine analytic: the step 'ldm-stage1' \(its step file\) has no "
@@ -338,3 +338,12 @@ def test_a_knob_the_packaged_step_lacks_is_refused_by_the_one_rule():
     assert res.exit_code == 2
     assert res.output.strip() == ("error: --engine analytic: the step 'ldm-stage2' (its step file) has no analytic "
                                   "engine for knob 'latent' (it takes channels, attention) (valid: trace)")
+
+
+def test_a_step_file_search_flag_takes_the_named_builtin_step_to_the_tracer():
+    """--max-knob/--search/--jobs are a step file's search: --step ldm-stage1 with them is the packaged
+    step file (its integer knobs), not "only with --step"."""
+    res = runner.invoke(app, ["recommend", "--step", "ldm-stage1", "--max-knob", "voxel"])
+    assert res.exit_code == 2
+    assert "'voxel' is not an integer knob of" in res.output and "stepfiles/ldm_stage1.py" in res.output
+    assert "(valid: latent_channels, disc_channels, disc_layers)" in res.output
