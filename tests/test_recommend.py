@@ -262,3 +262,20 @@ def test_nothing_fits_at_once_when_the_cuda_context_alone_is_over_the_budget():
     # context fits the walk runs as before
     assert recommend(setup, gpu, fit_at="point").notes
     assert not recommend(setup, parse_gpu("exact:2GiB")).notes
+
+
+def test_prefer_speed_on_an_input_that_fits_gives_the_fastest_and_says_the_input_fits():
+    """One search, one meaning of --prefer speed on every step (planner/search.py): the fastest
+    configuration that fits, even when the input fits already (as recommend --step has it)."""
+    setup = resolve_setup(None, Overrides(voxel="32x32x32", perceptual=False))
+    gpu = parse_gpu("80GB")
+    rec = recommend(setup, gpu, prefer="speed")
+    assert rec.input_fits and rec.best is not rec.input
+    assert rec.best.seconds < rec.input.seconds and rec.best.fit_total <= rec.budget_bytes
+    assert rec.best is min(rec.fitting, key=lambda c: c.seconds)
+    assert recommend(setup, gpu).best is not None and recommend(setup, gpu).best.labels == []  # risk: as it is
+    res = CliRunner().invoke(app, ["recommend", "--voxel", "32x32x32", "--no-perceptual", "--gpu", "80GB",
+                                   "--prefer", "speed"])
+    out = " ".join(res.stdout.split())
+    assert "The input already fits" in out and "--prefer speed: the fastest configuration that fits" in out
+    assert "Recommended changes" in out

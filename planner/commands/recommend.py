@@ -220,7 +220,7 @@ def recommend(
     out.print("input: " + setup_line(setup), markup=False)
     out.print(f"[dim]{card.capacity_note()}[/dim]")
     out.print(f"[dim]{rec.considered:,} candidates considered, {rec.verified} estimated exactly, {rec.seconds:.2f} s[/dim]")
-    if rec.input_fits:
+    if rec.input_fits and best is rec.input:  # --prefer speed: the fastest that fits, which may be another
         out.print(f"[bold green]The input already fits {card.name}[/bold green]: device total "
                   f"{rec.base.device_total_bytes / 2**30:.2f} GiB of the {rec.budget_bytes / 2**30:.2f} GiB budget, "
                   f"{rec.headroom_bytes / 2**30:.2f} GiB headroom "
@@ -254,6 +254,9 @@ def recommend(
     if not best.labels:
         out.print("[bold green]The input already fits; nothing to change.[/bold green]")
     else:
+        if rec.input_fits:
+            out.print(f"[bold green]The input already fits[/bold green] ({rec.headroom_bytes / 2**30:.2f} GiB headroom); "
+                      "--prefer speed: the fastest configuration that fits, whatever its quality risk, is below.")
         out.print("[bold]Recommended changes[/bold] (YAML diff against the input):")
         for line in R.yaml_diff(setup, best.setup):
             out.print(f"  {line}")
