@@ -7,6 +7,7 @@ and compares medians: the load that slows one slows the other.
 
     python benchmarks/speed.py                 # the CLI ratios, printed
     python benchmarks/speed.py --runs 9 --json out.json
+    python benchmarks/speed.py --breakdown     # where cli_estimate's time goes
 
 Reference for fresh-process commands: `python -c "sum(i*i for i in range(3_000_000))"`
 in a fresh interpreter (the one issue 9 names), so interpreter start-up is on both sides.
@@ -182,13 +183,72 @@ def cli_ratios(runs: int = 7, names: Sequence[str] | None = None) -> list[Ratio]
     return [interleaved(n, vramplan_cmd(*CLI_CHECKS[n][0]), runs) for n in (names or CLI_CHECKS)]
 
 
+# --- where a command's time goes (--breakdown) ------------------------------------------------
+
+
+def imported_modules(args: Sequence[str]) -> list[str]:
+    """The planner modules one run of ``vramplan args`` imports, read off a fresh process that
+    runs it (its output discarded) and then lists ``sys.modules``."""
+    code = ("import contextlib, io, sys\n"
+            f"sys.argv = ['vramplan', *{list(args)!r}]\n"
+            "from planner.entry import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main()\n    except SystemExit:\n        pass\n"
+            "print('MODULES', *sorted(m for m in sys.modules if m.split('.')[0] == 'planner'), file=sys.__stdout__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return out.splitlines()[-1].split()[1:]
+
+
+def breakdown_stages(args: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Fresh-process commands, each doing what the one before it did and more, up to the command
+    itself: the interpreter, typer, every planner module the command imports, the command.
+    The cyclic collector is off in the import stage, as planner/entry.py turns it off for the
+    short commands."""
+    mods = imported_modules(args)
+    return [
+        ("interpreter + site (python -c pass)", [sys.executable, "-c", "pass"]),
+        ("+ import typer", [sys.executable, "-c", "import typer"]),
+        (f"+ import the {len(mods)} planner modules it imports",
+         [sys.executable, "-c", "import gc; gc.disable(); import typer, " + ", ".join(mods)]),
+        (f"+ the work itself: vramplan {' '.join(args)}", vramplan_cmd(*args)),
+    ]
+
+
+def breakdown(args: Sequence[str], runs: int = 9) -> list[str]:
+    """Each stage's median CPU time (user + system of the child), interleaved with the reference,
+    as a ratio to the reference's median CPU time and as the step from the stage before."""
+    stages = breakdown_stages(args)
+    for _, cmd in stages:  # warm-up: file cache, .pyc files
+        _run(cmd)
+    ref: list[float] = []
+    cpu: list[list[float]] = [[] for _ in stages]
+    for _ in range(runs):
+        ref.append(_run(REFERENCE_CMD)[1])
+        for i, (_, cmd) in enumerate(stages):
+            cpu[i].append(_run(cmd)[1])
+    r = statistics.median(ref)
+    lines = [f"CPU time, median of {runs} fresh processes each, interleaved; reference {REFERENCE_LABEL}: {1e3 * r:.1f} ms"]
+    before = 0.0
+    width = max(len(label) for label, _ in stages)
+    for (label, _), c in zip(stages, cpu):
+        m = statistics.median(c)
+        lines.append(f"  {label:<{width}} {1e3 * m:7.1f} ms  ratio {m / r:.3f}  (+{(m - before) / r:.3f})")
+        before = m
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--only", action="append", choices=sorted(CLI_CHECKS))
     ap.add_argument("--json")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio exceeds its bound")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="where cli_estimate's time goes: interpreter, typer, planner's imports, the work (CPU time)")
     a = ap.parse_args()
+    if a.breakdown:
+        print("\n".join(breakdown(CLI_CHECKS["cli_estimate"][0], a.runs)))
+        return 0
     results = cli_ratios(a.runs, a.only)
     bad = []
     for r in results:

@@ -173,6 +173,13 @@ def fit_bytes(report: MemoryReport, card: object | None, at: str = "high") -> in
     return band_for(report, card).high
 
 
+def fixed_bytes(report: MemoryReport, card: object | None, at: str = "high") -> int:
+    """The part of ``fit_bytes`` that no change to the step moves: the CUDA context term (the
+    card's and the loading mode's, the same for every setup of a step on one card)."""
+    term = next(t for t in band_for(report, card).terms if t.name == "CUDA context")
+    return term.high if check_fit_at(at) == "high" else term.point
+
+
 def margin_json(report: MemoryReport, card: object | None, budget_bytes: int, at: str = "high") -> dict:
     """How the chosen plan's figure splits: the point, what each band term adds above it (the
     margin the band asks for), the figure held against the budget and what is left."""

@@ -207,6 +207,8 @@ class Outcome:
     """Change label -> bytes it saves alone (the engine's ratio figure)."""
     evaluations: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    """What the search found on the way (why nothing can fit)."""
 
     @property
     def input_fits(self) -> bool:
@@ -259,7 +261,7 @@ def recommend(base: Any, dims: list[list[Change]], engine: Engine, margin: float
     """The cheapest candidate of ``dims`` around ``base`` that fits ``engine.gpu`` (see the module
     docstring). ``exhaustive``: verify without the SAFETY filter (default: when the space has at most
     ``engine.exhaustive`` candidates)."""
-    from planner.band import check_fit_at, fit_bytes
+    from planner.band import check_fit_at, fit_bytes, fixed_bytes
     from planner.gpus import CATALOG
 
     check_fit_at(fit_at)
@@ -339,7 +341,12 @@ def recommend(base: Any, dims: list[list[Change]], engine: Engine, margin: float
         out.best = out.fitting[0] if prefer == "speed" else as_is
     else:
         found: list[Candidate] = []
-        for c in ordered:
+        floor = fixed_bytes(as_is.report, gpu, fit_at)
+        if floor > budget:  # the CUDA context alone is over the budget: no change to the step can fit
+            out.notes.append(f"the CUDA context alone ({floor / 2**30:.2f} GiB at the "
+                             f"{'top of its band' if fit_at == 'high' else 'point'}) is over the budget "
+                             f"({budget / 2**30:.2f} GiB): no change to the step fits this card")
+        for c in ordered if floor <= budget else ():
             if len(found) > alternatives:
                 break
             if c.error or (not do_all and c.report is None and c.fit_total > budget * (1 + SAFETY)):
@@ -354,7 +361,9 @@ def recommend(base: Any, dims: list[list[Change]], engine: Engine, margin: float
             if runnable:
                 smallest = min(runnable, key=lambda c: c.fit_total)
                 verify([smallest])
-                if smallest.report is not None:
+                if smallest.report is not None and smallest.fit_total <= budget:  # it fits after all
+                    out.fitting, out.best = [smallest], smallest
+                elif smallest.report is not None:
                     out.smallest = smallest
                     need = smallest.fit_total / (1 - margin)
                     cards = [g for g in CATALOG if g.capacity_bytes >= need]

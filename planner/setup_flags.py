@@ -3,7 +3,9 @@
 Every command that plans a step takes the same flags, parsed here once into ``SetupFlags``:
 
 - the step: ``--step FILE`` (a step file), or none (the built-in MONAI step, ``ldm-stage1`` or
-  ``ldm-stage2``, answered by its torch-free analytic engine);
+  ``ldm-stage2``, answered by its torch-free analytic engine); ``--step ldm-stage1`` names the
+  built-in step as the step file it ships as (planner/stepfiles): its analytic engine answers
+  what it can express, the tracer the rest (``SetupFlags.for_engine``);
 - the step's own knobs: ``--knob NAME=VALUE``; ``--kind``, ``--voxel``, ``--channels``,
   ``--attention``, ``--perceptual/--no-perceptual``, ``--disc-layers``, ``--disc-channels`` and
   ``--no-discriminator`` are aliases that set the knob of that name (the built-in step has
@@ -56,9 +58,12 @@ def refuse(flag: str, step: str, what: str, valid: Any) -> PlannerError:
 def step_name(path: str | None) -> str:
     if path is None:
         return BUILTIN_STEP
-    from planner.stepfiles import MODEL_STEP  # --model's plain MSE step (planner/stepfiles/model_step.py)
+    from planner.stepfiles import MODEL_STEP, packaged_kind  # --model's plain MSE step (planner/stepfiles/model_step.py)
 
-    return "the --model step" if path == MODEL_STEP else f"the step {quote(path)}"
+    if path == MODEL_STEP:
+        return "the --model step"
+    kind = packaged_kind(path)
+    return f"the step {quote(kind)} (its step file)" if kind else f"the step {quote(path)}"
 
 
 def split_knob(text: str) -> tuple[str, str]:
@@ -185,6 +190,44 @@ class SetupFlags:
         knobs = (*self.knobs, ("model", self.model, "--model"), ("input", "x".join(map(str, dims[1:])), "--input"))
         return replace(self, step=MODEL_STEP, knobs=knobs, batch=dims[0], precision=self.precision or "amp-fp16",
                        model=None, input_shape=None, as_flag="--model")
+
+    def for_engine(self, engine: Any = None) -> "SetupFlags":
+        """A built-in step named as its step file (``--step ldm-stage1``; planner/stepfiles): the
+        built-in step with its analytic engine where that engine can express the setup (unless
+        ``engine`` is trace), else the packaged step file traced, at the built-in's default
+        precision. ``--engine analytic`` on a setup it cannot express is refused by the one rule.
+        Any other step: unchanged."""
+        from planner.stepfiles import PACKAGED_PRECISION, packaged_kind, packaged_path
+
+        kind = packaged_kind(self.step)
+        if kind is None:
+            return self
+        want = getattr(engine, "value", engine)
+        why = None if want == "trace" else self._not_analytic(kind)
+        if want != "trace" and why is None:
+            # the step file's --sdpa picks CUDA's kernel for its SDPA calls, which the built-in
+            # step's flash_attention does not mean: the analytic step keeps its own attention
+            return replace(self, step=None, knobs=(("kind", kind, "--step"), *self.knobs), sdpa=None)
+        if want == "analytic":
+            raise refuse("--engine analytic", step_name(kind), f"has no analytic engine for {why}", ["trace"])
+        return replace(self, step=packaged_path(kind), precision=self.precision or PACKAGED_PRECISION)
+
+    def _not_analytic(self, kind: str) -> str | None:
+        """What of these flags the analytic engine of the built-in step ``kind`` cannot express."""
+        from planner.stepfiles import ANALYTIC_KNOBS
+
+        for name, _, _ in self.knobs:
+            if name not in ANALYTIC_KNOBS[kind]:
+                return f"knob {quote(name)} (it takes {', '.join(ANALYTIC_KNOBS[kind])})"
+        if self.precision not in (None, *BUILTIN_VALUES["precision"]):
+            return f"precision {quote(self.precision)}"
+        if self.checkpoint not in (None, "none"):  # a step file's auto is its per-module plan
+            return f"--checkpoint {self.checkpoint}"
+        if kind == "ldm-stage2" and self.sdpa not in (None, "auto"):
+            return f"--sdpa {self.sdpa}"
+        if self.timeout is not None:
+            return "--timeout (it stops a traced step's code)"
+        return None
 
     def flag(self, knob: str) -> str:
         return dict(self.flag_of).get(knob, f"--{knob}")
@@ -439,8 +482,9 @@ def _step_setup(flags: SetupFlags, refused: dict[str, Any], sweep: Any = ()) -> 
 
 def step_setup(p: dict[str, Any]) -> StepSetup:
     """The StepSetup of a mapping of setup flags (planner/check.py: the flags ``check`` applies
-    to every step file, ``SetupFlags.step_flags``)."""
-    return _step_setup(SetupFlags.from_params(p), p, p.get("sweep") or ())
+    to every step file, ``SetupFlags.step_flags``; a built-in step named as its step file is
+    traced)."""
+    return _step_setup(SetupFlags.from_params(p).for_engine("trace"), p, p.get("sweep") or ())
 
 
 def sweep_names(sweep: Any) -> list[str]:

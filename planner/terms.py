@@ -49,7 +49,7 @@ def terms_of(module: Any, where: str) -> dict[str, str]:
 
 
 def say(parts: tuple[tuple[str, Any], ...], terms: dict[str, str]) -> list[str]:
-    """A candidate's changes (``planner.measure.search.Candidate.parts``) in the step's own words where it
+    """A candidate's changes (``planner.search.Candidate.parts``) in the step's own words where it
     has them, in vramplan's flags where not."""
     out = []
     for kind, value in parts:
@@ -69,4 +69,8 @@ def say(parts: tuple[tuple[str, Any], ...], terms: dict[str, str]) -> list[str]:
         elif kind.startswith("knob "):
             v = ",".join(map(str, value)) if isinstance(value, tuple) else value
             out.append(f"{kind[5:]}={v}")
+        elif kind == "sdpa":
+            out.append(f"--sdpa {value} (leave the attention kernel to CUDA)")
+        elif kind == "allocator":
+            out.append(f"PYTORCH_CUDA_ALLOC_CONF={value} (the environment, no code change)")
     return out

@@ -211,3 +211,25 @@ def test_auto_with_a_card_plans_for_its_budget(traced):
     assert rec.setup["checkpoint_plan"]["saved_bytes"] == RELU_OUT
     assert rec.setup["checkpoint"] in (["net.blocks.0"], ["net.blocks.1"])
     assert ckpt_plan.auto_for_card("exact:1GiB", 0.25) == (f"auto:{int(2**30 * 0.75)}",)
+
+
+def test_why_names_only_alternatives_that_fit_at_the_figure_the_search_fits():
+    """ckpt_plan.why lists fitting alternatives by the figure held against the budget (the top of the
+    band, Candidate.fit_total), not the point: SwinUNETR's micro-batch 2 x accumulation 2 (point 12.43
+    GiB, band top over the 14.42 GiB budget) was named as fitting."""
+    from types import SimpleNamespace
+
+    from planner.search import Candidate, Change
+
+    def cand(dim, point, fit, secs):
+        ch = (Change(dim, 1, f"{dim} change", 0, lambda s: s),) if dim else ()
+        return Candidate(ch, 0, report=SimpleNamespace(device_total_bytes=point), fit=fit, seconds_per_sample=secs)
+
+    budget = 100
+    as_is = cand(None, 150, 170, 1.0)
+    best = cand("allocator", 80, 90, 1.01)
+    point_only = cand("split", 95, 110, 1.01)  # point within the budget, band top not
+    fits = cand("checkpoint", 70, 85, 1.25)
+    line = ckpt_plan.why(best, [as_is, best, point_only, fits], as_is, budget)
+    assert line == ("why (time model, relative to the input): chosen allocator change: +1 % step time | fitting "
+                    "alternatives: checkpoint change: +25 % step time")

@@ -262,7 +262,9 @@ def test_the_one_search_answers_the_builtin_step_and_its_step_file_alike(tmp_pat
     monkeypatch.setenv("VRAMPLAN_CACHE", str(tmp_path))
     calls = []
     real = one.recommend
-    monkeypatch.setattr(one, "recommend", lambda *a, **k: calls.append(type(a[2]).__name__) or real(*a, **k))
+    spy = lambda *a, **k: calls.append(type(a[2]).__name__) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(one, "recommend", spy)
+    monkeypatch.setattr("planner.recommend.search_recommend", spy)  # its name for it, bound at import
     common = ("--voxel", "32x32x32", "--no-perceptual", "--batch", "4", "--gpu", "exact:1300MiB", "--json")
     res = runner.invoke(app, ["recommend", *common, "--freeze",
                               "amp,checkpointing,flash,attention,nonlocal,perceptual,discriminator,channels,patch,"
@@ -278,3 +280,70 @@ def test_the_one_search_answers_the_builtin_step_and_its_step_file_alike(tmp_pat
     assert stepfile["best"]["changes"] == ["micro-batch 2 x accumulation 2"]
     # the same step: allocated to the byte; reserved within one 2 MiB segment (see above)
     assert abs(builtin["recommended"]["device_total_bytes"] - stepfile["best"]["device_total_bytes"]) <= 2 * 2**20
+
+
+# --- the built-in steps are step files (planner/stepfiles) with a registered analytic engine ------
+
+
+def test_the_builtin_step_named_as_its_step_file_is_answered_by_its_analytic_engine():
+    args = ("--voxel", "32x32x32", "--no-perceptual", "--batch", "2")
+    named, builtin = _estimate("--step", "ldm-stage1", *args), _estimate(*args)
+    assert named["engine"] == builtin["engine"] == "analytic"
+    for key in ("peak_allocated_bytes", "peak_reserved_bytes", "device_total_bytes"):
+        assert named[key] == builtin[key]
+    stage2 = _estimate("--step", "ldm-stage2", "--channels", "32,64,64")
+    stage2.pop("wall_seconds")
+    assert stage2 == {k: v for k, v in _estimate("--kind", "ldm-stage2", "--channels", "32,64,64").items()
+                      if k != "wall_seconds"}
+
+
+def test_the_packaged_step_file_traced_equals_its_analytic_engine(tmp_path, monkeypatch):
+    """--engine trace runs the packaged file (planner/stepfiles/ldm_stage1.py) at the built-in's
+    default precision (AMP fp16): the allocated peak to the byte; reserved within the one 2 MiB
+    segment by which the two allocator replays can differ (see above)."""
+    monkeypatch.setenv("VRAMPLAN_CACHE", str(tmp_path))
+    args = ("--step", "ldm-stage1", "--voxel", "32x32x32", "--no-perceptual")
+    analytic, traced = _estimate(*args), _estimate(*args, "--engine", "trace")
+    assert traced["engine"] == "trace"
+    assert "planner/stepfiles/ldm_stage1.py" in json.dumps(traced)
+    assert analytic["peak_allocated_bytes"] == traced["peak_allocated_bytes"]
+    assert abs(analytic["peak_reserved_bytes"] - traced["peak_reserved_bytes"]) <= 2 * 2**20
+
+
+def test_what_the_analytic_engine_cannot_express_goes_to_the_tracer_or_is_refused(monkeypatch):
+    from planner.stepfiles import packaged_kind, packaged_path
+
+    def flags(**p):
+        return SetupFlags.from_params({"step": "ldm-stage1", **p})
+
+    # expressible: the built-in step (no step file), its kind set; --sdpa is the step file's kernel choice
+    f = flags(voxel="32x32x32", precision="amp-bf16", sdpa="math").for_engine(None)
+    assert f.step is None and ("kind", "ldm-stage1", "--step") in f.knobs and f.sdpa is None
+    # not expressible: the packaged step file, traced, at the built-in's default precision
+    for p, engine in (({"precision": "bf16-master"}, None), ({"checkpoint": "auto"}, None),
+                      ({"knob": ["latent_channels=4"]}, None), ({"timeout": 30.0}, None), ({}, "trace")):
+        f = flags(**p).for_engine(engine)
+        assert f.step == packaged_path("ldm-stage1") and f.precision == p.get("precision", "amp-fp16")
+    with pytest.raises(PlannerError, match=r"^--engine analytic: the step 'ldm-stage1' \(its step file\) has no "
+                                           r"analytic engine for precision 'fp16' \(valid: trace\)$"):
+        flags(precision="fp16").for_engine("analytic")
+    # a copy or link elsewhere is a step file like any other
+    assert packaged_kind(packaged_path("ldm-stage2")) == "ldm-stage2"
+    assert packaged_kind("examples/steps/ldm_stage1.py") is None
+    assert SetupFlags.from_params({"step": STEP}).for_engine(None).step == STEP
+
+
+def test_a_knob_the_packaged_step_lacks_is_refused_by_the_one_rule():
+    res = runner.invoke(app, ["estimate", "--step", "ldm-stage2", "--engine", "analytic", "--knob", "latent=8,8,8"])
+    assert res.exit_code == 2
+    assert res.output.strip() == ("error: --engine analytic: the step 'ldm-stage2' (its step file) has no analytic "
+                                  "engine for knob 'latent' (it takes channels, attention) (valid: trace)")
+
+
+def test_a_step_file_search_flag_takes_the_named_builtin_step_to_the_tracer():
+    """--max-knob/--search/--jobs are a step file's search: --step ldm-stage1 with them is the packaged
+    step file (its integer knobs), not "only with --step"."""
+    res = runner.invoke(app, ["recommend", "--step", "ldm-stage1", "--max-knob", "voxel"])
+    assert res.exit_code == 2
+    assert "'voxel' is not an integer knob of" in res.output and "stepfiles/ldm_stage1.py" in res.output
+    assert "(valid: latent_channels, disc_channels, disc_layers)" in res.output

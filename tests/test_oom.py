@@ -829,7 +829,7 @@ def test_cli_other_process_holding_the_card_is_named_not_a_larger_card(tmp_path,
     def nothing_fits(setup, card, margin, prefer, frozen):
         seen["card"] = card
         return SimpleNamespace(best=None, input_fits=False, budget_bytes=int(card.capacity_bytes * (1 - margin)),
-                               needed_gpu=parse_gpu("rtx3080"))
+                               needed_gpu=parse_gpu("rtx3080"), notes=[])
 
     monkeypatch.setattr("planner.recommend.recommend", nothing_fits)
     res = runner.invoke(app, ["oom", msg, "--config", str(cfg)])

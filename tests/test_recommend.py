@@ -241,3 +241,41 @@ def test_issue9_cli_names_smaller_sizes_that_do_not_fit(monkeypatch):
     out = " ".join(res.stdout.split())
     assert "largest batch that fits card sold as 80 GB: 80" in out
     assert "smaller sizes that do NOT fit" in out and "75" in out
+
+
+def test_nothing_fits_at_once_when_the_cuda_context_alone_is_over_the_budget():
+    """On a 400 MiB card the CUDA context's band top (EAGER_CONTEXT_BYTES, 666,632,192 B, planner/
+    band.py) alone is over the budget (0.95 x 400 MiB = 398,458,880 B): no change to the step can fit,
+    and the search says so after the input, the single changes and the smallest candidate instead of
+    verifying the whole space (it verified 1,457 of 1,728 candidates in 102 s on issue 23's OOM
+    case before)."""
+    from planner.band import EAGER_CONTEXT_BYTES, fixed_bytes
+
+    setup = resolve_setup(None, Overrides(voxel="64x64x32", perceptual=False, channels="16,32,64"))
+    gpu = parse_gpu("exact:400MiB")
+    rec = recommend(setup, gpu)
+    assert rec.best is None and rec.smallest is not None
+    assert fixed_bytes(rec.base, gpu) == EAGER_CONTEXT_BYTES > rec.budget_bytes
+    assert "the CUDA context alone (0.62 GiB at the top of its band) is over the budget (0.37 GiB)" in rec.notes[0]
+    assert sum(1 for c in rec.ordered if c.report is not None) <= 1 + sum(len(d) for d in knob_settings(setup, gpu, set())) + 1
+    # at the point the context (426 MiB default) is over 0.95 x 400 MiB as well; on a card where the
+    # context fits the walk runs as before
+    assert recommend(setup, gpu, fit_at="point").notes
+    assert not recommend(setup, parse_gpu("exact:2GiB")).notes
+
+
+def test_prefer_speed_on_an_input_that_fits_gives_the_fastest_and_says_the_input_fits():
+    """One search, one meaning of --prefer speed on every step (planner/search.py): the fastest
+    configuration that fits, even when the input fits already (as recommend --step has it)."""
+    setup = resolve_setup(None, Overrides(voxel="32x32x32", perceptual=False))
+    gpu = parse_gpu("80GB")
+    rec = recommend(setup, gpu, prefer="speed")
+    assert rec.input_fits and rec.best is not rec.input
+    assert rec.best.seconds < rec.input.seconds and rec.best.fit_total <= rec.budget_bytes
+    assert rec.best is min(rec.fitting, key=lambda c: c.seconds)
+    assert recommend(setup, gpu).best is not None and recommend(setup, gpu).best.labels == []  # risk: as it is
+    res = CliRunner().invoke(app, ["recommend", "--voxel", "32x32x32", "--no-perceptual", "--gpu", "80GB",
+                                   "--prefer", "speed"])
+    out = " ".join(res.stdout.split())
+    assert "The input already fits" in out and "--prefer speed: the fastest configuration that fits" in out
+    assert "Recommended changes" in out

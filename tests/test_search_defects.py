@@ -29,7 +29,7 @@ def _run(args: list[str]) -> dict:
 def test_search_without_the_knob_given_keeps_the_input_as_a_candidate() -> None:
     # a StopIteration traceback before: no candidate had the step's own width (128)
     data = _run(["recommend", "--step", TEMPLATE, *SMALL, "--search", "width=64/96", "--gpu", "8GB",
-                 "--freeze", "precision,checkpointing,batch"])
+                 "--freeze", "precision,checkpointing,batch,allocator"])
     widths = sorted(c["setup"]["knobs"].get("width", 128) for c in data["candidates"])  # 128: template's own
     assert widths == [64, 96, 128]
     assert data["best"]["changes"] == []  # it fits as it is: nothing to change
@@ -68,3 +68,28 @@ def test_max_knob_searches_below_the_steps_own_value_when_it_does_not_fit() -> N
     data = _run(["recommend", "--step", TEMPLATE, *SMALL, "--max-knob", "width", "--knob-step", "32",
                  "--gpu", "exact:473MB", "--fit-at", "point"])
     assert (data["start"], data["max"]) == (128, 96)
+
+
+def test_the_step_search_weighs_the_sdpa_kernel_and_the_allocator_too() -> None:
+    """Issue 21: recommend --step weighs the SDPA backend and allocator settings beside precision,
+    checkpointing and the split. Forced kernel -> CUDA's choice offered; no expandable segments ->
+    offered (the same trace replayed: planner/measure/search.py Evaluator strips alloc_conf);
+    each frozen by name."""
+    from planner.gpus import parse_gpu
+    from planner.measure.search import dims
+    from planner.step_setup import StepSetup
+
+    gpu = parse_gpu("24GB")
+    base = StepSetup(path=TEMPLATE, batch_size=4, sdpa="math")
+    _, space, _ = dims(base, gpu, {"precision", "checkpointing", "batch"}, {})
+    assert [[(c.dim, c.value) for c in d] for d in space] == [[("sdpa", "auto")],
+                                                              [("allocator", "expandable_segments:True")]]
+    changed = space[1][0].apply(base)
+    assert changed.alloc_conf == "expandable_segments:True" and changed.sdpa == "math"
+    _, space, _ = dims(base, gpu, {"precision", "checkpointing", "batch", "sdpa", "allocator"}, {})
+    assert space == []
+    from dataclasses import replace
+
+    _, space, _ = dims(replace(base, sdpa="auto", alloc_conf="expandable_segments:True"), gpu,
+                       {"precision", "checkpointing", "batch"}, {})
+    assert space == []

@@ -127,3 +127,18 @@ def test_text_table_layout_and_markup():
     buf = io.StringIO()
     PlainConsole(file=buf).print("[bold red]DOES NOT FIT[/bold red]")
     assert buf.getvalue() == "DOES NOT FIT\n"  # not a terminal: no escape codes
+
+
+def test_breakdown_stages_build_up_to_the_command_from_what_it_imports():
+    # `speed.py --breakdown`: the import stage imports exactly the planner modules a run of the
+    # command left in sys.modules (read from a fresh process), so it cannot drift from the code
+    args = speed.CLI_CHECKS["cli_estimate"][0]
+    mods = speed.imported_modules(args)
+    assert mods and all(m == "planner" or m.startswith("planner.") for m in mods)
+    # the estimator and the one command module main() loads; no other command's module
+    assert {"planner.analytic.simulate", "planner.allocator", "planner.commands.estimate"} <= set(mods)
+    assert "planner.commands.recommend" not in mods and "planner.measure" not in mods
+    stages = speed.breakdown_stages(args)
+    assert [label.split()[0] for label, _ in stages] == ["interpreter", "+", "+", "+"]
+    assert stages[-1][1] == speed.vramplan_cmd(*args)
+    assert stages[2][1][-1].endswith(", ".join(mods))

@@ -92,6 +92,7 @@ def oom(
                 "diff": R.yaml_diff(setup, best.setup) if best else None,
                 "nothing_fits": best is None,
                 "card_needed": rec.needed_gpu.key if best is None and rec.needed_gpu else None,
+                "notes": rec.notes,
             }
     if as_json:
         if setup_data is not None:
@@ -133,6 +134,8 @@ def oom(
         if O.diagnosis(report) == "other_memory":  # a larger card is not the answer to memory others hold
             need = f"; {O.fmt(report.elsewhere_bytes)} of the card is held outside this process: free that first"
         out.print(f"[bold red]Nothing in the search space fits {setup_data['gpu']['name']}[/bold red]{need}.")
+        for note in r["notes"]:
+            out.print("note: " + note, markup=False)
     else:
         out.print(f"[bold]Recommended for {setup_data['gpu']['name']}[/bold] (budget {O.fmt(r['budget_bytes'])}, "
                   f"margin {margin:.0%}): {', '.join(r['changes'])}; device total {O.fmt(r['device_total_bytes'])}.")

@@ -182,6 +182,10 @@ SETUP_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+STEP_FILE_FLAGS = ("search", "max_knob", "knob_step", "knob_min", "jobs")
+"""Command flags only a step file's search takes (recommend, table, ...)."""
+
+
 def takes_setup(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command every setup option (the same flags on every command); it receives them
     parsed once, as the keyword argument ``flags`` (``planner.setup_flags.SetupFlags``)."""
@@ -196,7 +200,10 @@ def takes_setup(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kw: Any) -> Any:
         given = {name: kw.pop(name, default) for name, (_, default) in SETUP_OPTIONS.items()}
-        return fn(*args, flags=SetupFlags.from_params(given), **kw)
+        # a built-in step named as its step file (--step ldm-stage1) goes to the engine that answers
+        # it: the tracer where the command's own flags are a step file's (--search, --max-knob, --jobs)
+        engine = kw.get("engine") or ("trace" if any(kw.get(k) for k in STEP_FILE_FLAGS) else None)
+        return fn(*args, flags=SetupFlags.from_params(given).for_engine(engine), **kw)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}

@@ -223,6 +223,7 @@ def recommend(
             "smallest_device_total_bytes": rec.smallest.exact.device_total_bytes if rec.smallest else None,
             "card_needed": rec.needed_gpu.key if rec.needed_gpu else None,
             "band_margin": rec.margin_json(best) if best else None,  # issue 24 (band)
+            "notes": rec.notes,
         })
         if best and write:
             write_setup(write, best.setup)
@@ -237,7 +238,7 @@ def recommend(
     out.print("input: " + setup_line(setup), markup=False)
     out.print(f"[dim]{card.capacity_note()}[/dim]")
     out.print(f"[dim]{rec.considered:,} candidates considered, {rec.verified} estimated exactly, {rec.seconds:.2f} s[/dim]")
-    if rec.input_fits:
+    if rec.input_fits and best is rec.input:  # --prefer speed: the fastest that fits, which may be another
         out.print(f"[bold green]The input already fits {card.name}[/bold green]: device total "
                   f"{rec.base.device_total_bytes / 2**30:.2f} GiB of the {rec.budget_bytes / 2**30:.2f} GiB budget, "
                   f"{rec.headroom_bytes / 2**30:.2f} GiB headroom "
@@ -265,10 +266,15 @@ def recommend(
         need = rec.needed_gpu
         out.print(f"[bold red]Nothing fits.[/bold red] The smallest configuration ({', '.join(s.labels) or 'as is'}) needs "
                   f"{s.exact.device_total_bytes / 2**30:.2f} GiB" + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)." if need else "; no catalog card is that large."))
+        for note in rec.notes:
+            out.print("note: " + note, markup=False)
         return
     if not best.labels:
         out.print("[bold green]The input already fits; nothing to change.[/bold green]")
     else:
+        if rec.input_fits:
+            out.print(f"[bold green]The input already fits[/bold green] ({rec.headroom_bytes / 2**30:.2f} GiB headroom); "
+                      "--prefer speed: the fastest configuration that fits, whatever its quality risk, is below.")
         out.print("[bold]Recommended changes[/bold] (YAML diff against the input):")
         for line in R.yaml_diff(setup, best.setup):
             out.print(f"  {line}")
@@ -379,9 +385,10 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
             raise PlannerError(f"--search: {text!r} must be knob=v1/v2/... with a knob of '{ss.path}' (valid: {valid})")
         search_knobs[name] = [parse_value(v.strip()) for v in raw.split("/") if v.strip()]
     frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
-    bad = frozen - {"precision", "checkpointing", "batch"}
+    bad = frozen - {"precision", "checkpointing", "batch", "sdpa", "allocator"}
     if bad:
-        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, batch)")
+        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, "
+                           f"batch, sdpa, allocator)")
     prog, tick = progress(err, "tracing")
     with prog:
         found, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,

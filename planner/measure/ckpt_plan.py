@@ -765,7 +765,7 @@ def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:
     others, seen = [], {tuple(d for d, _ in best.parts)}
     for c in ordered:
         dims = tuple(d for d, _ in c.parts)
-        if c is best or c.report is None or c.total > budget or dims in seen or c.seconds_per_sample is None:
+        if c is best or c.report is None or c.fit_total > budget or dims in seen or c.seconds_per_sample is None:
             continue
         seen.add(dims)
         others.append(f"{'; '.join(c.changes) or 'as is'}: {cost(c)}")

@@ -246,7 +246,8 @@ class TraceEngine:
 def dims(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, list[Any]],
          checkpoint_plan: Callable[[StepSetup], Any] | None = None) -> tuple[StepSetup, list[list[Change]], list[str]]:
     """The step's search space around ``base`` (micro-batch set): precision x checkpointing x
-    (micro-batch, accumulation) at the same effective batch x the file's own knobs named by
+    (micro-batch, accumulation) at the same effective batch x the SDPA kernel (CUDA's choice, where
+    the input forces one) x the allocator (expandable segments) x the file's own knobs named by
     --search. ``checkpoint_plan``: the card's per-module plan for a setup (``--checkpoint auto``
     becomes that plan; planner/measure/ckpt_plan.py). Returns the input (its own ``auto``
     resolved), the dimensions and notes."""
@@ -281,6 +282,17 @@ def dims(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, li
         out.append([Change("split", (effective // a, a), f"micro-batch {effective // a} x accumulation {a}", 0,
                            lambda s, b=effective // a, a=a: replace(s, batch_size=b, accumulation=a))
                     for a in range(1, effective + 1) if effective % a == 0 and a != a0])
+    if "sdpa" not in freeze and base.sdpa != "auto":  # a forced kernel: CUDA's own choice (planner/sdpa_rules.py)
+        out.append([Change("sdpa", "auto", "sdpa auto (CUDA's choice of kernel)", 0, lambda s: replace(s, sdpa="auto"))])
+    if "allocator" not in freeze:
+        # expandable segments: the same step and speed, less reserved beyond the live tensors
+        # (planner/allocator.py); the same trace replayed, no new one
+        from planner.allocator import parse_alloc_conf
+
+        conf = parse_alloc_conf(base.alloc_conf or None)
+        if not conf.expandable_segments:
+            text = replace(conf, expandable_segments=True).to_alloc_conf()
+            out.append([Change("allocator", text, f"allocator {text}", 0, lambda s, t=text: replace(s, alloc_conf=t))])
     for name, values in search_knobs.items():
         own = base.knob_dict.get(name)
         out.append([Change(f"knob {name}", v, f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}", 2,
@@ -322,7 +334,7 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
                 c.how, c.error = "failed", str(exc)
     stats.predicted = sum(1 for c in found.ordered if c.report is None and not c.error)
     stats.seconds = time.perf_counter() - t0
-    stats.notes += notes + [n for n in [ckpt_plan.why(found.best, found.ordered, found.input, found.budget_bytes)] if n]
+    stats.notes += notes + found.notes + [n for n in [ckpt_plan.why(found.best, found.ordered, found.input, found.budget_bytes)] if n]
     return found, stats
 
 
