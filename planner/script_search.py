@@ -388,6 +388,7 @@ def recommend(base: ScriptPlan, gpu: Any, margin: float, prefer: str, freeze: se
     space, notes, knob = dims(base, run, gpu, freeze, engine)
     found = search_recommend(base, space, engine, margin, prefer, fit_at)
     refined = refine_batch(found, base, space, knob, engine, margin, fit_at)
+    notes += found.notes  # the search's own (the CUDA context alone over the budget)
     for c in found.ordered:  # every candidate names its setup (the JSON's "setup")
         if c.setup is None:
             c.setup = apply(base, c.settings)
