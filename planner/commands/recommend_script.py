@@ -96,6 +96,10 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     elif not best.settings:
         out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
                   f"{budget / 2**30:.2f} GiB budget; nothing needs to change")
+        if found.faster:
+            out.print("faster settings that also fit (traced; --prefer speed picks the first): " + "; ".join(
+                f"{', '.join(c.labels)} ({c.seconds / best.seconds:.2f}x the time per sample, {c.total / 2**30:.2f} GiB)"
+                for c in found.faster[:3]), markup=False)
     else:
         out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.labels)} "
                   f"-> device_total {best.total / 2**30:.2f} GiB")
