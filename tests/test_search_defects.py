@@ -93,3 +93,13 @@ def test_the_step_search_weighs_the_sdpa_kernel_and_the_allocator_too() -> None:
     _, space, _ = dims(replace(base, sdpa="auto", alloc_conf="expandable_segments:True"), gpu,
                        {"precision", "checkpointing", "batch"}, {})
     assert space == []
+
+
+def test_nothing_fits_on_a_step_file_is_said_plainly_with_why() -> None:
+    """A card smaller than the CUDA context: recommend --step says nothing fits (no markup printed
+    literally), names the smallest candidate, and why no change can fit (planner/search.py)."""
+    res = CliRunner().invoke(app, ["recommend", "--step", TEMPLATE, *SMALL, "--gpu", "exact:300MiB"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "nothing fits: the smallest candidate needs" in out and "[bold" not in out
+    assert "the CUDA context alone (0.62 GiB at the top of its band) is over the budget (0.28 GiB)" in out

@@ -425,8 +425,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
     out.print("input: " + ss.label(), markup=False)
     if best is None:
         low, need = found.smallest or found.input, found.needed_gpu
-        out.print(f"[bold red]nothing fits[/bold red]: the smallest candidate needs {low.total / 2**30:.2f} GiB "
-                  f"({'; '.join(low.changes) or 'as is'})"
+        out.print("[bold red]nothing fits[/bold red]: ", end="")  # the rest as plain text (labels hold brackets)
+        out.print(f"the smallest candidate needs {low.total / 2**30:.2f} GiB ({'; '.join(low.changes) or 'as is'})"
                   + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)" if need else
                      "; no catalog card is that large"), markup=False)
     elif not best.changes:
