@@ -1,5 +1,5 @@
 """``vramplan run`` on the two example scripts (issue 22): the MONAI 3D segmentation script against
-its step file, and the Hugging Face Trainer script, at tiny sizes. Run beside the zoo in CI
+its step file, and the Hugging Face Trainer script against its step file, at tiny sizes. Run beside the zoo in CI
 (scripts/test.sh), off the main pytest run's clock: together about 40 s here."""
 
 from __future__ import annotations
@@ -46,12 +46,21 @@ def test_monai_example_peak_equals_its_step_file(tmp_path: Path) -> None:
     assert any("torch.save at" in n for n in with_val.notes)
 
 
-def test_hf_trainer_example_runs_unchanged() -> None:
+HF_KNOBS = (("layers", 2), ("width", 64), ("heads", 4), ("seq", 128), ("vocab", 1000))
+
+
+@pytest.fixture(scope="module")
+def hf_run():
+    """``vramplan run`` on the Trainer script at tiny sizes, ``--batch 2`` (traced once for both tests)."""
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     script = ROOT / "examples/scripts/hf_trainer/train.py"
-    r = trace(ScriptSetup(argv=(str(script), "--layers", "2", "--width", "64", "--heads", "4", "--seq", "128",
-                                "--vocab", "1000", "--batch", "4"), batch=2))
+    args = [a for name, v in HF_KNOBS for a in (f"--{name}", str(v))]
+    return trace(ScriptSetup(argv=(str(script), *args, "--batch", "4"), batch=2))
+
+
+def test_hf_trainer_example_runs_unchanged(hf_run) -> None:
+    r = hf_run
     assert r.steps == 2 and list(r.networks) == ["GPT2LMHeadModel"]
     assert [s.label for s in r.segments] == ["step 1", "step 2"]
     assert r.record.setup["precision"] == "the script's own CUDA autocast (bfloat16)"  # TrainingArguments(bf16=True)
@@ -62,3 +71,24 @@ def test_hf_trainer_example_runs_unchanged() -> None:
     # 12,480 + attn c_proj 64*64+64 = 4,160 + ln_2 128 + c_fc 64*256+256 = 16,640 + mlp c_proj 256*64+64 = 16,448)
     # = 2 x 49,984 + ln_f 128: 172,288
     assert r.record.params == {"GPT2LMHeadModel": 172_288}
+
+
+def test_hf_trainer_example_peak_equals_its_step_file(hf_run) -> None:
+    from planner.measure import stepfile
+    from planner.step_setup import StepSetup
+
+    ss = StepSetup(path=str(ROOT / "examples/steps/hf_gpt2_trainer.py"), knobs=HF_KNOBS, batch_size=2,
+                   precision="amp-bf16")
+    step = stepfile.run(ss, "fake").tracker
+    script = hf_run.record.tracker
+    # Equal to the byte (5,569,024 B with torch 2.13, transformers 5.25, accelerate 1.15): the step file does what
+    # Trainer + accelerate do per step, down to the 0-dim device tensors the loop holds. At the peak (the log-softmax
+    # backward of step 2) both hold, besides parameters, AdamW state, the batch and the activations, seven 512-B
+    # blocks: Trainer._tr_loss, step 1's detached loss and clipped total norm (loop variables until reassigned),
+    # step 2's num_items_in_batch, its loss, accelerate's `loss / gradient_accumulation_steps` and the backward's
+    # ones_like. Leaving out any one of them (e.g. a local grad_norm freed when step() returns) is -512 B here.
+    assert script.peak_bytes == step.peak_bytes
+    assert (script.peak_op, script.peak_phase) == (step.peak_op, step.peak_phase) == ("_log_softmax_backward_data",
+                                                                                     "backward")
+    # the same storages, size for size (their ops differ: parameters are made by the script, registered by the step)
+    assert sorted(i.nbytes for i in script.live_at_peak) == sorted(i.nbytes for i in step.live_at_peak)
