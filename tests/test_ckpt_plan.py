@@ -253,3 +253,5 @@ def test_budget_plan_is_the_least_recompute_where_the_peak_moves():
         got = ckpt_plan.choose(res, record, budget=goal)
         assert got.predicted_peak <= goal
         assert got.recompute_seconds == pytest.approx(best, rel=1e-9), i
+        # without selective checkpointing (how a selective plan the trace refutes is replanned), none is chosen
+        assert not any(m.startswith("sac:") for m in ckpt_plan.choose(res, record, budget=goal, selective=False).modules)

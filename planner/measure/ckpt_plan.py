@@ -441,6 +441,8 @@ def frontier_at(cands: list[Candidate], moments: list[int], needs: list[int]) ->
         c = by_path[path]
         pts = merge([solve(k) for k in children.get(path, [])])
         for sac, secs, name in ((False, c.seconds, path), (True, c.sac_seconds, SAC + path)):
+            if sac and c.sac_saved <= 0:
+                continue  # as in frontier (and choose(selective=False) sets it to 0)
             v = tuple(c.removed_at(t, sac) for t in moments)
             if max(v) > 0:
                 pts.append((capped(v), secs, (name,)))
