@@ -178,7 +178,9 @@ def torch_stats(setup: Any, card: Any, half: bool) -> TorchStats:
             if known.get(id(m)) is not None:
                 path[known[id(m)]] = f"{name}.{sub}" if sub else name
     # one tree over every network: the MILP's figures are device-wide snapshots, the order the forward's
-    stats = [s for i in infos for s in i["mod_stats"]]
+    # ModTracker names a module by its root's class (``UNetModel.input_blocks.0``): two networks of one
+    # class (a model and its EMA copy) share names; the first network's statistics are kept
+    stats = list({s["fqn"]: s for i in reversed(infos) for s in reversed(i["mod_stats"])}.values())[::-1]
     have = {s["fqn"] for s in stats}
     order = {k: list(dict.fromkeys(f for f in v if f in have)) for k, v in infos[0]["mod_order"].items()}
     info = {"mod_order": order, "mod_stats": [s for s in stats if s["fqn"] in set(order["fw_pre_order"])]}
@@ -203,6 +205,22 @@ def _SameRulesWithModules() -> Any:
     from torch.distributed._tools.mod_tracker import ModTracker
 
     mt._mod_tracker = ModTracker()
+    # MemTracker's pre-forward hook registers a gradient hook on every parameter of every module it
+    # sees (_track_module_params_and_buffers), which raises on a frozen one (a perceptual network):
+    # those are marked as hooked already, with handles that remove nothing
+    track = mt._track_module_params_and_buffers
+
+    class _NoHandle:
+        def remove(self) -> None:
+            pass
+
+    def frozen_skipped(module: Any, install_grad_hooks: bool = True) -> Any:
+        for p in module.parameters():
+            if not p.requires_grad:
+                mt._param_to_grad_hook_handles.setdefault(p, (_NoHandle(), _NoHandle()))
+        return track(module, install_grad_hooks=install_grad_hooks)
+
+    mt._track_module_params_and_buffers = frozen_skipped
     return mt
 
 
