@@ -29,10 +29,13 @@ pulp==3.3.2). For each step (small knobs, so the whole run takes minutes on 2 co
   picks the ops); such a plan is not traced here (vramplan's ``sac:`` has one fixed policy) and
   only torch's own figures are shown for it.
 
-Columns: need (bytes to remove at the peak), each plan's recompute (seconds by the time model,
-and % of the step), its traced peak against the budget, its modules. ``--check`` exits 1 where
-vramplan's plan recomputes more than torch's *and* torch's traced plan meets the budget (a
-defect to explain); the explanation rows are printed either way.
+Columns: need (bytes to remove at the peak) and budget, each plan's recompute (% of the step by
+the time model), the traced peaks against the budget, why they differ; then each plan's modules
+(torch's with the fraction discarded). ``--check`` exits 1 where vramplan recomputes more than
+torch and none of the known reasons holds (torch discarding part of a module, torch's plan traced
+over the budget): a defect to look at. Results and what was not compared: docs/checkpointing.md,
+"Against torch's SAC MILP" (14 min for all steps on 2 shared cores; CBC hits torch's 180 s limit
+on ldm_stage2).
 """
 
 from __future__ import annotations
