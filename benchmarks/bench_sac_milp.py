@@ -34,8 +34,8 @@ the time model), the traced peaks against the budget, why they differ; then each
 (torch's with the fraction discarded). ``--check`` exits 1 where vramplan recomputes more than
 torch and none of the known reasons holds (torch discarding part of a module, torch's plan traced
 over the budget): a defect to look at. Results and what was not compared: docs/checkpointing.md,
-"Against torch's SAC MILP" (14 min for all steps on 2 shared cores; CBC hits torch's 180 s limit
-on ldm_stage2).
+"Against torch's SAC MILP" (14 min for all steps on 2 shared cores; CBC runs minutes per budget
+on ldm_stage2, under torch's 180 s limit).
 """
 
 from __future__ import annotations
