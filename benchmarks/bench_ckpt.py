@@ -6,10 +6,9 @@ Plans: for each example step (small knobs where the default is heavy, so the who
 minutes on 2 cores) one planning trace, then at three budgets -- the traced peak less 25 %, 50 %
 and 90 % of the most that checkpointing removes at the peak -- vramplan's choice (the tree
 knapsack over every module, whole or selective) against a reference on the same per-module
-numbers. The reference is torch's ``sac_milp`` (``torch/distributed/_tools/sac_ilp.py``) where
-``pulp`` is installed; it is not a vramplan dependency, and without it the reference is an
-exhaustive search over the REFERENCE_MODULES candidates that remove the most at the peak (every
-assignment whole / selective / off with no module and its ancestor both chosen). vramplan's plan
+numbers. The reference is an exhaustive search over the REFERENCE_MODULES candidates that remove
+the most at the peak (every assignment whole / selective / off with no module and its ancestor both
+chosen); torch's own ``sac_milp`` on the same steps is benchmarks/bench_sac_milp.py. vramplan's plan
 over all modules must recompute no more than the reference's over its subset, and the knapsack
 restricted to that subset must equal it exactly (--check: exit 1 otherwise). The 50 % plan is
 traced (its verification): the predicted and traced peaks are printed.
@@ -76,14 +75,6 @@ def _reference(cands: list, need: int) -> tuple[float | None, tuple[str, ...]]:
     return best
 
 
-def _milp_available() -> bool:
-    try:
-        import pulp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def plans(names: tuple[str, ...] | None) -> tuple[list[dict], bool]:
     from planner.errors import PlannerError
     from planner.measure import ckpt_plan
@@ -91,8 +82,7 @@ def plans(names: tuple[str, ...] | None) -> tuple[list[dict], bool]:
     from planner.step_setup import StepSetup
 
     rows, ok = [], True
-    print(f"reference: {'torch sac_milp (pulp found) -- not wired yet, exhaustive used' if _milp_available() else 'pulp not installed: torch sac_milp cannot run;'} "
-          f"exhaustive search over the {REFERENCE_MODULES} modules removing the most (whole / selective / off)")
+    print(f"reference: exhaustive search over the {REFERENCE_MODULES} modules removing the most (whole / selective / off)")
     print(f"{'step':28} {'budget':>9} {'vramplan s':>11} {'+step':>7} {'ref s':>11} {'+step':>7} {'same K':>6}  modules")
     for name, path, knobs, batch, precision in STEPS:
         if names and name not in names:

@@ -31,8 +31,12 @@ bytes removed at the peak reach what the budget needs. It is solved exactly by m
 frontiers (bytes removed, seconds) bottom-up; a frontier of more than ``FRONTIER`` points is
 thinned to ``FRONTIER`` points on an even grid of bytes (said in the plan when it happens); for a
 budget, bytes beyond the need count as the need, which keeps most frontiers small. The prediction is
-then checked at the trace's other high points, and the need raised by any excess (another
-moment may become the peak), up to ``ROUNDS`` times. The plan is verified by tracing it.
+then checked at the trace's other high points; where another moment becomes the peak, that moment
+joins the first and the frontier is solved over all of them at once (``frontier_at``: a point is
+dropped only when another removes as much at every moment for no more recompute), up to ``ROUNDS``
+moments. (Raising the need at the first moment instead, as before, cost up to 2.3x the least
+recompute on examples/steps/template.py; found by the comparison with torch's SAC MILP,
+``benchmarks/bench_sac_milp.py``.) The plan is verified by tracing it.
 
 Budget: with a card (``recommend``), its capacity less the margin, on the device total (the
 reserved and context overhead of the plan taken as the unchecked step's); without one, the
@@ -40,8 +44,9 @@ least recompute whose predicted peak is within ``NEAR_MIN`` of the lowest peak a
 reaches at the trace's peak ("minimise the peak, then the recompute").
 
 Torch's own solver for this choice is ``torch/distributed/_tools/sac_ilp.py`` ``sac_milp``
-(a MILP over ``sac_estimator.py``'s per-module statistics; needs ``pulp``, not a vramplan
-dependency); ``benchmarks/bench_ckpt.py`` compares against an exhaustive search on the same
+(a MILP over ``sac_estimator.py``'s per-module statistics; needs ``pulp`` and ``pwlf``, in the
+``test`` extra, not a runtime dependency): ``benchmarks/bench_sac_milp.py`` runs it on the same
+step and budget; ``benchmarks/bench_ckpt.py`` compares against an exhaustive search on the same
 numbers.
 """
 
@@ -55,7 +60,7 @@ from planner.check import fmt_bytes
 from planner.errors import PlannerError
 
 FRONTIER = 4096  # most Pareto points kept per module (see the module docstring)
-ROUNDS = 6  # re-solves when another moment of the step becomes the peak
+ROUNDS = 6  # most moments a budget plan is solved for at once (another moment became the peak)
 NEAR_MIN = 0.01  # no budget: within 1 % of the lowest reachable peak
 HIGH_POINTS = 512  # local maxima of L(t) where a plan's peak is checked
 DEFAULT_CARD = "A100 80GB"  # the time model's card when none is given (ratios only)
@@ -376,6 +381,76 @@ def cheapest(front: list[Point], need: int) -> Point | None:
     return min(ok, key=lambda p: (p[1], -p[0], len(p[2]))) if ok else None
 
 
+VFRONTIER = 128  # most points kept per module by frontier_at (its cross products grow as the square)
+VectorPoint = tuple[tuple[int, ...], float, tuple[str, ...]]  # (bytes removed at each moment, seconds, modules)
+
+
+def frontier_at(cands: list[Candidate], moments: list[int], needs: list[int]) -> tuple[list[VectorPoint], bool]:
+    """The module tree's frontier over several moments of the step at once: a point is kept unless
+    another removes at least as much at *every* moment (each capped at its need) for no more
+    recompute. At one moment this is :func:`frontier` with a cap; at several it keeps the plans a
+    one-moment frontier drops (checkpointing a whole ``nn.Sequential`` removes more at the first
+    peak than checkpointing its blocks, then recomputes all of them at once where the peak moved).
+    Beyond VFRONTIER points a node's frontier is thinned on an even grid of bytes (said in the plan)."""
+    by_path = {c.path: c for c in cands}
+    children: dict[str | None, list[str]] = {}
+    for c in cands:
+        children.setdefault(c.parent if c.parent in by_path else None, []).append(c.path)
+    caps = tuple(needs)
+    thinned = False
+
+    def capped(v: Any) -> tuple[int, ...]:
+        return tuple(min(x, n) for x, n in zip(v, caps))
+
+    def prune(points: list[VectorPoint]) -> list[VectorPoint]:
+        nonlocal thinned
+        import numpy as np
+
+        cheapest: dict[tuple[int, ...], VectorPoint] = {}
+        for p in points:
+            q = cheapest.get(p[0])
+            if q is None or (p[1], len(p[2])) < (q[1], len(q[2])):
+                cheapest[p[0]] = p
+        pts = sorted(cheapest.values(), key=lambda p: (p[1], len(p[2])))
+        vec = np.asarray([p[0] for p in pts], dtype=np.int64).reshape(len(pts), len(caps))
+        kept: list[int] = []
+        for i in range(len(pts)):
+            if not kept or not (vec[kept] >= vec[i]).all(axis=1).any():
+                kept.append(i)
+        out = [pts[i] for i in kept]
+        if len(out) > VFRONTIER:
+            # thinned on an even grid of the bytes summed over the moments (each capped at its
+            # need): each cell's cheapest and largest point
+            thinned = True
+            total = [sum(p[0]) for p in out]
+            width = max(1, max(total) // (VFRONTIER // 2))
+            cells: dict[int, list[int]] = {}
+            for i, t in enumerate(total):
+                cells.setdefault(t // width, []).append(i)
+            keep = {j for c in cells.values() for j in (c[0], max(c, key=total.__getitem__))}
+            out = [out[i] for i in sorted(keep)]
+        return out
+
+    def merge(fronts: list[list[VectorPoint]]) -> list[VectorPoint]:
+        acc: list[VectorPoint] = [(tuple(0 for _ in caps), 0.0, ())]
+        for f in fronts:
+            acc = prune([(capped(a + b for a, b in zip(x[0], y[0])), x[1] + y[1], x[2] + y[2]) for x in acc for y in f])
+        return acc
+
+    def solve(path: str) -> list[VectorPoint]:
+        c = by_path[path]
+        pts = merge([solve(k) for k in children.get(path, [])])
+        for sac, secs, name in ((False, c.seconds, path), (True, c.sac_seconds, SAC + path)):
+            if sac and c.sac_saved <= 0:
+                continue  # as in frontier (and choose(selective=False) sets it to 0)
+            v = tuple(c.removed_at(t, sac) for t in moments)
+            if max(v) > 0:
+                pts.append((capped(v), secs, (name,)))
+        return prune(pts)
+
+    return merge([solve(p) for p in children.get(None, [])]), thinned
+
+
 def high_points(live: list[int]) -> list[int]:
     """Op indices of L(t)'s local maxima, the HIGH_POINTS highest."""
     n = len(live)
@@ -589,16 +664,31 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
         why = f"the least recompute that brings the peak to {fmt_bytes(budget)}"
     pick: Point | None = (0, 0.0, ())
     pred = (peak, peak_t)
+    moments = [peak_t]  # the moments a plan must lower; where its predicted peak moves, that moment joins
     for _ in range(ROUNDS):
-        query, thin = (front, False) if budget is None else frontier(table, need)
-        thinned |= thin
-        pick = cheapest(query, need)
+        if budget is None:
+            pick = cheapest(front, need)
+        elif len(moments) == 1:
+            query, thin = frontier(table, need)
+            thinned |= thin
+            pick = cheapest(query, need)
+        else:
+            # what every moment seen so far needs, at once (a point of the one-moment frontier can
+            # be beaten where the peak moved by one it dominates at the first moment)
+            needs = [res.live[t] - goal for t in moments]
+            vfront, thin = frontier_at(table, moments, needs)
+            thinned |= thin
+            ok = [p for p in vfront if all(x >= n for x, n in zip(p[0], needs))]
+            best_v = min(ok, key=lambda p: (p[1], len(p[2]))) if ok else None
+            pick = None if best_v is None else (
+                sum(by_path[n.removeprefix(SAC)].removed_at(peak_t, n.startswith(SAC)) for n in best_v[2]),
+                best_v[1], best_v[2])
         if pick is None:
             break
         pred = predicted_peak(res.live, _members(by_path, pick[2]), times, cache)
-        if pred[0] <= goal or budget is None:
+        if pred[0] <= goal or budget is None or pred[1] in moments:
             break
-        need += pred[0] - goal  # another moment is the peak now: ask for that much more at the first
+        moments.append(pred[1])
     if pick is None:
         best = cheapest(front, best_reachable)
         assert best is not None
