@@ -824,23 +824,6 @@ def card_plan(setup: Any, gpu: Any, margin: float) -> Plan:
                                  lambda it: f"planning checkpoints for {it[0].label()}", warm=isolate.TRACING)
 
 
-def resolve_auto(cands: list, base: Any, gpu: Any, margin: float) -> list[str]:
-    """``recommend``'s checkpoint candidates: ``auto`` replaced by the card's per-module plan for the
-    input setup (one planning trace); candidates left with nothing to checkpoint are marked. Returns
-    the notes saying what was chosen."""
-    auto = [c for c in cands if c.setup.checkpoint == ("auto",)]
-    if not auto:
-        return []
-    as_is = next((c.setup for c in cands if not c.parts), base)
-    p = card_plan(as_is, gpu, margin)
-    for c in auto:
-        c.setup = replace(c.setup, checkpoint=p.checkpoint)
-        c.changes = [f"checkpoint {p.short()} (per-module plan)" if x == "checkpoint auto" else x for x in c.changes]
-        if not p.checkpoint:
-            c.how, c.error = "failed", "not run: checkpointing removes nothing at the peak"
-    return [p.summary()]
-
-
 def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:
     """One line: the winner's step time against the fitting alternatives' (the time model, relative
     to the input setup), e.g. "chosen micro-batch 2 x accumulation 2: +1 % step time | fitting
