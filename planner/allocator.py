@@ -74,7 +74,7 @@ Not modelled: fragmentation across streams, the retry after a failed ``cudaMallo
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from planner.errors import PlannerError, quote
@@ -396,6 +396,14 @@ _EXAMPLES = {
     "garbage_collection_threshold": "garbage_collection_threshold:0.8",
     "backend": "backend:native",
 }
+
+
+def with_expandable_segments(alloc_conf: str | None) -> str | None:
+    """``alloc_conf`` with ``expandable_segments:True`` added, the allocator change every search
+    offers (the same step and speed, less reserved beyond the live tensors); None where the
+    settings have it already."""
+    conf = parse_alloc_conf(alloc_conf or None)
+    return None if conf.expandable_segments else replace(conf, expandable_segments=True).to_alloc_conf()
 
 
 def _parse_divisions_list(tok: list[str], i: int) -> tuple[tuple[int, ...], int]:

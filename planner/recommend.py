@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from planner.allocator import parse_alloc_conf
+from planner.allocator import with_expandable_segments
 from planner.errors import PlannerError
 from planner.gpus import GPU
 from planner.result import GIB, MemoryReport
@@ -29,7 +29,6 @@ from planner.search import recommend as search_recommend
 from planner.spec import TrainingSetup, spec_to_dict
 
 EXHAUSTIVE = 256
-Recommendation = Outcome  # what recommend returns (planner/search.py)
 
 
 def Setting(knob: str, label: str, tier: int, apply: Callable[[TrainingSetup], TrainingSetup]) -> Change:
@@ -132,9 +131,8 @@ def knob_settings(setup: TrainingSetup, gpu: GPU, freeze: set[str]) -> list[list
     # segments, so reserved memory follows the live tensors more closely; no effect on
     # the model or its speed (tier "none"). The search takes it only where it is needed
     # (candidates are ordered by risk, time, then number of changes).
-    conf = parse_alloc_conf(setup.device.alloc_conf or None)
-    if not conf.expandable_segments:
-        text = replace(conf, expandable_segments=True).to_alloc_conf()
+    text = with_expandable_segments(setup.device.alloc_conf)
+    if text is not None:
         add("allocator", [Setting("allocator", f"allocator {text}", 0,
                                   lambda s, t=text: replace(s, device=replace(s.device, alloc_conf=t)))])
     opt = setup.autoencoder.training.optimizer if setup.kind == "ldm-stage1" else setup.diffusion.training.optimizer
@@ -282,13 +280,13 @@ def largest_share_change(setup: TrainingSetup, gpu: GPU, report: MemoryReport) -
     options = [st for knob in knob_settings(setup, gpu, set()) for st in knob if st.tier == 0]
     targeted: list[tuple[int, str, Change]] = []
     for st in options:
-        if st.knob == "flash":
+        if st.dim == "flash":
             targeted.append((attention, "attention at the peak", st))
-        elif st.knob == "checkpointing":
+        elif st.dim == "checkpointing":
             targeted.append((max(0, acts - attention), "saved activations outside attention", st))
-        elif st.knob == "amp" and not setup.device.mixed_precision and st.label == "AMP fp16":
+        elif st.dim == "amp" and not setup.device.mixed_precision and st.label == "AMP fp16":
             targeted.append(((acts + temps) // 2, "half of the fp32 activations and temporaries", st))
-        elif st.knob == "batch":
+        elif st.dim == "batch":
             new_b = int(st.label.split()[1])
             targeted.append((acts - acts * new_b // setup.batch_size, "the activations of the dropped samples", st))
     if not targeted:
@@ -297,7 +295,7 @@ def largest_share_change(setup: TrainingSetup, gpu: GPU, report: MemoryReport) -
     nbytes, what, st = max(targeted, key=lambda t: t[0])
     return {
         "change": st.label,
-        "knob": st.knob,
+        "knob": st.dim,
         "risk": TIER_NAMES[st.tier],
         "targets": what,
         "targeted_bytes": nbytes,

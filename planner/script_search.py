@@ -261,11 +261,10 @@ def dims(base: ScriptPlan, run: ScriptRun, gpu: Any, freeze: set[str], engine: S
         out.append([Change("sdpa", k, f"sdpa {k}", 0, lambda x, k=k: _setup(x, sdpa=k))
                     for k in ("flash", "efficient", "math") if k != s.sdpa])
     if "allocator" not in freeze:
-        from planner.allocator import parse_alloc_conf
+        from planner.allocator import with_expandable_segments
 
-        conf = parse_alloc_conf(base.alloc_conf or None)
-        if not conf.expandable_segments:
-            text = replace(conf, expandable_segments=True).to_alloc_conf()
+        text = with_expandable_segments(base.alloc_conf)
+        if text is not None:
             out.append([Change("allocator", text, f"allocator {EXPANDABLE}", 0,
                                lambda x, t=text: replace(x, alloc_conf=t))])
     return [d for d in out if d], notes, knob

@@ -55,10 +55,6 @@ class Change:
     tier: int
     apply: Callable[[Any], Any] = field(compare=False, hash=False, repr=False)
 
-    @property
-    def knob(self) -> str:
-        return self.dim
-
 
 @dataclass(eq=False)
 class Candidate:

@@ -197,6 +197,8 @@ class SetupFlags:
         ``engine`` is trace), else the packaged step file traced, at the built-in's default
         precision. ``--engine analytic`` on a setup it cannot express is refused by the one rule.
         Any other step: unchanged."""
+        if self.step is None:  # the built-in step: nothing to resolve (every command's start-up)
+            return self
         from planner.stepfiles import PACKAGED_PRECISION, packaged_kind, packaged_path
 
         kind = packaged_kind(self.step)

@@ -287,11 +287,10 @@ def dims(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, li
     if "allocator" not in freeze:
         # expandable segments: the same step and speed, less reserved beyond the live tensors
         # (planner/allocator.py); the same trace replayed, no new one
-        from planner.allocator import parse_alloc_conf
+        from planner.allocator import with_expandable_segments
 
-        conf = parse_alloc_conf(base.alloc_conf or None)
-        if not conf.expandable_segments:
-            text = replace(conf, expandable_segments=True).to_alloc_conf()
+        text = with_expandable_segments(base.alloc_conf)
+        if text is not None:
             out.append([Change("allocator", text, f"allocator {text}", 0, lambda s, t=text: replace(s, alloc_conf=t))])
     for name, values in search_knobs.items():
         own = base.knob_dict.get(name)
@@ -357,12 +356,11 @@ def _with_allocator(base: StepSetup, res: SizeSearch, stats: Stats, gpu: GPU, ma
     """Where the next micro-batch fits with expandable segments (an allocator setting: same step,
     same speed, less reserved beyond the live tensors; planner/allocator.py), the largest that fits
     with it, said in a note; the answer itself stays the one for the settings given."""
-    from planner.allocator import parse_alloc_conf
+    from planner.allocator import with_expandable_segments
 
-    conf = parse_alloc_conf(base.alloc_conf or None)
-    if conf.expandable_segments or not res.value or res.capped or res.value >= limit:
+    text = with_expandable_segments(base.alloc_conf)
+    if text is None or not res.value or res.capped or res.value >= limit:
         return res, stats
-    text = replace(conf, expandable_segments=True).to_alloc_conf()
     alt = replace(base, alloc_conf=text)
     with evaluator() as ev:
         try:
