@@ -423,21 +423,8 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
     out.print(f"[bold]vramplan recommend --step[/bold] for {card.name} "
               f"(budget {cap['budget_bytes'] / 2**30:.2f} GiB = capacity {card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%})")
     out.print("input: " + ss.label(), markup=False)
-    if best is None:
-        low, need = found.smallest or found.input, found.needed_gpu
-        out.print("[bold red]nothing fits[/bold red]: ", end="")  # the rest as plain text (labels hold brackets)
-        out.print(f"the smallest candidate needs {low.total / 2**30:.2f} GiB ({'; '.join(low.changes) or 'as is'})"
-                  + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)" if need else
-                     "; no catalog card is that large"), markup=False)
-    elif not best.changes:
-        out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
-                  f"{cap['budget_bytes'] / 2**30:.2f} GiB budget; nothing needs to change")
-        faster = [c for c in ordered if c.report is not None and c.changes and c.fit_total <= cap["budget_bytes"]
-                  and c.seconds < best.seconds]
-        if faster:
-            out.print("faster settings that also fit (traced): " + "; ".join(
-                f"{', '.join(c.changes)} ({c.seconds / best.seconds:.2f}x the time per sample, "
-                f"{c.total / 2**30:.2f} GiB)" for c in sorted(faster, key=lambda c: c.seconds)[:3]), markup=False)
+    if best is None or not best.changes:
+        print_nothing_fits_or_fits_as_is(found, fit_at)
     else:
         out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.changes) or 'as is'} "
                   f"-> device_total {best.total / 2**30:.2f} GiB")
@@ -474,6 +461,28 @@ def candidate_table(ordered: list, budget: int) -> Any:
                   f"{pre}{c.seconds / base_secs:.2f}" if c.seconds < float("inf") else "-",
                   "not run" if c.error and c.error.startswith("not run") else c.how)
     return t
+
+
+def print_nothing_fits_or_fits_as_is(found: Any, fit_at: str) -> None:
+    """recommend on a step file or a script (planner/search.py ``Outcome``) where nothing fits (the
+    smallest candidate and the card it needs) or the input fits as it is (the faster settings that
+    also fit, fastest first)."""
+    best = found.best
+    if best is None:
+        low, need = found.smallest or found.input, found.needed_gpu
+        out.print("[bold red]nothing fits[/bold red]: ", end="")  # the rest as plain text (labels hold brackets)
+        at = "at the top of its band" if fit_at == "high" else "at its point"
+        out.print(f"the smallest candidate needs {low.fit_total / 2**30:.2f} GiB {at} (device_total "
+                  f"{low.total / 2**30:.2f} GiB; {'; '.join(low.labels) or 'as is'})"
+                  + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)" if need
+                     else "; no catalog card is that large"), markup=False)
+        return
+    out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
+              f"{found.budget_bytes / 2**30:.2f} GiB budget; nothing needs to change")
+    if found.faster:
+        out.print("faster settings that also fit (traced; --prefer speed picks the first): " + "; ".join(
+            f"{', '.join(c.labels)} ({c.seconds / best.seconds:.2f}x the time per sample, {c.total / 2**30:.2f} GiB)"
+            for c in sorted(found.faster, key=lambda c: c.seconds)[:3]), markup=False)
 
 
 def _step_candidate_json(c: Any) -> dict:

@@ -68,7 +68,7 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
         notes.append(f"batch size: {'; '.join(found.best.labels)} fits; batch {k} is the largest below the next "
                      f"larger option that still fits (with the same other changes)")
     from planner.band import margin_json, margin_line
-    from planner.commands.recommend import _step_candidate_json, candidate_table
+    from planner.commands.recommend import _step_candidate_json, candidate_table, print_nothing_fits_or_fits_as_is
 
     if as_json:
         print_json({"gpu": cap, "input": base.to_json(), "input_fits": found.input_fits,
@@ -85,21 +85,8 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     out.print(f"[bold]vramplan recommend[/bold] for {card.name} (budget {budget / 2**30:.2f} GiB = capacity "
               f"{card.capacity_bytes / 2**30:.2f} GiB - {margin:.0%})")
     out.print("input: " + setup.label() + (f"; PYTORCH_CUDA_ALLOC_CONF={conf}" if conf else ""), markup=False)
-    if best is None:
-        low, need = found.smallest or found.input, found.needed_gpu
-        out.print("[bold red]nothing fits[/bold red]: ", end="")
-        at = "at the top of its band" if fit_at == "high" else "at its point"
-        out.print(f"the smallest candidate needs {low.fit_total / 2**30:.2f} GiB {at} (device_total "
-                  f"{low.total / 2**30:.2f} GiB; {'; '.join(low.labels) or 'as is'})"
-                  + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)" if need
-                     else "; no catalog card is that large"), markup=False)
-    elif not best.settings:
-        out.print(f"[bold green]fits as is[/bold green]: device_total {best.total / 2**30:.2f} GiB of the "
-                  f"{budget / 2**30:.2f} GiB budget; nothing needs to change")
-        if found.faster:
-            out.print("faster settings that also fit (traced; --prefer speed picks the first): " + "; ".join(
-                f"{', '.join(c.labels)} ({c.seconds / best.seconds:.2f}x the time per sample, {c.total / 2**30:.2f} GiB)"
-                for c in found.faster[:3]), markup=False)
+    if best is None or not best.settings:
+        print_nothing_fits_or_fits_as_is(found, fit_at)
     else:
         out.print(f"[bold green]cheapest that fits[/bold green] (prefer {prefer}): {'; '.join(best.labels)} "
                   f"-> device_total {best.total / 2**30:.2f} GiB")
