@@ -29,6 +29,9 @@ from planner.search import recommend as search_recommend
 from planner.spec import TrainingSetup, spec_to_dict
 
 EXHAUSTIVE = 256
+FREEZE = ("allocator", "amp", "attention", "batch", "channels", "checkpointing", "discriminator", "flash", "nonlocal",
+          "optimizer", "patch", "perceptual")
+"""The dimensions of ``knob_settings`` (--freeze names them)."""
 
 
 def Setting(knob: str, label: str, tier: int, apply: Callable[[TrainingSetup], TrainingSetup]) -> Change:

@@ -41,7 +41,6 @@ from planner.result import MemoryReport
 BLOCKS = 3  # repeated module classes offered for checkpointing
 HALVINGS = 3  # batch sizes offered: the script's halved, up to this many times
 BATCH_LIMIT = 1024  # --max-batch: the largest batch size tried
-FREEZE = ("precision", "checkpointing", "batch", "sdpa", "allocator")
 BATCH_TIER = 2  # "moderate": the effective batch changes (no accumulation can be added from outside)
 EXPANDABLE = "expandable_segments:True"
 AUTOCAST = {"amp-fp16": "torch.float16", "amp-bf16": "torch.bfloat16"}
@@ -379,9 +378,6 @@ def recommend(base: ScriptPlan, gpu: Any, margin: float, prefer: str, freeze: se
     outcome, the input's run, notes, the batch knob, the refined answer (None: the outcome's best)."""
     from planner.search import recommend as search_recommend
 
-    bad = freeze - set(FREEZE)
-    if bad:
-        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for a script (valid: {', '.join(FREEZE)})")
     engine = engine or ScriptEngine(gpu)
     run = engine.run(base.setup)  # the input: its own exit code and line where it cannot run
     space, notes, knob = dims(base, run, gpu, freeze, engine)

@@ -162,6 +162,16 @@ def order_key(prefer: str) -> Callable[[Candidate], tuple]:
     return lambda c: (c.tier, c.seconds, len(c.settings), c.total)
 
 
+def parse_freeze(text: str | None, valid: tuple[str, ...], of: str = "") -> set[str]:
+    """``--freeze a,b``: the dimensions not to change; one not in ``valid`` (this space's dimensions)
+    is an error naming them (``of``: whose space, e.g. " for --step")."""
+    frozen = {f.strip() for f in (text or "").split(",") if f.strip()}
+    bad = frozen - set(valid)
+    if bad:
+        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}'{of} (valid: {', '.join(valid)})")
+    return frozen
+
+
 def check_margin(margin: float) -> None:
     if not 0 <= margin < 1:
         raise PlannerError(f"--margin: {margin} must be in [0, 1)")

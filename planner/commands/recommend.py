@@ -13,7 +13,7 @@ from planner.commands.options import takes_setup, JobsOpt, JsonOpt, Prefer
 from planner.commands.render import step_profile, progress, write_setup
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP
-from planner.search import SAFETY, TIER_NAMES, check_margin
+from planner.search import SAFETY, TIER_NAMES, check_margin, parse_freeze
 from planner.setup_flags import SetupFlags, builtin_setup, filled, load_step, step_params
 from planner.step_setup import StepSetup, parse_value
 
@@ -191,11 +191,7 @@ def recommend(
                           f"{', '.join(bad_small)}[/yellow]")
             out.print(f"[dim]{card.capacity_note()}; margin {margin:.0%}[/dim]")
         return
-    frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
-    known = {"amp", "batch", "checkpointing", "flash", "attention", "nonlocal", "perceptual", "discriminator", "channels", "patch", "optimizer", "allocator"}
-    bad = frozen - known
-    if bad:
-        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' (valid: {', '.join(sorted(known))})")
+    frozen = parse_freeze(freeze, R.FREEZE)
     with err.status("searching"):
         rec = R.recommend(setup, card, margin, prefer.value, frozen, **band_kw)
     best = rec.best
@@ -384,11 +380,7 @@ def recommend_step_file(ss: StepSetup, *, gpu: str, margin: float, jobs: int, ma
             valid = ", ".join(sorted(sf.knobs)) or "none"
             raise PlannerError(f"--search: {text!r} must be knob=v1/v2/... with a knob of '{ss.path}' (valid: {valid})")
         search_knobs[name] = [parse_value(v.strip()) for v in raw.split("/") if v.strip()]
-    frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
-    bad = frozen - {"precision", "checkpointing", "batch", "sdpa", "allocator"}
-    if bad:
-        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}' for --step (valid: precision, checkpointing, "
-                           f"batch, sdpa, allocator)")
+    frozen = parse_freeze(freeze, S.FREEZE, " for --step")
     prog, tick = progress(err, "tracing")
     with prog:
         found, stats = S.recommend(ss, card, margin, prefer, frozen, search_knobs, sf.batch_default or 1, jobs, tick,

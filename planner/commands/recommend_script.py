@@ -8,7 +8,7 @@ from typing import Any
 
 from planner.commands.app import err, out, print_json
 from planner.errors import PlannerError
-from planner.search import SAFETY
+from planner.search import SAFETY, parse_freeze
 
 # recommend's setup flags a script takes (the input's knobs, as `vramplan run` applies them)
 SCRIPT_FLAGS = ("precision", "amp", "checkpoint", "sdpa", "batch", "alloc_conf", "timeout", "gpus", "strategy")
@@ -45,7 +45,9 @@ def recommend_script(command: list[str], flags: Any, *, steps: int | None, gpu: 
     from planner.allocator import parse_alloc_conf
 
     parse_alloc_conf(conf or None)  # a bad setting is one line before the script runs
-    frozen = {f.strip() for f in (freeze or "").split(",") if f.strip()}
+    from planner.measure.search import FREEZE  # a script's search has a step file's dimensions
+
+    frozen = parse_freeze(freeze, FREEZE, " for a script")
     base = S.ScriptPlan(setup, conf)
     if max_batch:
         _max_batch(base, card, gpu, margin, fit_at, as_json)

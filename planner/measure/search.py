@@ -33,6 +33,8 @@ from planner.step_setup import PRECISION_HELP, StepSetup
 
 PRECISION_TIER = {"fp32": 0, "amp-fp16": 0, "amp-bf16": 0, "fp16-master": 1, "bf16-master": 1, "fp16": 2, "bf16": 2}
 ACCUM_CHECK = (2, 3)  # (micro-batch, accumulation) of the trace that checks "A >= 3 is like A = 2"
+FREEZE = ("precision", "checkpointing", "batch", "sdpa", "allocator")
+"""The dimensions of :func:`dims` besides --search's knobs (--freeze names them)."""
 DIRECT_ACCUM = 4  # one setup of a class at accumulation <= this is traced as it is, not checked
 
 
