@@ -230,6 +230,7 @@ def test_every_command_that_takes_a_setup_takes_every_setup_flag():
     (["calibrate", "--voxel", "8x8x8"], "--voxel: only with --step (the built-in calibration's points are its --grid)"),
     (["calibrate", "--from", "r.json", "--precision", "fp32"], "--precision: does not apply to --from"),
     (["check", "--gpu", "8GB", "--step", STEP], "--step: check takes its setups as arguments"),
+    (["check", "--gpu", "8GB", "--step", "ldm-stage1"], "--step: check takes its setups as arguments"),
     (["table", "--seed004", "--precision", "fp32"], "--precision: not with --seed004"),
 ])
 def test_a_setup_flag_a_command_cannot_use_is_one_line(args, message):

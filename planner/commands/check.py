@@ -54,7 +54,8 @@ def check(
     if junit is not None:
         check_output_path(junit, "--junit")
     assert flags is not None  # takes_setup
-    for value, flag in ((flags.step, "--step"), (flags.config, "--config")):
+    # --step as given (a built-in step named as its step file, --step ldm-stage1, is resolved to it)
+    for value, flag in ((dict(flags.given).get("step"), "--step"), (flags.config, "--config")):
         if value is not None:
             raise PlannerError(f"{flag}: check takes its setups as arguments (config .yaml and step file .py files)")
     if flags.model or flags.input_shape:
