@@ -74,9 +74,10 @@ Not modelled: fragmentation across streams, the retry after a failed ``cudaMallo
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterable
 
+from planner.records import dataclass
 from planner.errors import PlannerError, quote
 
 K_MIN_BLOCK = 512

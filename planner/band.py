@@ -29,8 +29,8 @@ terms: the band collapses to the profiled point and says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 from planner.result import GIB, MemoryReport
 

@@ -25,10 +25,11 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path, PurePath
 from typing import Any, Callable
 
+from planner.records import dataclass
 from planner.errors import NotData, PlannerError, parse_json, quote
 from planner.result import GIB, PROFILE_TERM, TOP_MODULES, MemoryReport
 

@@ -22,6 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from planner import records
 from planner import spec as S
 from planner.errors import PlannerError, one_line, quote
 
@@ -263,7 +264,7 @@ def parse_bool_list(text: str, flag: str) -> tuple[bool, ...]:
     return tuple(out)
 
 
-@dataclasses.dataclass
+@records.dataclass
 class Overrides:
     """The CLI flags shared by every command; None means 'not given'."""
 

@@ -67,10 +67,11 @@ source, the entry's ``source`` says so.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Optional
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 from planner.gpu_rule import GPU_HELP, SIZE_RULE
 

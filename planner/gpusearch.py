@@ -12,9 +12,9 @@ figures.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 from planner.result import MemoryReport
 

@@ -55,10 +55,11 @@ pytorch/pytorch issue #16417 is no segment size.)
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 from planner.result import DEFAULT_CONTEXT_BYTES
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import Any
 
+from planner.records import dataclass
 from planner.errors import NotData, PlannerError, parse_json, quote
 from planner.result import DEFAULT_CONTEXT_BYTES, DEFAULT_CONTEXT_SOURCE, MemoryReport
 

@@ -13,9 +13,10 @@ Bytes are integers; GiB = 2**30, GB = 10**9.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 from typing import Any, Iterable
+from planner.records import dataclass
 
 GIB = 2**30
 GB = 10**9

@@ -30,9 +30,10 @@ size; uncalibrated, for ordering candidates.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 from planner.script_setup import PRECISIONS, ScriptRun, ScriptSetup
 from planner.search import Candidate, Change, Outcome, SizeSearch, apply, exact_ratios, max_size

@@ -4,9 +4,10 @@ the tracing is ``planner/measure/script_run.py``)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 
 PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any, Callable, Iterable, Protocol
 
+from planner.records import dataclass
 from planner.errors import PlannerError
 from planner.result import MemoryReport
 

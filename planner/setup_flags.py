@@ -21,10 +21,11 @@ flag, the step and what it takes. Torch-free: the analytic path imports this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from planner.records import dataclass
 from planner.errors import PlannerError, quote
 from planner.step_setup import PRECISIONS, SDPA_BACKENDS, StepSetup, parse_value
 

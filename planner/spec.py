@@ -20,9 +20,10 @@ This module is torch-free: the analytic estimator imports it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from typing import Any
 
+from planner.records import dataclass
 from planner.errors import PlannerError, quote
 
 KINDS = ("ldm-stage1", "ldm-stage2")

@@ -13,10 +13,11 @@ torch: it validates flags and makes the cache key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from planner.records import dataclass
 from planner.errors import PlannerError, quote
 
 PRECISIONS = ("fp32", "amp-fp16", "amp-bf16", "fp16-master", "bf16-master", "fp16", "bf16")

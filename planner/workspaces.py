@@ -54,9 +54,9 @@ analytic estimate miss them. The CUDA context is outside the allocator in both.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+from planner.records import dataclass
 from planner.errors import PlannerError, quote
 from planner.result import DEFAULT_CONTEXT_BYTES
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
 
+from planner.records import dataclass
 from planner.allocator import allocator_label, replay
 from planner.gpus import GPU
 from planner.result import (

@@ -8,9 +8,10 @@ iterations, the peak taken over the second.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from planner.records import dataclass
 from planner.analytic import ops as O
 from planner.analytic.engine import _ACC, AllocInfo, Memory, Sim, T
 from planner.analytic.models import AutoencoderKL, PatchDiscriminator

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
+from planner.records import dataclass
 from planner.config import Overrides, resolve_setup
 from planner.errors import PlannerError, quote
 from planner.gpus import GPU
