@@ -32,9 +32,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -80,23 +81,76 @@ def speed_failures(ratios: dict[str, float], base_ratios: dict[str, float]) -> l
 CONFIRM_ROUNDS = 2
 
 
-def confirm(r: speed.Ratio, again: Callable[[], speed.Ratio], base_ratios: dict[str, float]) -> speed.Ratio:
+def confirm(r: speed.Ratio, again: Callable[[], speed.Ratio], base: dict,
+            command: Sequence[str] | None = None) -> tuple[speed.Ratio, str | None]:
     """A gated ratio over its bound is measured again before it fails the check: two more
     rounds of the same interleaved timing (``again``), and the bound is applied to the ratio
     over all the runs. The bound stays; only the sample grows. (2026-12-02: with the build
     machine quiet, the reference loop ran at 0.15 s where it had run at 0.24 s under load, and
     `vramplan estimate`'s ratio moved between 0.95 and 1.16 from one run of 9 pairs to the
     next, for this session's code and its first commit alike.) Every gated figure, not only
-    the fixed targets: a baseline-held one flips with the weather as well."""
-    b = bound_of(r.name, base_ratios)
+    the fixed targets: a baseline-held one flips with the weather as well.
+
+    Still over on a loaded machine, a fresh-process figure (``command``) is decided by counting
+    instead (:func:`under_load`). Returns the ratio and, where the count decided, its line."""
+    b = bound_of(r.name, base.get("speed_ratios", {}))
     if b is None or r.gate_ratio <= b[0]:
-        return r
+        return r, None
     rounds = [r] + [again() for _ in range(CONFIRM_ROUNDS)]
     merged = speed.merge(rounds)
     print(f"  {r.name}: {r.gate_ratio:.3f} over its bound {b[0]:.3f} ({b[1]}); re-measured {CONFIRM_ROUNDS} more "
           f"rounds: {merged.gate_ratio:.3f} over all {merged.runs} runs (rounds: "
           f"{', '.join(f'{x.gate_ratio:.3f}' for x in rounds)})")
-    return merged
+    if merged.gate_ratio <= b[0] or command is None:
+        return merged, None
+    return merged, under_load(r.name, command, b[0], base)
+
+
+LOADED_AT = 1.0
+"""Load average per core at or above which the machine counts as loaded (a quiet 2-core
+machine running this benchmark alone reads ~0.5; with two CPU-bound processes beside it ~1.5)."""
+
+
+def under_load(name: str, command: Sequence[str], bound: float, base: dict) -> str | None:
+    """The CPU-time ratio of a fresh-process command moves with the machine's load more than the
+    reference's does: on the 2-core build machine, with other CPU-bound processes beside it,
+    `vramplan estimate`'s CPU time grew ~30 % and the reference loop's not at all (start-up
+    reads, unmarshals and allocates: it loses more to caches shared with the other processes
+    than a loop over a few registers does), so its ratio went 0.82 -> 1.06 with no change to
+    the code. Where the machine is loaded (load average per core >= LOADED_AT), the figure is
+    decided by the instructions the command executes, over the reference's (valgrind, exact
+    to the instruction, :func:`speed.instruction_ratio`), converted to a CPU-time ratio at the
+    baseline's CPU time per instruction: ratio = baseline CPU-time ratio x (instruction ratio
+    now / baseline instruction ratio), both baseline figures measured together on a quiet
+    machine (--update-baseline). A change that makes the command do more work moves the count;
+    the load does not. Returns the line that passes the figure, or None (it fails)."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    base_time = base.get("speed_ratios", {}).get(name)
+    base_instr = base.get("instruction_ratios", {}).get(name)
+    if load < LOADED_AT:
+        print(f"  {name}: the machine is not loaded (load average {load:.2f} per core < {LOADED_AT}): the time decides")
+        return None
+    if not (isinstance(base_time, float) and isinstance(base_instr, float) and base_time > 0 and base_instr > 0):
+        print(f"  {name}: loaded (load average {load:.2f} per core), but the baseline has no instruction ratio "
+              "for it (benchmarks/run.py --update-baseline on a quiet machine records one): the time decides")
+        return None
+    now = speed.instruction_ratios({name: command}).get(name)
+    if now is None:
+        print(f"  {name}: loaded (load average {load:.2f} per core), but valgrind is not installed: the time decides")
+        return None
+    derived = base_time * now / base_instr
+    line = (f"{name}: machine loaded (load average {load:.2f} per core); instructions {now:.4f} of the reference's "
+            f"(valgrind, baseline {base_instr:.4f}) -> CPU-time ratio {base_time:.3f} x {now:.4f} / {base_instr:.4f} "
+            f"= {derived:.3f} at the baseline's CPU time per instruction; bound {bound:.3f}")
+    print(f"  {line}")
+    return line if derived <= bound else None
+
+
+def fresh_commands() -> dict[str, list[str]]:
+    """The speed figures that time a fresh `vramplan` process: name -> its command line."""
+    out = {n: speed.vramplan_cmd(*speed.CLI_CHECKS[n][0]) for n in speed.CLI_CHECKS}
+    out["cli_recommend"] = speed.vramplan_cmd(*RECOMMEND_ARGS)
+    return out
 
 
 def speed_measures(runs: int) -> dict[str, Callable[[], speed.Ratio]]:
@@ -107,9 +161,7 @@ def speed_measures(runs: int) -> dict[str, Callable[[], speed.Ratio]]:
 
     setup = resolve_setup(None, Overrides(voxel="256x256x64"))
     out: dict[str, Callable[[], speed.Ratio]] = {
-        n: functools.partial(speed.interleaved, n, speed.vramplan_cmd(*speed.CLI_CHECKS[n][0]), runs)
-        for n in speed.CLI_CHECKS}
-    out["cli_recommend"] = functools.partial(speed.interleaved, "cli_recommend", speed.vramplan_cmd(*RECOMMEND_ARGS), runs)
+        n: functools.partial(speed.interleaved, n, cmd, runs) for n, cmd in fresh_commands().items()}
     out["estimate_inproc"] = functools.partial(speed.interleaved_inprocess, "estimate_inproc", lambda: estimate(setup),
                                                speed.reference_work, runs)
     out["profile_inproc"] = functools.partial(speed.interleaved_inprocess, "profile_inproc",
@@ -165,8 +217,13 @@ def main() -> int:
     base_ratios = (base or {}).get("speed_ratios", {})
     measures = speed_measures(a.runs)
     ratios = [m() for m in measures.values()]
+    decided: dict[str, str] = {}  # figures passed by their instruction count on a loaded machine
     if a.check:
-        ratios = [confirm(r, measures[r.name], base_ratios) for r in ratios]
+        fresh = fresh_commands()
+        for i, r in enumerate(ratios):
+            ratios[i], line = confirm(r, measures[r.name], base or {}, fresh.get(r.name))
+            if line:
+                decided[r.name] = line
     figures["speed"] = {r.name: r.to_json() for r in ratios}
     print(f"speed (ratios to {speed.REFERENCE_LABEL} or the same loop in-process; absolute seconds are not gated):")
     for r in ratios:
@@ -180,10 +237,11 @@ def main() -> int:
                 failures.append(f"{k} {s[k]:.3f}% misses the target {ACCURACY_TARGETS[k]}%")
             if base and s[k] > base["accuracy"][k] + ACCURACY_SLACK_PP:
                 failures.append(f"{k} {s[k]:.3f}% > baseline {base['accuracy'][k]:.3f}% + {ACCURACY_SLACK_PP} pp")
-    failures += speed_failures({r.name: r.gate_ratio for r in ratios}, base_ratios)
+    failures += speed_failures({r.name: r.gate_ratio for r in ratios if r.name not in decided}, base_ratios)
     summary = {"benchmark": "all", "accuracy": figures.get("accuracy"),
                "speed_ratios": {r.name: round(r.gate_ratio, 4) for r in ratios},
-               "wall_ratios": {r.name: round(r.ratio, 4) for r in ratios}, "failures": failures}
+               "wall_ratios": {r.name: round(r.ratio, 4) for r in ratios},
+               "decided_by_instructions": decided, "failures": failures}
     print(json.dumps(summary))
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=2))
@@ -191,6 +249,8 @@ def main() -> int:
         new = {"accuracy": {k: figures["accuracy"][k] for k in ("median_abs_error_pct", "worst_abs_error_pct")}
                if "accuracy" in figures else (base or {}).get("accuracy"),
                "speed_ratios": {r.name: round(r.gate_ratio, 4) for r in ratios},
+               # counted beside the times they convert (benchmarks/run.py under_load): both from this run
+               "instruction_ratios": {n: round(x, 6) for n, x in speed.instruction_ratios(fresh_commands()).items()},
                "measured": {"speed": figures["speed"], "accuracy": figures.get("accuracy")}}
         BASELINE.write_text(json.dumps(new, indent=2) + "\n")
         print(f"wrote {BASELINE}")

@@ -164,6 +164,35 @@ def merge(rounds: Sequence[Ratio]) -> Ratio:
                  cat("pair_ratios"), cat("cpu_s"), cat("reference_cpu_s"), walls, refs)
 
 
+def instructions(cmd: Sequence[str]) -> int | None:
+    """The instructions a fresh process of ``cmd`` executes in user space: valgrind's cachegrind
+    "I refs" (``--cache-sim=no``: counting only), with PYTHONHASHSEED=0 so that the count repeats
+    to the instruction (with a random seed it moves by 0.03 %). Unlike time, nothing else the
+    machine runs changes it. None where valgrind is not installed. About 16 s per run of a
+    0.2 s command (valgrind runs the code ~50x slower), so it is taken only when a time gate
+    cannot decide (benchmarks/run.py ``confirm``)."""
+    import shutil
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run([valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", *cmd],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr.splitlines():
+        if "I   refs:" in line or "I refs:" in line:
+            return int(line.rsplit(":", 1)[1].strip().replace(",", ""))
+    raise SystemExit(f"valgrind {' '.join(cmd)}: no instruction count (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+
+
+def instruction_ratios(cmds: dict[str, Sequence[str]]) -> dict[str, float]:
+    """:func:`instructions` of each command over the reference's (counted once); {} without valgrind."""
+    ref = instructions(REFERENCE_CMD)
+    if not ref:
+        return {}
+    return {name: instructions(cmd) / ref for name, cmd in cmds.items()}  # type: ignore[operator]
+
+
 def reference_work() -> int:
     """In-process reference: the same loop as the fresh-process reference."""
     return sum(i * i for i in range(3_000_000))

@@ -91,12 +91,50 @@ def test_the_gate_reads_cpu_time_and_a_figure_over_its_bound_is_measured_again()
         calls.append(1)
         return _ratio("x", [1.0] * 3, [1.0] * 3, [0.1] * 3, [0.4] * 3)
 
-    merged = bench_run.confirm(busy, again, {"x": 0.25})
-    assert len(calls) == bench_run.CONFIRM_ROUNDS == 2
+    merged, by_count = bench_run.confirm(busy, again, {"speed_ratios": {"x": 0.25}})
+    assert by_count is None and len(calls) == bench_run.CONFIRM_ROUNDS == 2
     assert merged.runs == 9 and merged.gate_ratio == pytest.approx(0.25)
     assert bench_run.speed_failures({"x": merged.gate_ratio}, {"x": 0.25}) == []
     # under its bound: not measured again
-    assert bench_run.confirm(busy, again, {"x": 0.3}) is busy and len(calls) == 2
+    assert bench_run.confirm(busy, again, {"speed_ratios": {"x": 0.3}})[0] is busy and len(calls) == 2
+
+
+def test_on_a_loaded_machine_a_fresh_process_figure_is_decided_by_its_instruction_count(monkeypatch):
+    # CPU-time ratio 1.2 over its target 1.0 in every round (the machine loaded)
+    over = _ratio("cli_estimate", [1.0] * 3, [1.0] * 3, [0.24] * 3, [0.2] * 3)
+    base = {"speed_ratios": {"cli_estimate": 0.8}, "instruction_ratios": {"cli_estimate": 0.35}}
+    counted = []
+
+    def count(cmds):
+        counted.append(dict(cmds))
+        return {name: 0.385 for name in cmds}
+
+    monkeypatch.setattr(bench_run.speed, "instruction_ratios", count)
+    monkeypatch.setattr(bench_run.os, "cpu_count", lambda: 2)
+    # load average 3.0 on 2 cores = 1.5 per core >= LOADED_AT: counted, 0.385 instructions per
+    # reference instruction against the baseline's 0.35 is 10 % more work: 0.8 x 0.385 / 0.35 = 0.88 <= 1.0
+    monkeypatch.setattr(bench_run.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    merged, line = bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])
+    assert merged.gate_ratio == pytest.approx(1.2) and counted == [{"cli_estimate": ["vramplan", "estimate"]}]
+    assert line is not None and "= 0.880" in line and "bound 1.000" in line
+    # 50 % more instructions: 0.8 x 0.525 / 0.35 = 1.2 > 1.0 fails, whatever the load
+    monkeypatch.setattr(bench_run.speed, "instruction_ratios", lambda cmds: {n: 0.525 for n in cmds})
+    assert bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])[1] is None
+    # a quiet machine (load 1.0 on 2 cores = 0.5 per core): the time decides, nothing counted
+    monkeypatch.setattr(bench_run.speed, "instruction_ratios", count)
+    monkeypatch.setattr(bench_run.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])[1] is None and len(counted) == 1
+    # a baseline without the count (or an in-process figure, no command): the time decides
+    monkeypatch.setattr(bench_run.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert bench_run.confirm(over, lambda: over, {"speed_ratios": base["speed_ratios"]}, ["vramplan"])[1] is None
+    assert bench_run.confirm(over, lambda: over, base, None)[1] is None and len(counted) == 1
+
+
+@pytest.mark.skipif(not __import__("shutil").which("valgrind"), reason="valgrind is not installed")
+def test_instruction_counts_repeat_exactly():
+    cmd = [sys.executable, "-c", "sum(range(1000))"]
+    a, b = speed.instructions(cmd), speed.instructions(cmd)
+    assert a == b and a > 10**6  # an interpreter start-up is ~10^8 instructions
 
 
 def test_baseline_holds_ratios_only():
