@@ -35,7 +35,7 @@ from dataclasses import field, replace
 from typing import Any, Callable, Iterable, Protocol
 
 from planner.records import dataclass
-from planner.errors import PlannerError
+from planner.errors import PlannerError, quote
 from planner.result import MemoryReport
 
 TIERS = {"none": 0, "slight": 1, "moderate": 2}
@@ -163,13 +163,24 @@ def order_key(prefer: str) -> Callable[[Candidate], tuple]:
     return lambda c: (c.tier, c.seconds, len(c.settings), c.total)
 
 
+FREEZE_ALIASES = (("precision", "amp"), ("sdpa", "flash"), ("checkpoint", "checkpointing"))
+"""One vocabulary: each pair names the same dimension in the flags' words (--precision, --sdpa,
+--checkpoint) and in the built-in step's former ones (--amp, --flash-attention, --checkpointing);
+--freeze takes either name in every space."""
+
+
 def parse_freeze(text: str | None, valid: tuple[str, ...], of: str = "") -> set[str]:
     """``--freeze a,b``: the dimensions not to change; one not in ``valid`` (this space's dimensions)
-    is an error naming them (``of``: whose space, e.g. " for --step")."""
-    frozen = {f.strip() for f in (text or "").split(",") if f.strip()}
-    bad = frozen - set(valid)
-    if bad:
-        raise PlannerError(f"--freeze: unknown knob '{sorted(bad)[0]}'{of} (valid: {', '.join(valid)})")
+    is an error naming them (``of``: whose space, e.g. " for --step"). A name of
+    :data:`FREEZE_ALIASES` stands for its pair's name in this space."""
+    frozen = set()
+    for name in (f.strip() for f in (text or "").split(",") if f.strip()):
+        if name not in valid:
+            name = next((b if a == name else a for a, b in FREEZE_ALIASES if name in (a, b) and
+                         (b if a == name else a) in valid), name)
+        if name not in valid:
+            raise PlannerError(f"--freeze: unknown knob {quote(name)}{of} (valid: {', '.join(valid)})")
+        frozen.add(name)
     return frozen
 
 

@@ -348,3 +348,24 @@ def test_a_step_file_search_flag_takes_the_named_builtin_step_to_the_tracer():
     assert res.exit_code == 2
     assert "'voxel' is not an integer knob of" in res.output and "stepfiles/ldm_stage1.py" in res.output
     assert "(valid: latent_channels, disc_channels, disc_layers)" in res.output
+
+
+def test_freeze_takes_the_one_vocabulary_in_every_space():
+    """--freeze precision/sdpa/checkpoint on the built-in step, amp/flash/checkpointing on a step
+    file: each name stands for its pair in the space that has the other (planner/search.py)."""
+    from planner.measure.search import FREEZE as STEP_FREEZE
+    from planner.recommend import FREEZE as BUILTIN_FREEZE
+    from planner.search import parse_freeze
+
+    assert parse_freeze("precision,sdpa,checkpoint", BUILTIN_FREEZE) == {"amp", "flash", "checkpointing"}
+    assert parse_freeze("amp,flash,checkpointing", STEP_FREEZE) == {"precision", "sdpa", "checkpointing"}
+    assert parse_freeze("amp, batch", BUILTIN_FREEZE) == {"amp", "batch"}
+    with pytest.raises(PlannerError, match="--freeze: unknown knob 'colour' for --step"):
+        parse_freeze("precision,colour", STEP_FREEZE, " for --step")
+    # on the command line: the built-in step frozen in the flags' words keeps AMP off and batch 4
+    out = CliRunner().invoke(app, ["recommend", "--voxel", "64x64x32", "--batch", "4", "--no-amp", "--gpu",
+                                   "exact:2600MiB", "--freeze", "precision,sdpa,batch", "--json"])
+    assert out.exit_code == 0, out.output
+    best = json.loads(out.stdout)["recommended"]  # (input 2.79 GiB: something else must change)
+    # unfrozen it would be AMP fp16 + batch 2 x accum 2 + flash attention (SDPA)
+    assert best["changes"] and not any(c.startswith(("AMP", "batch", "flash")) for c in best["changes"]), best

@@ -71,7 +71,7 @@ def recommend(
     gpu: Annotated[str, typer.Option("--gpu", help=f"Card to fit. {GPU_HELP}")] = "24GB",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin as a fraction of the card.")] = 0.05,
     prefer: Annotated[Optional[Prefer], typer.Option("--prefer", help="risk (default): lowest quality risk, then fastest; speed; quality.")] = None,
-    freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention.")] = None,
+    freeze: Annotated[Optional[str], typer.Option("--freeze", help="Knobs not to touch, e.g. channels,attention or precision,sdpa,checkpoint,batch,allocator (amp, flash, checkpointing are the same as precision, sdpa, checkpoint).")] = None,
     max_batch: Annotated[bool, typer.Option("--max-batch", help="Only report the largest batch that fits this configuration.")] = False,
     max_voxel: Annotated[bool, typer.Option("--max-voxel", help="Only report the largest volume (same aspect) that fits.")] = False,
     write: Annotated[Optional[Path], typer.Option("--write", help="Write the recommended full configuration as YAML.")] = None,
@@ -257,11 +257,8 @@ def recommend(
             write_setup(write, best.setup)
             out.print(f"wrote {write} (the input, unchanged)")
         return
-    if best is None:
-        s = rec.smallest
-        need = rec.needed_gpu
-        out.print(f"[bold red]Nothing fits.[/bold red] The smallest configuration ({', '.join(s.labels) or 'as is'}) needs "
-                  f"{s.exact.device_total_bytes / 2**30:.2f} GiB" + (f"; it would fit a {need.name} ({need.capacity_bytes / 2**30:.2f} GiB CUDA-reported)." if need else "; no catalog card is that large."))
+    if best is None:  # the line a step file's and a script's recommend print, at the figure the fit was judged on
+        print_nothing_fits_or_fits_as_is(rec, rec.fit_at)
         for note in rec.notes:
             out.print("note: " + note, markup=False)
         return
