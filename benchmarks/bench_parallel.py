@@ -1,8 +1,9 @@
 """Issue 13's proof: per-rank peaks of the analytic estimator (planner/analytic/parallel.py, no torch)
 against torch.distributed's own DDP and FSDP2 traced under a fake process group (rank 0 of N), on
-14 configurations: both built-in kinds (measured: ``planner.measure.builtin_trace.run_step``) and the two
-step-file examples that are those kinds written as step files (``examples/steps/ldm_stage1.py``,
-``ldm_stage2.py``; measured: ``planner.measure.stepfile.run``); DDP, FSDP (ZeRO-3) and FSDP
+14 configurations: both built-in kinds from their YAML setups (measured:
+``planner.measure.builtin_trace.run_step``, which traces their packaged step files) and those step
+files named directly (``examples/steps/ldm_stage1.py``, ``ldm_stage2.py``; measured:
+``planner.measure.stepfile.run``); DDP, FSDP (ZeRO-3) and FSDP
 grad-op; 2, 4 and 8 ranks; fp32, AMP fp16 and bf16; accumulation 1 and 2.
 
     python benchmarks/bench_parallel.py [--json] [--random N [--seed S]]

@@ -462,7 +462,7 @@ class Session:
             import torch
 
             torch.cuda.empty_cache()
-            go()  # resets the peak counters where iteration 2 starts (planner/measure/builtin_trace.py _Runner)
+            go()  # resets the peak counters where iteration 2 starts (planner/measure/recording.py start_iteration)
             row = read_step(2)
             device, reserved_now = device_info(), int(torch.cuda.memory_reserved())
         data["device"] = device

@@ -235,4 +235,4 @@ def trace_in_worker(setup: ScriptSetup) -> ScriptRun:
     from planner.measure.isolate import TRACING, shared
 
     return shared().call(_trace, setup, lambda s: f"running {s.script}",
-                         warm=TRACING + ("planner.measure.builtin_trace", "planner.measure.script_run"))
+                         warm=TRACING + ("planner.measure.recording", "planner.measure.script_run"))

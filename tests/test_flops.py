@@ -16,11 +16,12 @@ def test_forward_macs_match_fvcore():
     torch = pytest.importorskip("torch")
     fvcore = pytest.importorskip("fvcore.nn")
     pytest.importorskip("monai")
-    from planner.measure.builtin_trace import build_autoencoder
+    from planner.stepfiles import ldm_stage1, step_setup_of
 
     setup = resolve_setup(None, Overrides(voxel="32x32x32", amp=False))
     warnings.filterwarnings("ignore")
-    fa = fvcore.FlopCountAnalysis(build_autoencoder(setup).eval(), torch.randn(1, 1, 32, 32, 32))
+    autoencoder = ldm_stage1.networks(**step_setup_of(setup).knob_dict)["autoencoder"]  # what the tracer builds
+    fa = fvcore.FlopCountAnalysis(autoencoder.eval(), torch.randn(1, 1, 32, 32, 32))
     fa.unsupported_ops_warnings(False)
     fa.uncalled_modules_warnings(False)
     ops = fa.by_operator()

@@ -347,7 +347,7 @@ def test_a_step_file_search_flag_takes_the_named_builtin_step_to_the_tracer():
     res = runner.invoke(app, ["recommend", "--step", "ldm-stage1", "--max-knob", "voxel"])
     assert res.exit_code == 2
     assert "'voxel' is not an integer knob of" in res.output and "stepfiles/ldm_stage1.py" in res.output
-    assert "(valid: latent_channels, disc_channels, disc_layers)" in res.output
+    assert "(valid: in_channels, latent_channels, norm_num_groups, disc_channels, disc_layers)" in res.output
 
 
 def test_freeze_takes_the_one_vocabulary_in_every_space():
@@ -369,3 +369,41 @@ def test_freeze_takes_the_one_vocabulary_in_every_space():
     best = json.loads(out.stdout)["recommended"]  # (input 2.79 GiB: something else must change)
     # unfrozen it would be AMP fp16 + batch 2 x accum 2 + flash attention (SDPA)
     assert best["changes"] and not any(c.startswith(("AMP", "batch", "flash")) for c in best["changes"]), best
+
+
+def test_the_builtin_trace_and_the_named_step_file_trace_run_the_same_code():
+    """One tracer of the built-in step: ``estimate --engine trace`` (no --step: planner/measure/
+    builtin_trace.py run_step on the YAML setup) and ``--step ldm-stage1 --engine trace`` (the
+    packaged step file with the same settings as flags) give the same StepRecord, to the byte of
+    its serialised form (planner/measure/tracefile.py), on YAML settings off the defaults: small
+    channels with 8 GroupNorm groups, two res blocks per level, AdamW, autocast bf16, no perceptual loss, accumulation 2 (and the step's
+    own statement of what ran, with the built-in's keys beside the step file's)."""
+    import gzip
+    from dataclasses import replace
+
+    from planner.config import setup_from_dict
+    from planner.measure.builtin_trace import run_step
+    from planner.measure.stepfile import run
+    from planner.measure.tracefile import dumps
+
+    setup = setup_from_dict({
+        "data": {"voxel_size": [24, 24, 24]},
+        "autoencoder": {"num_channels": [8, 16, 16], "norm_num_groups": 8, "num_res_blocks": 2, "training": {"optimizer": "adamw", "use_perceptual_loss": False,
+                                                          "gradient_accumulation_steps": 2}},
+        "device": {"mixed_precision": True, "amp_dtype": "bfloat16"},
+    })
+    flags = SetupFlags.from_params({"step": "ldm-stage1", "precision": "amp-bf16", "optimizer": "adamw", "accum": 2,
+                                    "knob": ["voxel=24,24,24", "channels=8,16,16", "norm_num_groups=8",
+                                             "num_res_blocks=2,2,2", "perceptual=false"]})
+    builtin = run_step(setup, "fake", keep_timeline=False)
+    step = run(flags.for_engine("trace").step_setup(), "fake", keep_timeline=False)
+    serialised = [gzip.decompress(dumps(replace(r, setup={}), "k")) for r in (builtin, step)]  # gzip's header has a time
+    assert serialised[0] == serialised[1]
+    assert builtin.setup["step"] == "ldm-stage1" and builtin.setup["step_file"] == step.setup["step"]
+    assert builtin.setup["optimizer"] == "adamw" and step.setup["optimizers"] == builtin.setup["optimizers"] == {
+        "generator": "AdamW", "discriminator": "AdamW"}
+    assert {k: v for k, v in builtin.setup.items() if k in step.setup and k != "step"} == {
+        k: v for k, v in step.setup.items() if k != "step"}
+    # the settings reached the networks: 2 res blocks per level, the discriminator on
+    assert builtin.networks == ("autoencoder", "discriminator")
+    assert any(".blocks.1." in (s.module or "") for s in builtin.info.values())

@@ -1,7 +1,7 @@
 """The reference training steps, simulated on symbolic tensors (no torch).
 
-Mirrors :mod:`planner.measure.builtin_trace` statement by statement: the same loops, the
-same Python variables (so the previous iteration's reconstruction and losses stay
+Mirrors the packaged step files that the tracer runs (planner/stepfiles/ldm_stage1.py,
+ldm_stage2.py) statement by statement: the same loops, the same Python variables (so the previous iteration's reconstruction and losses stay
 alive until reassigned), autocast regions, GradScaler, optimizer steps; two
 iterations, the peak taken over the second.
 """

@@ -5,9 +5,9 @@ DiffusionUNetResnetBlock, DownBlock/AttnDownBlock, AttnMidBlock, UpBlock/AttnUpB
 DiffusionUnetDownsample, WrappedUpsample, get_timestep_embedding),
 monai/networks/blocks/spatialattention.py and selfattention.py (SABlock with
 separate q/k/v linears), monai/inferers/inferer.py (DiffusionInferer.__call__) and
-monai/networks/schedulers/scheduler.py (add_noise), and the loop of
-``planner.measure.builtin_trace._run_stage2``: the same blocks, statements and local variables
-in the same order, so the same tensors are alive at each point.
+monai/networks/schedulers/scheduler.py (add_noise), and the step the tracer runs,
+``planner/stepfiles/ldm_stage2.py``: the same blocks, statements and local variables in the
+same order, so the same tensors are alive at each point.
 
 Parameters are created in ``named_parameters()`` order (the profiler registers them
 in that order): for example AttnDownBlock registers ``attentions`` before ``resnets``
@@ -436,10 +436,11 @@ def simulate_stage2(setup: TrainingSetup) -> SimResult:
     model = wrap(ctx, {"unet": model})["unet"]
     optimizer = Optimizer(sim, tr.optimizer, model.parameters(), "unet")
     scaler = GradScaler(sim, "unet") if ctx.use_scaler else None
-    # the scheduler's alphas_cumprod (1000 fp32), counted with the UNet's parameters
+    # the scheduler's alphas_cumprod (1000 fp32), a parameters tensor of the frozen network
+    # "scheduler" (its buffer in the step file the tracer runs, planner/stepfiles/ldm_stage2.py)
     alphas = sim.new((NUM_TRAIN_TIMESTEPS,), "f32", "external")
     info = mem.info[alphas.st.uid]
-    info.category, info.network = "parameters", "unet"
+    info.category, info.network = "parameters", "scheduler"
     scheduler = DDPMScheduler(alphas)
     inferer = DiffusionInferer(scheduler)
     accum = tr.gradient_accumulation_steps
@@ -466,7 +467,9 @@ def simulate_stage2(setup: TrainingSetup) -> SimResult:
             if micro == simulated_micro_steps(accum) - 1:
                 ctx.optimizer_step(optimizer, scaler)
     mem.phase = "setup"
-    return _finish(ctx, it2, roots)
+    res = _finish(ctx, it2, roots)
+    res.params["scheduler"] = 0  # the step file's frozen network, without parameters
+    return res
 
 
 __all__ = ["DiffusionModelUNet", "simulate_stage2"]

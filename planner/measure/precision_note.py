@@ -24,7 +24,7 @@ def _by_op(record: Any) -> Counter:
 
 def amp_costs_more(amp: Any, fp32: Any, precision: str = "amp-fp16") -> str | None:
     """One line when the AMP record's peak is above the fp32 record's (records of
-    ``planner.measure.builtin_trace.StepRecord``), else None."""
+    ``planner.measure.recording.StepRecord``), else None."""
     a, f = amp.tracker.peak_bytes, fp32.tracker.peak_bytes
     if a <= f:
         return None

@@ -107,7 +107,7 @@ class _State:
         self.optimizers: dict[str, str] = {}
         self.added_autocast: list[Any] = []
         self.autocast: Any = None  # user_code.CudaAutocastAsTraced
-        self.log: Any = None  # step._EventLog: the allocation stream the allocator model replays
+        self.log: Any = None  # recording.EventLog: the allocation stream the allocator model replays
         # what `recommend` on a script needs to say a change in the script's own terms (ScriptRun.facts)
         self.options: list[dict] = []  # int-valued argparse options as parsed: options, dest, value, default
         self.loaders: list[dict] = []  # DataLoaders made: site, batch_size, training (shuffles)
@@ -141,7 +141,7 @@ class _State:
             return None
         from torch.nn.parallel import DistributedDataParallel
 
-        from planner.measure.builtin_trace import _attention_types, track_network
+        from planner.measure.recording import attention_types, track_network
         from planner.measure.stepfile import apply_checkpointing
 
         outer = mod
@@ -158,7 +158,7 @@ class _State:
             name, k = f"{base}#{k}", k + 1
         self.networks[name] = mod
         self.first_call[name] = _site()
-        att = _attention_types()
+        att = attention_types()
         tag = "._checkpoint_wrapped_module"
         for sub_name, sub in mod.named_modules():
             path = (f"{name}.{sub_name}" if sub_name else name).replace(tag, "")
@@ -210,7 +210,7 @@ class _State:
         self.tracker.host_scalars = True
 
     def post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        from planner.measure.builtin_trace import tag_optimizer_state
+        from planner.measure.recording import tag_optimizer_state
 
         tr = self.tracker
         tr.host_scalars = False
@@ -323,7 +323,7 @@ def _cuda_answers(state: _State) -> dict[str, Any]:
 
 
 def _grad_scaler_classes(state: _State) -> tuple[type, type]:
-    from planner.measure.builtin_trace import EmulatedGradScaler
+    from planner.measure.recording import EmulatedGradScaler
 
     class GradScaler:
         """torch.amp.GradScaler as a script calls it; allocates as EmulatedGradScaler
@@ -845,7 +845,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
 
     from planner.measure.cuda_emulation import CudaEmulation
     from planner.measure.isolate import user_site
-    from planner.measure.builtin_trace import _EventLog, _record
+    from planner.measure.recording import EventLog, record as record_of
     from planner.measure.stepfile import _collect_young_garbage_per_op, _restore_gc, _sdpa
     from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device, quiet_fake_tensor_log
     from planner.measure.values import fake_mode_with_values
@@ -854,7 +854,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
         os.chdir(setup.cwd)
     modules = _ScriptModules()
     tracker = LiveStorageTracker(modules, keep_timeline=False)
-    log = _EventLog(tracker)
+    log = EventLog(tracker)
     _collect_young_garbage_per_op(tracker)
     state = _State(setup, tracker, modules)
     state.log = log
@@ -892,7 +892,7 @@ def trace(setup: ScriptSetup) -> ScriptRun:
         if not stopped:
             raise _ended(setup, state, f"ran to its end ({setup.script})")
         tracker.phase = Phase.SETUP
-        record = _record(tracker, log, dict(state.networks), 0)
+        record = record_of(tracker, log, dict(state.networks), 0)
     missing = [c for c in setup.checkpoint if c not in state.wrapped]
     if missing:
         from planner.measure.stepfile import repeated_blocks

@@ -208,20 +208,27 @@ class StepHandle:
         if self.first_micro:
             self._run.zero_grad(o)
 
-    def backward(self, loss: torch.Tensor, opt: Any = None) -> None:
-        """``loss / accumulation``, scaled by ``opt``'s GradScaler (amp-fp16) or the static loss
-        scale (fp16-master), then ``.backward()``."""
+    def section(self, name: str) -> None:
+        """Names the part of the step that follows in the figures (``peak at it2.NAME``), as a
+        script's halves are named (the built-in ldm-stage1 step's generator and discriminator)."""
+        self._run.tracker.step = f"it{self.iteration}.{name}"
+
+    def backward(self, loss: torch.Tensor, opt: Any = None, *, divided: bool = False) -> None:
+        """``loss / accumulation`` (unless ``divided``: the step divided it itself, as a script's
+        ``loss = loss / accum`` does, keeping only the quotient), then, in the backward phase as
+        a script's ``scaler.scale(loss).backward()`` is, scaled by ``opt``'s GradScaler
+        (amp-fp16) or the static loss scale (fp16-master) and ``.backward()``."""
         run = self._run
         o = run.optimizer(opt, "backward")
         run.used.add("backward")
-        if self.accumulation > 1:
+        if self.accumulation > 1 and not divided:
             loss = loss / self.accumulation
+        tracker = run.tracker
+        tracker.phase, tracker.network_hint = Phase.BACKWARD, "backward"
         if run.setup.precision == "amp-fp16":
             loss = run.scalers[id(o)].scale(loss)
         elif run.setup.precision == "fp16-master":
             loss = loss * FP16_MASTER_LOSS_SCALE
-        tracker = run.tracker
-        tracker.phase, tracker.network_hint = Phase.BACKWARD, "backward"
         loss.backward()
         tracker.phase, tracker.network_hint = Phase.FORWARD, "losses"
 
@@ -242,7 +249,7 @@ class _Run:
                  opts: dict[str, torch.optim.Optimizer], masters: dict[int, dict[int, torch.Tensor]],
                  params: dict[int, torch.Tensor]) -> None:
         self.params = params  # id -> the optimizers' own (model) parameters, which the masters are keyed by
-        from planner.measure.builtin_trace import CudaGradScaler, EmulatedGradScaler
+        from planner.measure.recording import CudaGradScaler, EmulatedGradScaler
 
         self.setup, self.backend, self.tracker = setup, backend, tracker
         self.nets, self.opts, self.masters = nets, opts, masters
@@ -279,7 +286,7 @@ class _Run:
                     p.grad.zero_()
 
     def optimizer_step(self, o: torch.optim.Optimizer) -> None:
-        from planner.measure.builtin_trace import _optimizer_step
+        from planner.measure.recording import optimizer_step
 
         tracker = self.tracker
         network = self.network_of[id(o)]
@@ -294,7 +301,7 @@ class _Run:
                     tracker.tag([m.grad], Category.GRADIENTS, network)
                     if self.setup.precision == "fp16-master":
                         m.grad.mul_(1.0 / FP16_MASTER_LOSS_SCALE)
-        _optimizer_step(tracker, o, self.scalers.get(id(o)), network)
+        optimizer_step(tracker, o, self.scalers.get(id(o)), network)
         if master is not None:
             with torch.no_grad():
                 for pid, m in master.items():
@@ -483,19 +490,15 @@ def _with_masters(o: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, dict
 
 def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], None] | None = None,
         keep_timeline: bool = True, count_flops: bool = False,
-        observer: Callable[[dict, dict], contextlib.AbstractContextManager] | None = None) -> Any:
+        observer: Callable[[dict, dict], contextlib.AbstractContextManager] | None = None,
+        cudnn_layout: bool = True) -> Any:
     """Two iterations of the step file's step under the tracker; the peak over the second.
 
     ``observer(nets, opts)``, when given, returns a context manager entered around each of the
     two iterations, innermost (a second opinion such as torch's MemTracker sees the same ops on
-    the same tensors; tests/test_zoo.py)."""
-    from planner.measure.cuda_emulation import CudaEmulation
-    from planner.measure.builtin_trace import (
-        StepRecord,
-        _prepare,
-        _Runner,
-        _start_iteration,
-    )
+    the same tensors; tests/test_zoo.py). ``cudnn_layout=False`` keeps the CPU's conv output
+    layouts on the fake backend (only to compare it against the cpu backend)."""
+    from planner.measure.recording import StepRecord, backend_modes, prepare, record, start_iteration
     from planner.measure.user_code import CudaAutocastAsTraced, cuda_as_traced_device, describe, swappable_fake_params
 
     if setup.checkpoint and setup.checkpoint[0].split(":")[0] == "auto":  # the per-module plan (ckpt_plan.py), traced
@@ -512,23 +515,10 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
     if setup.gpus > 1 and backend == "cuda":
         raise PlannerError("--gpus: per-rank figures are traced on the fake (or cpu) backend, not measured with "
                            "--backend cuda")
-    if backend == "fake":
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        from planner.measure.values import fake_mode_with_values
-
-        outer: Any = fake_mode_with_values(FakeTensorMode(allow_non_fake_inputs=True), getattr(sf.module, "DECLARE", None))
-        emulation: Any = CudaEmulation(sdpa=True, cudnn_layout=True)
-    elif backend == "cpu":
-        outer, emulation = contextlib.nullcontext(), CudaEmulation(sdpa=False, cudnn_layout=False)
-    else:
-        if not torch.cuda.is_available():
-            raise PlannerError("--backend cuda: no CUDA device is visible to this torch build (use --backend fake)")
-        outer, emulation = torch.device("cuda"), contextlib.nullcontext()
+    outer, emulation = backend_modes(backend, cudnn_layout=cudnn_layout, declare=getattr(sf.module, "DECLARE", None))
     own_autocast = CudaAutocastAsTraced()
     user_cuda: Any = cuda_as_traced_device(torch.device("cpu"), own_autocast) if backend != "cuda" else contextlib.nullcontext()
     declared = _declared(sf)
-    runner = _Runner(None, backend)
     from planner.measure.user_code import quiet_fake_tensor_log
 
     from planner.measure.distributed import fake_group
@@ -577,7 +567,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                 raise PlannerError(f"--precision amp-fp16: network '{half[0]}' has fp16 trainable parameters, which "
                                    f"GradScaler cannot unscale; use --precision fp16-master for half networks")
         roots = dict(nets) if wrapped is None else dict(wrapped.roots)
-        tracker, modules, log = _prepare(runner, roots, keep_timeline)
+        tracker, modules, log = prepare(backend, roots, keep_timeline)
         _strip_wrapper_names(modules)
         _collect_young_garbage_per_op(tracker)
         for o in opts.values():
@@ -600,7 +590,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
 
         with modules, tracker, _restore_gc(gc_was), tracing(wrapped, tracker), site:
             for iteration in (1, 2):
-                it2 = _start_iteration(runner, tracker, log, iteration, note, it2)
+                it2 = start_iteration(backend, tracker, log, iteration, note, it2)
                 vp.iteration = iteration
                 with flops.counting(iteration == 2), watch:
                     for micro in range(setup.accumulation):
@@ -621,9 +611,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
                             raise (untraceable or _step_error(exc, tracker.phase, setup.precision, setup.strategy)) from None
             tracker.phase = Phase.SETUP
         _check_used(setup, rn)
-        from planner.measure.builtin_trace import _record
-
-        record: StepRecord = _record(tracker, log, roots, it2)
+        rec: StepRecord = record(tracker, log, roots, it2)
     info = {
         "step": f"step file {setup.path}",
         "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(values.items())},
@@ -642,7 +630,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         info["per_rank"] += f"; batch {batch_size} per rank"
     if count_flops:
         info["flops_iteration2"] = flops.total
-    return replace(record, setup=info)
+    return replace(rec, setup=info)
 
 
 def _zero(value: Any) -> bool:
@@ -710,11 +698,11 @@ def _precision_text(setup: StepSetup, cast: dict[str, bool], own: Any) -> str:
 
 
 def _dtype_counts(nets: dict[str, torch.nn.Module]) -> dict[str, int]:
-    from planner.measure.builtin_trace import _param_counts
+    from planner.measure.recording import param_counts
 
     total: dict[str, int] = {}
     for net in nets.values():
-        for k, v in _param_counts(net).items():
+        for k, v in param_counts(net).items():
             total[k] = total.get(k, 0) + v
     return total
 

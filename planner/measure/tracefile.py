@@ -2,7 +2,7 @@
 
 The trace cache (:mod:`planner.measure.traces`) lives in a folder that CI jobs restore from a
 shared cache, so what it reads must not be able to run code (a pickle can: ``__reduce__``).
-Every field of :class:`planner.measure.builtin_trace.StepRecord` and of the tracker's records inside it
+Every field of :class:`planner.measure.recording.StepRecord` and of the tracker's records inside it
 is described once in :data:`SCHEMA`; :func:`dumps` and :func:`loads` walk the same schema, so
 an entry decodes to a record equal to the one encoded (tuples stay tuples, enums enums, ints
 ints) or is refused with :class:`BadEntry` naming the field. A dataclass field that the schema
@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from planner.errors import NotData, parse_json
-from planner.measure.builtin_trace import StepRecord
+from planner.measure.recording import StepRecord
 from planner.measure.tracker import Category, Phase, StorageInfo, TimelinePoint, TrackerResult
 
 FORMAT = "vramplan trace"

@@ -50,3 +50,42 @@ def packaged_kind(step: str | None) -> str | None:
 
 def packaged_path(kind: str) -> str:
     return str(HERE / PACKAGED[kind])
+
+
+def step_setup_of(setup: "TrainingSetup") -> "StepSetup":  # noqa: F821 - planner/spec.py, planner/step_setup.py
+    """The built-in step's YAML setup (planner/spec.py ``TrainingSetup``) as its packaged step file's
+    setup: every YAML setting the step reads as the file's knob of that meaning, vramplan's as
+    vramplan's knobs (batch, accumulation, precision, optimizer, allocator settings, GPUs and
+    strategy). The one tracer of the built-in step is the step-file tracer on this setup
+    (planner/measure/builtin_trace.py ``run_step``)."""
+    from planner.step_setup import StepSetup
+
+    if setup.kind == "ldm-stage1":
+        ae = setup.autoencoder
+        tr, disc, perc = ae.training, ae.training.discriminator, ae.training.perceptual
+        knobs: dict = {
+            "voxel": setup.data.voxel_size, "in_channels": setup.data.in_channels, "channels": ae.num_channels,
+            "latent_channels": ae.latent_channels, "num_res_blocks": ae.num_res_blocks,
+            "norm_num_groups": ae.norm_num_groups, "attention": ae.attention_levels,
+            "encoder_nonlocal_attn": ae.with_encoder_nonlocal_attn,
+            "decoder_nonlocal_attn": ae.with_decoder_nonlocal_attn, "flash_attention": ae.use_flash_attention,
+            "use_checkpoint": tr.use_gradient_checkpointing, "discriminator": disc.enabled,
+            "disc_layers": disc.num_layers_d, "disc_channels": disc.num_channels, "disc_norm": disc.norm,
+            "perceptual": tr.use_perceptual_loss, "perceptual_network": perc.network_type,
+            "fake_3d_ratio": float(perc.fake_3d_ratio),
+        }
+    else:
+        d = setup.diffusion
+        tr = d.training
+        shape = setup.unet_input_shape
+        knobs = {"latent": shape[2:], "latent_channels": shape[1], "channels": d.num_channels,
+                 "attention": d.attention_levels, "num_head_channels": d.num_head_channels,
+                 "num_res_blocks": d.num_res_blocks, "norm_num_groups": d.norm_num_groups,
+                 "flash_attention": d.use_flash_attention}
+    dev = setup.device
+    precision = "fp32" if not dev.mixed_precision else ("amp-bf16" if dev.amp_dtype == "bfloat16" else "amp-fp16")
+    return StepSetup(
+        path=packaged_path(setup.kind), knobs=tuple(knobs.items()), batch_size=tr.batch_size,
+        accumulation=tr.gradient_accumulation_steps, precision=precision,
+        optimizer=None if tr.optimizer == "adam" else tr.optimizer,  # the file's own optimizers are Adam
+        alloc_conf=dev.alloc_conf, gpus=setup.parallel.gpus, strategy=setup.parallel.strategy)

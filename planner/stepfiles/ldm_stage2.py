@@ -2,6 +2,7 @@
 step on the stage-1 latent: DiffusionModelUNet, DDPMScheduler, DiffusionInferer noise prediction,
 MSE; see shared/design.md).
 
+    vramplan estimate --kind ldm-stage2 --engine trace   # this file, traced, from the built-in's YAML setup
     vramplan estimate --step ldm-stage2 --engine trace   # this file, traced (AMP fp16, the built-in's default)
     vramplan profile --step examples/steps/ldm_stage2.py --precision amp-fp16   # the same file, linked
     # equals, to the byte:  vramplan profile --kind ldm-stage2   (the built-in default setup)
@@ -31,14 +32,14 @@ allocate nothing: the same bytes either way), and ``--precision fp16``/``bf16``/
 would cast it with the UNet. A network without trainable parameters is not wrapped by DDP or
 FSDP, nor cast by --precision, and the UNet keeps no buffer at all.
 
-Equal to the built-in (``tests/test_ldm_stage2_step.py``): the peak, where it is taken and the
-bytes of every category at it, in fp32, amp-fp16 and amp-bf16, and under ``--gpus 2 --strategy
-ddp`` the peak grows by exactly DDP's gradient bucket. Two differences in naming: the 4 KiB of
-``alphas_cumprod`` are listed under network "scheduler" (the built-in: "unet"), and the GradScaler's
-state is made before ``vp.backward`` enters the backward phase. One in bytes: with ``--accum`` > 1
-the step keeps the undivided loss in ``vp.keep.loss`` while ``vp.backward`` divides it (as
-accelerate's ``backward`` does), where the built-in divides in forward and keeps only the
-quotient; a peak taken during backward is then 512 B higher (one more scalar); elsewhere equal.
+This file is the only tracer of the built-in step: ``vramplan profile --kind ldm-stage2`` and
+``estimate --engine trace`` map the YAML setup (planner/spec.py) onto its knobs (planner/stepfiles
+``step_setup_of``). Equal to the analytic engine (``tests/test_ldm_stage2_step.py``): the peak,
+where it is taken and the bytes of every category at it, in fp32, amp-fp16 and amp-bf16; under
+``--gpus 2 --strategy ddp`` the peak grows by exactly DDP's gradient bucket. The 4 KiB of
+``alphas_cumprod`` are listed under network "scheduler". With ``--accum`` > 1 the step divides its
+loss as the tutorial's script would (``loss = loss / accum``, keeping only the quotient;
+``vp.backward(..., divided=True)``).
 
 Every tensor the script keeps in a variable is kept on ``vp.keep``, so the previous
 iteration's noise, timesteps, prediction and loss stay alive until reassigned, as in the script.
@@ -89,5 +90,7 @@ def step(nets, opts, images, vp):
         k.timesteps = torch.randint(0, scheduler.num_train_timesteps, (images.shape[0],), device=images.device).long()
         k.noise_pred = inferer(inputs=images, diffusion_model=unet, noise=k.noise, timesteps=k.timesteps)
         k.loss = F.mse_loss(k.noise_pred.float(), k.noise.float())
-    vp.backward(k.loss, opts["unet"])
+        if vp.accumulation > 1:
+            k.loss = k.loss / vp.accumulation
+    vp.backward(k.loss, opts["unet"], divided=True)
     vp.step(opts["unet"])
