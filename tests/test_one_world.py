@@ -404,6 +404,8 @@ def test_the_builtin_trace_and_the_named_step_file_trace_run_the_same_code():
         "generator": "AdamW", "discriminator": "AdamW"}
     assert {k: v for k, v in builtin.setup.items() if k in step.setup and k != "step"} == {
         k: v for k, v in step.setup.items() if k != "step"}
-    # the settings reached the networks: 2 res blocks per level, the discriminator on
+    # the settings reached the networks: 2 res blocks per level, the discriminator on; the step's
+    # halves are named as the tutorial's (vp.section)
     assert builtin.networks == ("autoencoder", "discriminator")
+    assert {i.step for i in builtin.info.values()} >= {"it2.generator", "it2.discriminator"}
     assert any(".blocks.1." in (s.module or "") for s in builtin.info.values())

@@ -20,7 +20,10 @@ Four functions, plus an optional DECLARE table:
   autocast fp16 with a GradScaler per optimizer or bf16, master weights, checkpointing,
   the SDPA backend, the optimizer class. ``vp.keep.<name> = tensor`` keeps a tensor alive
   into the next iteration, as a script's variables do (plain locals are freed when step
-  returns).
+  returns). A script that divides its loss itself (``loss = loss / accum``, keeping only the
+  quotient) writes that and calls ``vp.backward(loss, opt, divided=True)`` (``vp.accumulation``
+  is the factor); ``vp.section("generator")`` names the part of the step that follows in the
+  figures (``peak at it2.generator``).
 * ``DECLARE = {"aten::nonzero": fn}`` (optional): the outputs of ops a trace without data
   cannot run (data-dependent shapes, CUDA extensions); vramplan names them when it meets one.
 

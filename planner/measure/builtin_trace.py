@@ -121,8 +121,9 @@ def _with_setup(rec: StepRecord, runner: "_Runner", input_shape: tuple[int, ...]
         "optimizer": setup.autoencoder.training.optimizer if setup else "adam",
         "gradient_accumulation_steps": 1,
         "backend": runner.backend,
-        "parameter_dtypes": dict(counts),
     }
+    if counts:
+        info["parameter_dtypes"] = dict(counts)
     if len(counts) > 1:
         mixed = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
         info["precision"] += f"; mixed parameter dtypes ({mixed} elements)"

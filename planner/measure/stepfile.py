@@ -11,13 +11,15 @@ The file (``examples/steps/template.py`` documents it) defines::
 and uses the handle ``vp`` where a training script would call its AMP/accumulation
 helpers (as ``accelerate``'s ``accelerator.backward`` does): ``vp.autocast()``,
 ``vp.zero_grad(opt)``, ``vp.backward(loss, opt)``, ``vp.step(opt)``; ``vp.keep`` holds
-what a script's variables keep alive into the next iteration.
+what a script's variables keep alive into the next iteration; ``vp.section(name)`` names what
+follows. The built-in steps are step files too (planner/stepfiles), traced here.
 
 vramplan's knobs, each applied to the real objects so its effect is what the traced step
 does (never a multiplier):
 
 * batch x accumulation: ``step`` runs ``accumulation`` times per optimizer step on
-  micro-batches of ``batch_size``; ``vp.backward`` divides the loss, ``vp.zero_grad`` acts on
+  micro-batches of ``batch_size``; ``vp.backward`` divides the loss (unless the step did:
+  ``divided=True``), ``vp.zero_grad`` acts on
   the first micro-batch and ``vp.step`` on the last, so gradients are held in between;
 * precision: CUDA autocast fp16 (+ one GradScaler per optimizer, emulated as in
   ``torch/amp/grad_scaler.py``) or bf16; half networks with fp32 master weights (guided-diffusion

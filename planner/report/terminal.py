@@ -77,7 +77,7 @@ def run_line(info: dict) -> str:
                  f"rank 0 of {info['gpus']} ({info.get('strategy')}), figures per rank" if info.get("gpus") else "",
                  f"{info.get('backend', '')} backend"]
         return "ran: " + "; ".join(p for p in parts if p)
-    if "knobs" in info:  # a step file
+    if "knobs" in info and "step_file" not in info:  # a step file (the built-in step's, traced, says it as the built-in)
         knobs = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in info["knobs"].items())
         parts = [info.get("step", ""), f"knobs {knobs}" if knobs else "",
                  f"micro-batch {info.get('batch_size')}{' per rank' if info.get('gpus') else ''} x accumulation "

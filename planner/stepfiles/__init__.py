@@ -2,8 +2,9 @@
 
 - ``MODEL_STEP``: the plain MSE step behind ``--model``.
 - ``ldm_stage1.py`` / ``ldm_stage2.py``: the built-in MONAI steps (shared/design.md) as the step
-  files they are, ``--step ldm-stage1`` / ``--step ldm-stage2`` (equal to the built-in step to the
-  byte: tests/test_one_world.py, tests/test_ldm_stage2_step.py). A registered analytic engine
+  files they are, ``--step ldm-stage1`` / ``--step ldm-stage2``, and the only tracer of the built-in
+  step: its YAML setup is mapped onto their knobs (``step_setup_of``; tests/test_one_world.py,
+  tests/test_ldm_stage2_step.py). A registered analytic engine
   answers them (planner/analytic, the transcription of the same step, milliseconds) wherever the
   setup is one it can express (``ANALYTIC_KNOBS`` and the built-in step's values,
   planner/setup_flags.py ``BUILTIN_VALUES``), the tracer elsewhere; ``--engine`` chooses.

@@ -5,7 +5,6 @@ MSE; see shared/design.md).
     vramplan estimate --kind ldm-stage2 --engine trace   # this file, traced, from the built-in's YAML setup
     vramplan estimate --step ldm-stage2 --engine trace   # this file, traced (AMP fp16, the built-in's default)
     vramplan profile --step examples/steps/ldm_stage2.py --precision amp-fp16   # the same file, linked
-    # equals, to the byte:  vramplan profile --kind ldm-stage2   (the built-in default setup)
 
 Knobs, with the built-in's defaults (``planner/spec.py`` ``DiffusionSpec``,
 ``TrainingSetup.unet_input_shape``): ``latent`` is the spatial size the UNet denoises, the
@@ -20,17 +19,16 @@ is ``--optimizer``, its ``gradient_accumulation_steps`` ``--accum``, its mixed p
 
 The noise schedule. ``DiffusionInferer`` calls ``DDPMScheduler.add_noise``, which moves the
 scheduler's ``alphas_cumprod`` (1000 fp32) to the batch's device and keeps it there: the one
-scheduler tensor the step holds on the GPU, counted by the built-in as a ``parameters`` tensor
-from the start. Here the scheduler (a MONAI ``Scheduler`` is an ``nn.Module``) is returned by
-``networks()`` as a second, frozen network, ``"scheduler"``, with ``alphas_cumprod``
-re-registered as its buffer (the same tensor ``add_noise`` reads), so it is tracked from the
-start as the built-in's is; its other tensors (betas, alphas, timesteps) are not counted, as in
-the built-in (the tutorial leaves them on the host). Not a buffer of the UNet: under ``--gpus N --strategy ddp`` torch's
-DDP broadcasts a wrapped network's buffers before every forward (``broadcast_buffers=True``),
-a collective the tutorial's step does not make (with this one buffer the broadcast happens to
-allocate nothing: the same bytes either way), and ``--precision fp16``/``bf16``/``*-master``
-would cast it with the UNet. A network without trainable parameters is not wrapped by DDP or
-FSDP, nor cast by --precision, and the UNet keeps no buffer at all.
+scheduler tensor the step holds on the GPU, a ``parameters`` tensor from the start. The scheduler
+(a MONAI ``Scheduler`` is an ``nn.Module``) is returned by ``networks()`` as a second, frozen
+network, ``"scheduler"``, with ``alphas_cumprod`` re-registered as its buffer (the same tensor
+``add_noise`` reads), so it is tracked from the start; its other tensors (betas, alphas,
+timesteps) stay on the host, as in the tutorial. Not a buffer of the UNet: under ``--gpus N
+--strategy ddp`` torch's DDP broadcasts a wrapped network's buffers before every forward
+(``broadcast_buffers=True``), a collective the tutorial's step does not make (with this one buffer
+the broadcast happens to allocate nothing: the same bytes either way), and ``--precision
+fp16``/``bf16``/``*-master`` would cast it with the UNet. A network without trainable parameters
+is not wrapped by DDP or FSDP, nor cast by --precision, and the UNet keeps no buffer at all.
 
 This file is the only tracer of the built-in step: ``vramplan profile --kind ldm-stage2`` and
 ``estimate --engine trace`` map the YAML setup (planner/spec.py) onto its knobs (planner/stepfiles
