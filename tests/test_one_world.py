@@ -320,6 +320,9 @@ def test_what_the_analytic_engine_cannot_express_goes_to_the_tracer_or_is_refuse
     # expressible: the built-in step (no step file), its kind set; --sdpa is the step file's kernel choice
     f = flags(voxel="32x32x32", precision="amp-bf16", sdpa="math").for_engine(None)
     assert f.step is None and ("kind", "ldm-stage1", "--step") in f.knobs and f.sdpa is None
+    # the discriminator switch is a knob of both (the YAML's discriminator.enabled)
+    f = flags(no_discriminator=True).for_engine(None)
+    assert f.step is None and f.builtin_setup().autoencoder.training.discriminator.enabled is False
     # not expressible: the packaged step file, traced, at the built-in's default precision
     for p, engine in (({"precision": "bf16-master"}, None), ({"checkpoint": "auto"}, None),
                       ({"knob": ["latent_channels=4"]}, None), ({"timeout": 30.0}, None), ({}, "trace")):

@@ -26,12 +26,13 @@ PACKAGED_PRECISION = "amp-fp16"
 ``amp_dtype``), also when traced as step files (a step file's own default is fp32)."""
 
 ANALYTIC_KNOBS: dict[str, tuple[str, ...]] = {
-    "ldm-stage1": ("voxel", "channels", "attention", "perceptual", "disc_layers", "disc_channels"),
+    "ldm-stage1": ("voxel", "channels", "attention", "perceptual", "disc_layers", "disc_channels", "discriminator"),
     "ldm-stage2": ("channels", "attention"),
 }
 """The step file's knobs the analytic engine takes, each the built-in step's knob of the same
-name and values (planner/setup_flags.py ``BUILTIN_KNOBS``); the file's other knobs
-(``latent_channels``; stage 2's ``latent``, ``num_head_channels``, ...) are traced."""
+name and values (planner/setup_flags.py ``BUILTIN_KNOBS``); the file's other knobs, the rest of
+the YAML settings (``latent_channels``, ``num_res_blocks``, ``norm_num_groups``, ...; stage 2's
+``latent``, ``num_head_channels``, ...), are traced."""
 
 
 def packaged_kind(step: str | None) -> str | None:
