@@ -109,7 +109,8 @@ def test_knob_defaults_are_the_builtin_defaults():
     assert sf.knobs["latent"].owners == sf.knobs["latent_channels"].owners == ("networks", "batch")
 
 
-@pytest.mark.parametrize("precision,accum", [("fp32", 1), ("amp-fp16", 1), ("amp-bf16", 1), ("fp32", 2), ("amp-fp16", 2)])
+@pytest.mark.parametrize("precision,accum",
+                         [("fp32", 1), ("amp-fp16", 1), ("amp-bf16", 1), ("fp32", 2), ("amp-fp16", 2)])
 def test_builtin_trace_is_the_step_file_and_equals_analytic(precision, accum):
     """The built-in's trace of the YAML setup is the step file's trace with the same knobs (one
     tracer); the analytic estimator's peak equals it."""

@@ -379,8 +379,9 @@ def test_the_builtin_trace_and_the_named_step_file_trace_run_the_same_code():
     builtin_trace.py run_step on the YAML setup) and ``--step ldm-stage1 --engine trace`` (the
     packaged step file with the same settings as flags) give the same StepRecord, to the byte of
     its serialised form (planner/measure/tracefile.py), on YAML settings off the defaults: small
-    channels with 8 GroupNorm groups, two res blocks per level, AdamW, autocast bf16, no perceptual loss, accumulation 2 (and the step's
-    own statement of what ran, with the built-in's keys beside the step file's)."""
+    channels with 8 GroupNorm groups, two res blocks per level, AdamW, autocast bf16, no perceptual
+    loss, accumulation 2 (and the step's own statement of what ran, with the built-in's keys beside
+    the step file's)."""
     import gzip
     from dataclasses import replace
 
@@ -391,8 +392,9 @@ def test_the_builtin_trace_and_the_named_step_file_trace_run_the_same_code():
 
     setup = setup_from_dict({
         "data": {"voxel_size": [24, 24, 24]},
-        "autoencoder": {"num_channels": [8, 16, 16], "norm_num_groups": 8, "num_res_blocks": 2, "training": {"optimizer": "adamw", "use_perceptual_loss": False,
-                                                          "gradient_accumulation_steps": 2}},
+        "autoencoder": {"num_channels": [8, 16, 16], "norm_num_groups": 8, "num_res_blocks": 2,
+                        "training": {"optimizer": "adamw", "use_perceptual_loss": False,
+                                     "gradient_accumulation_steps": 2}},
         "device": {"mixed_precision": True, "amp_dtype": "bfloat16"},
     })
     flags = SetupFlags.from_params({"step": "ldm-stage1", "precision": "amp-bf16", "optimizer": "adamw", "accum": 2,
@@ -400,7 +402,8 @@ def test_the_builtin_trace_and_the_named_step_file_trace_run_the_same_code():
                                              "num_res_blocks=2,2,2", "perceptual=false"]})
     builtin = run_step(setup, "fake", keep_timeline=False)
     step = run(flags.for_engine("trace").step_setup(), "fake", keep_timeline=False)
-    serialised = [gzip.decompress(dumps(replace(r, setup={}), "k")) for r in (builtin, step)]  # gzip's header has a time
+    # gzip's header holds the time it was written: compare what it holds
+    serialised = [gzip.decompress(dumps(replace(r, setup={}), "k")) for r in (builtin, step)]
     assert serialised[0] == serialised[1]
     assert builtin.setup["step"] == "ldm-stage1" and builtin.setup["step_file"] == step.setup["step"]
     assert builtin.setup["optimizer"] == "adamw" and step.setup["optimizers"] == builtin.setup["optimizers"] == {
