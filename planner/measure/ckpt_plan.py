@@ -793,35 +793,44 @@ def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
 # --- recommend: the plan for a card, and why the winner wins ----------------------------------------
 
 
-def _card_plan(item: tuple) -> Plan:
+def _card_plan(item: tuple) -> tuple[Plan, list[tuple[Any, Any]]]:
     """In a worker: the plan for ``gpu`` less ``margin`` on the device total (the reserved and
     context overhead above the peak allocation taken as the unchecked step's); where the step
-    fits already, the least-recompute plan minimising the peak (a candidate for the search)."""
-    setup, gpu, margin = item
+    fits already, the least-recompute plan minimising the peak (a candidate for the search). With
+    it the traces the search takes of both (setup, StepRecord): the planning trace, which is the
+    unchecked step's own (the probe only watches), and the step with the plan (``trace_plan``:
+    the search's checkpoint candidate, or its input under ``--checkpoint auto``); both cached."""
+    setup, gpu, margin, trace_plan = item
     res, record = probe(setup)
     from planner.measure import traces
 
-    # the planning trace is the unchecked step's own trace (the probe only watches): cached as such,
-    # so the search's "as is" candidate does not trace it again
-    traces._store(setup, replace(record, tracker=replace(record.tracker, timeline=[])))
+    record = replace(record, tracker=replace(record.tracker, timeline=[]))
+    traces._store(setup, record)
     budget, fits = _budget(setup, record, int(gpu.capacity_bytes * (1 - margin)), gpu.capacity_bytes)
     half = setup.precision != "fp32"
     p = choose(res, record, gpu, budget, half=half)
     if fits:
         p = replace(p, reason=p.reason.replace("no card given", f"the step fits {gpu.name} as is, so for the search"))
+    out = [(setup, record)]
+    checked = None
     if any(n.startswith(SAC) for n in p.checkpoint):
         # a selective plan is traced here (and cached: it is the search's own candidate), see verified
-        p, _, _ = verified(p, lambda: choose(res, record, gpu, budget, half=half, selective=False),
-                           lambda q: traces._traced((replace(setup, checkpoint=q.checkpoint), True)))
-    return p
+        p, checked, _ = verified(p, lambda: choose(res, record, gpu, budget, half=half, selective=False),
+                                 lambda q: traces._traced((replace(setup, checkpoint=q.checkpoint), True)))
+    elif p.checkpoint and trace_plan:
+        checked = traces._traced((replace(setup, checkpoint=p.checkpoint), True))
+    if checked is not None:
+        out.append((replace(setup, checkpoint=p.checkpoint), checked))
+    return p, out
 
 
-def card_plan(setup: Any, gpu: Any, margin: float) -> Plan:
-    """:func:`_card_plan` in a worker process (the user's code runs there, under the timeout)."""
-    from planner.measure import isolate
+def card_plan_call(setup: Any, gpu: Any, margin: float, trace_plan: bool = True) -> Any:
+    """:func:`_card_plan` as a call into the user's code (``traces.SideCall``: run in a worker
+    process under the timeout, beside the traces of a round); its ``result`` is (plan, traces)."""
+    from planner.measure import traces
 
-    return isolate.shared().call(_card_plan, (replace(setup, checkpoint=()), gpu, margin),
-                                 lambda it: f"planning checkpoints for {it[0].label()}", warm=isolate.TRACING)
+    s = replace(setup, checkpoint=())
+    return traces.SideCall(_card_plan, (s, gpu, margin, trace_plan), f"planning checkpoints for {s.label()}")
 
 
 def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:
