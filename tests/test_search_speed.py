@@ -206,3 +206,50 @@ def test_a_walks_round_decides_as_if_each_setup_came_alone(monkeypatch):
     monkeypatch.setattr(ev, "_trace", lambda setups, side=(): rounds.append(list(dict.fromkeys(setups))))
     ev.prepare(deep, alone=True)
     assert rounds[0] == deep
+
+
+# --- the checkpoint plan's own work (planner/measure/ckpt_plan.py; torch-free) ---------------------------
+
+
+def _module(path, parent, saved, sac=0):
+    from planner.measure import ckpt_plan
+
+    return ckpt_plan.Candidate(path, "C", parent, True, saved, 1.0, 0, 0, sac_saved=sac)
+
+
+def test_the_most_a_plan_removes_is_found_without_the_frontier():
+    """A (10 whole) over B (4 whole, 6 selective) and C (5); D (3) beside A. B gives at most 6, C 5,
+    so A's children together 11 > A's own 10; with D: 14. A budget's plan no longer builds the whole
+    (uncapped) frontier for this figure (4.2 s of choose()'s CPU on the SwinUNETR step, 2.0 s left)."""
+    from planner.measure import ckpt_plan
+
+    cands = [_module("A", None, 10), _module("B", "A", 4, 6), _module("C", "A", 5), _module("D", None, 3)]
+    assert ckpt_plan.most_removed(cands) == 14
+    assert max(p[0] for p in ckpt_plan.frontier(cands)[0]) == 14
+
+
+def test_the_most_removed_is_the_frontiers_largest_point_on_random_trees():
+    import random
+
+    from planner.measure import ckpt_plan
+
+    rng = random.Random(8)
+    for _ in range(40):
+        cands = [_module(f"m{i}", None if i == 0 or rng.random() < 0.3 else f"m{rng.randrange(i)}",
+                         rng.randrange(0, 100), rng.randrange(-20, 60)) for i in range(9)]
+        assert ckpt_plan.most_removed(cands) == max(p[0] for p in ckpt_plan.frontier(cands)[0])
+
+
+def test_the_class_rule_lists_classes_in_the_modules_order_whatever_the_string_hashing():
+    """Two classes fully chosen: named in the order their first module comes (Attn before Mlp), not a
+    set's (which moves with PYTHONHASHSEED: the label and the trace cache key of the checkpoint
+    candidate moved from run to run)."""
+    from dataclasses import replace
+
+    from planner.measure import ckpt_plan
+
+    table = [replace(_module(p, None, 1), cls=c) for p, c in (("b0.attn", "Attn"), ("b0.mlp", "Mlp"),
+                                                              ("b1.attn", "Attn"), ("b1.mlp", "Mlp"))]
+    inst = {"Attn": ["b0.attn", "b1.attn"], "Mlp": ["b0.mlp", "b1.mlp"]}
+    assert ckpt_plan.class_rule(("b0.attn", "b0.mlp", "b1.attn", "b1.mlp"), inst, table) == ("Attn", "Mlp")
+    assert ckpt_plan.class_rule(("b0.mlp", "b0.attn", "b1.mlp", "b1.attn"), inst, table) == ("Mlp", "Attn")

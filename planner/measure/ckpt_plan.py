@@ -375,6 +375,22 @@ def frontier(cands: list[Candidate], cap: int | None = None) -> tuple[list[Point
     return merge([solve(p) for p in children.get(None, [])]), thinned
 
 
+def most_removed(cands: list[Candidate]) -> int:
+    """The most bytes any plan removes at the peak: the largest point of :func:`frontier` (each
+    module the most of itself whole, itself selective, or its children's together; thinning keeps
+    the largest point), without building the frontier."""
+    by_path = {c.path: c for c in cands}
+    children: dict[str | None, list[str]] = {}
+    for c in cands:
+        children.setdefault(c.parent if c.parent in by_path else None, []).append(c.path)
+
+    def most(path: str) -> int:
+        c = by_path[path]
+        return max(sum(most(k) for k in children.get(path, [])), c.saved, c.sac_saved)
+
+    return sum(most(p) for p in children.get(None, []))
+
+
 def cheapest(front: list[Point], need: int) -> Point | None:
     """The least recompute removing at least ``need`` bytes at the peak (None: none does)."""
     ok = [p for p in front if p[0] >= need]
@@ -611,8 +627,11 @@ def class_rule(modules: tuple[str, ...], res_instances: dict[str, list[str]], ta
     names: list[str] = []
     covered: set[str] = set()
     for prefix in ("", SAC):
-        chosen = {p.removeprefix(prefix) for p in modules if p.startswith(SAC) == bool(prefix)}
-        for cls in dict.fromkeys(ran[p].cls for p in chosen if ran[p].own_class):
+        order = [p.removeprefix(prefix) for p in modules if p.startswith(SAC) == bool(prefix)]
+        chosen = set(order)
+        # in the modules' order: a set's order changes with the interpreter's string hashing, and the
+        # rule is the checkpoint candidate's label and its traces' cache key
+        for cls in dict.fromkeys(ran[p].cls for p in order if ran[p].own_class):
             inst = [p for p in res_instances.get(cls, []) if p in ran]
             if inst and all(p in chosen for p in inst):
                 names.append(prefix + cls)
@@ -638,10 +657,10 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     if not selective:
         table = [replace(c, sac_saved=0) for c in table]
     peak = res.live[peak_t]
-    front, thinned = frontier(table)
     by_path = {c.path: c for c in table}
     times = high_points(res.live)
-    best_reachable = max(p[0] for p in front)
+    best_reachable = most_removed(table)
+    front, thinned = frontier(table) if budget is None else ([], False)  # a budget queries its own (capped)
     cache: dict = {}
     if budget is None:
         # the lowest predicted peak over (a sample of) the frontier, then the cheapest point within
@@ -690,6 +709,9 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
             break
         moments.append(pred[1])
     if pick is None:
+        if not front:
+            front, thin = frontier(table)
+            thinned |= thin
         best = cheapest(front, best_reachable)
         assert best is not None
         pick = best
