@@ -6,8 +6,10 @@ Each search runs as a fresh process on an empty trace cache (a temporary VRAMPLA
 trace it needs is taken; the reference workload of benchmarks/speed.py (``REFERENCE_CMD``, the fastest
 of three runs) is timed just before each command and the ratio printed beside the seconds: a loaded
 machine slows both. Printed per search: the wall time, the reference, the ratio against its target,
-the candidates considered, how many were evaluated exactly (traced or derived) and how many
-predicted, the number of traces, and the answer.
+the CPU time (the command's and its tracing workers', against the reference's: what the machine's
+load cannot move much, and what parallel traces do not shrink), the candidates considered, how many
+were evaluated exactly (traced or derived) and how many predicted, the number of traces, and the
+answer.
 
 * ``recommend``: ``recommend --step examples/steps/rgbd_policy.py --gpu rtx4090`` (the transformer
   example). Issue 10: >= 50 candidates within 90 s; issue 21: <= 170x the reference.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -89,22 +92,30 @@ ANSWERS = {  # the answers on 2026-12-07, before issue 21's speed work (which mu
 }
 
 
-def _timed(args: tuple[str, ...], cache: str) -> tuple[float, float, dict]:
-    ref = min(speed._run(speed.REFERENCE_CMD)[0] for _ in range(3))
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(args: tuple[str, ...], cache: str) -> tuple[float, float, float, float, dict]:
+    """(wall, reference wall, CPU, reference CPU, the JSON): the command's CPU is its own and its
+    tracing workers' (waited for by it), the reference's the fastest of its three runs."""
+    refs = [speed._run(speed.REFERENCE_CMD) for _ in range(3)]
     env = dict(os.environ, VRAMPLAN_CACHE=cache)
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     proc = subprocess.run(speed.vramplan_cmd(*args), capture_output=True, text=True, cwd=ROOT, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()[-400:]}")
-    return wall, ref, json.loads(proc.stdout)
+    return wall, min(w for w, _ in refs), cpu, min(c for _, c in refs), json.loads(proc.stdout)
 
 
 def run(s: Search, jobs: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as cache:
-        wall, ref, r = _timed(s.args + tuple(jobs), cache)
+        wall, ref, cpu, ref_cpu, r = _timed(s.args + tuple(jobs), cache)
     out = {"command": "vramplan " + " ".join(a for a in s.args if a != "--json"), "wall_s": round(wall, 1),
-           "reference_s": round(ref, 3), "ratio": round(wall / ref, 1), "traces": r["traces"],
+           "reference_s": round(ref, 3), "ratio": round(wall / ref, 1), "cpu_s": round(cpu, 1),
+           "reference_cpu_s": round(ref_cpu, 3), "cpu_ratio": round(cpu / ref_cpu, 1), "traces": r["traces"],
            "answer": s.answer(r), "target_ratio": s.target_ratio, "target_s": s.target_s}
     for k in ("considered", "evaluated", "predicted", "derived", "traced_directly"):
         if k in r:
@@ -128,6 +139,8 @@ def line(s: Search, o: dict) -> str:
             else f"{o['options']} options, {o['evaluated']} exact" if "options" in o else "")
     return (f"{s.name}: {o['command']} (empty trace cache): {o['wall_s']} s = {o['ratio']}x the reference "
             f"{o['reference_s']} s (target {' and '.join(targets)}: {'met' if o['in_time'] else 'NOT met'}); "
+            f"CPU {o['cpu_s']} s = {o['cpu_ratio']}x the reference's {o['reference_cpu_s']} s (every worker's, "
+            f"load-proof); "
             + (what + "; " if what else "")
             + f"{o['traces']} traces (gate <= {s.max_traces}); answer {o['answer']}"
             + ("" if o["answer_ok"] else f" (WANTED {ANSWERS[s.name]})"))
