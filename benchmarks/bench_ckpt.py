@@ -13,10 +13,9 @@ over all modules must recompute no more than the reference's over its subset, an
 restricted to that subset must equal it exactly (--check: exit 1 otherwise). The 50 % plan is
 traced (its verification): the predicted and traced peaks are printed.
 
---speed: issue 21's targets as ratios to the reference loop of benchmarks/speed.py timed just
-before each command, on an empty trace cache, with trace counts: ``recommend`` on the SwinUNETR
-step at batch 4 on 16 GB (target 250x) and on the transformer example (rgbd_policy, rtx4090;
-target 170x). Not gated (the wall time moves 2x with the load on a shared machine).
+--speed: issue 21's targets for ``recommend`` on the SwinUNETR step at batch 4 on 16 GB (250x) and
+on the transformer example (rgbd_policy, rtx4090; 170x) as benchmarks/bench_step_search.py times
+them (which also has the third, ``--max-gpus 8`` on seed 004's step). Not gated here.
 """
 
 from __future__ import annotations
@@ -24,10 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -141,33 +137,16 @@ def plans(names: tuple[str, ...] | None) -> tuple[list[dict], bool]:
     return rows, ok
 
 
-SPEED = {
-    "recommend swin_unetr batch 4 16GB": (["recommend", "--step", "examples/steps/swin_unetr.py", "--precision", "amp-fp16",
-                                           "--batch", "4", "--gpu", "16GB", "--json"], 250.0),
-    "recommend rgbd_policy rtx4090": (["recommend", "--step", "examples/steps/rgbd_policy.py", "--gpu", "rtx4090", "--json"],
-                                      170.0),
-}
-
-
 def speed_rows() -> list[dict]:
-    import speed
+    """Issue 21's two recommend targets, as benchmarks/bench_step_search.py times them (its
+    ``swin_unetr`` and ``recommend`` searches)."""
+    import bench_step_search as b
 
     rows = []
-    for name, (args, target) in SPEED.items():
-        with tempfile.TemporaryDirectory() as cache:
-            ref = min(speed._wall(lambda: speed._run(speed.REFERENCE_CMD)) for _ in range(3))
-            t0 = time.perf_counter()
-            proc = subprocess.run(speed.vramplan_cmd(*args), capture_output=True, text=True, cwd=ROOT,
-                                  env=dict(os.environ, VRAMPLAN_CACHE=cache))
-            wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()[-400:]}")
-        data = json.loads(proc.stdout)
-        row = {"name": name, "seconds": round(wall, 1), "reference_seconds": round(ref, 3), "ratio": round(wall / ref, 1),
-               "target_ratio": target, "traces": data.get("traces"), "considered": data.get("considered")}
-        rows.append(row)
-        print(f"{name}: {wall:.1f} s = {wall / ref:.0f}x the reference loop ({ref:.3f} s; {speed.REFERENCE_LABEL}); "
-              f"target {target:.0f}x; {row['traces']} traces, {row['considered']} candidates", flush=True)
+    for s in b.SEARCHES:
+        if s.name in ("swin_unetr", "recommend"):
+            rows.append({"name": s.name, **b.run(s, [])})
+            print(b.line(s, rows[-1]), flush=True)
     return rows
 
 

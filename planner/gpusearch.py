@@ -53,26 +53,39 @@ def search(total: int, limit: int, budget: float,
            make: Callable[[int, int, int, str], Any],
            evaluate: Callable[[Any], tuple[MemoryReport | None, str]],
            smaller: str, fit: Callable[[MemoryReport], int] | None = None,
+           ahead: tuple[int, Callable[[list[Any]], None]] | None = None,
            ) -> tuple[GpuOption | None, list[GpuOption], dict[str, Any]]:
     """``make(micro_batch, accumulation, gpus, strategy)`` -> a setup; ``evaluate(setup)`` ->
     (report or None where the setup cannot run, how it was obtained or why it failed); ``smaller``:
     the command that shrinks the per-rank step, for the verdict; ``fit(report)``: the figure held
-    against the budget (default device_total; recommend passes planner/band.py ``fit_bytes``)."""
+    against the budget (default device_total; recommend passes planner/band.py ``fit_bytes``).
+    ``ahead`` = (width, prepare): an engine that evaluates ``width`` setups side by side (a tracer's
+    workers) is asked to ``prepare`` each option with the options after it, as many as it runs at
+    once, in the order they are tried when none fits; the options tried and the answer are the same."""
     fit = fit or (lambda r: r.device_total_bytes)
     if limit < 2:
         raise PlannerError(f"--max-gpus: {limit} (valid: 2 or more)")
     counts = gpu_counts(limit, total)
     tried: list[GpuOption] = []
+    order = [(total // n // a, a, n, strategy) for n in counts for strategy in (("none",) if n == 1 else STRATEGY_ORDER)
+             for a in range(1, total // n + 1) if (total // n) % a == 0]
+    prepared: set[tuple] = set()
+    answer: GpuOption | None = None
 
     def run(batch: int, accum: int, gpus: int, strategy: str) -> GpuOption:
         s = make(batch, accum, gpus, strategy)
+        option = (batch, accum, gpus, strategy)
+        if ahead is not None and answer is None and option in order and option not in prepared:
+            width, prepare = ahead
+            nxt = order[order.index(option):][:width]
+            prepared.update(nxt)
+            prepare([make(*o) for o in nxt])
         rep, how = evaluate(s)
         opt = GpuOption(s, gpus, strategy, batch, accum, rep, rep is not None and fit(rep) <= budget,
                         how if rep is not None else f"failed: {how}")
         tried.append(opt)
         return opt
 
-    answer: GpuOption | None = None
     for n in counts:
         share = total // n  # samples per rank per optimizer step
         for strategy in (("none",) if n == 1 else STRATEGY_ORDER):

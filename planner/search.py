@@ -130,6 +130,13 @@ class Engine(Protocol):
     def evaluate(self, setups: list[Any]) -> list[tuple[MemoryReport | None, float | None, str]]:
         """Per setup: (report, seconds per sample, how), or (None, None, why it cannot run)."""
 
+    # Optional: ``width`` (int), how many evaluations the engine runs side by side (a tracer's worker
+    # processes; 1 where absent), and ``batch_key(setup)``, the evaluation a setup needs (setups with
+    # the same key share one; None: it needs none, e.g. a replay of a trace already taken). The walk
+    # verifies that many candidates at once (``_walk``) through ``evaluate_each(setups)`` where the
+    # engine has it (deciding as if each came alone), and ``--max-gpus`` hands the options it will try
+    # next to ``prepare(setups)``.
+
     def ratios(self, base: Candidate, singles: list[Candidate],
                verify: Callable[[list[Candidate]], None]) -> dict[Change, tuple[float, float, int] | None]:
         """Per change alone (``singles``: one candidate per change, ``verify`` evaluates candidates
@@ -200,6 +207,54 @@ def apply(base: Any, settings: Iterable[Change]) -> Any:
     for st in settings:
         s = st.apply(s)
     return s
+
+
+def _setup(base: Any, c: Candidate) -> Any:
+    """``c``'s setup (made once), or None where a change cannot be applied (``c.error`` says why)."""
+    if c.setup is None and not c.error:
+        try:
+            c.setup = apply(base, c.settings)
+        except PlannerError as exc:
+            c.how, c.error = "failed", str(exc)
+    return c.setup
+
+
+def _walk(walk: list[Candidate], fits: Callable[[Candidate], bool], wanted: int,
+          verify: Callable[[list[Candidate]], None], engine: Any,
+          setup: Callable[[Candidate], Any]) -> list[Candidate]:
+    """Verify ``walk``'s candidates in order until ``wanted`` of them fit (``fits`` on the exact
+    figures); the ones that fit. An engine that evaluates several setups at once (``width`` > 1:
+    a tracer's worker processes) is given, with each candidate to verify, the next ones of the walk
+    up to ``width`` distinct evaluations (``Engine.batch_key``: setups with the same key share one,
+    None: costs none) and no more than the fitting ones still wanted, so they run side by side;
+    the result is the sequential walk's (what is verified ahead stays exact, it is never counted
+    past the stop). A candidate that costs no evaluation is verified alone."""
+    width = getattr(engine, "width", 1)
+    key = getattr(engine, "batch_key", None)
+    found: list[Candidate] = []
+    for i, c in enumerate(walk):
+        if len(found) >= wanted:
+            break
+        if c.report is None and not c.error and setup(c) is not None and key is not None and key(c.setup) is None:
+            verify([c])  # costs no evaluation: alone
+        elif c.report is None and not c.error:
+            room = min(width, wanted - len(found))  # no more ahead than could still be wanted
+            batch, keys, last = [], set(), 1
+            for d in walk[i:]:
+                if d.report is not None or d.error or setup(d) is None:
+                    continue
+                k = key(d.setup) if key is not None else id(d)
+                if k is not None and k not in keys:
+                    if len(keys) >= room:
+                        break
+                    keys.add(k)
+                batch.append(d)
+                if k is not None:
+                    last = len(batch)
+            verify(batch[:last])  # none that costs nothing past the last that costs one
+        if c.report is not None and fits(c):
+            found.append(c)
+    return found
 
 
 @dataclass
@@ -293,22 +348,14 @@ def recommend(base: Any, dims: list[list[Change]], engine: Engine, margin: float
     assert not as_is.settings
     as_is.setup = base
 
-    def verify(batch: list[Candidate]) -> None:
-        """Evaluate ``batch`` exactly (one engine call: a tracer runs them side by side)."""
-        todo = []
-        for c in batch:
-            if c.report is not None or c.error:
-                continue
-            if c.setup is None:
-                try:
-                    c.setup = apply(base, c.settings)
-                except PlannerError as exc:
-                    c.how, c.error = "failed", str(exc)
-                    continue
-            todo.append(c)
+    def verify(batch: list[Candidate], each: bool = False) -> None:
+        """Evaluate ``batch`` exactly (one engine call: a tracer runs them side by side); ``each``:
+        as if one at a time (``Engine.evaluate_each`` where the engine has it)."""
+        todo = [c for c in batch if c.report is None and not c.error and _setup(base, c) is not None]
         if not todo:
             return
-        results = engine.evaluate([c.setup for c in todo])
+        run = getattr(engine, "evaluate_each", engine.evaluate) if each else engine.evaluate
+        results = run([c.setup for c in todo])
         for c, (rep, secs, how) in zip(todo, results):
             if rep is None:
                 c.how, c.error = "failed", how
@@ -341,37 +388,24 @@ def recommend(base: Any, dims: list[list[Change]], engine: Engine, margin: float
     do_all = exhaustive if exhaustive is not None else len(cands) <= engine.exhaustive
     out = Outcome(as_is, None, [], ordered, budget, fit_at, gpu, savings=savings)
     if as_is.fit_total <= budget:
-        # already fits: keep it; verify what is predicted faster and may fit
-        tried = 0
-        for c in ordered:
-            if len(out.faster) >= alternatives or tried >= 4 * alternatives + 8:
-                break
-            if not c.settings or c.error or c.seconds >= as_is.seconds * 0.995:
-                continue
-            if c.fit_total > budget * (1 + SAFETY):
-                continue
-            tried += 1
-            verify([c])
-            if c.report is not None and c.fit_total <= budget and c.seconds < as_is.seconds:
-                out.faster.append(c)
+        # already fits: keep it; verify what is predicted faster and may fit (at most 4 x alternatives + 8)
+        walk = [c for c in ordered if c.settings and not c.error and c.seconds < as_is.seconds * 0.995
+                and c.fit_total <= budget * (1 + SAFETY)][:4 * alternatives + 8]
+        out.faster = _walk(walk, lambda c: c.fit_total <= budget and c.seconds < as_is.seconds, alternatives,
+                           lambda b: verify(b, each=True), engine, lambda c: _setup(base, c))
         out.faster.sort(key=key)
         out.fitting = sorted([as_is, *out.faster], key=key)
         out.best = out.fitting[0] if prefer == "speed" else as_is
     else:
-        found: list[Candidate] = []
         floor = fixed_bytes(as_is.report, gpu, fit_at)
         if floor > budget:  # the CUDA context alone is over the budget: no change to the step can fit
             out.notes.append(f"the CUDA context alone ({floor / 2**30:.2f} GiB at the "
                              f"{'top of its band' if fit_at == 'high' else 'point'}) is over the budget "
                              f"({budget / 2**30:.2f} GiB): no change to the step fits this card")
-        for c in ordered if floor <= budget else ():
-            if len(found) > alternatives:
-                break
-            if c.error or (not do_all and c.report is None and c.fit_total > budget * (1 + SAFETY)):
-                continue
-            verify([c])
-            if c.report is not None and c.fit_total <= budget:
-                found.append(c)
+        walk = [c for c in ordered if floor <= budget and not c.error
+                and (do_all or c.report is not None or c.fit_total <= budget * (1 + SAFETY))]
+        found = _walk(walk, lambda c: c.fit_total <= budget, alternatives + 1, lambda b: verify(b, each=True), engine,
+                      lambda c: _setup(base, c))
         out.fitting = sorted(found, key=key)
         out.best = out.fitting[0] if found else None
         if not found:
@@ -527,5 +561,7 @@ def fewest_gpus(total: int, limit: int, make: Callable[[int, int, int, str], Any
         rep, _, how = engine.evaluate([s])[0]
         return rep, how
 
+    prepare = getattr(engine, "prepare", None)
     return search(total, limit, engine.gpu.capacity_bytes * (1 - margin), make, evaluate, smaller,
-                  fit=lambda r: fit_bytes(r, engine.gpu, fit_at))
+                  fit=lambda r: fit_bytes(r, engine.gpu, fit_at),
+                  ahead=(engine.width, prepare) if prepare is not None and getattr(engine, "width", 1) > 1 else None)

@@ -375,6 +375,22 @@ def frontier(cands: list[Candidate], cap: int | None = None) -> tuple[list[Point
     return merge([solve(p) for p in children.get(None, [])]), thinned
 
 
+def most_removed(cands: list[Candidate]) -> int:
+    """The most bytes any plan removes at the peak: the largest point of :func:`frontier` (each
+    module the most of itself whole, itself selective, or its children's together; thinning keeps
+    the largest point), without building the frontier."""
+    by_path = {c.path: c for c in cands}
+    children: dict[str | None, list[str]] = {}
+    for c in cands:
+        children.setdefault(c.parent if c.parent in by_path else None, []).append(c.path)
+
+    def most(path: str) -> int:
+        c = by_path[path]
+        return max(sum(most(k) for k in children.get(path, [])), c.saved, c.sac_saved)
+
+    return sum(most(p) for p in children.get(None, []))
+
+
 def cheapest(front: list[Point], need: int) -> Point | None:
     """The least recompute removing at least ``need`` bytes at the peak (None: none does)."""
     ok = [p for p in front if p[0] >= need]
@@ -611,8 +627,11 @@ def class_rule(modules: tuple[str, ...], res_instances: dict[str, list[str]], ta
     names: list[str] = []
     covered: set[str] = set()
     for prefix in ("", SAC):
-        chosen = {p.removeprefix(prefix) for p in modules if p.startswith(SAC) == bool(prefix)}
-        for cls in dict.fromkeys(ran[p].cls for p in chosen if ran[p].own_class):
+        order = [p.removeprefix(prefix) for p in modules if p.startswith(SAC) == bool(prefix)]
+        chosen = set(order)
+        # in the modules' order: a set's order changes with the interpreter's string hashing, and the
+        # rule is the checkpoint candidate's label and its traces' cache key
+        for cls in dict.fromkeys(ran[p].cls for p in order if ran[p].own_class):
             inst = [p for p in res_instances.get(cls, []) if p in ran]
             if inst and all(p in chosen for p in inst):
                 names.append(prefix + cls)
@@ -638,10 +657,10 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
     if not selective:
         table = [replace(c, sac_saved=0) for c in table]
     peak = res.live[peak_t]
-    front, thinned = frontier(table)
     by_path = {c.path: c for c in table}
     times = high_points(res.live)
-    best_reachable = max(p[0] for p in front)
+    best_reachable = most_removed(table)
+    front, thinned = frontier(table) if budget is None else ([], False)  # a budget queries its own (capped)
     cache: dict = {}
     if budget is None:
         # the lowest predicted peak over (a sample of) the frontier, then the cheapest point within
@@ -690,6 +709,9 @@ def choose(res: ProbeResult, record: Any, gpu: Any = None, budget: int | None = 
             break
         moments.append(pred[1])
     if pick is None:
+        if not front:
+            front, thin = frontier(table)
+            thinned |= thin
         best = cheapest(front, best_reachable)
         assert best is not None
         pick = best
@@ -793,35 +815,44 @@ def run_auto(setup: Any, backend: str, **kw: Any) -> Any:
 # --- recommend: the plan for a card, and why the winner wins ----------------------------------------
 
 
-def _card_plan(item: tuple) -> Plan:
+def _card_plan(item: tuple) -> tuple[Plan, list[tuple[Any, Any]]]:
     """In a worker: the plan for ``gpu`` less ``margin`` on the device total (the reserved and
     context overhead above the peak allocation taken as the unchecked step's); where the step
-    fits already, the least-recompute plan minimising the peak (a candidate for the search)."""
-    setup, gpu, margin = item
+    fits already, the least-recompute plan minimising the peak (a candidate for the search). With
+    it the traces the search takes of both (setup, StepRecord): the planning trace, which is the
+    unchecked step's own (the probe only watches), and the step with the plan (``trace_plan``:
+    the search's checkpoint candidate, or its input under ``--checkpoint auto``); both cached."""
+    setup, gpu, margin, trace_plan = item
     res, record = probe(setup)
     from planner.measure import traces
 
-    # the planning trace is the unchecked step's own trace (the probe only watches): cached as such,
-    # so the search's "as is" candidate does not trace it again
-    traces._store(setup, replace(record, tracker=replace(record.tracker, timeline=[])))
+    record = replace(record, tracker=replace(record.tracker, timeline=[]))
+    traces._store(setup, record)
     budget, fits = _budget(setup, record, int(gpu.capacity_bytes * (1 - margin)), gpu.capacity_bytes)
     half = setup.precision != "fp32"
     p = choose(res, record, gpu, budget, half=half)
     if fits:
         p = replace(p, reason=p.reason.replace("no card given", f"the step fits {gpu.name} as is, so for the search"))
+    out = [(setup, record)]
+    checked = None
     if any(n.startswith(SAC) for n in p.checkpoint):
         # a selective plan is traced here (and cached: it is the search's own candidate), see verified
-        p, _, _ = verified(p, lambda: choose(res, record, gpu, budget, half=half, selective=False),
-                           lambda q: traces._traced((replace(setup, checkpoint=q.checkpoint), True)))
-    return p
+        p, checked, _ = verified(p, lambda: choose(res, record, gpu, budget, half=half, selective=False),
+                                 lambda q: traces._traced((replace(setup, checkpoint=q.checkpoint), True)))
+    elif p.checkpoint and trace_plan:
+        checked = traces._traced((replace(setup, checkpoint=p.checkpoint), True))
+    if checked is not None:
+        out.append((replace(setup, checkpoint=p.checkpoint), checked))
+    return p, out
 
 
-def card_plan(setup: Any, gpu: Any, margin: float) -> Plan:
-    """:func:`_card_plan` in a worker process (the user's code runs there, under the timeout)."""
-    from planner.measure import isolate
+def card_plan_call(setup: Any, gpu: Any, margin: float, trace_plan: bool = True) -> Any:
+    """:func:`_card_plan` as a call into the user's code (``traces.SideCall``: run in a worker
+    process under the timeout, beside the traces of a round); its ``result`` is (plan, traces)."""
+    from planner.measure import traces
 
-    return isolate.shared().call(_card_plan, (replace(setup, checkpoint=()), gpu, margin),
-                                 lambda it: f"planning checkpoints for {it[0].label()}", warm=isolate.TRACING)
+    s = replace(setup, checkpoint=())
+    return traces.SideCall(_card_plan, (s, gpu, margin, trace_plan), f"planning checkpoints for {s.label()}")
 
 
 def why(best: Any, ordered: list, as_is: Any, budget: float) -> str | None:

@@ -99,16 +99,17 @@ class Evaluator:
         self.pool.close()
 
     @staticmethod
-    def _cls(s: StepSetup) -> StepSetup:
+    def cls(s: StepSetup) -> StepSetup:
         return replace(s, batch_size=None, accumulation=min(s.accumulation, 2), alloc_conf="")
 
-    def _trace(self, setups: list[StepSetup]) -> None:
+    def _trace(self, setups: list[StepSetup], side: Any = ()) -> None:
         from planner.measure import traces
 
         todo = [s for s in dict.fromkeys(setups) if s not in self._records and s not in self.errors]
-        if not todo:
+        if not todo and not side:
             return
-        records, traced = traces.trace_many(todo, self.jobs, self.progress, pool=self.pool, errors=self.errors)
+        records, traced = traces.trace_many(todo, self.jobs, self.progress, pool=self.pool, errors=self.errors,
+                                            side=side)
         self._records.update(records)
         self.stats.traces += traced
         self.stats.cached += len(todo) - traced
@@ -116,55 +117,41 @@ class Evaluator:
             if s in self.errors:
                 self.stats.failed[s.label()] = self.errors[s]
 
-    def evaluate(self, setups: list[StepSetup]) -> dict[StepSetup, tuple[Any, str]]:
+    def add(self, setup: StepSetup, record: Any) -> None:
+        """A trace of ``setup`` taken elsewhere (a side call: the checkpoint plan's), counted as one."""
+        key = replace(setup, alloc_conf="")
+        if key not in self._records:
+            self._records[key] = record
+            self.stats.traces += 1
+
+    def pending(self, s: StepSetup) -> Any:
+        """What evaluating ``s`` on its own still needs, as a key (setups with the same key share
+        it): its class's accumulation check or derivation, or its own trace; None where it needs no
+        new trace (derived, traced, or a replay of one of them with other allocator settings)."""
+        from planner.measure import traces
+
+        if self._derivable(s):
+            return None
+        c = self.cls(s)
+        if s.accumulation > DIRECT_ACCUM and c not in self._accum_ok:
+            return ("check", c)
+        if c not in self._derivs and (s.batch_size or 0) >= min(traces.DERIVE_POINTS) and self.derive_from <= 1:
+            return c
+        d = self._direct(s)
+        return None if d in self._records or d in self.errors else d
+
+    def evaluate(self, setups: list[StepSetup], alone: bool = False) -> dict[StepSetup, tuple[Any, str]]:
         """setup -> (StepRecord, how) for every setup, or (None, the error) where the user's code
         rejected it; a record taken from accumulation 2 for an accumulation >= 3 is that
         trace's, as traced (its setup says accumulation 2). Micro-batches below the derivation
-        points are traced, never extrapolated (size-1 dimensions take other paths)."""
-        from planner.measure import traces
-
-        low = min(traces.DERIVE_POINTS)
-        classes = list(dict.fromkeys(self._cls(s) for s in setups))
-        sizes: dict[StepSetup, set[int]] = {}
-        deep: dict[StepSetup, list[StepSetup]] = {}
-        for s in setups:
-            c = self._cls(s)
-            sizes.setdefault(c, set()).add(s.batch_size or 0)
-            if s.accumulation >= 3:
-                deep.setdefault(c, []).append(s)
-        first, checking = [], set()
-        for c in classes:
-            derivable = {b for b in sizes[c] if b >= low}
-            if c not in self._derivs and derivable:
-                if len(derivable) < self.derive_from:
-                    self._derivs[c] = None  # fewer sizes than a derivation is worth: trace them
-                else:
-                    first += [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
-            if c in deep and c not in self._accum_ok and not (len(deep[c]) == 1 and deep[c][0].accumulation <= DIRECT_ACCUM):
-                b, a = ACCUM_CHECK
-                first += [replace(c, batch_size=b, accumulation=a), replace(c, batch_size=b, accumulation=2)]
-                checking.add(c)
-        # setups already known to need their own trace go in the same round
-        first += [self._direct(s) for s in setups
-                  if not (s.accumulation >= 3 and self._cls(s) in checking)
-                  and ((s.batch_size or 0) < low or (self._cls(s) in self._derivs and self._derivs[self._cls(s)] is None))]
-        self._trace(first)
-        for c in classes:
-            if c not in self._derivs and any(b >= low for b in sizes[c]):
-                pts = [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
-                ok = all(p in self._records for p in pts)
-                self._derivs[c] = traces.derive([(p.batch_size, self._records[p]) for p in pts]) if ok else None
-            if c.accumulation == 2 and c not in self._accum_ok:
-                b, a = ACCUM_CHECK
-                three, two = replace(c, batch_size=b, accumulation=a), replace(c, batch_size=b, accumulation=2)
-                if three in self._records and two in self._records:
-                    self._accum_ok[c] = self._records[three].tracker.peak_bytes == self._records[two].tracker.peak_bytes
-        self._trace([self._direct(s) for s in setups if not self._derivable(s)])
+        points are traced, never extrapolated (size-1 dimensions take other paths). ``alone``:
+        :meth:`prepare`'s."""
+        self.prepare(setups, alone=alone)
         out: dict[StepSetup, tuple[Any, str]] = {}
         for s in setups:
             if self._derivable(s):
                 assert s.batch_size is not None
-                out[s] = (self._derivs[self._cls(s)].record_at(s.batch_size), "derived")
+                out[s] = (self._derivs[self.cls(s)].record_at(s.batch_size), "derived")
                 self.stats.derived += 1
             elif self._direct(s) in self._records:
                 out[s] = (self._records[self._direct(s)], "traced")
@@ -173,26 +160,86 @@ class Evaluator:
                 out[s] = (None, self.errors.get(self._direct(s), "not traced"))
         return out
 
+    def prepare(self, setups: list[StepSetup], side: Any = (), alone: bool = False) -> None:
+        """Take the traces that :meth:`evaluate` of ``setups`` needs (the same decisions, so a later
+        ``evaluate`` takes none), with ``side`` calls (``traces.SideCall``) in the first round.
+        ``alone``: decide as if each setup (with its allocator variants: one trace) were evaluated on
+        its own, one after another -- what a walk verifying one candidate at a time takes -- with the
+        traces still run side by side."""
+        groups = list(_groups(setups)) if alone else [setups]
+        first = [s for g in groups for s in self._decide(g)]
+        self._trace(first, side)
+        for g in groups:
+            self._settle(g)
+        self._trace([self._direct(s) for s in setups if not self._derivable(s)])
+
+    def _decide(self, setups: list[StepSetup]) -> list[StepSetup]:
+        """Per class of ``setups``: derive or trace each size, check accumulation >= 3 or trace it as
+        it is; the first round's traces."""
+        from planner.measure import traces
+
+        low = min(traces.DERIVE_POINTS)
+        sizes: dict[StepSetup, set[int]] = {}
+        deep: dict[StepSetup, dict[StepSetup, None]] = {}  # one trace each: allocator variants share it
+        for s in setups:
+            c = self.cls(s)
+            sizes.setdefault(c, set()).add(s.batch_size or 0)
+            if s.accumulation >= 3:
+                deep.setdefault(c, {})[replace(s, alloc_conf="")] = None
+        first, checking = [], set()
+        for c in sizes:
+            derivable = {b for b in sizes[c] if b >= low}
+            if c not in self._derivs and derivable:
+                if len(derivable) < self.derive_from:
+                    self._derivs[c] = None  # fewer sizes than a derivation is worth: trace them
+                else:
+                    first += [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
+            if c in deep and c not in self._accum_ok and not (len(deep[c]) == 1 and next(iter(deep[c])).accumulation <= DIRECT_ACCUM):
+                b, a = ACCUM_CHECK
+                first += [replace(c, batch_size=b, accumulation=a), replace(c, batch_size=b, accumulation=2)]
+                checking.add(c)
+        # setups already known to need their own trace go in the same round
+        return first + [self._direct(s) for s in setups
+                        if not (s.accumulation >= 3 and self.cls(s) in checking)
+                        and ((s.batch_size or 0) < low or (self.cls(s) in self._derivs and self._derivs[self.cls(s)] is None))]
+
+    def _settle(self, setups: list[StepSetup]) -> None:
+        """After the first round: each class's derivation and accumulation check."""
+        from planner.measure import traces
+
+        low = min(traces.DERIVE_POINTS)
+        for c in dict.fromkeys(self.cls(s) for s in setups):
+            if c not in self._derivs and any((s.batch_size or 0) >= low for s in setups if self.cls(s) == c):
+                pts = [replace(c, batch_size=b) for b in traces.DERIVE_POINTS]
+                ok = all(p in self._records for p in pts)
+                self._derivs[c] = traces.derive([(p.batch_size, self._records[p]) for p in pts]) if ok else None
+            if c.accumulation == 2 and c not in self._accum_ok:
+                b, a = ACCUM_CHECK
+                three, two = replace(c, batch_size=b, accumulation=a), replace(c, batch_size=b, accumulation=2)
+                if three in self._records and two in self._records:
+                    self._accum_ok[c] = self._records[three].tracker.peak_bytes == self._records[two].tracker.peak_bytes
+
     def _derivable(self, s: StepSetup) -> bool:
         from planner.measure import traces
 
-        c = self._cls(s)
+        c = self.cls(s)
         return (self._derivs.get(c) is not None and (s.batch_size or 0) >= min(traces.DERIVE_POINTS)
                 and (s.accumulation <= 2 or bool(self._accum_ok.get(c))))
 
     def _direct(self, s: StepSetup) -> StepSetup:
-        c = self._cls(s)
+        c = self.cls(s)
         if s.accumulation >= 3 and self._accum_ok.get(c):
             return replace(s, accumulation=2, alloc_conf="")
         return replace(s, alloc_conf="")
 
-    def reports(self, setups: list[StepSetup]) -> dict[StepSetup, tuple[MemoryReport | None, float | None, str]]:
+    def reports(self, setups: list[StepSetup],
+                alone: bool = False) -> dict[StepSetup, tuple[MemoryReport | None, float | None, str]]:
         """setup -> (report, seconds per sample, how); (None, None, the error) where the user's
-        code rejected the setup."""
+        code rejected the setup. ``alone``: :meth:`prepare`'s."""
         from planner.measure.profile import report_from
 
         out: dict[StepSetup, tuple[MemoryReport | None, float | None, str]] = {}
-        for s, (rec, how) in self.evaluate(setups).items():
+        for s, (rec, how) in self.evaluate(setups, alone).items():
             if rec is None:
                 out[s] = (None, None, how)
                 continue
@@ -220,6 +267,14 @@ class Evaluator:
         return rep
 
 
+def _groups(setups: list[StepSetup]) -> Any:
+    """``setups`` in order, each with its allocator variants (one trace)."""
+    by: dict[StepSetup, list[StepSetup]] = {}
+    for s in setups:
+        by.setdefault(replace(s, alloc_conf=""), []).append(s)
+    return by.values()
+
+
 # --- recommend ------------------------------------------------------------------------------------
 
 
@@ -236,8 +291,27 @@ class TraceEngine:
     def evaluations(self) -> int:
         return self.ev.stats.traces + self.ev.stats.cached
 
+    @property
+    def width(self) -> int:
+        """Traces run side by side (the worker processes)."""
+        return self.ev.pool.jobs
+
+    def batch_key(self, setup: StepSetup) -> Any:
+        return self.ev.pending(setup)
+
+    def prepare(self, setups: list[StepSetup]) -> None:
+        """Trace what ``setups`` need, each as if alone, side by side (a later ``evaluate`` of each
+        takes none)."""
+        self.ev.prepare(setups, alone=True)
+
     def evaluate(self, setups: list[StepSetup]) -> list[tuple[MemoryReport | None, float | None, str]]:
         res = self.ev.reports(setups)
+        return [res[s] for s in setups]
+
+    def evaluate_each(self, setups: list[StepSetup]) -> list[tuple[MemoryReport | None, float | None, str]]:
+        """:meth:`evaluate` deciding as if each setup came alone (a walk's round: the traces the
+        sequential walk would take, side by side)."""
+        res = self.ev.reports(setups, alone=True)
         return [res[s] for s in setups]
 
     def ratios(self, base: Candidate, singles: list[Candidate],
@@ -302,6 +376,33 @@ def dims(base: StepSetup, gpu: GPU, freeze: set[str], search_knobs: dict[str, li
     return base, [d for d in out if d], notes
 
 
+def _plan_beside(base: StepSetup, ev: Evaluator, margin: float, freeze: set[str],
+                 search_knobs: dict[str, list[Any]]) -> Any:
+    """The card's per-module checkpoint plan for ``base`` (:func:`dims`' ``checkpoint_plan``), taken in
+    one round with the traces of the changes that do not depend on it (each change alone: the
+    search's first traces), so the workers trace them side by side; the planning trace (``base``'s
+    own) and the trace with the plan (the checkpoint candidate) are handed to ``ev``."""
+    from planner.measure import ckpt_plan
+
+    early: list[StepSetup] = []
+    if base.checkpoint != ("auto",):  # under auto every change applies to the plan's setup
+        for dim in dims(base, ev.gpu, freeze | {"checkpointing"}, search_knobs)[1]:
+            for ch in dim:
+                try:
+                    early.append(ch.apply(base))
+                except PlannerError:
+                    pass  # the search says why it cannot be made
+    # a change in the input's own class (same precision, checkpointing, accumulation <= 2) waits for
+    # the input's trace, so that the evaluator decides on that class as it would without this round
+    early = [s for s in early if ev.cls(s) != ev.cls(base)]
+    call = ckpt_plan.card_plan_call(base, ev.gpu, margin)
+    ev.prepare(early, side=[call])
+    plan, records = call.result
+    for setup, record in records:
+        ev.add(setup, record)
+    return plan
+
+
 def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set[str],
               search_knobs: dict[str, list[Any]], batch_default: int, jobs: int = 0,
               progress: Callable[[int, int, str], None] | None = None,
@@ -316,9 +417,9 @@ def recommend(base: StepSetup, gpu: GPU, margin: float, prefer: str, freeze: set
     check_fit_at(fit_at)
     check_margin(margin)
     t0 = time.perf_counter()
-    start, space, notes = dims(replace(base, batch_size=base.batch_size or batch_default), gpu, freeze, search_knobs,
-                               lambda s: ckpt_plan.card_plan(s, gpu, margin))
+    base = replace(base, batch_size=base.batch_size or batch_default)
     with Evaluator(gpu, jobs, progress, profile=profile) as ev:
+        start, space, notes = dims(base, gpu, freeze, search_knobs, lambda s: _plan_beside(s, ev, margin, freeze, search_knobs))
         found = search_recommend(start, space, TraceEngine(ev), margin, prefer, fit_at)
         stats = ev.stats
         pair = precision_pair(found.ordered)

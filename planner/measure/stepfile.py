@@ -581,7 +581,7 @@ def run(setup: StepSetup, backend: str = "fake", *, progress: Callable[[str], No
         vp = StepHandle(rn)
         it2 = 0
         b = None  # noqa: F841 - the batch stays referenced until the next one is made
-        flops = _FlopCount(count_flops)
+        flops = _FlopCount(count_flops, tracker)
         gc_was = gc.isenabled()
         gc.disable()  # collected per op instead (see _collect_young_garbage_per_op)
         from planner.measure.declared_ops import OpSite, explain
@@ -793,29 +793,27 @@ class _FlopCount:
     would change the op stream being measured. Counting here changes nothing the tracker
     sees."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, tracker: Any) -> None:
+        self.enabled, self.tracker = enabled, tracker
         self.total = 0
 
     @contextlib.contextmanager
     def counting(self, on: bool) -> Iterator[None]:
+        """Counts the ops the tracker sees (``on_op``: every op below the op-site mode, the same
+        ones a dispatch mode of its own above it saw, for a quarter of a trace's CPU less)."""
         if not (self.enabled and on):
             yield
             return
-        from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils.flop_counter import flop_registry
 
-        counter = self
-
-        class _Count(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-                kwargs = kwargs or {}
-                out = func(*args, **kwargs)
-                formula = flop_registry.get(func._overloadpacket)
-                if formula is not None:
-                    counter.total += int(formula(*args, **kwargs, out_val=out))
-                return out
+        def count(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += int(formula(*args, **kwargs, out_val=out))
 
         self.total = 0
-        with _Count():
+        self.tracker.on_op = count
+        try:
             yield
+        finally:
+            self.tracker.on_op = None

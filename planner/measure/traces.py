@@ -204,14 +204,41 @@ class Pool:
         self.close()
 
 
+@dataclass
+class SideCall:
+    """A call into the user's code (``fn(arg)`` in a worker, e.g. the checkpoint plan's trace) run in
+    the same round as :func:`trace_many`'s traces, so the workers run them side by side; ``result``
+    once done."""
+
+    fn: Callable[[Any], Any]
+    arg: Any
+    label: str
+    result: Any = None
+
+
+def _call(item: tuple[Callable[[Any], Any], Any]) -> Any:
+    """In a worker: one job of a round (a trace or a side call)."""
+    fn, arg = item
+    return fn(arg)
+
+
+def passes(setup: StepSetup) -> int:
+    """Forward/backward passes a trace of ``setup`` runs (two iterations of ``accumulation``
+    micro-batches): its cost, the same at any micro-batch under FakeTensorMode (ops, not bytes)."""
+    return 2 * setup.accumulation
+
+
 def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
                progress: Callable[[int, int, str], None] | None = None, *, pool: Pool | None = None,
-               errors: dict[StepSetup, str] | None = None) -> tuple[dict[StepSetup, Any], int]:
+               errors: dict[StepSetup, str] | None = None,
+               side: Sequence[SideCall] = ()) -> tuple[dict[StepSetup, Any], int]:
     """Every setup's record (cached ones first, the rest traced in ``jobs`` worker processes,
     0: one per core, or ``pool.jobs``), and how many were traced (not in the cache). A setup the
     user's code rejects raises its PlannerError, or with ``errors`` given is left out of the
     records and its message put there; a trace stopped at the timeout or ended without a
-    result raises (``isolate``)."""
+    result raises (``isolate``). ``side``: calls run in the same round, first (each one's
+    ``result`` set; an error in one raises). The traces start longest first (most
+    :func:`passes`), so that the round ends as early as the workers allow."""
     from planner.errors import PlannerError
     from planner.measure import isolate
 
@@ -223,14 +250,25 @@ def trace_many(setups: Sequence[StepSetup], jobs: int = 0,
             out[s] = hit
         else:
             todo.append(s)
+    todo.sort(key=passes, reverse=True)  # stable: the caller's order among equals
     total, done = len(todo), 0
     tick = progress or (lambda *_: None)
     workers = pool.jobs if pool is not None else (jobs or (os.cpu_count() or 1))
-    if not total:
+    if not total and not side:
         return out, total
-    tick(0, total, todo[0].label())
-    for s, (_, record, error) in isolate.shared().imap(_worker, todo, _tracing, jobs=min(workers, total),
-                                                     warm=isolate.TRACING):
+    if total:
+        tick(0, total, todo[0].label())
+    items = [(c.fn, c.arg) for c in side] + [(_worker, s) for s in todo]
+    labels = {id(it[1]): c.label for it, c in zip(items, side)}
+
+    def label(item: tuple) -> str:
+        return labels.get(id(item[1])) or _tracing(item[1])
+
+    for item, value in isolate.shared().imap(_call, items, label, jobs=min(workers, len(items)), warm=isolate.TRACING):
+        if item[0] is not _worker:
+            next(c for c in side if c.arg is item[1]).result = value
+            continue
+        s, record, error = value
         if error is None:
             out[s] = record
         elif errors is None:

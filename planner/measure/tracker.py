@@ -20,7 +20,7 @@ import math
 import weakref
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -155,6 +155,9 @@ class LiveStorageTracker(TorchDispatchMode):
         self.conv_io_max = 0
         self.attention_calls: list[tuple] = []
         self.dtensors = False  # FSDP (planner/measure/distributed.py): count DTensor outputs by their local shard
+        self.on_op: Callable[[Any, tuple, dict, Any], None] | None = None
+        """Called with (op, args, kwargs, output) after each op (stepfile.py's FLOP count: one call
+        here instead of a dispatch mode of its own around every op)."""
 
     # -- registration ------------------------------------------------------------
     def _register(self, st: torch.UntypedStorage, op: str) -> int:
@@ -275,6 +278,8 @@ class LiveStorageTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if rule is not None:
             out = _with_unreduced_storage(out, full)
+        if self.on_op is not None:
+            self.on_op(func, args, kwargs or {}, out)
         in_optimizer_scalar = self.host_scalars
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
