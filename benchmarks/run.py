@@ -1,6 +1,6 @@
 """All benchmarks, and the regression check CI holds the project to.
 
-    python benchmarks/run.py [--check] [--update-baseline] [--json out.json] [--skip-accuracy] [--runs N]
+    python benchmarks/run.py [--check] [--update-baseline] [--json out.json] [--skip-accuracy | --skip-speed] [--runs N]
 
 Accuracy suite: estimate vs the fake-backend profiler over benchmarks/grid.py, and
 estimate (with the profile's terms) vs every raw point of each real-GPU profile in
@@ -194,10 +194,14 @@ def main() -> int:
     ap.add_argument("--update-baseline", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--skip-accuracy", action="store_true", help="speed suite only (no regression check on accuracy)")
+    ap.add_argument("--skip-speed", action="store_true",
+                    help="accuracy suite only (no timing: it may run beside other work, as CI runs it)")
     ap.add_argument("--runs", type=int, default=7, help="interleaved runs per speed figure (>= 5)")
     a = ap.parse_args()
     if a.runs < 5:
         ap.error("--runs: at least 5 (medians of fewer runs follow the machine's noise)")
+    if a.skip_speed and (a.skip_accuracy or a.update_baseline):
+        ap.error("--skip-speed: not with --skip-accuracy (nothing would run) or --update-baseline (it records both)")
 
     figures: dict = {}
     if not a.skip_accuracy:
@@ -215,7 +219,7 @@ def main() -> int:
         figures["hardware_accuracy"] = hw
     base = json.loads(BASELINE.read_text()) if BASELINE.is_file() else None
     base_ratios = (base or {}).get("speed_ratios", {})
-    measures = speed_measures(a.runs)
+    measures = {} if a.skip_speed else speed_measures(a.runs)
     ratios = [m() for m in measures.values()]
     decided: dict[str, str] = {}  # figures passed by their instruction count on a loaded machine
     if a.check:
@@ -225,7 +229,8 @@ def main() -> int:
             if line:
                 decided[r.name] = line
     figures["speed"] = {r.name: r.to_json() for r in ratios}
-    print(f"speed (ratios to {speed.REFERENCE_LABEL} or the same loop in-process; absolute seconds are not gated):")
+    if ratios:
+        print(f"speed (ratios to {speed.REFERENCE_LABEL} or the same loop in-process; absolute seconds are not gated):")
     for r in ratios:
         print(f"  {r.line()}")
 
