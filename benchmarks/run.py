@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -103,43 +103,55 @@ def confirm(r: speed.Ratio, again: Callable[[], speed.Ratio], base: dict,
           f"{', '.join(f'{x.gate_ratio:.3f}' for x in rounds)})")
     if merged.gate_ratio <= b[0] or command is None:
         return merged, None
-    return merged, under_load(r.name, command, b[0], base)
+    return merged, under_load(merged, command, b[0], base)
 
 
-LOADED_AT = 1.0
-"""Load average per core at or above which the machine counts as loaded (a quiet 2-core
-machine running this benchmark alone reads ~0.5; with two CPU-bound processes beside it ~1.5)."""
+WAITED_AT = 1.15
+"""The reference's median wall time over its median CPU time at or above which the machine counts
+as loaded: the loop computes and reads nothing, so on a quiet machine its wall time is its CPU
+time (1.000-1.009 in the six figures of the 2026-12-08 baseline run); the rest is time it waited
+for a core that another process held."""
 
 
-def under_load(name: str, command: Sequence[str], bound: float, base: dict) -> str | None:
+def contention(r: speed.Ratio) -> float | None:
+    """The reference's median wall time over its median CPU time in ``r``'s runs (None: no CPU times)."""
+    if not r.reference_cpu_s or not r.reference_wall_s:
+        return None
+    return statistics.median(r.reference_wall_s) / statistics.median(r.reference_cpu_s)
+
+
+def under_load(r: speed.Ratio, command: Sequence[str], bound: float, base: dict) -> str | None:
     """The CPU-time ratio of a fresh-process command moves with the machine's load more than the
     reference's does: on the 2-core build machine, with other CPU-bound processes beside it,
     `vramplan estimate`'s CPU time grew ~30 % and the reference loop's not at all (start-up
     reads, unmarshals and allocates: it loses more to caches shared with the other processes
     than a loop over a few registers does), so its ratio went 0.82 -> 1.06 with no change to
-    the code. Where the machine is loaded (load average per core >= LOADED_AT), the figure is
+    the code. Where the machine is loaded (the reference waited for a core: :func:`contention` of
+    the runs >= WAITED_AT, measured in the same runs, unlike a load average, which lags), the figure is
     decided by the instructions the command executes, over the reference's (valgrind, exact
     to the instruction, :func:`speed.instruction_ratio`), converted to a CPU-time ratio at the
     baseline's CPU time per instruction: ratio = baseline CPU-time ratio x (instruction ratio
     now / baseline instruction ratio), both baseline figures measured together on a quiet
     machine (--update-baseline). A change that makes the command do more work moves the count;
     the load does not. Returns the line that passes the figure, or None (it fails)."""
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    name, waited = r.name, contention(r)
     base_time = base.get("speed_ratios", {}).get(name)
     base_instr = base.get("instruction_ratios", {}).get(name)
-    if load < LOADED_AT:
-        print(f"  {name}: the machine is not loaded (load average {load:.2f} per core < {LOADED_AT}): the time decides")
+    if waited is None or waited < WAITED_AT:
+        print(f"  {name}: the machine is not loaded (the reference's wall/CPU time "
+              f"{'unknown' if waited is None else f'{waited:.2f}'} < {WAITED_AT}): the time decides")
         return None
+    load = f"the reference's wall/CPU time {waited:.2f}"
     if not (isinstance(base_time, float) and isinstance(base_instr, float) and base_time > 0 and base_instr > 0):
-        print(f"  {name}: loaded (load average {load:.2f} per core), but the baseline has no instruction ratio "
+        print(f"  {name}: loaded ({load}), but the baseline has no instruction ratio "
               "for it (benchmarks/run.py --update-baseline on a quiet machine records one): the time decides")
         return None
     now = speed.instruction_ratios({name: command}).get(name)
     if now is None:
-        print(f"  {name}: loaded (load average {load:.2f} per core), but valgrind is not installed: the time decides")
+        print(f"  {name}: loaded ({load}), but valgrind is not installed: the time decides")
         return None
     derived = base_time * now / base_instr
-    line = (f"{name}: machine loaded (load average {load:.2f} per core); instructions {now:.4f} of the reference's "
+    line = (f"{name}: machine loaded ({load}); instructions {now:.4f} of the reference's "
             f"(valgrind, baseline {base_instr:.4f}) -> CPU-time ratio {base_time:.3f} x {now:.4f} / {base_instr:.4f} "
             f"= {derived:.3f} at the baseline's CPU time per instruction; bound {bound:.3f}")
     print(f"  {line}")

@@ -100,8 +100,10 @@ def test_the_gate_reads_cpu_time_and_a_figure_over_its_bound_is_measured_again()
 
 
 def test_on_a_loaded_machine_a_fresh_process_figure_is_decided_by_its_instruction_count(monkeypatch):
-    # CPU-time ratio 1.2 over its target 1.0 in every round (the machine loaded)
-    over = _ratio("cli_estimate", [1.0] * 3, [1.0] * 3, [0.24] * 3, [0.2] * 3)
+    # CPU-time ratio 0.24 / 0.2 = 1.2 over its target 1.0 in every round; the reference's wall time
+    # 0.3 s for 0.2 s of CPU: it waited 1.5x its CPU time for a core (loaded)
+    over = _ratio("cli_estimate", [0.5] * 3, [0.3] * 3, [0.24] * 3, [0.2] * 3)
+    assert bench_run.contention(over) == pytest.approx(1.5)
     base = {"speed_ratios": {"cli_estimate": 0.8}, "instruction_ratios": {"cli_estimate": 0.35}}
     counted = []
 
@@ -110,22 +112,19 @@ def test_on_a_loaded_machine_a_fresh_process_figure_is_decided_by_its_instructio
         return {name: 0.385 for name in cmds}
 
     monkeypatch.setattr(bench_run.speed, "instruction_ratios", count)
-    monkeypatch.setattr(bench_run.os, "cpu_count", lambda: 2)
-    # load average 3.0 on 2 cores = 1.5 per core >= LOADED_AT: counted, 0.385 instructions per
-    # reference instruction against the baseline's 0.35 is 10 % more work: 0.8 x 0.385 / 0.35 = 0.88 <= 1.0
-    monkeypatch.setattr(bench_run.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    # 0.385 instructions per reference instruction against the baseline's 0.35 is 10 % more work:
+    # 0.8 x 0.385 / 0.35 = 0.88 <= 1.0
     merged, line = bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])
     assert merged.gate_ratio == pytest.approx(1.2) and counted == [{"cli_estimate": ["vramplan", "estimate"]}]
-    assert line is not None and "= 0.880" in line and "bound 1.000" in line
+    assert line is not None and "= 0.880" in line and "bound 1.000" in line and "wall/CPU time 1.50" in line
     # 50 % more instructions: 0.8 x 0.525 / 0.35 = 1.2 > 1.0 fails, whatever the load
     monkeypatch.setattr(bench_run.speed, "instruction_ratios", lambda cmds: {n: 0.525 for n in cmds})
     assert bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])[1] is None
-    # a quiet machine (load 1.0 on 2 cores = 0.5 per core): the time decides, nothing counted
+    # a quiet machine (the reference's wall time = its CPU time, 1.0 < WAITED_AT): the time decides, nothing counted
     monkeypatch.setattr(bench_run.speed, "instruction_ratios", count)
-    monkeypatch.setattr(bench_run.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
-    assert bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])[1] is None and len(counted) == 1
+    quiet = _ratio("cli_estimate", [0.24] * 3, [0.2] * 3, [0.24] * 3, [0.2] * 3)
+    assert bench_run.confirm(quiet, lambda: quiet, base, ["vramplan", "estimate"])[1] is None and len(counted) == 1
     # a baseline without the count (or an in-process figure, no command): the time decides
-    monkeypatch.setattr(bench_run.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     assert bench_run.confirm(over, lambda: over, {"speed_ratios": base["speed_ratios"]}, ["vramplan"])[1] is None
     assert bench_run.confirm(over, lambda: over, base, None)[1] is None and len(counted) == 1
 
