@@ -129,7 +129,7 @@ def under_load(r: speed.Ratio, command: Sequence[str], bound: float, base: dict)
     the code. Where the machine is loaded (the reference waited for a core: :func:`contention` of
     the runs >= WAITED_AT, measured in the same runs, unlike a load average, which lags), the figure is
     decided by the instructions the command executes, over the reference's (valgrind, exact
-    to the instruction, :func:`speed.instruction_ratio`), converted to a CPU-time ratio at the
+    to the instruction, :func:`speed.instruction_ratios`), converted to a CPU-time ratio at the
     baseline's CPU time per instruction: ratio = baseline CPU-time ratio x (instruction ratio
     now / baseline instruction ratio), both baseline figures measured together on a quiet
     machine (--update-baseline). A change that makes the command do more work moves the count;
