@@ -99,7 +99,7 @@ def test_the_gate_reads_cpu_time_and_a_figure_over_its_bound_is_measured_again()
     assert bench_run.confirm(busy, again, {"speed_ratios": {"x": 0.3}})[0] is busy and len(calls) == 2
 
 
-def test_on_a_loaded_machine_a_fresh_process_figure_is_decided_by_its_instruction_count(monkeypatch):
+def test_a_fresh_process_figure_over_its_bound_is_decided_by_its_instruction_count(monkeypatch):
     # CPU-time ratio 0.24 / 0.2 = 1.2 over its target 1.0 in every round; the reference's wall time
     # 0.3 s for 0.2 s of CPU: it waited 1.5x its CPU time for a core (loaded)
     over = _ratio("cli_estimate", [0.5] * 3, [0.3] * 3, [0.24] * 3, [0.2] * 3)
@@ -117,16 +117,21 @@ def test_on_a_loaded_machine_a_fresh_process_figure_is_decided_by_its_instructio
     merged, line = bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])
     assert merged.gate_ratio == pytest.approx(1.2) and counted == [{"cli_estimate": ["vramplan", "estimate"]}]
     assert line is not None and "= 0.880" in line and "bound 1.000" in line and "wall/CPU time 1.50" in line
+    # the same on a machine that looks quiet (the reference never waited): the count decides too
+    quiet = _ratio("cli_estimate", [0.24] * 3, [0.2] * 3, [0.24] * 3, [0.2] * 3)
+    assert bench_run.contention(quiet) == pytest.approx(1.0)
+    line = bench_run.confirm(quiet, lambda: quiet, base, ["vramplan", "estimate"])[1]
+    assert line is not None and "wall/CPU time 1.00" in line and len(counted) == 2
     # 50 % more instructions: 0.8 x 0.525 / 0.35 = 1.2 > 1.0 fails, whatever the load
     monkeypatch.setattr(bench_run.speed, "instruction_ratios", lambda cmds: {n: 0.525 for n in cmds})
     assert bench_run.confirm(over, lambda: over, base, ["vramplan", "estimate"])[1] is None
-    # a quiet machine (the reference's wall time = its CPU time, 1.0 < WAITED_AT): the time decides, nothing counted
     monkeypatch.setattr(bench_run.speed, "instruction_ratios", count)
-    quiet = _ratio("cli_estimate", [0.24] * 3, [0.2] * 3, [0.24] * 3, [0.2] * 3)
-    assert bench_run.confirm(quiet, lambda: quiet, base, ["vramplan", "estimate"])[1] is None and len(counted) == 1
     # a baseline without the count (or an in-process figure, no command): the time decides
     assert bench_run.confirm(over, lambda: over, {"speed_ratios": base["speed_ratios"]}, ["vramplan"])[1] is None
-    assert bench_run.confirm(over, lambda: over, base, None)[1] is None and len(counted) == 1
+    assert bench_run.confirm(over, lambda: over, base, None)[1] is None and len(counted) == 2
+    # without valgrind: the time decides
+    monkeypatch.setattr(bench_run.speed, "instruction_ratios", lambda cmds: {})
+    assert bench_run.confirm(over, lambda: over, base, ["vramplan"])[1] is None
 
 
 @pytest.mark.skipif(not __import__("shutil").which("valgrind"), reason="valgrind is not installed")
