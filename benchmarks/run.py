@@ -92,7 +92,7 @@ def confirm(r: speed.Ratio, again: Callable[[], speed.Ratio], base: dict,
     the fixed targets: a baseline-held one flips with the weather as well.
 
     Still over, a fresh-process figure (``command``) is decided by counting instead
-    (:func:`under_load`). Returns the ratio and, where the count decided, its line."""
+    (:func:`decide_by_count`). Returns the ratio and, where the count decided, its line."""
     b = bound_of(r.name, base.get("speed_ratios", {}))
     if b is None or r.gate_ratio <= b[0]:
         return r, None
@@ -103,7 +103,7 @@ def confirm(r: speed.Ratio, again: Callable[[], speed.Ratio], base: dict,
           f"{', '.join(f'{x.gate_ratio:.3f}' for x in rounds)})")
     if merged.gate_ratio <= b[0] or command is None:
         return merged, None
-    return merged, under_load(merged, command, b[0], base)
+    return merged, decide_by_count(merged, command, b[0], base)
 
 
 def contention(r: speed.Ratio) -> float | None:
@@ -116,7 +116,7 @@ def contention(r: speed.Ratio) -> float | None:
     return statistics.median(r.reference_wall_s) / statistics.median(r.reference_cpu_s)
 
 
-def under_load(r: speed.Ratio, command: Sequence[str], bound: float, base: dict) -> str | None:
+def decide_by_count(r: speed.Ratio, command: Sequence[str], bound: float, base: dict) -> str | None:
     """A fresh-process command's CPU-time ratio moves with what else the machine (and its host)
     runs more than the reference's does: on the 2-core build machine, with other CPU-bound
     processes beside it, `vramplan estimate`'s CPU time grew ~30 % and the reference loop's not at
@@ -258,7 +258,7 @@ def main() -> int:
         new = {"accuracy": {k: figures["accuracy"][k] for k in ("median_abs_error_pct", "worst_abs_error_pct")}
                if "accuracy" in figures else (base or {}).get("accuracy"),
                "speed_ratios": {r.name: round(r.gate_ratio, 4) for r in ratios},
-               # counted beside the times they convert (benchmarks/run.py under_load): both from this run
+               # counted beside the times they convert (benchmarks/run.py decide_by_count): both from this run
                "instruction_ratios": {n: round(x, 6) for n, x in speed.instruction_ratios(fresh_commands()).items()},
                "measured": {"speed": figures["speed"], "accuracy": figures.get("accuracy")}}
         BASELINE.write_text(json.dumps(new, indent=2) + "\n")

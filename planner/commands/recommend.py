@@ -453,8 +453,9 @@ def candidate_table(ordered: list, budget: int) -> Any:
 
 
 def print_nothing_fits_or_fits_as_is(found: Any, fit_at: str) -> None:
-    """recommend on a step file or a script (planner/search.py ``Outcome``) where nothing fits (the
-    smallest candidate and the card it needs) or the input fits as it is (the faster settings that
+    """recommend's verdict line (planner/search.py ``Outcome``) where nothing fits (the smallest
+    candidate at the figure the fit was judged on, and the card it needs; every step, the built-in
+    one included) or, on a step file or a script, the input fits as it is (the faster settings that
     also fit, fastest first)."""
     best = found.best
     if best is None:
